@@ -1,0 +1,3 @@
+"""etrmtrm: ETRM vs ETRMTRM overfit-phase experiments on ARC-AGI."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from etrmtrm_cli.cli import main
+
+main()
