@@ -27,7 +27,7 @@ PROFILE_KEYS: dict[str, frozenset[str]] = {
         {"hidden_size", "num_heads", "expansion", "L_layers", "H_cycles", "L_cycles", "puzzle_emb_len",
          "context_tokens", "forward_dtype"}
     ),
-    "data": frozenset({"max_grid_size", "max_demos", "num_aug", "train_groups", "eval_groups", "query_mode"}),
+    "data": frozenset({"max_grid_size", "max_demos", "num_aug", "eval_num_aug", "train_groups", "eval_groups", "query_mode"}),
     "train": frozenset(
         {"epochs", "max_steps", "eval_interval", "checkpoint_interval", "lr_warmup_steps", "batch_divisor",
          "eval_batch_size"}
@@ -55,7 +55,8 @@ class DataConfig(Frozen):
     eval_groups: int | Literal["all"] = Field(32, description="held-out base tasks evaluated on")
     max_grid_size: int = Field(30, ge=1, le=30, description="canvas side S; tasks with a larger grid are left out")
     max_demos: int = Field(10, ge=1, description="demo slots per example; extra demos are dropped")
-    num_aug: int = Field(1000, ge=0, description="augmentations per task besides the original")
+    num_aug: int = Field(1000, ge=0, description="augmentations per train task besides the original")
+    eval_num_aug: int = Field(1000, ge=0, description="augmented views per eval task voted over (pass@k)")
     query_mode: Literal["test", "leave_one_out"] = "test"
     translate: bool = Field(True, description="random translation of train examples on the canvas")
     on_bad_task: Literal["error", "skip"] = "error"
@@ -149,8 +150,9 @@ class Experiment(Frozen):
     id: str
     description: str = ""
     model: Literal["etrm", "trm"] = Field("etrm", description="'trm' = learned puzzle embedding (P0)")
-    decoder: str | None = Field(
-        None, description="'P0' (our run), a TRM step_N file or our checkpoint; None = from scratch"
+    decoder: str = Field(
+        "none", min_length=1,
+        description="'P0' (a finished run of ours), a TRM step_N file or one of our checkpoints; 'none' = scratch",
     )
     allow_decoder_mismatch: bool = Field(False, description="load a decoder whose cycles differ from ours")
     seed: int = 0
@@ -188,12 +190,21 @@ class ExperimentsFile(BaseModel):
     ) -> Experiment:
         """Merge the layers for one experiment and validate the result."""
         self._require_experiment(exp_id)
+        return self._resolve(exp_id, self.experiments[exp_id], profile, overrides, world_size)
+
+    def resolve_base(self, profile: str) -> Experiment:
+        """The base alone at a profile: what `etrmtrm experiments` compares each experiment with."""
+        return self._resolve("base", {}, profile, (), 1)
+
+    def _resolve(
+        self, exp_id: str, exp_layer: dict[str, Any], profile: str, overrides: Sequence[str], world_size: int
+    ) -> Experiment:
         if profile not in self.profiles:
             raise ConfigError(f"{self.path}: unknown profile {profile!r}; valid: {', '.join(self.profiles)}")
         override_tree = parse_overrides(overrides, self.path)
         layers = {
             "base": self.base,
-            f"experiments.{exp_id}": self.experiments[exp_id],
+            f"experiments.{exp_id}": exp_layer,
             f"profiles.{profile}": self.profiles[profile],
             "--set": override_tree,
         }

@@ -1,0 +1,1 @@
+"""Encoders that read a puzzle's demonstration pairs. Importing this package registers the in-tree ones."""

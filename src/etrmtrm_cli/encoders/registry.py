@@ -1,0 +1,112 @@
+"""Name -> encoder registry.
+
+In-tree encoders register with the `register_encoder` decorator when `etrmtrm_cli.encoders` is imported;
+installed packages add theirs through the entry-point group ``etrmtrm.encoders`` (the entry point names a
+module or class whose import runs the decorator). Each encoder declares a frozen pydantic config for its
+own keys (``arch.encoder_params`` in experiments.toml), validated when the experiments file is resolved.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from torch import nn
+
+from etrmtrm_cli.errors import ConfigError
+
+ENTRY_POINT_GROUP = "etrmtrm.encoders"
+M = TypeVar("M", bound=type[nn.Module])
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    name: str
+    config_cls: type[BaseModel]
+    module_cls: type[nn.Module]
+    recurrent: bool
+    origin: str  # where it was registered: "<module>:<class>", or "<module>:<class> (entry point <ep>)"
+
+
+_ENCODERS: dict[str, EncoderSpec] = {}  # the one sanctioned piece of module state
+_loading_entry_point: list[str] = []  # set while an entry point is imported, so its origin says so
+_entry_points_loaded = False
+
+
+def register_encoder(name: str, config_cls: type[BaseModel], *, recurrent: bool) -> Callable[[M], M]:
+    """Class decorator: ``@register_encoder("static", StaticConfig, recurrent=False)``."""
+
+    def wrap(cls: M) -> M:
+        origin = f"{cls.__module__}:{cls.__qualname__}"
+        if _loading_entry_point:
+            origin += f" (entry point {_loading_entry_point[-1]})"
+        if name in _ENCODERS:
+            raise ConfigError(
+                f"encoder name {name!r} is registered twice: by {_ENCODERS[name].origin} and by {origin}"
+            )
+        _ENCODERS[name] = EncoderSpec(name, config_cls, cls, recurrent, origin)
+        return cls
+
+    return wrap
+
+
+def _ensure_loaded() -> None:
+    """Import the in-tree encoders and, once, every installed entry point."""
+    global _entry_points_loaded
+    importlib.import_module("etrmtrm_cli.encoders")
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        _loading_entry_point.append(f"{ep.name} = {ep.value}")
+        try:
+            ep.load()
+        except ConfigError:
+            raise
+        except Exception as err:  # a broken third-party package must not hide which one it is
+            raise ConfigError(f"entry point {ep.name!r} ({ep.value}) of {ENTRY_POINT_GROUP} failed: {err}") from err
+        finally:
+            _loading_entry_point.pop()
+
+
+def list_encoders() -> list[EncoderSpec]:
+    _ensure_loaded()
+    return [_ENCODERS[name] for name in sorted(_ENCODERS)]
+
+
+def get_encoder(name: str) -> EncoderSpec:
+    _ensure_loaded()
+    if name not in _ENCODERS:
+        raise ConfigError(
+            f"arch.recurrent_encoder_type: unknown encoder {name!r}; valid: {', '.join(sorted(_ENCODERS))}"
+        )
+    return _ENCODERS[name]
+
+
+def validate_encoder_params(name: str, params: Mapping[str, Any]) -> BaseModel:
+    spec = get_encoder(name)
+    try:
+        return spec.config_cls.model_validate(dict(params))
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        valid = ", ".join(spec.config_cls.model_fields) or "none"
+        raise ConfigError(
+            f"arch.encoder_params.{key}: {first['msg']} (encoder {name!r} takes: {valid})"
+        ) from None
+
+
+def config_defaults(spec: EncoderSpec) -> dict[str, Any]:
+    """The encoder's own settings with their defaults, for `etrmtrm encoders`."""
+    return {k: f.default for k, f in spec.config_cls.model_fields.items()}
+
+
+def build_encoder(arch: Any, seq_len: int) -> nn.Module:
+    """The context provider named by ``arch.recurrent_encoder_type`` (ArchConfig), for a canvas of seq_len."""
+    spec = get_encoder(arch.recurrent_encoder_type)
+    params = validate_encoder_params(spec.name, arch.encoder_params)
+    return spec.module_cls(arch, params, seq_len)
