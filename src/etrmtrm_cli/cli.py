@@ -13,7 +13,7 @@ from rich.console import Console
 
 from etrmtrm_cli import __version__, render
 from etrmtrm_cli.config import Experiment, ExperimentsFile, load_experiments
-from etrmtrm_cli.errors import EtrmtrmError
+from etrmtrm_cli.errors import ConfigError, EtrmtrmError
 
 app = typer.Typer(
     help="ETRM vs ETRMTRM: run the overfit-phase experiments of the research plan from experiments.toml.",
@@ -107,6 +107,8 @@ def validate(
 ) -> None:
     """Check that every experiment and queue in the file is valid under every profile."""
     file = load_experiments(experiments)
+    if not file.profiles:
+        raise ConfigError(f"{experiments}: defines no [profiles.<name>] table (paper, cpu, tiny)")
     for profile in file.profiles:
         for exp_id in file.ids:
             file.resolve(exp_id, profile)

@@ -200,7 +200,8 @@ class ExperimentsFile(BaseModel):
         self, exp_id: str, exp_layer: dict[str, Any], profile: str, overrides: Sequence[str], world_size: int
     ) -> Experiment:
         if profile not in self.profiles:
-            raise ConfigError(f"{self.path}: unknown profile {profile!r}; valid: {', '.join(self.profiles)}")
+            valid = ", ".join(self.profiles) or "none defined in the file"
+            raise ConfigError(f"{self.path}: unknown profile {profile!r}; valid: {valid}")
         override_tree = parse_overrides(overrides, self.path)
         layers = {
             "base": self.base,

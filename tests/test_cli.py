@@ -1,0 +1,69 @@
+"""The CLI: help screens, exit codes, one-line errors without a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from etrmtrm_cli import __version__
+from etrmtrm_cli.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = str(REPO / "experiments.toml")
+runner = CliRunner()
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+@pytest.mark.parametrize("command", [[], ["experiments"], ["validate"], ["encoders"], ["data"]])
+def test_every_help_screen(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output and len(result.output.splitlines()) < 40
+
+
+def test_experiments_table_lists_every_experiment_and_queue() -> None:
+    result = runner.invoke(app, ["experiments", "--experiments", REAL], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for exp_id in ("P0", "E0a", "E0b", "E2b", "E4c", "week1", "week3", "recurrent_standard"):
+        assert exp_id in result.output
+
+
+def test_validate_ok() -> None:
+    result = runner.invoke(app, ["validate", "--experiments", REAL])
+    assert result.exit_code == 0 and "17 experiments, 3 queues" in result.output
+
+
+def test_encoders_lists_the_registry() -> None:
+    result = runner.invoke(app, ["encoders"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for name in ("static", "recurrent_standard", "trm_style", "encoder_h_cycles"):
+        assert name in result.output
+
+
+def test_bad_file_is_one_line_exit_1_no_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "experiments.toml"
+    bad.write_text("[experiments.E0a]\narch = { halt_max_step = 3 }\n[profiles.cpu]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "etrmtrm_cli", "validate", "--experiments", str(bad)],
+        capture_output=True, text=True, env={"COLUMNS": "300", "PATH": ""},
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "E0a: arch.halt_max_step: unknown key; did you mean 'halt_max_steps'?" in result.stderr
+
+
+def test_missing_file_exit_1(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["experiments", "--experiments", str(tmp_path / "x.toml")])
+    assert result.exit_code == 1 and "no such experiments file" in result.output
+
+
+def test_usage_error_exit_2() -> None:
+    assert runner.invoke(app, ["experiments", "--no-such-flag"]).exit_code == 2

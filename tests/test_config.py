@@ -1,0 +1,173 @@
+"""experiments.toml: the real file validates everywhere; every kind of mistake gets a one-line error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from etrmtrm_cli.config import PROFILES, load_experiments
+from etrmtrm_cli.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO / "experiments.toml"
+
+MINIMAL = """
+[base]
+decoder = "none"
+[base.arch]
+recurrent_encoder_type = "static"
+[experiments.E0a]
+arch = {{ recurrent_encoder_type = "static" }}
+[experiments.E0b]
+{body}
+[queues]
+week1 = ["E0a", "E0b"]
+[profiles.tiny]
+train = {{ batch_divisor = 64 }}
+"""
+
+
+def write(tmp_path: Path, body: str = "", text: str | None = None) -> Path:
+    path = tmp_path / "experiments.toml"
+    path.write_text(text if text is not None else MINIMAL.format(body=body))
+    return path
+
+
+def resolve_error(tmp_path: Path, body: str, *, overrides: tuple[str, ...] = (), world_size: int = 1) -> str:
+    file = load_experiments(write(tmp_path, body))
+    with pytest.raises(ConfigError) as err:
+        file.resolve("E0b", "tiny", overrides, world_size=world_size)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_experiment_validates_under_every_profile(profile: str) -> None:
+    file = load_experiments(REAL)
+    for exp_id in file.ids:
+        exp = file.resolve(exp_id, profile)
+        assert exp.id == exp_id and exp.profile == profile
+
+
+def test_the_plan_is_all_there() -> None:
+    file = load_experiments(REAL)
+    expected = ["P0", "E0a", "E0b", "E1a", "E1b", *[f"E2{c}" for c in "abcde"], *[f"E3{c}" for c in "abcd"],
+                "E4a", "E4b", "E4c"]
+    assert file.ids == expected
+    assert file.queues == {
+        "week1": ("E0a", "E0b", "E2b"),
+        "week2": ("E1a", "E2c", "E2d", "E3b"),
+        "week3": ("E2a", "E2e", "E3c", "E4c"),
+    }
+
+
+def test_plan_values_at_paper_scale() -> None:
+    file = load_experiments(REAL)
+    get = lambda exp_id: file.resolve(exp_id, "paper")  # noqa: E731
+    assert get("E0a").arch.recurrent_encoder_type == "static"
+    assert get("E0b").arch.recurrent_encoder_type == "recurrent_standard"
+    assert (get("E0b").arch.halt_max_steps, get("E0b").arch.halt_exploration_prob) == (16, 0.5)
+    assert get("E1a").arch.encoder_num_layers == 4
+    assert (get("E1b").arch.encoder_norm_style, get("E1b").train.batch_size) == ("pre", 128)
+    assert [get(f"E2{c}").arch.halt_max_steps for c in "abcde"] == [8, 16, 32, 16, 16]
+    assert [get(f"E2{c}").arch.halt_exploration_prob for c in "abcde"] == [0.5, 0.5, 0.5, 0.7, 0.0]
+    assert [get(f"E3{c}").train.lr for c in "abcd"] == [1e-4, 5e-5, 2e-4, 1e-4]
+    assert get("E3d").train.encoder_lr_scale == 0.5
+    assert [get(f"E4{c}").train.batch_size for c in "abc"] == [128, 256, 512]
+    common = get("E0b")
+    assert (common.data.train_groups, common.data.eval_groups) == (32, 32)
+    assert (common.train.epochs, common.train.eval_interval, common.train.grad_clip_norm) == (20000, 1000, 1.0)
+    assert common.arch.hidden_size == 512 and common.arch.encoder_type == "standard"
+    assert common.decoder == "P0" and get("P0").model == "trm"
+
+
+def test_profiles_keep_batch_ratios() -> None:
+    file = load_experiments(REAL)
+    sizes = [file.resolve(f"E4{c}", "cpu").train.batch_size for c in "abc"]
+    assert sizes[1] == 2 * sizes[0] and sizes[2] == 2 * sizes[1]
+
+
+def test_override_goes_through_validation(tmp_path: Path) -> None:
+    file = load_experiments(write(tmp_path))
+    assert file.resolve("E0b", "tiny", ["arch.halt_max_steps=8"]).arch.halt_max_steps == 8
+    assert file.resolve("E0b", "tiny", ["arch.recurrent_encoder_type=trm_style"]).arch.recurrent_encoder_type == (
+        "trm_style"
+    )
+    message = resolve_error(tmp_path, "", overrides=("arch.halt_exploration_prob=1.5",))
+    assert "E0b: arch.halt_exploration_prob" in message and "(set in --set)" in message
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("arch = { halt_max_step = 8 }", "arch.halt_max_step: unknown key; did you mean 'halt_max_steps'?"),
+        ("arch = { halt_max_steps = 'many' }", "arch.halt_max_steps: Input should be a valid integer"),
+        ("train = { lr = 0.0 }", "train.lr: Input should be greater than 0"),
+        ("train = { lr = -1e-4 }", "train.lr: Input should be greater than 0"),
+        ("arch = { halt_exploration_prob = -0.1 }", "arch.halt_exploration_prob: Input should be greater than or"),
+        ("arch = { halt_exploration_prob = 1.1 }", "arch.halt_exploration_prob: Input should be less than or"),
+        ("data = { eval_groups = 0 }", "data.eval_groups"),
+        ("data = { query_mode = 'all' }", "data.query_mode: Input should be 'test' or 'leave_one_out'"),
+        ("train = { global_batch_size = 100 }", "not divisible by the profile's batch_divisor 64"),
+        ("arch = { recurrent_encoder_type = 'lstm' }",
+         "unknown encoder 'lstm'; valid: recurrent_standard, static, trm_style"),
+        ("arch = { encoder_params = { encoder_h_cycles = 2 } }", "arch.encoder_params.encoder_h_cycles"),
+        ("arch = { hidden_size = 30, num_heads = 4 }", "hidden_size 30 is not divisible by num_heads 4"),
+        ("learning_rate = 1e-3", "learning_rate: unknown key"),
+    ],
+)
+def test_bad_values_name_file_experiment_and_key(tmp_path: Path, body: str, expected: str) -> None:
+    message = resolve_error(tmp_path, body)
+    assert message.startswith(f"{tmp_path / 'experiments.toml'}: E0b: "), message
+    assert expected in message, message
+    assert "\n" not in message
+
+
+def test_batch_must_divide_by_world_size(tmp_path: Path) -> None:
+    message = resolve_error(tmp_path, "train = { global_batch_size = 192 }", world_size=5)
+    assert "batch 3 is not divisible by the world size 5" in message
+
+
+def test_error_says_which_layer_set_the_value(tmp_path: Path) -> None:
+    text = MINIMAL.format(body="").replace('decoder = "none"', 'decoder = "none"\nseed = "x"')
+    file = load_experiments(write(tmp_path, text=text))
+    with pytest.raises(ConfigError, match=r"E0b: seed: .*\(set in base\)"):
+        file.resolve("E0b", "tiny")
+
+
+def test_unknown_experiment_suggests_the_closest(tmp_path: Path) -> None:
+    file = load_experiments(write(tmp_path))
+    with pytest.raises(ConfigError, match=r"unknown experiment or queue 'e0a'; did you mean 'E0a'\?"):
+        file.targets("e0a")
+    assert file.targets("week1") == ("E0a", "E0b")
+    assert file.targets("E0b") == ("E0b",)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[experiments.E0a]\n[experiments.E0a]\n", "not valid TOML"),
+        ("[experiments.E0a]\n[experiments.e0a]\n", "duplicate experiment ID 'e0a'"),
+        ("[experiments.E0a]\n[queues]\nweek1 = ['E0a', 'E0x']\n", "queues.week1: unknown experiment 'E0x'"),
+        ("[experiments.E0a]\n[profiles.cpu]\narch = { halt_max_steps = 4 }\n",
+         "profiles.cpu.arch.halt_max_steps: a profile changes sizes, never what an experiment compares"),
+        ("[experiment.E0a]\n", "unknown top-level table(s) experiment"),
+        ("[base]\n", "defines no [experiments.<ID>] table"),
+    ],
+)
+def test_structural_errors(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_experiments(write(tmp_path, text=text))
+    assert expected in str(err.value)
+    assert str(tmp_path) in str(err.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such experiments file"):
+        load_experiments(tmp_path / "nope.toml")
+
+
+def test_config_is_frozen() -> None:
+    exp = load_experiments(REAL).resolve("E0b", "tiny")
+    with pytest.raises(Exception, match="frozen"):
+        exp.arch.hidden_size = 1  # type: ignore[misc]
