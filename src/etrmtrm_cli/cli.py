@@ -3,8 +3,12 @@ exit codes (0 success, 1 a handled error, 2 a usage error)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -12,8 +16,10 @@ import typer
 from rich.console import Console
 
 from etrmtrm_cli import __version__, render
+from etrmtrm_cli.checkpoint import run_status
 from etrmtrm_cli.config import Experiment, ExperimentsFile, load_experiments
 from etrmtrm_cli.errors import ConfigError, EtrmtrmError
+from etrmtrm_cli.train import StopFlag
 
 app = typer.Typer(
     help="ETRM vs ETRMTRM: run the overfit-phase experiments of the research plan from experiments.toml.",
@@ -125,6 +131,81 @@ def encoders() -> None:
     from etrmtrm_cli.encoders.registry import list_encoders
 
     console.print(render.encoders_table(list_encoders()))
+
+
+@app.command()
+@handles_errors
+def train(
+    target: Annotated[str, typer.Argument(help="An experiment ID (E0b) or a queue (week1).")],
+    experiments: ExperimentsPath = Path("experiments.toml"),
+    profile: ProfileOpt = "auto",
+    overrides: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run from its latest checkpoint.")] = False,
+    force: Annotated[bool, typer.Option(help="Start over; the old run directory is moved aside.")] = False,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N steps instead of the epochs' count.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    runs_dir: Annotated[Path, typer.Option(help="Where runs/<ID>/ live.")] = Path("runs"),
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also write TensorBoard events.")] = False,
+    wandb: Annotated[bool, typer.Option("--wandb", help="Also log to Weights & Biases.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final summary.")] = False,
+) -> None:
+    """Train an experiment, or every experiment of a queue in order (finished runs are skipped).
+
+    Multi-process: torchrun --nproc-per-node N -m etrmtrm_cli train E0b
+    """
+    from etrmtrm_cli.distributed import init_distributed, shutdown_distributed
+    from etrmtrm_cli.train import TrainOptions
+    from etrmtrm_cli.train import train as run_training
+
+    file = load_experiments(experiments)
+    chosen = resolve_profile(profile)
+    ctx = init_distributed(os.environ, device)
+    resolved = [file.resolve(i, chosen, overrides or (), ctx.world_size) for i in file.targets(target)]
+    options = TrainOptions(runs_dir=runs_dir, max_steps=max_steps, resume=resume, force=force, compile=compile,
+                           tensorboard=tensorboard, wandb=wandb)
+    stop = StopFlag()
+    try:
+        with stop_on_signals(stop):
+            for exp in resolved:
+                run_options = options
+                if len(resolved) > 1:  # a queue skips finished runs and continues interrupted ones
+                    status = run_status(runs_dir / exp.id)
+                    if status == "finished" and not force:
+                        if ctx.is_main:
+                            console.print(f"[dim]{exp.id}: finished run in {runs_dir / exp.id}, skipped[/]")
+                        continue
+                    run_options = replace(options, resume=status == "resumable" and not force)
+                with render.TrainProgress(console, quiet=quiet or not ctx.is_main) as progress:
+                    summary = run_training(exp, run_options, ctx, progress.on_event, stop)
+                if ctx.is_main:
+                    console.print(render.summary_line(summary))
+                if summary.status != "finished":
+                    err_console.print(
+                        f"interrupted at step {summary.step}; continue with: etrmtrm train {exp.id} --resume"
+                        + (f" --profile {exp.profile}" if profile != "auto" else "")
+                    )
+                    raise typer.Exit(130)
+    finally:
+        shutdown_distributed()
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: StopFlag) -> Iterator[None]:
+    """Ctrl-C / SIGTERM: finish the current step, save a checkpoint, return. A second Ctrl-C aborts."""
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+        err_console.print(f"[yellow]{signal.Signals(signum).name}: finishing this step, then saving a checkpoint[/]")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def main() -> None:

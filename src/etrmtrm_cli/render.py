@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from etrmtrm_cli.config import Experiment, ExperimentsFile, changed_keys
 from etrmtrm_cli.encoders.registry import EncoderSpec, config_defaults
+
+if TYPE_CHECKING:
+    from etrmtrm_cli.train import RunSummary
 
 
 def experiments_table(file: ExperimentsFile, resolved: Mapping[str, Experiment], base: Experiment) -> Table:
@@ -48,3 +54,91 @@ def _short(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_short(v) for v in value) + "]"
     return str(value)
+
+
+class TrainProgress:
+    """A live progress bar on a terminal, a plain line per eval (and every ~5 %) otherwise, nothing when quiet."""
+
+    _SHOWN = (("train/accuracy", "acc", "{:.1%}"), ("train/exact_accuracy", "exact", "{:.1%}"),
+              ("train/loss", "loss", "{:.3f}"), ("train/steps", "ACT", "{:.1f}"),
+              ("grad/encoder_share", "enc share", "{:.2f}"))
+
+    def __init__(self, console: Console, *, quiet: bool) -> None:
+        self.console, self.quiet = console, quiet
+        self.live = console.is_terminal and not quiet
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
+        self.last_eval = ""
+        self.every = 1
+
+    def __enter__(self) -> TrainProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def on_event(self, kind: str, payload: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        if kind == "start":
+            self._start(payload)
+        elif kind == "eval":
+            self.last_eval = self._metrics_text(payload["metrics"], EVAL_SHOWN)
+            if not self.live:
+                self.console.print(f"step {payload['step']}: eval {self.last_eval}", highlight=False)
+        elif kind == "step":
+            self._step(payload)
+
+    def _start(self, payload: dict[str, Any]) -> None:
+        exp, total = payload["exp"], payload["total_steps"]
+        self.every = max(1, total // 20)
+        report = payload["decoder_report"]
+        decoder = "from scratch" if report is None else (
+            f"{exp.decoder}: {len(report.loaded)} tensors loaded, {len(report.missing)} new, "
+            f"{len(report.unexpected)} unused")
+        self.console.print(
+            f"[bold]{exp.id}[/] ({exp.profile} profile, {payload['device']} x{payload['world_size']}) -> "
+            f"{payload['run_dir']}; {total} steps from {payload['start_step']}; decoder {decoder}", highlight=False)
+        if self.live:
+            self.progress = Progress(
+                TextColumn("[bold cyan]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"), console=self.console, transient=False)
+            self.progress.start()
+            self.task = self.progress.add_task(exp.id, total=total, completed=payload["start_step"],
+                                               info="", rate="")
+
+    def _step(self, payload: dict[str, Any]) -> None:
+        step, metrics = payload["step"], payload["metrics"]
+        info = self._metrics_text(metrics, self._SHOWN)
+        if self.progress is not None and self.task is not None:
+            rate = 1.0 / metrics["time/step_s"] if metrics.get("time/step_s") else 0.0
+            eval_text = f" | eval {self.last_eval}" if self.last_eval else ""
+            self.progress.update(self.task, completed=step, info=info + eval_text, rate=f"{rate:.1f} steps/s")
+        elif step % self.every == 0 or step == payload["total_steps"]:
+            self.console.print(f"step {step}/{payload['total_steps']}: {info}", highlight=False)
+
+    @staticmethod
+    def _metrics_text(metrics: dict[str, float], shown: Sequence[tuple[str, str, str]]) -> str:
+        parts = []
+        for key, label, fmt in shown:
+            value = metrics.get(key)
+            if value is not None and math.isfinite(value):
+                parts.append(f"{label} {fmt.format(value)}")
+        return "  ".join(parts)
+
+
+EVAL_SHOWN = (("eval/accuracy", "acc", "{:.1%}"), ("eval/exact_accuracy", "exact", "{:.1%}"),
+              ("eval/pass@2", "pass@2", "{:.1%}"))
+
+
+def summary_line(summary: RunSummary) -> str:
+    last = summary.last
+    parts = [f"[bold]{summary.exp_id}[/] {summary.status} at step {summary.step}/{summary.total_steps} "
+             f"in {summary.wall_time_s:.0f} s"]
+    for key, label in (("train/accuracy", "train acc"), ("train/exact_accuracy", "train exact"),
+                       ("eval/accuracy", "eval acc"), ("eval/pass@2", "pass@2")):
+        if key in last:
+            parts.append(f"{label} {last[key]:.1%}")
+    return ", ".join(parts) + f" -> {summary.run_dir}"

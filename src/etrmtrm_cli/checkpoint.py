@@ -1,0 +1,145 @@
+"""The one run and checkpoint format.
+
+runs/<ID>/
+  config.json        the resolved experiment (the sidecar of model.safetensors)
+  meta.json          seed, code version, torch version, device, world size
+  metrics.jsonl      one JSON object per logged step
+  summary.json       status (running | interrupted | failed | finished), final metrics, wall time
+  model.safetensors  the final weights (the EMA weights when EMA is on): what `decoder = "<ID>"` loads
+  checkpoints/step_<N>/
+    model.safetensors, ema.safetensors (EMA on), state.rank<r>.pt (optimizer, RNG, ACT carry, ...)
+
+A checkpoint directory is written as step_<N>.tmp and renamed when complete, so a kill at any moment
+leaves the previous checkpoint intact; `latest_checkpoint` ignores *.tmp leftovers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from etrmtrm_cli.errors import CheckpointError, RunError
+
+CONFIG = "config.json"
+META = "meta.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+FINAL_WEIGHTS = "model.safetensors"
+CHECKPOINTS = "checkpoints"
+_PREFIX = "step_"
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
+    """Refuse to overwrite a run; --force moves the old one aside (never deletes it)."""
+    if resume:
+        if latest_checkpoint(run_dir) is None:
+            raise RunError(f"{run_dir}: nothing to resume (no checkpoint); start it without --resume")
+        return
+    if run_dir.exists():
+        if not force:
+            raise RunError(
+                f"{run_dir} exists: continue it with --resume, or start over with --force "
+                "(the old run is moved aside, not deleted)"
+            )
+        aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(aside)
+    run_dir.mkdir(parents=True)
+
+
+def run_status(run_dir: Path) -> str:
+    """'finished', 'resumable' (a checkpoint to continue from), or 'new' (nothing usable yet)."""
+    summary = run_dir / SUMMARY
+    if summary.is_file() and read_json(summary).get("status") == "finished":
+        return "finished"
+    return "resumable" if latest_checkpoint(run_dir) is not None else "new"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunError(f"{path}: unreadable ({err})") from None
+
+
+def read_sidecar(weights: Path) -> dict[str, Any]:
+    """The resolved config saved beside a model.safetensors file."""
+    sidecar = weights.parent / CONFIG
+    if not sidecar.is_file():
+        raise CheckpointError(f"{weights}: no {CONFIG} beside it; is it one of our checkpoints?")
+    config: dict[str, Any] = read_json(sidecar)
+    return config
+
+
+def save_weights(path: Path, state: dict[str, Tensor]) -> None:
+    # safetensors refuses shared or non-contiguous storage: store independent contiguous copies.
+    save_file({k: v.detach().contiguous().clone().cpu() for k, v in state.items()}, str(path))
+
+
+def load_weights(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for truncated/corrupt files
+        raise CheckpointError(f"{path}: unreadable weights ({err})") from None
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINTS / f"{_PREFIX}{step:08d}"
+
+
+def begin_checkpoint(run_dir: Path, step: int) -> Path:
+    """The temporary directory to write step `step` into (replaced if a previous try left it)."""
+    tmp = checkpoint_dir(run_dir, step).with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit_checkpoint(tmp: Path, keep: int) -> Path:
+    """Make a fully written checkpoint visible, then drop all but the newest `keep`."""
+    final = tmp.with_suffix("")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(final.parent)[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    if not ckpt_root.is_dir():
+        return []
+    return sorted(p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and p.suffix == "")
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir / CHECKPOINTS)
+    return found[-1] if found else None
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    torch.save(state, path)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    try:
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except Exception as err:
+        raise CheckpointError(f"{path}: unreadable training state ({err})") from None
+    return state

@@ -1,0 +1,62 @@
+"""Process layout: one process, or a torchrun launch (the CLI passes torchrun's environment in).
+
+Gradients are summed over ranks by hand after backward (each rank's loss is divided by the global batch),
+as TRM does; NCCL on CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from etrmtrm_cli.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """auto | cpu | cuda -> a torch.device; asking for CUDA where there is none is an error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        return torch.device("cuda", local_rank)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ConfigError(f"--device {name!r}: expected auto, cpu or cuda")
+
+
+def init_distributed(env: Mapping[str, str], device_name: str) -> DistContext:
+    """A single process, or join the torchrun group described by env (RANK, WORLD_SIZE, LOCAL_RANK)."""
+    world_size = int(env.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return DistContext(0, 1, pick_device(device_name))
+    rank, local_rank = int(env["RANK"]), int(env.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+    return DistContext(rank, world_size, device)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

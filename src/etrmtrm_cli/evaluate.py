@@ -1,0 +1,112 @@
+"""Evaluation on the held-out eval groups: token / exact accuracy and ARC pass@k with voting.
+
+Every eval query is answered on the original puzzle and on augmented views of it. Each prediction is
+cropped from the canvas, mapped back through the inverse of its augmentation, and counts as one vote
+for that answer; answers are ranked by (votes, mean sigmoid(q_halt)). pass@k is the fraction of a
+task's test queries whose true output is among the top k, averaged over the tasks actually evaluated.
+Votes live only inside one `evaluate` call (the public evaluators accumulated them across evals).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from etrmtrm_cli.act import ACTModel
+from etrmtrm_cli.data.canvas import decode_grid
+from etrmtrm_cli.data.dataset import ArcData, Batch
+
+PASS_KS = (1, 2)
+Answer = tuple[tuple[int, int], bytes]  # (shape, colours): a hashable grid
+
+
+def as_dict(batch: Batch) -> dict[str, Tensor]:
+    return {f.name: getattr(batch, f.name) for f in fields(batch)}
+
+
+def answer_of(grid: np.ndarray) -> Answer:
+    return (grid.shape[0], grid.shape[1]), np.ascontiguousarray(grid, dtype=np.uint8).tobytes()
+
+
+@dataclass
+class Votes:
+    """(group, query) -> answer -> [votes, sum of sigmoid(q_halt)]. Plain dicts: ranks gather them."""
+
+    table: dict[tuple[int, int], dict[Answer, list[float]]] = field(default_factory=dict)
+
+    def add(self, key: tuple[int, int], answer: Answer, confidence: float, count: float = 1.0) -> None:
+        entry = self.table.setdefault(key, {}).setdefault(answer, [0.0, 0.0])
+        entry[0] += count
+        entry[1] += confidence
+
+    def merge(self, other: Votes) -> None:
+        for key, answers in other.table.items():
+            for answer, (count, conf) in answers.items():
+                self.add(key, answer, conf, count)
+
+    def ranked(self, key: tuple[int, int]) -> list[Answer]:
+        answers = self.table.get(key, {})
+        return sorted(answers, key=lambda a: (answers[a][0], answers[a][1] / answers[a][0]), reverse=True)
+
+
+def pass_at_k(votes: Votes, truths: dict[tuple[int, int], Answer], ks: tuple[int, ...] = PASS_KS) -> dict[str, float]:
+    """Per task: the fraction of its queries whose truth is in the top k; mean over the tasks."""
+    per_task: dict[int, list[list[bool]]] = defaultdict(list)
+    for key, truth in truths.items():
+        ranked = votes.ranked(key)
+        per_task[key[0]].append([truth in ranked[:k] for k in ks])
+    if not per_task:
+        return {f"pass@{k}": float("nan") for k in ks}
+    scores = np.array([np.mean(hits, axis=0) for hits in per_task.values()])  # (tasks, len(ks))
+    return {f"pass@{k}": float(scores[:, i].mean()) for i, k in enumerate(ks)}
+
+
+@torch.inference_mode()
+def evaluate(model: ACTModel, data: ArcData, batch_size: int, eval_num_aug: int, device: torch.device,
+             rank: int = 0, world_size: int = 1) -> dict[str, float]:
+    """Run every eval batch for exactly halt_max_steps ACT steps; metrics over all ranks' rows."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)  # rows, token accuracy, exact
+    votes, truths = Votes(), {}
+    for batch in data.eval_batches(batch_size, eval_num_aug, rank, world_size):
+        inputs = as_dict(batch.to(device))
+        carry = model.initial_carry(inputs)
+        for _ in range(model.arch.halt_max_steps):
+            carry, outputs = model(carry, inputs)
+        preds = outputs["logits"].argmax(-1)  # (B, S²)
+        labels, valid = inputs["labels"], inputs["valid"]
+        mask = labels != -100
+        correct = (preds == labels) & mask
+        token_acc = correct.sum(-1) / mask.sum(-1).clamp_min(1)
+        exact = correct.sum(-1) == mask.sum(-1)
+        sums += torch.stack([valid.sum(), token_acc[valid].sum(), exact[valid].sum()]).double().cpu()
+        _vote(votes, truths, data, batch, preds.cpu().numpy(), torch.sigmoid(outputs["q_halt_logits"]).cpu())
+    if world_size > 1:
+        dist.all_reduce(sums)
+        gathered: list[Votes | None] = [None] * world_size
+        dist.all_gather_object(gathered, votes)
+        votes = Votes()
+        for part in gathered:
+            if part is not None:
+                votes.merge(part)
+    model.train(was_training)
+    rows = max(float(sums[0]), 1.0)
+    return {"eval/accuracy": float(sums[1]) / rows, "eval/exact_accuracy": float(sums[2]) / rows,
+            **{f"eval/{k}": v for k, v in pass_at_k(votes, truths).items()}}
+
+
+def _vote(votes: Votes, truths: dict[tuple[int, int], Answer], data: ArcData, batch: Batch, preds: np.ndarray,
+          confidence: Tensor) -> None:
+    side = data.canvas_size
+    for row in np.flatnonzero(batch.valid.numpy()):
+        group, query, aug = (int(batch.group_ids[row]), int(batch.query_ids[row]), int(batch.aug_ids[row]))
+        key = (group, query)
+        grid = decode_grid(preds[row], side)
+        votes.add(key, answer_of(data.augmentation(group, aug).invert(grid)), float(confidence[row]))
+        truths[key] = answer_of(data.groups[group].task.pairs[query][1])

@@ -1,0 +1,82 @@
+"""Metrics as pure functions of tensors (DESIGN.md "Metrics"); no logging, no side effects."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+
+def cross_sample_var(context: Tensor, puzzle_ids: Tensor) -> float:
+    """Variance of the context across *distinct puzzles* in the batch, mean over tokens and dims.
+
+    context: (B, C, D); puzzle_ids: (B,). Slots that share a puzzle (its several queries) see the same
+    demos, so counting each of them would dilute the variance: one row per distinct puzzle is kept.
+    NaN when fewer than two distinct puzzles are present.
+    """
+    _, first = _first_occurrences(puzzle_ids)
+    if first.numel() < 2:
+        return math.nan
+    rows = context[first].float()  # (U, C, D)
+    return float(rows.var(dim=0, unbiased=False).mean())
+
+
+def _first_occurrences(ids: Tensor) -> tuple[Tensor, Tensor]:
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    positions = torch.arange(ids.numel(), device=ids.device)
+    first = torch.full((unique.numel(),), ids.numel(), dtype=torch.long, device=ids.device)
+    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+    return unique, first
+
+
+def carry_norm(carry: Tensor) -> float:
+    """Mean L2 norm of the carry per token. carry: (B, C, D)."""
+    return float(carry.float().norm(dim=-1).mean())
+
+
+def carry_change(new: Tensor, previous: Tensor) -> Tensor:
+    """Per slot ||new - previous|| / ||previous||, norms over all tokens and dims. (B, C, D) x2 -> (B,)."""
+    diff = (new.float() - previous.float()).flatten(1).norm(dim=1)
+    return diff / previous.float().flatten(1).norm(dim=1).clamp_min(1e-12)
+
+
+def update_convergence(converged_at: Tensor, change: Tensor, steps: Tensor, tol: float) -> Tensor:
+    """The ACT step at which each slot's carry change first fell below `tol` (0 = not yet).
+
+    converged_at, steps: (B,) int (steps = the step just taken, 1-based); change: (B,) float.
+    A slot that was just reset must come in with converged_at = 0.
+    """
+    newly = (converged_at == 0) & (change < tol)
+    return torch.where(newly, steps.to(converged_at.dtype), converged_at)
+
+
+def convergence_steps(converged_at: Tensor, steps: Tensor, halted: Tensor) -> float:
+    """Mean over halted slots of the steps until convergence; a slot that never converged counts all its
+    steps. NaN when no slot halted."""
+    if not bool(halted.any()):
+        return math.nan
+    taken = torch.where(converged_at > 0, converged_at, steps.to(converged_at.dtype))
+    return float(taken[halted].float().mean())
+
+
+def grad_norms(model: nn.Module, encoder_params: Iterable[nn.Parameter]) -> dict[str, float]:
+    """L2 norms of the gradients (call before clipping): encoder, decoder (everything else), total, share."""
+    encoder_ids = {id(p) for p in encoder_params}
+    enc_sq = dec_sq = 0.0
+    for p in model.parameters():
+        if p.grad is None:
+            continue
+        sq = float(p.grad.detach().float().pow(2).sum())
+        if id(p) in encoder_ids:
+            enc_sq += sq
+        else:
+            dec_sq += sq
+    total = math.sqrt(enc_sq + dec_sq)
+    return {
+        "grad/encoder_norm": math.sqrt(enc_sq),
+        "grad/decoder_norm": math.sqrt(dec_sq),
+        "grad/total_norm": total,
+        "grad/encoder_share": math.sqrt(enc_sq) / total if total > 0 else math.nan,
+    }

@@ -1,0 +1,92 @@
+"""Build an experiment's model: TRM decoder + context provider (demo encoder or puzzle embedding) + ACT,
+and start its decoder from the experiment's `decoder` setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import load_file
+from torch import nn
+
+from etrmtrm_cli import checkpoint
+from etrmtrm_cli.act import ACTModel
+from etrmtrm_cli.config import Experiment
+from etrmtrm_cli.decoder import TRMDecoder
+from etrmtrm_cli.encoders import build_encoder
+from etrmtrm_cli.errors import CheckpointError
+from etrmtrm_cli.puzzle_embedding import PuzzleEmbedding
+from etrmtrm_cli.trm_import import ImportReport, load_trm_checkpoint
+
+# Decoder settings that must agree with a pretrained decoder's; cycles can be overridden explicitly.
+_SHAPE_KEYS = ("hidden_size", "num_heads", "expansion", "L_layers", "puzzle_emb_len", "pos_encodings")
+_CYCLE_KEYS = ("H_cycles", "L_cycles")
+
+
+def build_model(exp: Experiment, seq_len: int, num_puzzle_ids: int) -> ACTModel:
+    """A freshly initialised model for `exp` on a canvas of `seq_len` tokens."""
+    decoder = TRMDecoder(exp.arch, seq_len)
+    provider: nn.Module
+    if exp.model == "trm":
+        provider = PuzzleEmbedding(num_puzzle_ids, exp.arch.hidden_size, tokens=1)
+    else:
+        provider = build_encoder(exp.arch, seq_len)
+    return ACTModel(decoder, provider, exp.arch)
+
+
+def encoder_parameters(model: ACTModel) -> list[nn.Parameter]:
+    """The parameters the encoder owns (empty for P0, whose table is a buffer)."""
+    return list(model.provider.parameters())
+
+
+def load_decoder(model: ACTModel, exp: Experiment, seq_len: int, runs_dir: Path) -> ImportReport | None:
+    """Load the pretrained decoder named by ``exp.decoder`` into `model` (None when it is 'none').
+
+    'P0' (or any experiment ID) is that finished run's final weights in `runs_dir`; a path is either a
+    TRM `step_N` file or one of our model.safetensors files (with its config.json beside it).
+    """
+    if exp.decoder == "none":
+        return None
+    path = Path(exp.decoder)
+    if not path.exists() and "/" not in exp.decoder and not path.suffix:
+        path = runs_dir / exp.decoder / checkpoint.FINAL_WEIGHTS
+        if not path.is_file():
+            raise CheckpointError(
+                f"{exp.id}: decoder = {exp.decoder!r}: {path} does not exist; produce it with "
+                f"`etrmtrm train {exp.decoder} --profile {exp.profile}`"
+            )
+    if not path.is_file():
+        raise CheckpointError(f"{exp.id}: decoder = {exp.decoder!r}: no such file")
+    if path.suffix == ".safetensors":
+        return _load_our_decoder(model, exp, path)
+    return load_trm_checkpoint(
+        model, path, exp.arch, seq_len=seq_len, keep_puzzle_emb=exp.model == "trm",
+        allow_cycle_mismatch=exp.allow_decoder_mismatch,
+    )
+
+
+def _load_our_decoder(model: ACTModel, exp: Experiment, path: Path) -> ImportReport:
+    saved = checkpoint.read_sidecar(path)
+    arch = saved["arch"]
+    keys = _SHAPE_KEYS if exp.allow_decoder_mismatch else _SHAPE_KEYS + _CYCLE_KEYS
+    wrong = [f"{k} {arch[k]} (this experiment: {getattr(exp.arch, k)})" for k in keys
+             if arch.get(k) != getattr(exp.arch, k)]
+    if saved["data"]["max_grid_size"] != exp.data.max_grid_size:
+        wrong.append(f"canvas {saved['data']['max_grid_size']} (this experiment: {exp.data.max_grid_size})")
+    if wrong:
+        hint = " (set allow_decoder_mismatch = true to load different cycles on purpose)" if any(
+            k in w for k in _CYCLE_KEYS for w in wrong) else ""
+        raise CheckpointError(f"{exp.id}: decoder {path} was trained with " + "; ".join(wrong) + hint)
+    weights = {k: v for k, v in load_file(str(path)).items() if k.startswith("decoder.")}
+    target = model.state_dict()
+    for key, value in weights.items():
+        if key in target and value.shape != target[key].shape:
+            raise CheckpointError(
+                f"{path}: {key}: checkpoint shape {tuple(value.shape)} != model shape {tuple(target[key].shape)}"
+            )
+    model.load_state_dict(weights, strict=False)
+    loaded = tuple(k for k in weights if k in target)
+    return ImportReport(
+        loaded=loaded,
+        missing=tuple(k for k in target if k not in weights),
+        unexpected=tuple(k for k in weights if k not in target),
+    )

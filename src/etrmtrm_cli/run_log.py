@@ -1,0 +1,62 @@
+"""metrics.jsonl (always) and, on request, TensorBoard events and Weights & Biases logs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from etrmtrm_cli.checkpoint import METRICS
+from etrmtrm_cli.config import Experiment
+from etrmtrm_cli.errors import ConfigError
+
+
+class MetricsLog:
+    """One JSON object per logged step. On resume, lines past the checkpoint's step are dropped first:
+    they were logged by the interrupted run after its last checkpoint and will be logged again."""
+
+    def __init__(self, run_dir: Path, *, resume_from: int, tensorboard: bool, wandb: bool, exp: Experiment) -> None:
+        self.path = run_dir / METRICS
+        if resume_from and self.path.exists():
+            keep = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_from]
+            self.path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        self.file = self.path.open("a", encoding="utf-8")
+        self.tb = _tensorboard(run_dir) if tensorboard else None
+        self.wandb = _wandb(run_dir, exp) if wandb else None
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        clean = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}  # JSON has no NaN
+        self.file.write(json.dumps({"step": step, **clean}) + "\n")
+        self.file.flush()
+        finite = {k: v for k, v in clean.items() if v is not None}
+        if self.tb is not None:
+            for key, value in finite.items():
+                self.tb.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(finite, step=step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install 'etrmtrm[tensorboard]'") from None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def _wandb(run_dir: Path, exp: Experiment) -> Any:
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("--wandb needs the wandb package: pip install 'etrmtrm[wandb]' "
+                          "(WANDB_MODE=offline logs without a network)") from None
+    return wandb.init(project="etrmtrm", name=exp.id, dir=str(run_dir), config=exp.model_dump(mode="json"))
