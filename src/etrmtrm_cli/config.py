@@ -61,6 +61,15 @@ class DataConfig(Frozen):
     translate: bool = Field(True, description="random translation of train examples on the canvas")
     on_bad_task: Literal["error", "skip"] = "error"
 
+    @model_validator(mode="after")
+    def _check_eval_aug(self) -> DataConfig:
+        if self.eval_num_aug > self.num_aug:
+            raise ValueError(
+                f"eval_num_aug {self.eval_num_aug} > num_aug {self.num_aug}: only num_aug augmentations "
+                "of each task exist"
+            )
+        return self
+
     @field_validator("train_groups", "eval_groups")
     @classmethod
     def _positive_groups(cls, v: int | str) -> int | str:

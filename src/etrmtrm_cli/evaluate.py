@@ -67,14 +67,14 @@ def pass_at_k(votes: Votes, truths: dict[tuple[int, int], Answer], ks: tuple[int
 
 
 @torch.inference_mode()
-def evaluate(model: ACTModel, data: ArcData, batch_size: int, eval_num_aug: int, device: torch.device,
+def evaluate(model: ACTModel, data: ArcData, batch_size: int, device: torch.device,
              rank: int = 0, world_size: int = 1) -> dict[str, float]:
     """Run every eval batch for exactly halt_max_steps ACT steps; metrics over all ranks' rows."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64)  # rows, token accuracy, exact
     votes, truths = Votes(), {}
-    for batch in data.eval_batches(batch_size, eval_num_aug, rank, world_size):
+    for batch in data.eval_batches(batch_size, rank, world_size):
         inputs = as_dict(batch.to(device))
         carry = model.initial_carry(inputs)
         for _ in range(model.arch.halt_max_steps):

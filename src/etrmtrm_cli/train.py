@@ -201,8 +201,8 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
                 break
             metrics = _train_step(step_fn, model, ema, optimizers, data, exp, ctx, state, total)
             if state.step % exp.train.eval_interval == 0 or state.step == total:
-                metrics.update(evaluate(ema or model, data, exp.train.eval_batch_size or exp.train.batch_size,
-                                        exp.data.eval_num_aug, ctx.device, ctx.rank, ctx.world_size))
+                eval_batch = exp.train.eval_batch_size or exp.train.batch_size
+                metrics.update(evaluate(ema or model, data, eval_batch, ctx.device, ctx.rank, ctx.world_size))
                 emit("eval", {"step": state.step, "metrics": metrics})
             if log is not None:
                 log.write(state.step, metrics)
@@ -250,7 +250,7 @@ def _train_step(step_fn: Any, model: ACTModel, ema: ACTModel | None, optimizers:
     loss, sums = act_loss(outputs, carry.current_data["labels"], carry.halted, carry.steps, exp.arch.loss_type)
     if not torch.isfinite(loss):
         raise RunError(
-            f"{exp.id}: train/loss is {float(loss)} at step {step}; stopped before the update. The last good "
+            f"{exp.id}: train/loss is {float(loss.detach())} at step {step}; stopped before the update. The last good "
             f"checkpoint is kept: lower train.lr or check the data, then `etrmtrm train {exp.id} --resume`"
         )
     (loss / exp.train.batch_size).backward()

@@ -1,0 +1,19 @@
+"""Shared helpers: experiments from the real experiments.toml at the `tiny` profile."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from etrmtrm_cli.config import Experiment, load_experiments
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments.toml"
+CPU = torch.device("cpu")
+
+
+def tiny(exp_id: str = "E0b", overrides: Sequence[str] = (), world_size: int = 1) -> Experiment:
+    """A real experiment at the tiny profile, from scratch unless the overrides say otherwise."""
+    return load_experiments(EXPERIMENTS).resolve(exp_id, "tiny", ["decoder='none'", *overrides], world_size)

@@ -1,0 +1,212 @@
+"""Every registered encoder, parametrized over the registry: a new encoder is tested by registering it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CPU, EXPERIMENTS, tiny
+from pydantic import BaseModel
+from torch import nn
+
+from etrmtrm_cli.config import ArchConfig
+from etrmtrm_cli.encoders import build_encoder, get_encoder, list_encoders
+from etrmtrm_cli.encoders.registry import register_encoder, validate_encoder_params
+from etrmtrm_cli.errors import ConfigError
+from etrmtrm_cli.losses import act_loss
+from etrmtrm_cli.model import build_model, encoder_parameters
+
+NAMES = [spec.name for spec in list_encoders()]
+S, K = 6, 4
+ARCH = ArchConfig(hidden_size=16, num_heads=2, expansion=2.0, puzzle_emb_len=4, context_tokens=3,
+                  encoder_num_layers=2, H_cycles=2, L_cycles=1, L_layers=1, halt_max_steps=3)
+
+
+def demo_batch(batch: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random grids of random sizes at the canvas' top-left, 1..K real demos per row."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = torch.zeros(batch, K, S * S, dtype=torch.long)
+    labels = torch.zeros_like(inputs)
+    mask = torch.zeros(batch, K, dtype=torch.bool)
+    for b in range(batch):
+        n = int(torch.randint(1, K + 1, (1,), generator=g))
+        mask[b, :n] = True
+        for k in range(n):
+            for canvas in (inputs, labels):
+                h, w = (int(v) for v in torch.randint(1, S, (2,), generator=g))
+                grid = torch.full((S, S), 0, dtype=torch.long)
+                grid[:h, :w] = torch.randint(2, 12, (h, w), generator=g)
+                grid[h, : w + 1 if w < S else w] = 1  # EOS row below
+                grid[:h, w] = 1  # EOS column right of it
+                canvas[b, k] = grid.reshape(-1)
+    return {"demo_inputs": inputs, "demo_labels": labels, "demo_mask": mask}
+
+
+def encoder(name: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_encoder(ARCH.model_copy(update={"recurrent_encoder_type": name}), S * S).eval()
+
+
+def context_of(enc: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    carry = enc.initial_carry(batch["demo_mask"].shape[0], CPU)
+    context, _ = enc(carry, batch)
+    return context
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_context_shape_and_carry(name: str) -> None:
+    enc, batch = encoder(name), demo_batch()
+    carry = enc.initial_carry(3, CPU)
+    context, new_carry = enc(carry, batch)
+    assert context.shape == (3, ARCH.context_tokens, ARCH.hidden_size)
+    assert torch.isfinite(context).all()
+    assert set(new_carry) == set(carry)
+    assert bool(carry) == get_encoder(name).recurrent
+    for key, value in new_carry.items():
+        assert value.shape == carry[key].shape
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_demo_slots_and_pad_cells_do_not_matter(name: str) -> None:
+    enc, batch = encoder(name), demo_batch()
+    reference = context_of(enc, batch)
+    noisy = {k: v.clone() for k, v in batch.items()}
+    empty = ~noisy["demo_mask"]
+    noisy["demo_inputs"][empty] = torch.randint(0, 12, noisy["demo_inputs"][empty].shape)
+    noisy["demo_labels"][empty] = torch.randint(0, 12, noisy["demo_labels"][empty].shape)
+    torch.testing.assert_close(context_of(enc, noisy), reference)
+    with torch.no_grad():  # what a PAD cell holds (its embedding) must not reach the context
+        enc.grid.input_embed.weight[0].normal_()
+        enc.grid.output_embed.weight[0].normal_()
+    torch.testing.assert_close(context_of(enc, batch), reference)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_demo_order_does_not_matter(name: str) -> None:
+    enc, batch = encoder(name), demo_batch()
+    perm = torch.tensor([3, 1, 0, 2])
+    shuffled = {k: v[:, perm] for k, v in batch.items()}
+    torch.testing.assert_close(context_of(enc, shuffled), context_of(enc, batch), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_cropped_grid_encoder_equals_the_full_masked_computation() -> None:
+    enc, batch = encoder("static"), demo_batch(batch=4, seed=3)
+    grid = enc.grid
+    packed = grid(batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"])  # (B, K, D)
+    # Reference: every slot, the whole S x S canvas, PAD keys masked, mean over real tokens.
+    tokens = torch.cat([batch["demo_inputs"], batch["demo_labels"]], dim=2).flatten(0, 1)  # (B*K, 2S²)
+    real = tokens != 0
+    x = torch.cat([grid.input_embed(tokens[:, : S * S]), grid.output_embed(tokens[:, S * S :])], 1) * grid.embed_scale
+    rope = grid.rotary()
+    for block in grid.blocks:
+        x = block(x, rope=rope, key_mask=real)
+    full = (x * real.unsqueeze(-1)).sum(1) / real.sum(1, keepdim=True).clamp_min(1)
+    full = full.view(4, K, -1) * batch["demo_mask"].unsqueeze(-1)
+    torch.testing.assert_close(packed, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_training_step_gives_every_encoder_parameter_a_gradient(name: str) -> None:
+    exp = tiny("E0b", [f"arch.recurrent_encoder_type={name}"])
+    torch.manual_seed(0)
+    model = build_model(exp, S * S, num_puzzle_ids=8).train()
+    batch = demo_batch(batch=4, seed=1)
+    inputs = batch["demo_inputs"][:, 0].clone()
+    labels = batch["demo_labels"][:, 0].clone().masked_fill(batch["demo_labels"][:, 0] == 0, -100)
+    batch.update(inputs=inputs, labels=labels, puzzle_ids=torch.arange(4))
+    carry = model.initial_carry(batch)
+    for _ in range(2):  # the second step starts from a carried (detached) encoder state
+        model.zero_grad()
+        carry, outputs = model(carry, batch, torch.Generator().manual_seed(0))
+        loss, _ = act_loss(outputs, carry.current_data["labels"], carry.halted, carry.steps)
+        loss.backward()
+        for pname, param in model.provider.named_parameters():
+            assert param.grad is not None, f"{name}: {pname} got no gradient"
+            assert torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, f"{name}: {pname}"
+    assert len(encoder_parameters(model)) == len(list(model.provider.parameters())) > 0
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if get_encoder(n).recurrent])
+def test_carry_reset_touches_exactly_the_halted_slots(name: str) -> None:
+    enc = encoder(name)
+    init = enc.initial_carry(4, CPU)
+    carry = {k: v + torch.randn_like(v) for k, v in init.items()}  # a carry far from the init state
+    reset = torch.tensor([True, False, True, False])
+    out = enc.reset_carry(reset, carry)
+    for key in carry:
+        torch.testing.assert_close(out[key][reset], init[key][reset])
+        torch.testing.assert_close(out[key][~reset], carry[key][~reset])
+
+
+def test_unknown_and_duplicate_names() -> None:
+    with pytest.raises(ConfigError, match=r"unknown encoder 'gru'; valid: recurrent_standard, static, trm_style"):
+        get_encoder("gru")
+    with pytest.raises(ConfigError, match=r"'static' is registered twice: by etrmtrm_cli.encoders.static:"
+                                          r"StaticEncoder and by test_encoders:test_unknown_and_duplicate_names.<locals>.Impostor"):
+        @register_encoder("static", BaseModel, recurrent=False)
+        class Impostor(nn.Module):
+            pass
+    with pytest.raises(ConfigError, match=r"arch.encoder_params.bogus: .*encoder 'static' takes: set_layers"):
+        validate_encoder_params("static", {"bogus": 1})
+
+
+PLUGIN = '''
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from etrmtrm_cli.encoders.base import DemoEncoder
+from etrmtrm_cli.encoders.registry import register_encoder
+
+
+class MeanConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    scale: float = 1.0
+
+
+@register_encoder("mean_plugin", MeanConfig, recurrent=False)
+class MeanEncoder(DemoEncoder):
+    """The mean demo vector, plus a learned offset per context slot."""
+
+    def __init__(self, arch, params, seq_len):
+        super().__init__(arch, seq_len)
+        self.scale = params.scale
+        self.slots = nn.Parameter(0.02 * __import__("torch").randn(arch.context_tokens, arch.hidden_size))
+
+    def read(self, carry, demos, demo_mask):
+        weights = demo_mask.to(demos.dtype).unsqueeze(-1)
+        mean = (demos * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp_min(1)
+        return self.scale * mean + self.slots, carry
+'''
+
+
+@pytest.fixture
+def plugin_env(tmp_path: Path) -> dict[str, str]:
+    """A real installed-package layout: a module plus a .dist-info with an etrmtrm.encoders entry point."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "mean_plugin.py").write_text(PLUGIN)
+    info = site / "mean_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mean-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[etrmtrm.encoders]\nmean_plugin = mean_plugin\n")
+    return {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "COLUMNS": "250"}
+
+
+def test_entry_point_encoder_is_listed_and_trains(plugin_env: dict[str, str], tmp_path: Path) -> None:
+    listed = subprocess.run([sys.executable, "-m", "etrmtrm_cli", "encoders"], env=plugin_env,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert "mean_plugin" in listed.stdout and "scale=1" in listed.stdout and "entry point" in listed.stdout
+    trained = subprocess.run(
+        [sys.executable, "-m", "etrmtrm_cli", "train", "E0b", "--profile", "tiny", "--experiments", str(EXPERIMENTS),
+         "--runs-dir", str(tmp_path / "runs"), "--max-steps", "3", "--set", "decoder=none",
+         "--set", "arch.recurrent_encoder_type=mean_plugin", "--set", "arch.encoder_params={scale=2.0}", "--quiet"],
+        env=plugin_env, capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    assert (tmp_path / "runs" / "E0b" / "model.safetensors").is_file()
+    config = (tmp_path / "runs" / "E0b" / "config.json").read_text()
+    assert '"recurrent_encoder_type": "mean_plugin"' in config and '"scale": 2.0' in config

@@ -1,0 +1,224 @@
+"""The training loop on the tiny profile: runs, resume equivalence, faults, optimizer groups, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import CPU, EXPERIMENTS, tiny
+
+from etrmtrm_cli import checkpoint
+from etrmtrm_cli.distributed import DistContext
+from etrmtrm_cli.errors import RunError
+from etrmtrm_cli.model import build_model, encoder_parameters
+from etrmtrm_cli.train import StopFlag, TrainOptions, build_optimizers, lr_at, set_lr, train
+
+SINGLE = DistContext(0, 1, CPU)
+FAST = ["train.eval_interval=4", "train.checkpoint_interval=4", "data.eval_groups=1", "data.eval_num_aug=1"]
+
+
+def read_metrics(run_dir: Path, drop: tuple[str, ...] = ("time/step_s",)) -> list[dict[str, Any]]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in lines]
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at(step: int):  # noqa: ANN201
+    def on_event(kind: str, payload: dict[str, Any]) -> None:
+        if kind == "step" and payload["step"] == step:
+            raise Crash(step)
+
+    return on_event
+
+
+def test_run_directory_is_complete(tmp_path: Path) -> None:
+    exp = tiny("E0b", FAST)
+    summary = train(exp, TrainOptions(runs_dir=tmp_path, max_steps=6), SINGLE)
+    run = tmp_path / "E0b"
+    assert summary.status == "finished" and summary.step == 6
+    assert {p.name for p in run.iterdir()} >= {"config.json", "meta.json", "metrics.jsonl", "summary.json",
+                                               "model.safetensors", "checkpoints"}
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert "eval/pass@2" in rows[3] and "eval/pass@2" in rows[5] and "eval/pass@2" not in rows[0]
+    for key in ("train/loss", "grad/encoder_share", "train/encoder_cross_sample_var", "train/encoder_carry_norm",
+                "train/encoder_carry_change", "train/lr"):
+        assert key in rows[0]
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["seed"] == exp.seed and meta["train_tasks"] and not set(meta["train_tasks"]) & set(meta["eval_tasks"])
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+    assert [p.name for p in checkpoint.list_checkpoints(run / "checkpoints")] == ["step_00000004", "step_00000006"]
+
+
+def test_loss_falls_on_a_fixed_puzzle_set(tmp_path: Path) -> None:
+    exp = tiny("E0a", ["data.num_aug=0", "data.eval_num_aug=0", "data.translate=false", "train.lr=3e-3", "train.eval_interval=1000",
+                       "train.checkpoint_interval=1000", "arch.halt_max_steps=1"])
+    train(exp, TrainOptions(runs_dir=tmp_path, max_steps=60), SINGLE)
+    losses = [r["train/lm_loss"] for r in read_metrics(tmp_path / "E0a")]
+    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10, losses
+
+
+@pytest.mark.parametrize("exp_id", ["E0b", "P0"])
+def test_resume_after_a_kill_logs_identical_metrics(tmp_path: Path, exp_id: str) -> None:
+    exp = tiny(exp_id, [*FAST, "train.ema=true"])
+    train(exp, TrainOptions(runs_dir=tmp_path / "a", max_steps=10), SINGLE)
+    with pytest.raises(Crash):  # dies after step 6: the latest checkpoint is step 4
+        train(exp, TrainOptions(runs_dir=tmp_path / "b", max_steps=10), SINGLE, crash_at(6))
+    assert len(read_metrics(tmp_path / "b" / exp_id)) == 6
+    train(exp, TrainOptions(runs_dir=tmp_path / "b", max_steps=10, resume=True), SINGLE)
+    assert read_metrics(tmp_path / "b" / exp_id) == read_metrics(tmp_path / "a" / exp_id)
+
+
+def test_stop_flag_checkpoints_and_resumes(tmp_path: Path) -> None:
+    exp = tiny("E0b", FAST)
+    stop = StopFlag()
+
+    def request_stop(kind: str, payload: dict[str, Any]) -> None:
+        if kind == "step" and payload["step"] == 5:
+            stop.requested = True
+
+    summary = train(exp, TrainOptions(runs_dir=tmp_path, max_steps=8), SINGLE, request_stop, stop)
+    assert (summary.status, summary.step) == ("interrupted", 5)
+    assert checkpoint.latest_checkpoint(tmp_path / "E0b").name == "step_00000005"
+    assert checkpoint.run_status(tmp_path / "E0b") == "resumable"
+    resumed = train(exp, TrainOptions(runs_dir=tmp_path, max_steps=8, resume=True), SINGLE)
+    assert (resumed.status, resumed.step) == ("finished", 8)
+
+
+def test_kill_during_checkpoint_write_keeps_the_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    exp = tiny("E0b", FAST)
+    real_save_state = checkpoint.save_state
+
+    def dies_at_step_8(path: Path, state: dict[str, Any]) -> None:
+        if state["step"] == 8:
+            raise Crash("killed mid-write")
+        real_save_state(path, state)
+
+    monkeypatch.setattr(checkpoint, "save_state", dies_at_step_8)
+    with pytest.raises(Crash):
+        train(exp, TrainOptions(runs_dir=tmp_path, max_steps=10), SINGLE)
+    run = tmp_path / "E0b"
+    assert (run / "checkpoints" / "step_00000008.tmp").is_dir()  # the half-written one
+    assert checkpoint.latest_checkpoint(run).name == "step_00000004"
+    monkeypatch.undo()
+    assert train(exp, TrainOptions(runs_dir=tmp_path, max_steps=10, resume=True), SINGLE).step == 10
+
+
+def test_nan_loss_stops_before_the_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import etrmtrm_cli.train as train_module
+
+    exp = tiny("E0b", FAST)
+    real_loss = train_module.act_loss
+    calls = {"n": 0}
+
+    def nan_at_step_6(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        loss, sums = real_loss(*args, **kwargs)
+        return (loss * float("nan") if calls["n"] == 6 else loss), sums
+
+    monkeypatch.setattr(train_module, "act_loss", nan_at_step_6)
+    with pytest.raises(RunError, match=r"train/loss is nan at step 6.*last good checkpoint is kept"):
+        train(exp, TrainOptions(runs_dir=tmp_path, max_steps=10), SINGLE)
+    assert checkpoint.latest_checkpoint(tmp_path / "E0b").name == "step_00000004"
+
+
+def test_refuses_to_overwrite_and_force_moves_aside(tmp_path: Path) -> None:
+    exp = tiny("E0b", FAST)
+    train(exp, TrainOptions(runs_dir=tmp_path, max_steps=2), SINGLE)
+    with pytest.raises(RunError, match="exists: continue it with --resume, or start over with --force"):
+        train(exp, TrainOptions(runs_dir=tmp_path, max_steps=2), SINGLE)
+    train(exp, TrainOptions(runs_dir=tmp_path, max_steps=2, force=True), SINGLE)
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("E0b.old-")]
+    assert len(aside) == 1 and (aside[0] / "model.safetensors").is_file()
+
+
+def test_missing_decoder_fails_before_touching_the_run(tmp_path: Path) -> None:
+    from etrmtrm_cli.config import load_experiments
+    from etrmtrm_cli.errors import CheckpointError
+
+    exp = load_experiments(EXPERIMENTS).resolve("E0b", "tiny")  # decoder = "P0", never trained here
+    with pytest.raises(CheckpointError, match=r"produce it with `etrmtrm train P0 --profile tiny`"):
+        train(exp, TrainOptions(runs_dir=tmp_path, max_steps=2), SINGLE)
+    assert not (tmp_path / "E0b").exists()
+
+
+def test_encoder_lr_scale_makes_its_own_group() -> None:
+    exp = tiny("E3d")  # encoder_lr_scale = 0.5
+    model = build_model(exp, 36, 10)
+    optimizers = build_optimizers(model, exp)
+    set_lr(optimizers, 1e-3)
+    groups = {g["name"]: g for g in optimizers[0].param_groups}
+    assert groups["encoder"]["lr"] == pytest.approx(5e-4) and groups["decoder"]["lr"] == pytest.approx(1e-3)
+    assert {id(p) for p in groups["encoder"]["params"]} == {id(p) for p in encoder_parameters(model)}
+    single = build_optimizers(model, tiny("E3a"))[0].param_groups
+    assert len(single) == 1 and len(single[0]["params"]) == len(list(model.parameters()))
+
+
+def test_lr_schedule_warmup_then_cosine() -> None:
+    exp = tiny("E0b", ["train.lr=1.0", "train.lr_warmup_steps=10", "train.lr_min_ratio=0.1"])
+    assert lr_at(5, exp, 110) == pytest.approx(0.5)
+    assert lr_at(10, exp, 110) == pytest.approx(1.0)
+    assert lr_at(60, exp, 110) == pytest.approx(0.55)
+    assert lr_at(110, exp, 110) == pytest.approx(0.1)
+
+
+def run_cli(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "COLUMNS": "200", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
+    args = ["etrmtrm_cli", "train", "E0b", "--profile", "tiny", "--experiments", str(EXPERIMENTS),
+            "--runs-dir", str(tmp_path), "--max-steps", "100000", "--set", "decoder=none",
+            "--set", "train.checkpoint_interval=100000", "--set", "train.eval_interval=100000"]
+    proc = run_cli(args, tmp_path)
+    metrics = tmp_path / "E0b" / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "continue with: etrmtrm train E0b --resume --profile tiny" in err
+    assert "Traceback" not in err
+    assert checkpoint.latest_checkpoint(tmp_path / "E0b") is not None
+
+
+@pytest.mark.slow
+def test_two_process_gloo_equals_one_process(tmp_path: Path) -> None:
+    common = ["train", "E0b", "--profile", "tiny", "--experiments", str(EXPERIMENTS), "--max-steps", "6",
+              "--set", "decoder=none", "--set", "arch.halt_exploration_prob=0.0", "--set", "train.eval_interval=3",
+              "--set", "data.eval_num_aug=1", "--quiet", "--device", "cpu"]
+    single = run_cli(["etrmtrm_cli", *common, "--runs-dir", str(tmp_path / "one")], tmp_path)
+    ddp = run_cli(["torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29631", "-m",
+                   "etrmtrm_cli", *common, "--runs-dir", str(tmp_path / "two")], tmp_path, {"OMP_NUM_THREADS": "1"})
+    for proc in (single, ddp):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out + err
+    one, two = read_metrics(tmp_path / "one" / "E0b"), read_metrics(tmp_path / "two" / "E0b")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(1, 7))
+    for a, b in zip(one, two, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            if key.startswith("train/encoder") or key == "train/encoder_cross_sample_var":
+                continue  # measured on rank 0's half of the batch
+            if a[key] is None:
+                assert b[key] is None, key
+            else:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["step"], key)
+    weights_one = checkpoint.load_weights(tmp_path / "one" / "E0b" / "model.safetensors")
+    weights_two = checkpoint.load_weights(tmp_path / "two" / "E0b" / "model.safetensors")
+    for key, value in weights_one.items():
+        torch.testing.assert_close(weights_two[key], value, rtol=1e-4, atol=1e-5)
