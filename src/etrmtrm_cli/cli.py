@@ -126,6 +126,24 @@ def validate(
 
 @app.command()
 @handles_errors
+def data(
+    experiment: Annotated[str, typer.Argument(help="The experiment whose data to show.")] = "E0b",
+    experiments: ExperimentsPath = Path("experiments.toml"),
+    profile: ProfileOpt = "auto",
+    overrides: SetOpt = None,
+) -> None:
+    """Show what an experiment trains and evaluates on, and draw one training example."""
+    from etrmtrm_cli.data import build_arc_data, summarize
+
+    _, exp = load_one(experiments, experiment, profile, overrides)
+    arc = build_arc_data(exp.data, exp.seed)
+    console.print(render.data_table(exp, summarize(arc)))
+    batch = arc.train_batch(0, exp.train.batch_size)
+    console.print(render.example_panel(batch, 0, arc.canvas_size, arc.groups[int(batch.group_ids[0])].task.id))
+
+
+@app.command()
+@handles_errors
 def encoders() -> None:
     """List the registered encoders: recurrent or not, their settings with defaults, where they come from."""
     from etrmtrm_cli.encoders.registry import list_encoders

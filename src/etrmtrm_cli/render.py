@@ -6,11 +6,15 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rich.columns import Columns
 from rich.console import Console
+from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from etrmtrm_cli.config import Experiment, ExperimentsFile, changed_keys
+from etrmtrm_cli.data import Batch, DataSummary
 from etrmtrm_cli.encoders.registry import EncoderSpec, config_defaults
 
 if TYPE_CHECKING:
@@ -142,3 +146,58 @@ def summary_line(summary: RunSummary) -> str:
         if key in last:
             parts.append(f"{label} {last[key]:.1%}")
     return ", ".join(parts) + f" -> {summary.run_dir}"
+
+
+def data_table(exp: Experiment, summary: DataSummary) -> Table:
+    table = Table(title=f"{exp.id} data ({exp.profile} profile, canvas {summary.canvas_size}x{summary.canvas_size}, "
+                        f"queries: {exp.data.query_mode})")
+    table.add_column("")
+    table.add_column("train", justify="right")
+    table.add_column("eval", justify="right")
+    rows = (
+        ("sources", lambda s: ", ".join(s.sources)),
+        ("groups (tasks)", lambda s: str(s.groups)),
+        ("puzzles (augmented views)", lambda s: f"{s.puzzles:,}"),
+        ("examples per epoch / pass", lambda s: f"{s.examples_per_epoch:,}"),
+        ("demos per example min/mean/max", lambda s: f"{s.demos_min} / {s.demos_mean:.1f} / {s.demos_max}"),
+        ("grid height min-max", lambda s: f"{s.height[0]}-{s.height[1]}"),
+        ("grid width min-max", lambda s: f"{s.width[0]}-{s.width[1]}"),
+        ("left out: larger than canvas", lambda s: str(s.too_large)),
+        ("left out: bad task files", lambda s: str(s.skipped)),
+    )
+    for label, value in rows:
+        table.add_row(label, value(summary.train), value(summary.eval))
+    return table
+
+
+# ARC's usual palette for colours 0-9; PAD is blank, EOS a dim dot.
+_PALETTE = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF",
+            "#870C25")
+
+
+def grid_text(tokens: Any, side: int) -> Text:
+    """(S²,) canvas tokens -> coloured cells, two characters per cell."""
+    text = Text()
+    rows = [list(map(int, tokens[r * side:(r + 1) * side])) for r in range(side)]
+    last_row = max((r for r, row in enumerate(rows) if any(t > 0 for t in row)), default=-1)
+    for row in rows[: last_row + 1]:
+        for token in row:
+            if token >= 2:
+                text.append("  ", style=f"on {_PALETTE[token - 2]}")
+            else:
+                text.append(" ·" if token == 1 else "  ", style="dim")
+        text.append("\n")
+    return text
+
+
+def example_panel(batch: Batch, row: int, side: int, task_id: str) -> Panel:
+    """One example: its demos (input -> output) and the query, as the model sees them."""
+    grids = []
+    for k in range(int(batch.demo_mask[row].sum())):
+        grids.append(Panel(grid_text(batch.demo_inputs[row, k], side), title=f"demo {k + 1} in", expand=False))
+        grids.append(Panel(grid_text(batch.demo_labels[row, k], side), title=f"demo {k + 1} out", expand=False))
+    labels = batch.labels[row].clamp_min(0)
+    grids.append(Panel(grid_text(batch.inputs[row], side), title="query in", expand=False, border_style="cyan"))
+    grids.append(Panel(grid_text(labels, side), title="query out (target)", expand=False, border_style="cyan"))
+    title = f"task {task_id}, augmentation {int(batch.aug_ids[row])} (first training example)"
+    return Panel(Columns(grids), title=title)
