@@ -145,8 +145,9 @@ def test_carry_reset_touches_exactly_the_halted_slots(name: str) -> None:
 def test_unknown_and_duplicate_names() -> None:
     with pytest.raises(ConfigError, match=r"unknown encoder 'gru'; valid: recurrent_standard, static, trm_style"):
         get_encoder("gru")
-    with pytest.raises(ConfigError, match=r"'static' is registered twice: by etrmtrm_cli.encoders.static:"
-                                          r"StaticEncoder and by test_encoders:test_unknown_and_duplicate_names.<locals>.Impostor"):
+    duplicate = (r"'static' is registered twice: by etrmtrm_cli.encoders.static:StaticEncoder and by "
+                 r"test_encoders:test_unknown_and_duplicate_names.<locals>.Impostor")
+    with pytest.raises(ConfigError, match=duplicate):
         @register_encoder("static", BaseModel, recurrent=False)
         class Impostor(nn.Module):
             pass

@@ -62,8 +62,8 @@ def test_run_directory_is_complete(tmp_path: Path) -> None:
 
 
 def test_loss_falls_on_a_fixed_puzzle_set(tmp_path: Path) -> None:
-    exp = tiny("E0a", ["data.num_aug=0", "data.eval_num_aug=0", "data.translate=false", "train.lr=3e-3", "train.eval_interval=1000",
-                       "train.checkpoint_interval=1000", "arch.halt_max_steps=1"])
+    exp = tiny("E0a", ["data.num_aug=0", "data.eval_num_aug=0", "data.translate=false", "train.lr=3e-3",
+                       "train.eval_interval=1000", "train.checkpoint_interval=1000", "arch.halt_max_steps=1"])
     train(exp, TrainOptions(runs_dir=tmp_path, max_steps=60), SINGLE)
     losses = [r["train/lm_loss"] for r in read_metrics(tmp_path / "E0a")]
     assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10, losses

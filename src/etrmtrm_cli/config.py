@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import copy
 import difflib
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from etrmtrm_cli.errors import ConfigError
@@ -27,7 +27,9 @@ PROFILE_KEYS: dict[str, frozenset[str]] = {
         {"hidden_size", "num_heads", "expansion", "L_layers", "H_cycles", "L_cycles", "puzzle_emb_len",
          "context_tokens", "forward_dtype"}
     ),
-    "data": frozenset({"max_grid_size", "max_demos", "num_aug", "eval_num_aug", "train_groups", "eval_groups", "query_mode"}),
+    "data": frozenset(
+        {"max_grid_size", "max_demos", "num_aug", "eval_num_aug", "train_groups", "eval_groups", "query_mode"}
+    ),
     "train": frozenset(
         {"epochs", "max_steps", "eval_interval", "checkpoint_interval", "lr_warmup_steps", "batch_divisor",
          "eval_batch_size"}
