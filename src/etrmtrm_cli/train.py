@@ -256,6 +256,11 @@ def _train_step(step_fn: Any, model: ACTModel, ema: ACTModel | None, optimizers:
     (loss / exp.train.batch_size).backward()
     all_reduce_grads(model, ctx.world_size)
     metrics = grad_norms(model, encoder_parameters(model))
+    if not math.isfinite(metrics["grad/total_norm"]):
+        raise RunError(
+            f"{exp.id}: grad/total_norm is {metrics['grad/total_norm']} at step {step}; stopped before the update. "
+            f"The last good checkpoint is kept: lower train.lr, then `etrmtrm train {exp.id} --resume`"
+        )
     if exp.train.grad_clip_norm > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), exp.train.grad_clip_norm)
     lr = lr_at(step, exp, total)
