@@ -1,0 +1,128 @@
+"""layers.py against hand computations."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from etrmtrm_cli.layers import (
+    Attention,
+    Block,
+    CrossAttention,
+    Embedding,
+    Linear,
+    RotaryEmbedding,
+    SwiGLU,
+    apply_rotary,
+    rms_norm,
+    swiglu_width,
+    trunc_normal_init_,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny matmuls run faster on one thread, and far faster when another process holds a core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_trunc_normal_has_the_requested_std_and_bounds() -> None:
+    torch.manual_seed(0)
+    x = trunc_normal_init_(torch.empty(200_000), std=0.5)
+    assert abs(x.std().item() - 0.5) < 0.005  # torch's trunc_normal_ would give ~0.44
+    assert x.abs().max().item() <= 2 * 0.5 / math.sqrt(0.7737413) + 1e-6  # ±2 corrected stds
+    assert trunc_normal_init_(torch.ones(3), std=0.0).eq(0).all()
+
+
+def test_rms_norm_by_hand_and_dtype() -> None:
+    x = torch.tensor([[3.0, 4.0]])
+    expected = torch.tensor([[3.0, 4.0]]) / math.sqrt(12.5 + 1e-5)
+    torch.testing.assert_close(rms_norm(x, 1e-5), expected)
+    assert rms_norm(x.bfloat16(), 1e-5).dtype == torch.bfloat16
+
+
+def test_linear_and_embedding_follow_the_compute_dtype() -> None:
+    torch.manual_seed(0)
+    lin = Linear(256, 4, bias=True)
+    assert abs(lin.weight.std().item() - 1 / 16) < 0.01 and lin.bias is not None and lin.bias.eq(0).all()
+    assert lin(torch.ones(2, 256, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    assert lin.weight.dtype == torch.float32
+    emb = Embedding(5, 3, init_std=1.0, cast_to=torch.bfloat16)
+    assert emb(torch.tensor([0, 4])).dtype == torch.bfloat16
+    assert Embedding(5, 3, init_std=1.0)(torch.tensor([1])).dtype == torch.float32
+
+
+WIDTHS = [(512, 4.0, 1536), (16, 4.0, 256), (384, 4.0, 1024), (64, 2.0, 256), (400, 4.0, 1280)]
+
+
+@pytest.mark.parametrize(("hidden", "expansion", "width"), WIDTHS)
+def test_swiglu_width_rounds_up_to_256(hidden: int, expansion: float, width: int) -> None:
+    assert swiglu_width(hidden, expansion) == width
+    assert SwiGLU(hidden, expansion).down.weight.shape == (hidden, width)
+
+
+def test_rope_is_half_split() -> None:
+    rope = RotaryEmbedding(head_dim=4, max_positions=3, theta=10000.0)
+    cos, sin = rope()
+    assert cos.shape == (3, 4)
+    q = torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 3)  # (T, hd)
+    q_rot, _ = apply_rotary(q, q, cos, sin)
+    # Dim 0 rotates with dim 2 (not dim 1) at frequency 1; position p turns it by angle p.
+    for p in range(3):
+        torch.testing.assert_close(q_rot[p], torch.tensor([math.cos(p), 0.0, math.sin(p), 0.0]))
+    k = torch.tensor([[0.0, 1.0, 0.0, 0.0]] * 3)
+    k_rot, _ = apply_rotary(k, k, cos, sin)
+    torch.testing.assert_close(k_rot[2], torch.tensor([0.0, math.cos(0.02), 0.0, math.sin(0.02)]))
+
+
+def test_attention_key_mask_hides_keys_and_empty_rows_give_zeros() -> None:
+    torch.manual_seed(0)
+    attn = Attention(8, 2)
+    x = torch.randn(2, 5, 8)
+    mask = torch.tensor([[True, True, True, False, False], [False] * 5])
+    out = attn(x, key_mask=mask)
+    x2 = x.clone()
+    x2[0, 3:] = 100.0  # masked keys of row 0 change
+    out2 = attn(x2, key_mask=mask)
+    torch.testing.assert_close(out[0, :3], out2[0, :3])
+    assert torch.isfinite(out).all() and out[1].eq(0).all()
+    torch.testing.assert_close(attn(x, key_mask=torch.ones(2, 5, dtype=torch.bool)), attn(x))
+
+
+def test_cross_attention_mask_and_empty_rows() -> None:
+    torch.manual_seed(0)
+    cross = CrossAttention(8, 2)
+    q, kv = torch.randn(2, 3, 8), torch.randn(2, 4, 8)
+    mask = torch.tensor([[True, False, True, False], [False] * 4])
+    out = cross(q, kv, mask)
+    assert out.shape == (2, 3, 8) and torch.isfinite(out).all() and out[1].eq(0).all()
+    kv2 = kv.clone()
+    kv2[0, [1, 3]] = -50.0
+    torch.testing.assert_close(cross(q, kv2, mask)[0], out[0])
+    # One unmasked key: every query reads exactly that key's value projection.
+    single = torch.tensor([[False, False, True, False]] * 2)
+    value = kv @ cross.kv.weight[8:].T
+    expected = value[:, 2:3].expand(2, 3, 8) @ cross.out.weight.T
+    torch.testing.assert_close(cross(q, kv, single), expected)
+
+
+@pytest.mark.parametrize("style", ["post", "pre"])
+def test_block_norm_styles(style: str) -> None:
+    torch.manual_seed(0)
+    block = Block(8, 2, 2.0, eps=1e-5, norm_style=style)  # type: ignore[arg-type]
+    x = torch.randn(2, 5, 8)
+    if style == "post":
+        h = rms_norm(x + block.attn(x), 1e-5)
+        expected = rms_norm(h + block.mlp(h), 1e-5)
+    else:
+        h = x + block.attn(rms_norm(x, 1e-5))
+        expected = h + block.mlp(rms_norm(h, 1e-5))
+    torch.testing.assert_close(block(x), expected)
+    with pytest.raises(ValueError, match="norm_style"):
+        Block(8, 2, 2.0, norm_style="middle")  # type: ignore[arg-type]
