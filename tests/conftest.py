@@ -12,6 +12,8 @@ from etrmtrm_cli.config import Experiment, load_experiments
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments.toml"
 CPU = torch.device("cpu")
+# Tiny models run fastest on one thread, and a busy 2-core machine makes a second thread cost 10-20x.
+torch.set_num_threads(1)
 
 
 def tiny(exp_id: str = "E0b", overrides: Sequence[str] = (), world_size: int = 1) -> Experiment:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from etrmtrm_cli import __version__, render
 from etrmtrm_cli.checkpoint import run_status
@@ -53,8 +54,8 @@ def handles_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except EtrmtrmError as err:
-            for line in str(err).splitlines():
-                err_console.print(f"[bold red]error:[/] {line}", highlight=False, markup=True, soft_wrap=True)
+            for line in str(err).splitlines():  # escaped: "pip install 'etrmtrm[plot]'" must keep its brackets
+                err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -224,6 +225,91 @@ def stop_on_signals(stop: StopFlag) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+@app.command()
+@handles_errors
+def diagnose(
+    experiment: Annotated[str, typer.Argument(help="The experiment whose model to check.")] = "E0b",
+    check: Annotated[str, typer.Option(
+        "--check", "-c", help="carry-reset | gradient-flow | encoder-variance | determinism | all")] = "all",
+    run: Annotated[Path | None, typer.Option(
+        "--run", help="Check this run (its config.json and latest checkpoint) instead of a fresh model.",
+        file_okay=False)] = None,
+    experiments: ExperimentsPath = Path("experiments.toml"),
+    profile: ProfileOpt = "auto",
+    overrides: SetOpt = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "cpu",
+) -> None:
+    """Check a model for the plan's failure modes: carry not reset, encoder without gradient, collapse, nondeterminism.
+
+    Without --run: a fresh model of EXPERIMENT at --profile (tiny takes seconds), without decoder weights.
+
+    Exit code 0 when every check passes, 1 when one fails, 3 when there are only warnings.
+    """
+    from etrmtrm_cli import report_render
+    from etrmtrm_cli.diagnose import exit_code, fresh_subject, parse_checks, run_checks, run_subject
+    from etrmtrm_cli.distributed import pick_device
+
+    checks = parse_checks(check)
+    chosen = pick_device(device)
+    if run is not None:
+        if overrides:
+            raise ConfigError("--set cannot be combined with --run: the run's config.json is what is checked")
+        subject = run_subject(run, chosen)
+    else:
+        subject = fresh_subject(load_one(experiments, experiment, profile, overrides)[1], chosen)
+    console.print(f"[dim]checking {subject.source}[/]", highlight=False)
+    results = run_checks(subject, checks)
+    for result in results:
+        console.print(report_render.check_table(result))
+    console.print(report_render.diagnose_summary(subject.exp.id, results), highlight=False)
+    raise typer.Exit(exit_code(results))
+
+
+@app.command()
+@handles_errors
+def compare(
+    runs: Annotated[list[str], typer.Argument(help="The experiments whose runs to compare: E0a E0b ...")],
+    runs_dir: Annotated[Path, typer.Option(help="Where runs/<ID>/ live.")] = Path("runs"),
+    markdown: Annotated[Path | None, typer.Option(
+        "--markdown", help="Also write the report as Markdown (e.g. results/overfit-cpu.md).", dir_okay=False)] = None,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Also plot the training curves into this PNG (needs pip install 'etrmtrm\\[plot]').",
+        dir_okay=False)] = None,
+    per_puzzle: Annotated[bool, typer.Option(
+        "--per-puzzle", help="Per-task accuracy of two runs side by side: evaluates both final models.")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (for --per-puzzle)")] = "cpu",
+) -> None:
+    """The plan's comparison matrix, trivial baselines, config differences and verdict (scenarios A-D, red flags).
+
+    Reads only the runs' files (config.json, meta.json, metrics.jsonl, summary.json).
+
+    --per-puzzle is the one option that runs the models: it evaluates both runs' final weights.
+    """
+    from etrmtrm_cli import report_render
+    from etrmtrm_cli.compare import compare_runs, per_task_accuracy, per_task_table
+    from etrmtrm_cli.distributed import pick_device
+
+    if plot is not None:
+        report_render.require_matplotlib()
+    if per_puzzle and len(runs) != 2:
+        raise ConfigError(f"--per-puzzle shows two runs side by side; got {len(runs)}: {' '.join(runs)}")
+    result = compare_runs(runs_dir, runs)
+    for renderable in report_render.comparison_renderables(result):
+        console.print(renderable)
+    per_task = []
+    if per_puzzle:
+        chosen = str(pick_device(device))
+        per_task = per_task_table(*(per_task_accuracy(r, chosen) for r in result.runs))
+        console.print(report_render.per_task_table(per_task, (runs[0], runs[1])))
+    if plot is not None:
+        report_render.plot_curves(result, plot)
+        console.print(f"[green]wrote[/] {plot}", highlight=False)
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(report_render.comparison_markdown(result, markdown, plot, per_task), encoding="utf-8")
+        console.print(f"[green]wrote[/] {markdown}", highlight=False)
 
 
 def main() -> None:

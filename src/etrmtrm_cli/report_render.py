@@ -1,0 +1,338 @@
+"""Renderings of `diagnose` and `compare` results: Rich tables, a Markdown report, training-curve plots.
+Only this module and cli.py print; the library returns dataclasses."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from etrmtrm_cli.compare import (
+    CONVERGENCE_LEVELS,
+    FINAL_FRACTION,
+    NOISY_LOSS_CV,
+    SMOOTH_WINDOW,
+    STABILITY_FRACTION,
+    Comparison,
+    RunRow,
+    TaskScore,
+    Verdict,
+    duration,
+    num,
+    pct,
+    series,
+    steps,
+)
+from etrmtrm_cli.diagnose import CheckResult, Status
+from etrmtrm_cli.errors import ConfigError
+
+_STYLE: dict[Status, str] = {"pass": "green", "warn": "yellow", "fail": "bold red"}
+
+# --- diagnose --------------------------------------------------------------------------------------------------
+
+
+def check_table(result: CheckResult) -> Table:
+    style = _STYLE[result.status]
+    table = Table(title=f"[{style}]{result.status.upper()}[/] {result.name}", title_justify="left",
+                  caption=result.message, caption_justify="left")
+    table.add_column("measured")
+    table.add_column("value", justify="right")
+    table.add_column("threshold", style="dim")
+    table.add_column("verdict")
+    for row in result.rows:
+        table.add_row(row.what, row.value, row.threshold, Text(row.verdict, style=_STYLE[row.verdict]))
+    return table
+
+
+def diagnose_summary(source: str, results: Sequence[CheckResult]) -> str:
+    counts = {s: sum(r.status == s for r in results) for s in _STYLE}
+    parts = ", ".join(f"[{_STYLE[s]}]{n} {s}[/]" for s, n in counts.items() if n)
+    return f"{source}: {parts}"
+
+
+# --- compare: the columns, shared by the terminal and the Markdown report -------------------------------------
+
+Column = tuple[str, Callable[[RunRow], str]]
+
+
+def _notes(baseline: str | None) -> Callable[[RunRow], str]:
+    def note(r: RunRow) -> str:
+        kind = "baseline" if r.exp_id == baseline else "recurrent" if r.recurrent else "static"
+        return kind if r.model != "TRM" else "decoder pretraining"
+
+    return note
+
+
+def matrix_columns(baseline: str | None) -> list[Column]:
+    """The plan's comparison matrix (its "Comparison Matrix" table), plus steps to 80% and status."""
+    return [
+        ("Experiment", lambda r: r.exp_id),
+        ("Model", lambda r: f"{r.model} ({r.encoder})"),
+        ("Train Acc", lambda r: pct(r.train_acc)),
+        ("Train EM", lambda r: pct(r.train_em)),
+        ("Avg Steps", lambda r: num(r.act_steps)),
+        *((f"Steps to {level:.0%}", _steps_to(level)) for level in CONVERGENCE_LEVELS),
+        ("Encoder Var", lambda r: num(r.encoder_var)),
+        ("Notes", _notes(baseline)),
+        ("Status", lambda r: r.status_text),
+    ]
+
+
+def _steps_to(level: float) -> Callable[[RunRow], str]:
+    return lambda r: steps(r.steps_to[level])
+
+
+DYNAMICS_COLUMNS: list[Column] = [
+    ("Experiment", lambda r: r.exp_id),
+    ("Grad enc share", lambda r: num(r.grad_share)),
+    ("Carry norm (RMS)", lambda r: f"{num(r.carry_norm)} ({num(r.carry_rms)})" if r.recurrent else "—"),
+    ("Carry change", lambda r: num(r.carry_change)),
+    ("Carry conv. steps", lambda r: num(r.convergence_steps)),
+    ("Eval acc", lambda r: pct(r.eval_acc)),
+    ("Eval exact", lambda r: pct(r.eval_exact)),
+    ("Eval pass@2", lambda r: pct(r.eval_pass2)),
+    ("Eval at step", lambda r: steps(r.eval_step)),
+    ("Loss CV", lambda r: num(r.loss_cv)),
+    ("Wall time", lambda r: duration(r.wall_time_s)),
+]
+
+DEFINITIONS = (
+    f"Train Acc, Train EM, Avg Steps, Encoder Var, grad share and carry: final = mean over the last "
+    f"{FINAL_FRACTION:.0%} of the steps at which each was logged. Steps to X%: first step where the mean of "
+    f"train/accuracy over the last {SMOOTH_WINDOW} logged values reaches X (— = never). Eval: the last eval. "
+    "Loss CV: std / mean of "
+    f"train/loss over the last {STABILITY_FRACTION:.0%} of logged steps (> {NOISY_LOSS_CV:g} = highly noisy). "
+    "Carry RMS: carry norm / sqrt(hidden_size)."
+)
+
+
+def _table(title: str, columns: Sequence[Column], rows: Sequence[RunRow], caption: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for i, (header, _) in enumerate(columns):
+        table.add_column(header, style="bold cyan" if i == 0 else None, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*(fn(r) for _, fn in columns))
+    return table
+
+
+def comparison_renderables(cmp: Comparison) -> list[Any]:
+    out: list[Any] = [
+        _table("Comparison matrix (vs ETRM)", matrix_columns(cmp.verdict.baseline), cmp.rows),
+        _table("Encoder, eval and stability", DYNAMICS_COLUMNS, cmp.rows, DEFINITIONS),
+    ]
+    if cmp.baselines:
+        out.append(baselines_table(cmp))
+    out.append(config_table(cmp))
+    out.append(verdict_text(cmp.verdict))
+    return out
+
+
+def baselines_table(cmp: Comparison) -> Table:
+    table = Table(title="Trivial baselines (token accuracy, no model)", title_justify="left", caption=BASELINES_NOTE,
+                  caption_justify="left")
+    for header in ("Runs", "Train: mode colour", "Train: copy input", "Eval: mode colour", "Eval: copy input"):
+        table.add_column(header, justify="left" if header == "Runs" else "right")
+    for b in cmp.baselines:
+        table.add_row(", ".join(b.runs), f"{pct(b.train_mode_colour)} ({b.train_examples} queries)",
+                      pct(b.train_copy_input), f"{pct(b.eval_mode_colour)} ({b.eval_examples} queries)",
+                      pct(b.eval_copy_input))
+    return table
+
+
+BASELINES_NOTE = (
+    "Mode colour: the right output shape (EOS where the label is EOS) filled with the target's most common colour. "
+    "Copy input: the query's input tokens as the answer. Both on the label positions of every query of the "
+    "original (unaugmented) train / eval tasks, averaged as train/accuracy is."
+)
+
+
+def config_table(cmp: Comparison) -> Table | Text:
+    if not cmp.config_diff:
+        return Text("Config: the runs' config.json files agree on every setting.", style="dim")
+    table = Table(title="Config differences (config.json)", title_justify="left")
+    table.add_column("key", style="bold")
+    for r in cmp.rows:
+        table.add_column(r.exp_id)
+    for key, values in cmp.config_diff.items():
+        table.add_row(key, *(_value(v) for v in values))
+    return table
+
+
+def _value(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    return str(v)
+
+
+def verdict_lines(v: Verdict) -> list[tuple[int, str, str]]:
+    """(indent level, style, text): the verdict as an outline, for both renderers."""
+    lines: list[tuple[int, str, str]] = [(0, "bold", f"Baseline: {v.baseline_why}")]
+    if not v.scenarios:
+        lines.append((0, "dim", "Scenario: needs a static-encoder run and a recurrent run with logged train/accuracy"))
+    for s in v.scenarios:
+        lines.append((0, "bold", f"Scenario {s.letter} for {s.run} vs {s.baseline}: {s.title}"))
+        lines.extend((1, "", e) for e in s.evidence)
+        lines.extend((1, "yellow", f"caveat: {c}") for c in s.caveats)
+    for f in v.red_flags:
+        if not f.assessed:
+            lines.append((0, "dim", f"Red flag {f.number} ({f.title}): not assessed"))
+            lines.extend((1, "dim", e) for e in f.evidence)
+            continue
+        state = "HOLDS" if f.holds else "does not hold"
+        lines.append((0, "bold red" if f.holds else "green", f"Red flag {f.number} ({f.title}): {state}"))
+        lines.extend((1, "", e) for e in f.evidence)
+        if f.holds and f.action:
+            lines.append((1, "yellow", f"action: {f.action}"))
+    if v.best is not None:
+        lines.append((0, "bold", f"Best configuration: {v.best.run}"))
+        lines.extend((1, "", e) for e in v.best.evidence)
+    return lines
+
+
+def verdict_text(v: Verdict) -> Group:
+    parts = [Text("Verdict (research plan, Expected Outcomes)", style="bold underline")]
+    for indent, style, text in verdict_lines(v):
+        parts.append(Text(("  " * indent) + ("- " if indent else "") + text, style=style))
+    return Group(*parts)
+
+
+def per_task_table(scores: Sequence[TaskScore], names: tuple[str, str]) -> Table:
+    a, b = names
+    table = Table(title=f"Per task: {a} vs {b} (token accuracy; sorted by {b} − {a})", title_justify="left")
+    for header in ("task", "split", a, b, "difference", f"exact {a}", f"exact {b}"):
+        table.add_column(header, justify="left" if header in ("task", "split") else "right")
+    for s in scores:
+        table.add_row(*_task_cells(s))
+    return table
+
+
+def _task_cells(s: TaskScore) -> list[str]:
+    diff = s.difference
+    return [s.task_id, s.split, pct(s.accuracy[0]), pct(s.accuracy[1]),
+            "—" if diff is None else f"{100 * diff:+.1f}", pct(s.exact[0]), pct(s.exact[1])]
+
+
+# --- Markdown --------------------------------------------------------------------------------------------------
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines.extend("| " + " | ".join(cell(c) for c in row) + " |" for row in rows)
+    return "\n".join(lines)
+
+
+def _md_columns(columns: Sequence[Column], rows: Sequence[RunRow]) -> str:
+    return _md_table([h for h, _ in columns], [[fn(r) for _, fn in columns] for r in rows])
+
+
+def comparison_markdown(cmp: Comparison, markdown_path: Path, plot: Path | None = None,
+                        per_task: Sequence[TaskScore] = ()) -> str:
+    ids = [r.exp_id for r in cmp.rows]
+    out = [f"# Comparison: {' vs '.join(ids)}", "",
+           f"Runs: {', '.join(f'`{r.run_dir}`' for r in cmp.runs)}. Generated by `etrmtrm compare {' '.join(ids)}`.",
+           "", "## Comparison matrix (vs ETRM)", "", _md_columns(matrix_columns(cmp.verdict.baseline), cmp.rows), "",
+           "## Encoder, eval and stability", "", _md_columns(DYNAMICS_COLUMNS, cmp.rows), "", DEFINITIONS, ""]
+    if plot is not None:
+        rel = os.path.relpath(plot.resolve(), markdown_path.resolve().parent)
+        out += [f"![training curves]({Path(rel).as_posix()})", ""]
+    if cmp.baselines:
+        out += ["## Trivial baselines (token accuracy, no model)", "",
+                _md_table(["Runs", "Train: mode colour", "Train: copy input", "Eval: mode colour", "Eval: copy input"],
+                          [[", ".join(b.runs), f"{pct(b.train_mode_colour)} ({b.train_examples} queries)",
+                            pct(b.train_copy_input), f"{pct(b.eval_mode_colour)} ({b.eval_examples} queries)",
+                            pct(b.eval_copy_input)] for b in cmp.baselines]), "", BASELINES_NOTE, ""]
+    out += ["## Config differences", ""]
+    if cmp.config_diff:
+        out.append(_md_table(["key", *ids], [[f"`{k}`", *(_value(v) for v in vals)]
+                                             for k, vals in cmp.config_diff.items()]))
+    else:
+        out.append("The runs' config.json files agree on every setting.")
+    out += ["", "## Verdict", ""]
+    for indent, _, text in verdict_lines(cmp.verdict):
+        if indent == 0:
+            if out[-1] != "":
+                out.append("")  # a list ends before the next paragraph
+            out += [f"**{text}**", ""]
+        else:
+            out.append(f"{'  ' * (indent - 1)}- {text}")
+    if per_task:
+        names = (cmp.rows[0].exp_id, cmp.rows[1].exp_id)
+        out += ["", f"## Per task ({names[1]} − {names[0]})", "",
+                _md_table(["task", "split", names[0], names[1], "difference", f"exact {names[0]}", f"exact {names[1]}"],
+                          [_task_cells(s) for s in per_task])]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# --- plot ------------------------------------------------------------------------------------------------------
+
+PLOTTED = (("train/accuracy", "train accuracy"), ("train/exact_accuracy", "train exact accuracy"),
+           ("train/loss", "train loss"), ("train/steps", "mean ACT steps at halt"))
+CARRY_PLOT = ("train/encoder_carry_change", "encoder carry change (recurrent runs)")
+
+
+def require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib: pip install 'etrmtrm[plot]'") from None
+
+
+def plot_curves(cmp: Comparison, path: Path) -> None:
+    """Every run's curves vs step (raw, faint; trailing mean over SMOOTH_WINDOW, solid) into a PNG."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed; must precede pyplot's import
+    import matplotlib.pyplot as plt
+
+    panels = list(PLOTTED) + ([CARRY_PLOT] if any(r.recurrent for r in cmp.rows) else [])
+    cols = 3 if len(panels) > 4 else 2
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.6 * rows), squeeze=False)
+    for ax, (key, title) in zip(axes.flat, panels, strict=False):
+        for i, (run, row) in enumerate(zip(cmp.runs, cmp.rows, strict=True)):
+            if key == CARRY_PLOT[0] and not row.recurrent:
+                continue
+            points = series(run.rows, key)
+            if not points:
+                continue
+            xs, ys = [p[0] for p in points], [p[1] for p in points]
+            colour = f"C{i % 10}"
+            marker = "o" if len(xs) < 20 else None  # a sparse series (few halts logged) stays visible
+            ax.plot(xs, ys, color=colour, alpha=0.25, linewidth=0.8)
+            ax.plot(xs, _trailing_mean(ys, SMOOTH_WINDOW), color=colour, linewidth=1.6, marker=marker,
+                    markersize=3, label=run.exp_id)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{' vs '.join(r.exp_id for r in cmp.rows)} (solid: trailing mean over {SMOOTH_WINDOW} steps)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _trailing_mean(values: Sequence[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out

@@ -1,0 +1,298 @@
+"""`etrmtrm compare` on hand-written run directories whose right answers are known."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import CPU, tiny
+from typer.testing import CliRunner
+
+from etrmtrm_cli import compare
+from etrmtrm_cli.cli import app
+from etrmtrm_cli.compare import TaskScore, pair_baselines, per_task_table, steps_to
+from etrmtrm_cli.distributed import DistContext
+from etrmtrm_cli.train import TrainOptions, train
+
+runner = CliRunner()
+ENV = {"COLUMNS": "250"}
+
+
+def write_run(runs_dir: Path, exp_id: str, acc: Sequence[float | None], *, status: str = "finished",
+              loss: Sequence[float] | None = None, var: float = 0.5, share: float = 0.4, carry_norm: float = 4.0,
+              em: float | None = None, total: int | None = None, overrides: Sequence[str] = ()) -> Path:
+    """A run directory as train.py writes it: config.json of the real tiny experiment, one metrics line per
+    step with train/accuracy = acc[i], an eval every 10 steps. E0a-like IDs get no carry metrics."""
+    exp = tiny(exp_id, overrides)
+    recurrent = exp.arch.recurrent_encoder_type != "static"
+    run = runs_dir / exp_id
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(exp.model_dump(mode="json")))
+    steps = len(acc)
+    (run / "meta.json").write_text(json.dumps({"experiment": exp_id, "seed": exp.seed, "total_steps": total or steps}))
+    lines = []
+    for i, a in enumerate(acc, 1):
+        row: dict[str, Any] = {
+            "step": i, "train/accuracy": a, "train/exact_accuracy": em if em is not None else (a or 0.0) / 2,
+            "train/loss": loss[i - 1] if loss is not None else 1.0 / i, "train/steps": 4.0,
+            "train/encoder_cross_sample_var": var, "grad/encoder_share": share, "time/step_s": 0.1,
+        }
+        if recurrent:
+            row.update({"train/encoder_carry_norm": carry_norm, "train/encoder_carry_change": 0.05,
+                        "train/encoder_convergence_steps": 3.0})
+        if i % 10 == 0:
+            row.update({"eval/accuracy": 0.5, "eval/exact_accuracy": 0.25, "eval/pass@1": 0.1, "eval/pass@2": 0.2})
+        lines.append(json.dumps(row))
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    summary: dict[str, Any] = {"status": status, "step": steps, "total_steps": total or steps}
+    if status != "running":
+        summary["wall_time_s"] = 90.0
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def flat(value: float, n: int = 20) -> list[float | None]:
+    return [value] * n
+
+
+def invoke(*args: str) -> Any:
+    return runner.invoke(app, ["compare", *args], env=ENV)
+
+
+# --- the numbers ------------------------------------------------------------------------------------------------
+
+
+def test_steps_to_uses_a_trailing_window() -> None:
+    rows = [{"step": i, "train/accuracy": 0.0 if i <= 100 else 1.0} for i in range(1, 201)]
+    # window 50: 40 of the last 50 at 1.0 -> 0.8 at step 140; 45 -> 0.9 at step 145
+    assert steps_to(rows, 0.8) == 140 and steps_to(rows, 0.9) == 145
+    assert steps_to(rows[:120], 0.9) is None
+    short = [{"step": i, "train/accuracy": v} for i, v in enumerate([0.5, None, 0.9, 1.0, 1.0], 1)]
+    assert steps_to(short, 0.85) == 5  # 4 logged values: window 4, (0.5 + 0.9 + 1 + 1) / 4 = 0.85
+
+
+def test_final_value_is_the_mean_of_the_last_tenth() -> None:
+    rows = [{"step": i, "train/accuracy": 0.5 if i <= 90 else 0.9 + (i - 91) * 0.01} for i in range(1, 101)]
+    assert compare.final_value(rows, "train/accuracy") == pytest.approx(0.945)
+    sparse = [{"step": i, "train/accuracy": None if i % 4 else 0.8} for i in range(1, 41)]
+    assert compare.final_value(sparse, "train/accuracy") == pytest.approx(0.8)  # NaN (no halt) steps skipped
+
+
+def test_matrix_row_from_a_hand_written_run(tmp_path: Path) -> None:
+    acc = [0.0] * 100 + [1.0] * 100
+    write_run(tmp_path, "E0b", acc, loss=[0.5, 1.5] * 100, carry_norm=4.0)
+    row = compare.run_row(compare.load_run(tmp_path / "E0b"))
+    assert (row.model, row.encoder, row.recurrent, row.status_text) == ("ETRMTRM", "recurrent_standard", True,
+                                                                         "finished")
+    assert row.train_acc == 1.0 and row.train_em == 0.5 and row.act_steps == 4.0
+    assert row.steps_to == {0.8: 140, 0.9: 145}
+    assert row.loss_cv == pytest.approx(0.5)  # std 0.5 / mean 1.0 over the last 40 steps
+    assert row.carry_rms == pytest.approx(1.0)  # 4 / sqrt(hidden 16)
+    assert (row.eval_step, row.eval_acc, row.eval_pass2, row.wall_time_s) == (200, 0.5, 0.2, 90.0)
+
+
+# --- the verdict --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("recurrent_acc", "letter"), [
+    (0.93, "A"), (0.91, "B"), (0.902, "C"), (0.897, "C"), (0.87, "C/D"), (0.84, "D"),
+])
+def test_scenarios(tmp_path: Path, recurrent_acc: float, letter: str) -> None:
+    write_run(tmp_path, "E0a", flat(0.90))
+    write_run(tmp_path, "E0b", flat(recurrent_acc))
+    verdict = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict
+    assert verdict.baseline == "E0a"
+    (scenario,) = verdict.scenarios
+    assert (scenario.run, scenario.baseline, scenario.letter) == ("E0b", "E0a", letter)
+    assert scenario.delta_pts == pytest.approx(100 * (recurrent_acc - 0.90))
+    assert scenario.caveats == []
+
+
+def flags(tmp_path: Path, ids: Sequence[str]) -> dict[int, compare.RedFlag]:
+    return {f.number: f for f in compare.compare_runs(tmp_path, ids, with_baselines=False).verdict.red_flags}
+
+
+def test_healthy_runs_raise_no_red_flag(tmp_path: Path) -> None:
+    write_run(tmp_path, "E0a", flat(0.90))
+    write_run(tmp_path, "E0b", flat(0.93))
+    assert [(f.number, f.assessed, f.holds) for f in flags(tmp_path, ["E0a", "E0b"]).values()] == \
+        [(1, True, False), (2, True, False), (3, True, False)]
+
+
+@pytest.mark.parametrize(("kwargs", "evidence"), [
+    ({"acc": flat(0.40)}, "train acc 40.0% < 50.0%"),
+    ({"var": 0.05}, "encoder var 0.05 < 0.1 (collapse)"),
+    ({"share": 0.01}, "grad encoder share 0.01 < 0.05 (starved)"),
+])
+def test_red_flag_1_implementation_bug(tmp_path: Path, kwargs: dict[str, Any], evidence: str) -> None:
+    write_run(tmp_path, "E0a", flat(0.90))
+    write_run(tmp_path, "E0b", **{"acc": flat(0.91), **kwargs})
+    flag = flags(tmp_path, ["E0a", "E0b"])[1]
+    assert flag.holds and flag.evidence == [f"E0b: {evidence}"]
+
+
+@pytest.mark.parametrize(("kwargs", "evidence"), [
+    ({"loss": [0.2, 1.0] * 10}, "train/loss CV 0.667 > 0.5"),
+    ({"loss": [0.5 + 0.1 * i for i in range(20)]}, "diverging"),
+    ({"carry_norm": 400.0}, "carry RMS 100 > 10 (exploding)"),
+    ({"carry_norm": 0.04}, "carry RMS 0.01 < 0.1 (vanishing)"),
+])
+def test_red_flag_2_instability(tmp_path: Path, kwargs: dict[str, Any], evidence: str) -> None:
+    write_run(tmp_path, "E0a", flat(0.90))
+    write_run(tmp_path, "E0b", flat(0.91), **kwargs)
+    flag = flags(tmp_path, ["E0a", "E0b"])[2]
+    assert flag.holds and len(flag.evidence) == 1 and flag.evidence[0].startswith("E0b:")
+    assert evidence in flag.evidence[0]
+
+
+def test_red_flag_3_no_improvement_and_the_best_configuration(tmp_path: Path) -> None:
+    write_run(tmp_path, "E0a", flat(0.90))
+    write_run(tmp_path, "E0b", flat(0.902))
+    write_run(tmp_path, "E1a", flat(0.88))
+    flag = flags(tmp_path, ["E0a", "E0b", "E1a"])[3]
+    assert flag.holds and flag.evidence == ["E0b: +0.20 points vs E0a", "E1a: -2.00 points vs E0a"]
+    write_run(tmp_path, "E2c", flat(0.95), em=0.6)
+    write_run(tmp_path, "E2d", flat(0.95), em=0.7)
+    result = compare.compare_runs(tmp_path, ["E0a", "E0b", "E1a", "E2c", "E2d"], with_baselines=False)
+    assert not {f.number: f for f in result.verdict.red_flags}[3].holds
+    best = result.verdict.best
+    assert best is not None and best.run == "E2d"  # ties E2c on train acc, wins on EM
+    assert "over E0a: +5.00 points train acc, +25.00 points train EM" in best.evidence[1]
+    assert [s.letter for s in result.verdict.scenarios] == ["C", "C/D", "A", "A"]
+
+
+def test_in_progress_and_interrupted_runs_are_marked(tmp_path: Path) -> None:
+    write_run(tmp_path, "E0a", flat(0.90, 40), status="running", total=100)
+    write_run(tmp_path, "E0b", flat(0.93, 30), status="interrupted", total=100)
+    result = invoke("E0a", "E0b", "--runs-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "in progress at step 40 of 100" in result.output and "interrupted at step 30 of 100" in result.output
+    scenario = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict.scenarios[0]
+    assert any("in progress at step 40" in c for c in scenario.caveats)
+
+
+def test_missing_run_names_the_command_that_makes_it(tmp_path: Path) -> None:
+    write_run(tmp_path, "E0a", flat(0.90))
+    result = invoke("E0a", "E2c", "--runs-dir", str(tmp_path))
+    assert result.exit_code == 1
+    assert "no such run" in result.output and "etrmtrm train E2c" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_config_differences(tmp_path: Path) -> None:
+    write_run(tmp_path, "E0a", flat(0.90))
+    write_run(tmp_path, "E2c", flat(0.90))
+    diff = compare.compare_runs(tmp_path, ["E0a", "E2c"], with_baselines=False).config_diff
+    assert diff == {"arch.halt_max_steps": [16, 32], "arch.recurrent_encoder_type": ["static", "recurrent_standard"]}
+
+
+# --- output: terminal, markdown, plot ---------------------------------------------------------------------------
+
+
+def test_terminal_markdown_and_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    runs = tmp_path / "runs"
+    write_run(runs, "E0a", [0.0] * 50 + [0.9] * 50)
+    write_run(runs, "E0b", [0.0] * 40 + [0.95] * 60)
+    md, png = tmp_path / "results" / "overfit.md", tmp_path / "results" / "plots" / "curves.png"
+    result = invoke("E0a", "E0b", "--runs-dir", str(runs), "--markdown", str(md), "--plot", str(png))
+    assert result.exit_code == 0, result.output
+    for text in ("Comparison matrix", "Steps to 90%", "Scenario A for E0b vs E0a", "Trivial baselines",
+                 "arch.recurrent_encoder_type", "Red flag 3 (no improvement): does not hold"):
+        assert text in result.output, text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = md.read_text()
+    assert "| Experiment | Model | Train Acc | Train EM | Avg Steps | Steps to 80% | Steps to 90% |" in report
+    assert "| E0b | ETRMTRM (recurrent_standard) | 95.0% | 47.5% | 4 | 83 | 88 |" in report
+    assert "**Scenario A for E0b vs E0a: recurrence helps significantly**" in report
+    assert "![training curves](plots/curves.png)" in report
+    assert "## Trivial baselines" in report and "## Config differences" in report
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    write_run(tmp_path, "E0a", flat(0.90))
+    result = invoke("E0a", "--runs-dir", str(tmp_path), "--plot", str(tmp_path / "c.png"))
+    assert result.exit_code == 1 and "pip install 'etrmtrm[plot]'" in result.output
+
+
+# --- trivial baselines ------------------------------------------------------------------------------------------
+
+# On a 3x3 canvas. Pair 1: output [[1,1],[1,2]] -> 4 cells, EOS column (2) and EOS row (2): 8 label positions.
+# Mode colour 1 gets 3 cells + 4 EOS = 7/8; copying the input [[1,1],[1,1]] (same shape) also gets 7/8.
+# Pair 2: output 3x3 fills the canvas (its EOS falls off): 9 labels, mode colour 5 gets 8/9; the input [[2]]
+# puts colour and EOS tokens where the labels hold 5s and PAD elsewhere: 0/9.
+PAIR_1 = (np.array([[1, 1], [1, 1]]), np.array([[1, 1], [1, 2]]))
+PAIR_2 = (np.array([[2]]), np.array([[5, 5, 5], [5, 0, 5], [5, 5, 5]]))
+
+
+def test_pair_baselines_by_hand() -> None:
+    assert pair_baselines([PAIR_1], 3) == (pytest.approx(7 / 8), pytest.approx(7 / 8))
+    assert pair_baselines([PAIR_2], 3) == (pytest.approx(8 / 9), 0.0)
+    mode, copy = pair_baselines([PAIR_1, PAIR_2], 3)
+    assert mode == pytest.approx((7 / 8 + 8 / 9) / 2) and copy == pytest.approx(7 / 16)
+
+
+def test_baselines_of_a_run_rebuild_its_data(tmp_path: Path) -> None:
+    def task(folder: Path, name: str, query: tuple[np.ndarray, np.ndarray]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        demo = {"input": [[3]], "output": [[4]]}
+        body = {"train": [demo], "test": [{"input": query[0].tolist(), "output": query[1].tolist()}]}
+        (folder / f"{name}.json").write_text(json.dumps(body))
+
+    task(tmp_path / "train", "t1", PAIR_1)
+    task(tmp_path / "eval", "e1", PAIR_2)
+    write_run(tmp_path / "runs", "E0a", flat(0.5), overrides=[
+        f"data.train_sources=['{tmp_path / 'train'}']", f"data.eval_sources=['{tmp_path / 'eval'}']",
+        "data.train_groups=1", "data.eval_groups=1", "data.max_grid_size=3"])
+    (baselines,) = compare.trivial_baselines(compare.load_runs(tmp_path / "runs", ["E0a"]))
+    assert (baselines.runs, baselines.train_examples, baselines.eval_examples) == (("E0a",), 1, 1)
+    assert baselines.train_mode_colour == pytest.approx(7 / 8) and baselines.train_copy_input == pytest.approx(7 / 8)
+    assert baselines.eval_mode_colour == pytest.approx(8 / 9) and baselines.eval_copy_input == 0.0
+    assert math.isclose(baselines.train_mode_colour, 0.875)
+
+
+# --- per puzzle (the one part that runs the models) -------------------------------------------------------------
+
+
+def test_per_task_table_is_sorted_by_the_difference() -> None:
+    a = {("train", "t1"): (0.5, 0.0), ("train", "t2"): (0.9, 1.0), ("eval", "e1"): (0.2, 0.0)}
+    b = {("train", "t1"): (0.7, 0.0), ("train", "t2"): (0.6, 0.0), ("eval", "e1"): (0.2, 0.0)}
+    table = per_task_table(a, b)
+    assert [t.task_id for t in table] == ["t2", "e1", "t1"]
+    assert table[0] == TaskScore("t2", "train", (0.9, 0.6), (1.0, 0.0))
+    assert table[0].difference == pytest.approx(-0.3)
+
+
+def test_per_puzzle_evaluates_both_final_models(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core machine: oversubscribed threads make tiny models crawl
+    try:
+        for exp_id in ("E0a", "E0b"):
+            exp = tiny(exp_id, ["train.eval_interval=100", "train.checkpoint_interval=100", "arch.halt_max_steps=2"])
+            train(exp, TrainOptions(runs_dir=tmp_path, max_steps=2), DistContext(0, 1, CPU))
+        result = invoke("E0a", "E0b", "--runs-dir", str(tmp_path), "--per-puzzle")
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    assert "Per task: E0a vs E0b" in result.output
+    meta = json.loads((tmp_path / "E0a" / "meta.json").read_text())
+    for task in meta["train_tasks"] + meta["eval_tasks"]:
+        assert task in result.output
+    three = invoke("E0a", "E0b", "E0a", "--runs-dir", str(tmp_path), "--per-puzzle")
+    assert three.exit_code == 1 and "--per-puzzle shows two runs side by side; got 3" in three.output
