@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from conftest import CPU, tiny
 from typer.testing import CliRunner
 
@@ -280,15 +279,10 @@ def test_per_task_table_is_sorted_by_the_difference() -> None:
 
 
 def test_per_puzzle_evaluates_both_final_models(tmp_path: Path) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a shared 2-core machine: oversubscribed threads make tiny models crawl
-    try:
-        for exp_id in ("E0a", "E0b"):
-            exp = tiny(exp_id, ["train.eval_interval=100", "train.checkpoint_interval=100", "arch.halt_max_steps=2"])
-            train(exp, TrainOptions(runs_dir=tmp_path, max_steps=2), DistContext(0, 1, CPU))
-        result = invoke("E0a", "E0b", "--runs-dir", str(tmp_path), "--per-puzzle")
-    finally:
-        torch.set_num_threads(threads)
+    for exp_id in ("E0a", "E0b"):
+        exp = tiny(exp_id, ["train.eval_interval=100", "train.checkpoint_interval=100", "arch.halt_max_steps=2"])
+        train(exp, TrainOptions(runs_dir=tmp_path, max_steps=2), DistContext(0, 1, CPU))
+    result = invoke("E0a", "E0b", "--runs-dir", str(tmp_path), "--per-puzzle")
     assert result.exit_code == 0, result.output
     assert "Per task: E0a vs E0b" in result.output
     meta = json.loads((tmp_path / "E0a" / "meta.json").read_text())

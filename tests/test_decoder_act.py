@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,15 +12,6 @@ from etrmtrm_cli.act import ACTCarry, ACTModel, halting_decision
 from etrmtrm_cli.config import ArchConfig
 from etrmtrm_cli.decoder import TRMDecoder
 from etrmtrm_cli.losses import act_loss
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny matmuls run faster on one thread, and far faster when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 SEQ, D, P = 4, 16, 3
 

@@ -9,7 +9,6 @@ The weights go through trm_import exactly like a real `step_N` file.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,6 @@ from etrmtrm_cli.decoder import TRMDecoder
 from etrmtrm_cli.losses import act_loss
 from etrmtrm_cli.puzzle_embedding import PuzzleEmbedding
 from etrmtrm_cli.trm_import import load_trm_checkpoint, map_trm_key, strip_prefixes
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny matmuls run faster on one thread, and far faster when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Measured: bit-identical on CPU. 1e-5 still allows BLAS rounding on other machines, while RMSNorm eps

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,6 @@ from etrmtrm_cli.decoder import TRMDecoder
 from etrmtrm_cli.errors import CheckpointError
 from etrmtrm_cli.puzzle_embedding import PuzzleEmbedding
 from etrmtrm_cli.trm_import import load_trm_checkpoint
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny matmuls run faster on one thread, and far faster when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 SEQ = 9
 INNER = "_orig_mod.model.inner."

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
 
 from etrmtrm_cli.config import ArchConfig
 from etrmtrm_cli.decoder import LEARNED_POS_SCALE, DecoderCarry, TRMDecoder
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny matmuls run faster on one thread, and far faster when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 SEQ = 9
 

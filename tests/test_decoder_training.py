@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import torch
 
 from etrmtrm_cli.act import ACTModel
@@ -16,13 +13,6 @@ from etrmtrm_cli.puzzle_embedding import PuzzleEmbedding, SignSGD
 SEQ, NUM_IDS, B = 9, 10, 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny matmuls run faster on one thread, and far faster when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_sign_sgd_updates_only_touched_rows_by_hand() -> None:

@@ -81,13 +81,6 @@ def broken_encoders() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # On a shared 2-core machine, torch's default threads oversubscribe: a tiny model's backward is ~20x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

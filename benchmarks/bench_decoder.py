@@ -1,0 +1,232 @@
+"""Time one decoder training step: ACT forward + loss + backward + AdamW (+ the puzzle table's SignSGD).
+
+    python benchmarks/bench_decoder.py [--hidden 64 --heads 4 --layers 2 --h-cycles 2 --l-cycles 2
+                                        --canvas 10 --prefix 16 --batch 32 --threads 2]
+                                       [--reference-path /path/to/TinyRecursiveModels]
+
+Prints ms/step (median), grid tokens/s and the fraction of this machine's float32 matmul peak (measured
+in the same run) for float32, bfloat16 compute (forward_dtype) and float32 weights under bfloat16
+autocast. With --reference-path, TRM's reference model (imported from that checkout at runtime; the
+project does not depend on it) is timed at the same config, its steps alternating with ours, and the
+ratio ours/theirs printed. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from etrmtrm_cli.act import ACTModel
+from etrmtrm_cli.config import ArchConfig
+from etrmtrm_cli.decoder import TRMDecoder
+from etrmtrm_cli.layers import swiglu_width
+from etrmtrm_cli.losses import act_loss
+from etrmtrm_cli.puzzle_embedding import PuzzleEmbedding, SignSGD
+
+VOCAB = 12
+NUM_IDS = 64
+MODES = ("float32", "bfloat16", "autocast")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--h-cycles", type=int, default=2)
+    p.add_argument("--l-cycles", type=int, default=2)
+    p.add_argument("--expansion", type=float, default=4.0)
+    p.add_argument("--canvas", type=int, default=10, help="grid side S; seq_len = S*S")
+    p.add_argument("--prefix", type=int, default=16, help="prefix positions P")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per mode")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
+    p.add_argument("--reference-path", type=Path, default=None,
+                   help="a TinyRecursiveModels checkout to time its model at the same config")
+    return p.parse_args()
+
+
+def matmul_peak_gflops(n: int = 1024, repeats: int = 7) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def step_flops(args: argparse.Namespace) -> float:
+    """Matmul FLOPs of one training step: all cycles forward, the last cycle (and heads) backward."""
+    d, t, s = args.hidden, args.prefix + args.canvas**2, args.canvas**2
+    width = swiglu_width(d, args.expansion)
+    per_layer = 2 * t * d * (3 * d + d + 3 * width) + 4 * t * t * d  # projections + scores + AV
+    per_net = args.layers * per_layer
+    calls = args.h_cycles * (args.l_cycles + 1)
+    grad_calls = args.l_cycles + 1
+    heads = 2 * s * d * VOCAB + 2 * d * 2
+    return args.batch * (calls * per_net + 2 * grad_calls * per_net + 3 * heads)
+
+
+def make_batch(args: argparse.Namespace, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    s = args.canvas**2
+    return {
+        "inputs": torch.randint(0, VOCAB, (args.batch, s), generator=gen),
+        "labels": torch.randint(0, VOCAB, (args.batch, s), generator=gen),
+        "puzzle_ids": torch.randint(0, NUM_IDS, (args.batch,), generator=gen),
+    }
+
+
+def arch_for(args: argparse.Namespace, mode: str) -> ArchConfig:
+    return ArchConfig(hidden_size=args.hidden, num_heads=args.heads, expansion=args.expansion,
+                      L_layers=args.layers, H_cycles=args.h_cycles, L_cycles=args.l_cycles,
+                      puzzle_emb_len=args.prefix, context_tokens=1,
+                      forward_dtype="bfloat16" if mode == "bfloat16" else "float32")
+
+
+def autocast_for(mode: str) -> contextlib.AbstractContextManager[Any]:
+    if mode == "autocast":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def ours_step(args: argparse.Namespace, mode: str) -> Callable[[], None]:
+    arch = arch_for(args, mode)
+    model = ACTModel(TRMDecoder(arch, args.canvas**2, VOCAB), PuzzleEmbedding(NUM_IDS, args.hidden), arch)
+    model.train()
+    dense = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    sparse = SignSGD(model.provider, lr=1e-2, weight_decay=0.1)  # type: ignore[arg-type]
+    gen = torch.Generator().manual_seed(0)
+    batch = make_batch(args, gen)
+    state = {"carry": model.initial_carry(batch)}
+
+    def step() -> None:
+        with autocast_for(mode):
+            carry, out = model(state["carry"], batch, gen)
+            loss, _ = act_loss(out, carry.current_data["labels"], carry.halted, carry.steps)
+        (loss / args.batch).backward()
+        dense.step()
+        sparse.step()
+        dense.zero_grad(set_to_none=True)
+        sparse.zero_grad()
+        state["carry"] = carry
+
+    return step
+
+
+@contextlib.contextmanager
+def reference_on_path(path: Path) -> Iterator[None]:
+    sys.path.insert(0, str(path))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(path))
+
+
+def reference_step(args: argparse.Namespace, mode: str, path: Path) -> Callable[[], None]:
+    with reference_on_path(path):
+        from models.losses import ACTLossHead  # type: ignore[import-not-found]
+        from models.recursive_reasoning.trm import (  # type: ignore[import-not-found]
+            TinyRecursiveReasoningModel_ACTV1,
+        )
+        from models.sparse_embedding import (  # type: ignore[import-not-found]
+            CastedSparseEmbeddingSignSGD_Distributed,
+        )
+    config = {
+        "batch_size": args.batch, "seq_len": args.canvas**2, "puzzle_emb_ndim": args.hidden,
+        "num_puzzle_identifiers": NUM_IDS, "vocab_size": VOCAB, "H_cycles": args.h_cycles,
+        "L_cycles": args.l_cycles, "H_layers": 0, "L_layers": args.layers, "hidden_size": args.hidden,
+        "expansion": args.expansion, "num_heads": args.heads, "pos_encodings": "rope", "halt_max_steps": 16,
+        "halt_exploration_prob": 0.1, "forward_dtype": "bfloat16" if mode == "bfloat16" else "float32",
+        "puzzle_emb_len": args.prefix,
+    }
+    head = ACTLossHead(TinyRecursiveReasoningModel_ACTV1(config), "stablemax_cross_entropy")
+    head.train()
+    dense = torch.optim.AdamW(head.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    sparse = CastedSparseEmbeddingSignSGD_Distributed(head.model.puzzle_emb.buffers(), world_size=1,
+                                                      lr=1e-2, weight_decay=0.1)
+    ours = make_batch(args, torch.Generator().manual_seed(0))
+    batch = {"inputs": ours["inputs"], "labels": ours["labels"],
+             "puzzle_identifiers": ours["puzzle_ids"].to(torch.int32)}
+    state = {"carry": head.initial_carry(batch)}
+
+    def step() -> None:
+        with autocast_for(mode):
+            carry, loss, _, _, _ = head(return_keys=[], carry=state["carry"], batch=batch)
+        (loss / args.batch).backward()
+        dense.step()
+        sparse.step()
+        dense.zero_grad(set_to_none=True)
+        sparse.zero_grad(set_to_none=True)
+        state["carry"] = carry
+
+    return step
+
+
+def time_ms(steps_by_name: dict[str, Callable[[], None]], warmup: int, steps: int) -> dict[str, float]:
+    """Median ms per step for each callable, timed in alternation so that a change in machine load
+    (a shared CPU) hits all of them alike."""
+    for step in steps_by_name.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps_by_name}
+    for _ in range(steps):
+        for name, step in steps_by_name.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise SystemExit(f"unknown mode(s) {', '.join(sorted(unknown))}; valid: {', '.join(MODES)}")
+    peak = matmul_peak_gflops()
+    flops = step_flops(args)
+    tokens = args.batch * args.canvas**2
+    print(f"config: hidden {args.hidden}, heads {args.heads}, layers {args.layers}, H/L cycles "
+          f"{args.h_cycles}/{args.l_cycles}, seq {args.canvas**2} + P {args.prefix}, batch {args.batch}, "
+          f"threads {args.threads}, torch {torch.__version__}")
+    print(f"fp32 matmul peak (1024^3, best of 7): {peak:.1f} GFLOP/s; "
+          f"model matmul FLOPs/step: {flops / 1e9:.3f} G")
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    result: dict[str, Any] = {"config": config, "peak_fp32_gflops": round(peak, 2),
+                              "step_gflop": round(flops / 1e9, 4)}
+    for mode in modes:
+        steps = {"ours": ours_step(args, mode)}
+        if args.reference_path is not None:
+            steps["reference"] = reference_step(args, mode, args.reference_path)
+        timed = time_ms(steps, args.warmup, args.steps)
+        ms = timed["ours"]
+        entry: dict[str, Any] = {"ms_per_step": round(ms, 2), "tokens_per_s": round(tokens / ms * 1e3, 1),
+                                 "frac_fp32_peak": round(flops / (ms / 1e3) / (peak * 1e9), 4)}
+        line = (f"{mode:>9}: ours {ms:8.1f} ms/step  {entry['tokens_per_s']:9.0f} tok/s  "
+                f"{100 * entry['frac_fp32_peak']:5.1f}% of fp32 peak")
+        if "reference" in timed:
+            ref_ms = timed["reference"]
+            entry.update(reference_ms_per_step=round(ref_ms, 2), ours_over_reference=round(ms / ref_ms, 3))
+            line += f"  | reference {ref_ms:8.1f} ms/step  ours/theirs {ms / ref_ms:.2f}"
+        print(line)
+        result[mode] = entry
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
