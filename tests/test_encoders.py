@@ -93,8 +93,32 @@ def test_demo_order_does_not_matter(name: str) -> None:
     torch.testing.assert_close(context_of(enc, shuffled), context_of(enc, batch), rtol=1e-5, atol=1e-5)
 
 
-def test_packed_cropped_grid_encoder_equals_the_full_masked_computation() -> None:
-    enc, batch = encoder("static"), demo_batch(batch=4, seed=3)
+def translated(batch: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """Each demo moved on the canvas by its own offset (input and output alike), as training data is."""
+    g = torch.Generator().manual_seed(seed)
+    out = {k: v.clone() for k, v in batch.items()}
+    for key in ("demo_inputs", "demo_labels"):
+        out[key] = out[key].view(-1, K, S, S)
+    for b in range(out["demo_mask"].shape[0]):
+        for k in range(K):
+            used = (out["demo_inputs"][b, k] != 0) | (out["demo_labels"][b, k] != 0)
+            if not used.any():  # an empty slot
+                continue
+            rows, cols = int(used.any(1).nonzero().max()) + 1, int(used.any(0).nonzero().max()) + 1
+            shift = (int(torch.randint(0, S - rows + 1, (1,), generator=g)),
+                     int(torch.randint(0, S - cols + 1, (1,), generator=g)))
+            for key in ("demo_inputs", "demo_labels"):
+                out[key][b, k] = out[key][b, k].roll(shift, dims=(0, 1))
+    for key in ("demo_inputs", "demo_labels"):
+        out[key] = out[key].reshape(-1, K, S * S)
+    return out
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_packed_cropped_grid_encoder_equals_the_full_masked_computation(shifted: bool) -> None:
+    enc, batch = encoder("static"), demo_batch(batch=6, seed=3)
+    if shifted:
+        batch = translated(batch, seed=4)
     grid = enc.grid
     packed = grid(batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"])  # (B, K, D)
     # Reference: every slot, the whole S x S canvas, PAD keys masked, mean over real tokens.
@@ -105,7 +129,7 @@ def test_packed_cropped_grid_encoder_equals_the_full_masked_computation() -> Non
     for block in grid.blocks:
         x = block(x, rope=rope, key_mask=real)
     full = (x * real.unsqueeze(-1)).sum(1) / real.sum(1, keepdim=True).clamp_min(1)
-    full = full.view(4, K, -1) * batch["demo_mask"].unsqueeze(-1)
+    full = full.view(6, K, -1) * batch["demo_mask"].unsqueeze(-1)
     torch.testing.assert_close(packed, full, rtol=1e-5, atol=1e-5)
 
 

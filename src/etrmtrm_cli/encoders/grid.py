@@ -4,8 +4,9 @@ Each pair (input grid, output grid) is embedded as input-token + output-token em
 run through `encoder_num_layers` transformer blocks with RoPE, attending only to real (non-PAD) cells,
 and mean-pooled over those cells. Two things keep the cost to the real data, not the padding:
 - only the valid demos are encoded (packed from (B, K) slots into N rows);
-- the canvas is cropped to the batch's real extent. RoPE positions stay those of the full canvas, so the
-  result equals the masked computation over the full padded canvas (tests/test_encoders.py checks it).
+- each demo is cropped to the box its grids occupy, demos of similar size sharing one crop (a few
+  buckets). RoPE depends only on relative positions, so the result equals the masked computation over
+  the full padded canvas (tests/test_encoders.py checks it).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class DemoGridEncoder(nn.Module):
         self.eps = arch.rms_norm_eps
         self.norm_style = arch.encoder_norm_style
         self.dtype = getattr(torch, arch.forward_dtype)
+        self.hidden = d
+        self.max_buckets = 4
         self.embed_scale = math.sqrt(d)
         self.input_embed = Embedding(VOCAB, d, init_std=1.0 / math.sqrt(d), cast_to=self.dtype)
         self.output_embed = Embedding(VOCAB, d, init_std=1.0 / math.sqrt(d), cast_to=self.dtype)
@@ -46,36 +49,52 @@ class DemoGridEncoder(nn.Module):
         # demo_inputs, demo_labels: (B, K, S²) long; demo_mask: (B, K) bool -> demo vectors (B, K, D)
         b, k, _ = demo_inputs.shape
         inputs, outputs = demo_inputs[demo_mask], demo_labels[demo_mask]  # (N, S²) valid demos only
-        rows, cols = self._extent(inputs, outputs)
-        crop = self._crop_index(rows, cols, inputs.device)  # (T,) flat canvas positions kept
-        tokens = torch.cat([inputs[:, crop], outputs[:, crop]], dim=1)  # (N, 2T)
-        real = tokens != PAD  # (N, 2T)
-        t = crop.numel()
+        top, left, height, width = self._boxes(inputs, outputs)  # (N,) each
+        pooled = inputs.new_zeros(inputs.shape[0], self.hidden, dtype=self.dtype)
+        # Demos of similar size share one crop: the few buckets keep PAD cells out at little overhead.
+        order = torch.argsort(height * width)
+        for bucket in torch.tensor_split(order, min(self.max_buckets, max(1, order.numel() // 8))):
+            if bucket.numel():
+                pooled[bucket] = self._encode(inputs[bucket], outputs[bucket], top[bucket], left[bucket],
+                                              int(height[bucket].max()), int(width[bucket].max()))
+        out = pooled.new_zeros(b, k, pooled.shape[-1])
+        out[demo_mask] = pooled
+        return out  # (B, K, D), zeros in empty slots
+
+    def _encode(self, inputs: Tensor, outputs: Tensor, top: Tensor, left: Tensor, height: int, width: int) -> Tensor:
+        """Encode n demos, each cropped to the height x width box at its own top-left -> (n, D)."""
+        rows = top[:, None] + torch.arange(height, device=top.device)  # (n, h)
+        cols = left[:, None] + torch.arange(width, device=top.device)  # (n, w)
+        inside = ((rows < self.side)[:, :, None] & (cols < self.side)[:, None, :]).flatten(1)  # (n, h*w)
+        index = (rows.clamp_max(self.side - 1)[:, :, None] * self.side
+                 + cols.clamp_max(self.side - 1)[:, None, :]).flatten(1)  # (n, h*w) canvas positions
+        tokens = torch.cat([inputs.gather(1, index), outputs.gather(1, index)], dim=1)  # (n, 2T)
+        tokens = tokens.masked_fill(~inside.repeat(1, 2), PAD)
+        real = tokens != PAD  # (n, 2T)
+        t = height * width
         x = torch.cat([self.input_embed(tokens[:, :t]), self.output_embed(tokens[:, t:])], dim=1)
-        x = self.embed_scale * x  # (N, 2T, D)
+        x = self.embed_scale * x  # (n, 2T, D)
+        # RoPE scores depend only on relative positions, so a demo's box can take the canvas positions of
+        # the top-left corner: the result is that of the full canvas.
+        local = (torch.arange(height, device=top.device)[:, None] * self.side
+                 + torch.arange(width, device=top.device)[None, :]).flatten()  # (T,)
         cos, sin = self.rotary()
-        positions = torch.cat([crop, crop + self.side * self.side])
+        positions = torch.cat([local, local + self.side * self.side])
         rope = (cos[positions], sin[positions])
         for block in self.blocks:
             x = block(x, rope=rope, key_mask=real)
         if self.norm_style == "pre":  # pre-norm leaves the residual stream unnormalised
             x = rms_norm(x, self.eps)
-        weights = real.to(x.dtype).unsqueeze(-1)  # (N, 2T, 1)
-        pooled = (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (N, D)
-        out = pooled.new_zeros(b, k, pooled.shape[-1])
-        out[demo_mask] = pooled
-        return out  # (B, K, D), zeros in empty slots
+        weights = real.to(x.dtype).unsqueeze(-1)  # (n, 2T, 1)
+        return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (n, D)
 
-    def _extent(self, inputs: Tensor, outputs: Tensor) -> tuple[int, int]:
-        """Rows and columns of the canvas that hold any real token of any demo in the batch."""
-        real = ((inputs != PAD) | (outputs != PAD)).view(-1, self.side, self.side).any(0)  # (S, S)
-        if not bool(real.any()):
-            return 1, 1
-        rows = int(real.any(1).nonzero().max()) + 1
-        cols = int(real.any(0).nonzero().max()) + 1
-        return rows, cols
-
-    def _crop_index(self, rows: int, cols: int, device: torch.device) -> Tensor:
-        r = torch.arange(rows, device=device).unsqueeze(1)
-        c = torch.arange(cols, device=device).unsqueeze(0)
-        return (r * self.side + c).reshape(-1)  # (rows*cols,) row-major canvas positions
+    def _boxes(self, inputs: Tensor, outputs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per demo, the smallest box holding every real token of its input and output grids."""
+        real = ((inputs != PAD) | (outputs != PAD)).view(-1, self.side, self.side)  # (N, S, S)
+        any_row, any_col = real.any(2), real.any(1)  # (N, S) each
+        span = torch.arange(self.side, device=inputs.device)
+        top = torch.where(any_row, span, self.side).amin(1).clamp_max(self.side - 1)
+        left = torch.where(any_col, span, self.side).amin(1).clamp_max(self.side - 1)
+        bottom = torch.where(any_row, span, -1).amax(1)
+        right = torch.where(any_col, span, -1).amax(1)
+        return top, left, (bottom - top + 1).clamp_min(1), (right - left + 1).clamp_min(1)
