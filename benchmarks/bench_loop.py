@@ -1,10 +1,10 @@
 """The training loop's overhead: `train()` end to end (logging, metrics, eval, checkpoints amortized) against
 the bare step (forward, loss, backward, clip, optimizer) on the same model and batches, in one run.
 
-    python benchmarks/bench_loop.py E0a --profile cpu --steps 200 --threads 2
+    python benchmarks/bench_loop.py E0a --profile cpu --steps 50 --threads 2
 
-The eval and checkpoint intervals are scaled to --steps so they are amortized as in a real run
-(`eval_interval / total steps` kept as in the profile's 5,000-step budget unless --eval-every is given).
+Steps are timed between the loop's step events (metrics, logging and the display hook included); one
+eval is timed apart and amortized over the profile's eval_interval.
 The last line is one JSON object.
 """
 
@@ -23,7 +23,7 @@ import torch
 from etrmtrm_cli.config import load_experiments
 from etrmtrm_cli.data import build_arc_data
 from etrmtrm_cli.distributed import DistContext
-from etrmtrm_cli.evaluate import as_dict
+from etrmtrm_cli.evaluate import as_dict, evaluate
 from etrmtrm_cli.losses import act_loss
 from etrmtrm_cli.model import build_model
 from etrmtrm_cli.train import TrainOptions, build_optimizers, train
@@ -54,32 +54,46 @@ def main() -> None:
     parser.add_argument("experiment")
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--experiments", type=Path, default=Path("experiments.toml"))
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--eval-every", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     file = load_experiments(args.experiments)
     exp = file.resolve(args.experiment, args.profile, ["decoder=none"])
-    # Keep the profile's eval and checkpoint cost per step: one eval per eval_interval of a 5,000-step run.
-    every = args.eval_every or max(1, args.steps * exp.train.eval_interval // 5000)
-    exp = file.resolve(args.experiment, args.profile, ["decoder=none", f"train.eval_interval={every}",
-                                                      f"train.checkpoint_interval={every}"])
+    interval = exp.train.eval_interval
     bare = bare_steps(exp, args.steps)
+
+    stamps: list[float] = []
+    def on_event(kind: str, payload: dict) -> None:  # noqa: ANN001
+        if kind == "step":
+            stamps.append(time.perf_counter())
+
+    # One eval (at the last step) and one checkpoint; both timed apart from the steps between them.
+    one_run = file.resolve(args.experiment, args.profile, ["decoder=none", f"train.eval_interval={args.steps}",
+                                                           f"train.checkpoint_interval={args.steps}"])
     with tempfile.TemporaryDirectory() as runs:
-        start = time.perf_counter()
-        train(exp, TrainOptions(runs_dir=Path(runs), max_steps=args.steps), DistContext(0, 1, torch.device("cpu")))
-        loop = (time.perf_counter() - start) / args.steps
+        train(one_run, TrainOptions(runs_dir=Path(runs), max_steps=args.steps),
+              DistContext(0, 1, torch.device("cpu")), on_event)
         rows = [json.loads(line) for line in (Path(runs) / exp.id / "metrics.jsonl").read_text().splitlines()]
-    step_only = statistics.mean(r["time/step_s"] for r in rows)
+    between = [b - a for a, b in zip(stamps[:-2], stamps[1:-1], strict=True)]  # steps without eval
+    loop = statistics.mean(between)
+    last_step = stamps[-1] - stamps[-2] - rows[-1]["time/step_s"]  # eval + logging of the final step
+    data = build_arc_data(exp.data, exp.seed)
+    model = build_model(exp, data.seq_len, data.num_puzzle_ids)
+    start = time.perf_counter()
+    evaluate(model, data, exp.train.eval_batch_size or exp.train.batch_size, torch.device("cpu"))
+    eval_s = time.perf_counter() - start
+    amortized = loop + eval_s / interval
     result = {
-        "experiment": exp.id, "profile": args.profile, "steps": args.steps, "eval_every": every,
-        "bare_ms": round(1000 * bare, 1), "loop_ms": round(1000 * loop, 1), "loop_step_ms": round(1000 * step_only, 1),
-        "overhead": round(loop / bare - 1, 4), "steps_per_s": round(1 / loop, 3),
+        "experiment": exp.id, "profile": args.profile, "steps": args.steps, "eval_interval": interval,
+        "bare_ms": round(1000 * bare, 1), "loop_ms": round(1000 * loop, 1), "eval_s": round(eval_s, 2),
+        "final_step_extra_s": round(last_step, 2), "loop_amortized_ms": round(1000 * amortized, 1),
+        "overhead": round(amortized / bare - 1, 4), "steps_per_s": round(1 / amortized, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    print(f"{exp.id} ({args.profile}): bare {result['bare_ms']} ms/step, train() {result['loop_ms']} ms/step "
-          f"(eval every {every}), overhead {100 * result['overhead']:.1f} %")
+    print(f"{exp.id} ({args.profile}): bare {result['bare_ms']} ms/step; loop {result['loop_ms']} ms/step, "
+          f"eval {eval_s:.1f} s every {interval} steps -> {result['loop_amortized_ms']} ms/step, "
+          f"overhead {100 * result['overhead']:.1f} %")
     print(json.dumps(result))
 
 
