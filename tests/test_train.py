@@ -222,3 +222,16 @@ def test_two_process_gloo_equals_one_process(tmp_path: Path) -> None:
     weights_two = checkpoint.load_weights(tmp_path / "two" / "E0b" / "model.safetensors")
     for key, value in weights_one.items():
         torch.testing.assert_close(weights_two[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_missing_optional_logger_gives_an_install_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from etrmtrm_cli.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    exp = tiny("E0b", FAST)
+    with pytest.raises(ConfigError, match=r"pip install 'etrmtrm\[tensorboard\]'"):
+        train(exp, TrainOptions(runs_dir=tmp_path, max_steps=1, tensorboard=True), SINGLE)
+    with pytest.raises(ConfigError, match=r"pip install 'etrmtrm\[wandb\]'.*WANDB_MODE=offline"):
+        train(exp, TrainOptions(runs_dir=tmp_path, max_steps=1, wandb=True), SINGLE)
+    assert not (tmp_path / "E0b").exists()  # nothing was started

@@ -45,18 +45,34 @@ class MetricsLog:
             self.wandb.finish()
 
 
-def _tensorboard(run_dir: Path) -> Any:
+def require_loggers(tensorboard: bool, wandb: bool) -> None:
+    """Fail early (before a run directory exists) when an asked-for logger is not installed."""
+    if tensorboard:
+        _import_tensorboard()
+    if wandb:
+        _import_wandb()
+
+
+def _import_tensorboard() -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ConfigError("--tensorboard needs the tensorboard package: pip install 'etrmtrm[tensorboard]'") from None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    return SummaryWriter
 
 
-def _wandb(run_dir: Path, exp: Experiment) -> Any:
+def _import_wandb() -> Any:
     try:
         import wandb
     except ImportError:
         raise ConfigError("--wandb needs the wandb package: pip install 'etrmtrm[wandb]' "
                           "(WANDB_MODE=offline logs without a network)") from None
-    return wandb.init(project="etrmtrm", name=exp.id, dir=str(run_dir), config=exp.model_dump(mode="json"))
+    return wandb
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    return _import_tensorboard()(log_dir=str(run_dir / "tensorboard"))
+
+
+def _wandb(run_dir: Path, exp: Experiment) -> Any:
+    return _import_wandb().init(project="etrmtrm", name=exp.id, dir=str(run_dir), config=exp.model_dump(mode="json"))

@@ -41,7 +41,7 @@ from etrmtrm_cli.metrics import (
 )
 from etrmtrm_cli.model import build_model, encoder_parameters, load_decoder
 from etrmtrm_cli.puzzle_embedding import PuzzleEmbedding, SignSGD
-from etrmtrm_cli.run_log import MetricsLog
+from etrmtrm_cli.run_log import MetricsLog, require_loggers
 
 EventFn = Callable[[str, dict[str, Any]], None]
 _LOSS_SUMS = ("lm_loss", "q_halt_loss", "q_continue_loss")
@@ -169,7 +169,8 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
     emit = on_event if (on_event is not None and ctx.is_main) else (lambda kind, payload: None)
     stop = stop or StopFlag()
     run_dir = options.runs_dir / exp.id
-    # Data, model and decoder first: a bad input must fail before any run directory is touched.
+    # Loggers, data, model and decoder first: a bad input must fail before any run directory is touched.
+    require_loggers(options.tensorboard, options.wandb)
     torch.manual_seed(exp.seed)  # parameter init: identical on every rank
     data = build_arc_data(exp.data, exp.seed)
     model = build_model(exp, data.seq_len, data.num_puzzle_ids)
