@@ -235,3 +235,14 @@ def test_missing_optional_logger_gives_an_install_hint(tmp_path: Path, monkeypat
     with pytest.raises(ConfigError, match=r"pip install 'etrmtrm\[wandb\]'.*WANDB_MODE=offline"):
         train(exp, TrainOptions(runs_dir=tmp_path, max_steps=1, wandb=True), SINGLE)
     assert not (tmp_path / "E0b").exists()  # nothing was started
+
+
+def test_tensorboard_and_offline_wandb_log_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch.utils.tensorboard")
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no network: wandb writes its files into the run directory
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(tiny("E0b", FAST), TrainOptions(runs_dir=tmp_path, max_steps=2, tensorboard=True, wandb=True), SINGLE)
+    run = tmp_path / "E0b"
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run / "wandb").glob("offline-run-*"))
