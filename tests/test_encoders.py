@@ -133,9 +133,10 @@ def test_packed_cropped_grid_encoder_equals_the_full_masked_computation(shifted:
     torch.testing.assert_close(packed, full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", NAMES)
-def test_one_training_step_gives_every_encoder_parameter_a_gradient(name: str) -> None:
-    exp = tiny("E0b", [f"arch.recurrent_encoder_type={name}"])
+def test_one_training_step_gives_every_encoder_parameter_a_gradient(name: str, dtype: str) -> None:
+    exp = tiny("E0b", [f"arch.recurrent_encoder_type={name}", f"arch.forward_dtype={dtype}"])
     torch.manual_seed(0)
     model = build_model(exp, S * S, num_puzzle_ids=8).train()
     batch = demo_batch(batch=4, seed=1)
