@@ -131,6 +131,8 @@ def test_nan_loss_stops_before_the_update(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(RunError, match=r"train/loss is nan at step 6.*last good checkpoint is kept"):
         train(exp, TrainOptions(runs_dir=tmp_path, max_steps=10), SINGLE)
     assert checkpoint.latest_checkpoint(tmp_path / "E0b").name == "step_00000004"
+    summary = json.loads((tmp_path / "E0b" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].startswith("step 6: E0b: train/loss is nan")
 
 
 def test_refuses_to_overwrite_and_force_moves_aside(tmp_path: Path) -> None:

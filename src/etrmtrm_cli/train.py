@@ -183,9 +183,10 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
     optimizers = build_optimizers(model, exp)
     total = total_steps(exp, data, options)
     local_batch = exp.train.batch_size // ctx.world_size
-    state = _fresh_state(model, data, exp, ctx, local_batch)
     if options.resume:
         state = _restore(run_dir, model, ema, optimizers, ctx)
+    else:
+        state = _fresh_state(model, data, exp, ctx, local_batch)
     step_fn = torch.compile(model) if options.compile else model
     log = MetricsLog(run_dir, resume_from=state.step, tensorboard=options.tensorboard, wandb=options.wandb,
                      exp=exp) if ctx.is_main else None
@@ -194,7 +195,7 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
     emit("start", {"exp": exp, "total_steps": total, "start_step": state.step, "decoder_report": report,
                    "run_dir": run_dir, "device": str(ctx.device), "world_size": ctx.world_size})
 
-    started, status, last = time.perf_counter(), "finished", {}
+    started, status, error, last = time.perf_counter(), "finished", None, {}
     try:
         while state.step < total:
             if stop.requested:
@@ -215,18 +216,27 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
         _save_checkpoint(run_dir, exp, model, ema, optimizers, state, ctx)
         if status == "finished" and ctx.is_main:
             checkpoint.save_weights(run_dir / checkpoint.FINAL_WEIGHTS, (ema or model).state_dict())
+    except Exception as err:
+        status, error = "failed", f"step {state.step + 1}: {err}"
+        raise
     finally:
         if log is not None:
             log.close()
-    wall = time.perf_counter() - started
-    summary = RunSummary(exp.id, status, state.step, total, wall, run_dir, _finite(last))
-    if ctx.is_main:
-        previous = checkpoint.read_json(run_dir / checkpoint.SUMMARY) if options.resume else {}
-        checkpoint.write_json(run_dir / checkpoint.SUMMARY, {
-            "status": status, "step": state.step, "total_steps": total,
-            "wall_time_s": wall + float(previous.get("wall_time_s", 0.0)), "last": summary.last,
-        })
+        summary = RunSummary(exp.id, status, state.step, total, time.perf_counter() - started, run_dir,
+                             _finite(last))
+        if ctx.is_main:
+            _write_summary(run_dir, summary, options.resume, error)
     return summary
+
+
+def _write_summary(run_dir: Path, summary: RunSummary, resumed: bool, error: str | None) -> None:
+    """summary.json: status (finished | interrupted | failed, with the error) and the wall time of all sessions."""
+    previous = checkpoint.read_json(run_dir / checkpoint.SUMMARY) if resumed else {}
+    checkpoint.write_json(run_dir / checkpoint.SUMMARY, {
+        "status": summary.status, "step": summary.step, "total_steps": summary.total_steps,
+        "wall_time_s": summary.wall_time_s + float(previous.get("wall_time_s", 0.0)), "last": summary.last,
+        **({"error": error} if error else {}),
+    })
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:
