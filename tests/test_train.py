@@ -173,6 +173,8 @@ def test_lr_schedule_warmup_then_cosine() -> None:
     assert lr_at(10, exp, 110) == pytest.approx(1.0)
     assert lr_at(60, exp, 110) == pytest.approx(0.55)
     assert lr_at(110, exp, 110) == pytest.approx(0.1)
+    scaled = tiny("E0b", ["train.lr=1.0", "train.lr_warmup_steps=10", "train.lr_scale=3.0"])
+    assert lr_at(10, scaled, 110) == pytest.approx(3.0)
 
 
 def run_cli(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None) -> subprocess.Popen[str]:

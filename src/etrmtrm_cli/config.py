@@ -32,7 +32,7 @@ PROFILE_KEYS: dict[str, frozenset[str]] = {
     ),
     "train": frozenset(
         {"epochs", "max_steps", "eval_interval", "checkpoint_interval", "lr_warmup_steps", "batch_divisor",
-         "eval_batch_size"}
+         "lr_scale", "eval_batch_size"}
     ),
 }
 ARC_SOURCES = ("arc-agi-1", "arc-agi-2")
@@ -129,6 +129,8 @@ class TrainConfig(Frozen):
     batch_divisor: int = Field(1, ge=1, description="set by a profile: global_batch_size is divided by it")
     eval_batch_size: int | None = Field(None, ge=1, description="default: the training batch size")
     lr: float = Field(1e-4, gt=0)
+    lr_scale: float = Field(1.0, gt=0, description="set by a profile: every lr is multiplied by it (small models "
+                            "take larger steps); ratios between experiments are kept")
     lr_warmup_steps: int = Field(2000, ge=0)
     lr_min_ratio: float = Field(1.0, ge=0, le=1, description="1 = constant after warmup, < 1 = cosine decay")
     beta1: float = Field(0.9, ge=0, lt=1)
@@ -141,6 +143,11 @@ class TrainConfig(Frozen):
     ema_rate: float = Field(0.999, gt=0, lt=1)
     puzzle_emb_lr: float = Field(1e-2, gt=0)
     puzzle_emb_weight_decay: float = Field(0.1, ge=0)
+
+    @property
+    def scaled_lr(self) -> float:
+        """The learning rate this profile actually trains with."""
+        return self.lr * self.lr_scale
 
     @property
     def batch_size(self) -> int:

@@ -98,11 +98,11 @@ def total_steps(exp: Experiment, data: ArcData, options: TrainOptions) -> int:
 
 def lr_at(step: int, exp: Experiment, total: int) -> float:
     """Linear warmup, then cosine down to lr_min_ratio x lr (constant when lr_min_ratio = 1)."""
-    t = exp.train
+    t, lr = exp.train, exp.train.scaled_lr
     if step <= t.lr_warmup_steps:
-        return t.lr * step / max(1, t.lr_warmup_steps)
+        return lr * step / max(1, t.lr_warmup_steps)
     progress = (step - t.lr_warmup_steps) / max(1, total - t.lr_warmup_steps)
-    return t.lr * (t.lr_min_ratio + (1 - t.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    return lr * (t.lr_min_ratio + (1 - t.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
 def build_optimizers(model: ACTModel, exp: Experiment) -> list[torch.optim.Optimizer]:
@@ -132,7 +132,7 @@ def build_optimizers(model: ACTModel, exp: Experiment) -> list[torch.optim.Optim
     optimizers = [dense]
     if isinstance(model.provider, PuzzleEmbedding):
         sparse = SignSGD(model.provider, lr=t.puzzle_emb_lr, weight_decay=t.puzzle_emb_weight_decay)
-        sparse.param_groups[0]["lr_scale"] = t.puzzle_emb_lr / t.lr  # follows the same schedule
+        sparse.param_groups[0]["lr_scale"] = t.puzzle_emb_lr / t.lr  # follows the same schedule (and lr_scale)
         optimizers.append(sparse)
     return optimizers
 
