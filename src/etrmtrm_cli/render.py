@@ -73,6 +73,7 @@ class TrainProgress:
         self.progress: Progress | None = None
         self.task: TaskID | None = None
         self.last_eval = ""
+        self.latest: dict[str, float] = {}
         self.every = 1
 
     def __enter__(self) -> TrainProgress:
@@ -114,7 +115,10 @@ class TrainProgress:
                                                info="", rate="")
 
     def _step(self, payload: dict[str, Any]) -> None:
-        step, metrics = payload["step"], payload["metrics"]
+        step = payload["step"]
+        # Accuracy and ACT steps exist only on steps where some slot halted: show the latest known value.
+        self.latest.update({k: v for k, v in payload["metrics"].items() if isinstance(v, float) and math.isfinite(v)})
+        metrics = self.latest
         info = self._metrics_text(metrics, self._SHOWN)
         if self.progress is not None and self.task is not None:
             rate = 1.0 / metrics["time/step_s"] if metrics.get("time/step_s") else 0.0
