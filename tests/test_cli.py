@@ -67,3 +67,26 @@ def test_missing_file_exit_1(tmp_path: Path) -> None:
 
 def test_usage_error_exit_2() -> None:
     assert runner.invoke(app, ["experiments", "--no-such-flag"]).exit_code == 2
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_train_prints_plain_lines_when_not_a_terminal(tmp_path: Path, quiet: bool) -> None:
+    args = ["train", "E0b", "--profile", "tiny", "--experiments", REAL, "--runs-dir", str(tmp_path),
+            "--max-steps", "3", "--set", "decoder=none", *(["--quiet"] if quiet else [])]
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "E0b finished at step 3/3" in result.output
+    assert ("step 3/3: " in result.output) is not quiet
+    rerun = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert rerun.exit_code == 1 and "exists: continue it with --resume" in rerun.output
+
+
+def test_queue_skips_finished_runs(tmp_path: Path) -> None:
+    args = ["train", "week1", "--profile", "tiny", "--experiments", REAL, "--runs-dir", str(tmp_path),
+            "--max-steps", "2", "--set", "decoder=none", "--quiet"]
+    first = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert first.exit_code == 0, first.output
+    assert [line.split()[0] for line in first.output.splitlines() if "finished at step" in line] == [
+        "E0a", "E0b", "E2b"]
+    again = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert again.exit_code == 0 and again.output.count("finished run in") == 3
