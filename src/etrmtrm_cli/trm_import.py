@@ -7,7 +7,7 @@ TRM saves `torch.compile`d `ACTLossHead(ACTV1(...))` state dicts, so its keys lo
 Target keys are those of an `ACTModel` (`decoder.*`, and `provider.weights` for a PuzzleEmbedding).
 Shapes give the hidden size, layer count, vocabulary, MLP width and (learned) position count; heads
 and cycles leave no trace in the weights and are checked only when TRM's `all_config.yaml` lies beside
-the file and PyYAML is installed.
+the file.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import Tensor, nn
 
 from etrmtrm_cli.config import ArchConfig
@@ -206,10 +207,6 @@ def _read_sidecar_config(path: Path) -> tuple[Mapping[str, Any] | None, str | No
     sidecar = path.parent / "all_config.yaml"
     if not sidecar.is_file():
         return None, "heads and cycles not checked (no all_config.yaml beside the checkpoint)"
-    try:
-        import yaml  # optional: only needed to read TRM's sidecar config
-    except ImportError:
-        return None, "heads and cycles not checked (PyYAML is not installed)"
     try:
         raw = yaml.safe_load(sidecar.read_text(encoding="utf-8"))
     except (yaml.YAMLError, OSError) as err:
