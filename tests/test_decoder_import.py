@@ -154,7 +154,6 @@ def test_architecture_check_from_shapes(tmp_path: Path, ours: dict, message: str
 
 
 def test_heads_and_cycles_from_trm_config_beside_the_file(tmp_path: Path) -> None:
-    pytest.importorskip("yaml")
     path = save(trm_layout(p0_model(0)), tmp_path)
     report = load_trm_checkpoint(p0_model(1), path, arch(), seq_len=SEQ)
     assert any("not checked" in note for note in report.notes)
