@@ -27,6 +27,7 @@ import numpy as np
 from etrmtrm_cli import checkpoint
 from etrmtrm_cli.data.canvas import COLOUR_OFFSET, EOS, IGNORE_LABEL, encode_grid, encode_labels
 from etrmtrm_cli.errors import ConfigError, RunError
+from etrmtrm_cli.metrics import COLLAPSED_VAR, STARVED_GRAD_SHARE
 
 # --- how the numbers are read from metrics.jsonl -----------------------------------------------------------
 FINAL_FRACTION = 0.10  # "final" = mean over the last 10% of logged steps
@@ -48,9 +49,7 @@ SAME_BAND_PTS = 0.5
 CLEARLY_WORSE_PTS = 5.0
 # Red Flag 1 "Implementation bug": "E0b fails completely (<50% train acc)", "Encoder variance collapses
 # (<0.1)", "Gradient flow issues" (the plan expects an encoder share of ~0.4; below 0.05 it is starved).
-FAILED_ACC = 0.50
-COLLAPSED_VAR = 0.1
-STARVED_GRAD_SHARE = 0.05
+FAILED_ACC = 0.50  # the variance and gradient-share limits are diagnose's (one definition for both)
 # Red Flag 2 "Instability": "training diverges or highly noisy", "Carry state exploding/vanishing". The
 # plan gives no numbers; ours: the loss's step-to-step spread over the last 20% of steps above half its
 # mean is "highly noisy"; a final loss above the first 10%'s mean is "diverges"; a carry whose RMS per

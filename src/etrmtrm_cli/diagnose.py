@@ -29,24 +29,23 @@ from etrmtrm_cli.encoders.base import Carry
 from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError
 from etrmtrm_cli.evaluate import as_dict
 from etrmtrm_cli.losses import act_loss
-from etrmtrm_cli.metrics import cross_sample_var, grad_norms
+from etrmtrm_cli.metrics import (
+    COLLAPSED_VAR,
+    EXPECTED_GRAD_SHARE,
+    HEALTHY_VAR,
+    STARVED_GRAD_SHARE,
+    cross_sample_var,
+    grad_norms,
+)
 from etrmtrm_cli.model import build_model, encoder_parameters
 
 Status = Literal["pass", "warn", "fail"]
 CHECKS = ("carry-reset", "gradient-flow", "encoder-variance", "determinism")
 
-# Plan, "Decision Points / If E0b fails": "Verify gradient flow (encoder should get ~40% of gradients)".
-EXPECTED_GRAD_SHARE = 0.4
-# Below an eighth of that the encoder is starved: its parameters barely move (the public ETRMTRM bug gave 0).
-STARVED_GRAD_SHARE = 0.05
 # Below half of the expected share: worth a look, not a bug by itself.
 LOW_GRAD_SHARE = 0.2
 # Plan, "Key Metrics / Encoder Health": "grad/encoder_norm: Should be >0.2" (before clipping).
 MIN_ENCODER_GRAD_NORM = 0.2
-# Plan, "Key Metrics / Encoder Health": "train/encoder_cross_sample_var: Should be >0.3";
-# "Red Flag 1": "Encoder variance collapses (<0.1)".
-HEALTHY_VAR = 0.3
-COLLAPSED_VAR = 0.1
 
 WARMUP_STEPS = 3  # ACT steps that move every carry away from its init before the halting pattern is imposed
 GRAD_STEPS = 2  # step 1 starts from the init carry, step 2 from a carried (detached) encoder state
