@@ -10,17 +10,18 @@ import signal
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from etrmtrm_cli import __version__, render
-from etrmtrm_cli.checkpoint import run_status
 from etrmtrm_cli.config import Experiment, ExperimentsFile, load_experiments
 from etrmtrm_cli.errors import ConfigError, EtrmtrmError
-from etrmtrm_cli.train import StopFlag
+
+if TYPE_CHECKING:
+    from etrmtrm_cli.train import StopFlag
 
 app = typer.Typer(
     help="ETRM vs ETRMTRM: run the overfit-phase experiments of the research plan from experiments.toml.",
@@ -173,8 +174,9 @@ def train(
 
     Multi-process: torchrun --nproc-per-node N -m etrmtrm_cli train E0b
     """
+    from etrmtrm_cli.checkpoint import run_status
     from etrmtrm_cli.distributed import init_distributed, shutdown_distributed
-    from etrmtrm_cli.train import TrainOptions
+    from etrmtrm_cli.train import StopFlag, TrainOptions
     from etrmtrm_cli.train import train as run_training
 
     file = load_experiments(experiments)

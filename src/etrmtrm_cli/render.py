@@ -14,10 +14,10 @@ from rich.table import Table
 from rich.text import Text
 
 from etrmtrm_cli.config import Experiment, ExperimentsFile, changed_keys
-from etrmtrm_cli.data import Batch, DataSummary
-from etrmtrm_cli.encoders.registry import EncoderSpec, config_defaults
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch-backed modules: imported only by the commands that need them, so --help is quick
+    from etrmtrm_cli.data import Batch, DataSummary
+    from etrmtrm_cli.encoders.registry import EncoderSpec
     from etrmtrm_cli.train import RunSummary
 
 
@@ -41,6 +41,8 @@ def _model_name(exp: Experiment) -> str:
 
 
 def encoders_table(specs: Sequence[EncoderSpec]) -> Table:
+    from etrmtrm_cli.encoders.registry import config_defaults
+
     table = Table(title="Registered encoders (arch.recurrent_encoder_type)")
     table.add_column("name", style="bold cyan")
     table.add_column("recurrent")
