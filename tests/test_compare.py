@@ -44,7 +44,7 @@ def write_run(runs_dir: Path, exp_id: str, acc: Sequence[float | None], *, statu
         }
         if recurrent:
             row.update({"train/encoder_carry_norm": carry_norm, "train/encoder_carry_change": 0.05,
-                        "train/encoder_convergence_steps": 3.0})
+                        "train/encoder_convergence_steps": 3.0, f"act/encoder_carry_change_{i % 4 + 1:02d}": 0.1})
         if i % 10 == 0:
             row.update({"eval/accuracy": 0.5, "eval/exact_accuracy": 0.25, "eval/pass@1": 0.1, "eval/pass@2": 0.2})
         lines.append(json.dumps(row))

@@ -53,8 +53,9 @@ def test_run_directory_is_complete(tmp_path: Path) -> None:
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert "eval/pass@2" in rows[3] and "eval/pass@2" in rows[5] and "eval/pass@2" not in rows[0]
     for key in ("train/loss", "grad/encoder_share", "train/encoder_cross_sample_var", "train/encoder_carry_norm",
-                "train/encoder_carry_change", "train/lr"):
+                "train/encoder_carry_change", "train/lr", "act/encoder_carry_change_01"):
         assert key in rows[0]
+    assert [k for k in rows[1] if k.startswith("act/")] == ["act/encoder_carry_change_02"]  # nobody halted yet
     meta = json.loads((run / "meta.json").read_text())
     assert meta["seed"] == exp.seed and meta["train_tasks"] and not set(meta["train_tasks"]) & set(meta["eval_tasks"])
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"

@@ -23,6 +23,7 @@ from etrmtrm_cli.compare import (
     TaskScore,
     Verdict,
     duration,
+    final_value,
     num,
     pct,
     series,
@@ -289,6 +290,9 @@ def require_matplotlib() -> None:
         raise ConfigError("--plot needs matplotlib: pip install 'etrmtrm[plot]'") from None
 
 
+ACT_CHANGE_PREFIX = "act/encoder_carry_change_"  # train.py logs one key per ACT step k
+
+
 def plot_curves(cmp: Comparison, path: Path) -> None:
     """Every run's curves vs step (raw, faint; trailing mean over SMOOTH_WINDOW, solid) into a PNG."""
     require_matplotlib()
@@ -298,8 +302,9 @@ def plot_curves(cmp: Comparison, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = list(PLOTTED) + ([CARRY_PLOT] if any(r.recurrent for r in cmp.rows) else [])
-    cols = 3 if len(panels) > 4 else 2
-    rows = -(-len(panels) // cols)
+    slots = len(panels) + any(r.recurrent for r in cmp.rows)  # + carry change vs ACT step
+    cols = 3 if slots > 4 else 2
+    rows = -(-slots // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.6 * rows), squeeze=False)
     for ax, (key, title) in zip(axes.flat, panels, strict=False):
         for i, (run, row) in enumerate(zip(cmp.runs, cmp.rows, strict=True)):
@@ -319,6 +324,9 @@ def plot_curves(cmp: Comparison, path: Path) -> None:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize="small")
+    if any(r.recurrent for r in cmp.rows):
+        _plot_carry_by_act_step(axes.flat[len(panels)], cmp)
+        panels = [*panels, ("", "")]
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(f"{' vs '.join(r.exp_id for r in cmp.rows)} (solid: trailing mean over {SMOOTH_WINDOW} steps)")
@@ -326,6 +334,22 @@ def plot_curves(cmp: Comparison, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=110)
     plt.close(fig)
+
+
+def _plot_carry_by_act_step(ax: Any, cmp: Comparison) -> None:
+    """Mean encoder carry change at each ACT step k, over the last 10 % of each recurrent run's training."""
+    for i, (run, row) in enumerate(zip(cmp.runs, cmp.rows, strict=True)):
+        keys = sorted({k for r in run.rows for k in r if k.startswith(ACT_CHANGE_PREFIX)})
+        points = [(int(k.removeprefix(ACT_CHANGE_PREFIX)), final_value(run.rows, k)) for k in keys]
+        points = [(k, v) for k, v in points if v is not None]
+        if row.recurrent and points:
+            ax.plot([k for k, _ in points], [v for _, v in points], color=f"C{i % 10}", marker="o", markersize=3,
+                    label=run.exp_id)
+    ax.set_title("encoder carry change vs ACT step (last 10 %)")
+    ax.set_xlabel("ACT step")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize="small")
 
 
 def _trailing_mean(values: Sequence[float], window: int) -> list[float]:

@@ -321,6 +321,10 @@ def _encoder_metrics(model: ACTModel, exp: Experiment, before: ACTCarry, after: 
     state.converged_at = update_convergence(converged, change, after.steps, exp.arch.encoder_convergence_tol)
     out["train/encoder_carry_norm"] = carry_norm(after.provider[key])
     out["train/encoder_carry_change"] = float(change.mean())
+    # The carry's evolution across ACT steps (the plan's "carry should evolve early, stabilize later"):
+    # the mean change of the slots that just took their k-th step.
+    for k in torch.unique(after.steps).tolist():
+        out[f"act/encoder_carry_change_{k:02d}"] = float(change[after.steps == k].mean())
     out["train/encoder_convergence_steps"] = convergence_steps(state.converged_at, after.steps, after.halted)
     return out
 
