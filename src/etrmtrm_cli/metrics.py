@@ -74,15 +74,11 @@ def convergence_steps(converged_at: Tensor, steps: Tensor, halted: Tensor) -> fl
 def grad_norms(model: nn.Module, encoder_params: Iterable[nn.Parameter]) -> dict[str, float]:
     """L2 norms of the gradients (call before clipping): encoder, decoder (everything else), total, share."""
     encoder_ids = {id(p) for p in encoder_params}
-    enc_sq = dec_sq = 0.0
+    squares: dict[bool, list[Tensor]] = {True: [], False: []}  # is an encoder parameter -> squared norms, summed on the device
     for p in model.parameters():
-        if p.grad is None:
-            continue
-        sq = float(p.grad.detach().float().pow(2).sum())
-        if id(p) in encoder_ids:
-            enc_sq += sq
-        else:
-            dec_sq += sq
+        if p.grad is not None:
+            squares[id(p) in encoder_ids].append(p.grad.detach().float().pow(2).sum())
+    enc_sq, dec_sq = (float(torch.stack(v).sum()) if v else 0.0 for v in (squares[True], squares[False]))
     total = math.sqrt(enc_sq + dec_sq)
     return {
         "grad/encoder_norm": math.sqrt(enc_sq),
