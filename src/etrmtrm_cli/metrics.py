@@ -74,7 +74,8 @@ def convergence_steps(converged_at: Tensor, steps: Tensor, halted: Tensor) -> fl
 def grad_norms(model: nn.Module, encoder_params: Iterable[nn.Parameter]) -> dict[str, float]:
     """L2 norms of the gradients (call before clipping): encoder, decoder (everything else), total, share."""
     encoder_ids = {id(p) for p in encoder_params}
-    squares: dict[bool, list[Tensor]] = {True: [], False: []}  # is an encoder parameter -> squared norms, summed on the device
+    # is an encoder parameter -> its squared gradient norms, summed on the device (no sync per parameter)
+    squares: dict[bool, list[Tensor]] = {True: [], False: []}
     for p in model.parameters():
         if p.grad is not None:
             squares[id(p) in encoder_ids].append(p.grad.detach().float().pow(2).sum())
