@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors.torch import load_file
 from torch import nn
 
 from etrmtrm_cli import checkpoint
@@ -76,7 +75,7 @@ def _load_our_decoder(model: ACTModel, exp: Experiment, path: Path) -> ImportRep
         hint = " (set allow_decoder_mismatch = true to load different cycles on purpose)" if any(
             k in w for k in _CYCLE_KEYS for w in wrong) else ""
         raise CheckpointError(f"{exp.id}: decoder {path} was trained with " + "; ".join(wrong) + hint)
-    weights = {k: v for k, v in load_file(str(path)).items() if k.startswith("decoder.")}
+    weights = {k: v for k, v in checkpoint.load_weights(path).items() if k.startswith("decoder.")}
     target = model.state_dict()
     for key, value in weights.items():
         if key in target and value.shape != target[key].shape:
