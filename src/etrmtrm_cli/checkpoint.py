@@ -101,9 +101,14 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / CHECKPOINTS / f"{_PREFIX}{step:08d}"
 
 
+def temp_checkpoint_dir(run_dir: Path, step: int) -> Path:
+    """Where step `step` is written before `commit_checkpoint` makes it visible."""
+    return checkpoint_dir(run_dir, step).with_suffix(".tmp")
+
+
 def begin_checkpoint(run_dir: Path, step: int) -> Path:
-    """The temporary directory to write step `step` into (replaced if a previous try left it)."""
-    tmp = checkpoint_dir(run_dir, step).with_suffix(".tmp")
+    """A fresh temporary directory for step `step` (replacing what a previous try left there)."""
+    tmp = temp_checkpoint_dir(run_dir, step)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp

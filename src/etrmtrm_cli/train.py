@@ -367,7 +367,7 @@ def _carry_from_state(flat: dict[str, Tensor], device: torch.device) -> ACTCarry
 
 def _save_checkpoint(run_dir: Path, exp: Experiment, model: ACTModel, ema: ACTModel | None,
                      optimizers: list[torch.optim.Optimizer], state: LoopState, ctx: DistContext) -> None:
-    tmp = checkpoint.checkpoint_dir(run_dir, state.step).with_suffix(".tmp")
+    tmp = checkpoint.temp_checkpoint_dir(run_dir, state.step)
     if ctx.is_main:
         checkpoint.begin_checkpoint(run_dir, state.step)
         checkpoint.save_weights(tmp / "model.safetensors", model.state_dict())
