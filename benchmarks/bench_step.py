@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--demos-used", default="3", help="a number, or 'arc' for ARC-AGI-1's distribution")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (as `train --compile`)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -83,6 +84,7 @@ def main() -> None:
     exp = experiment(args)
     model = build_model(exp, args.canvas**2, num_puzzle_ids=args.batch + 1).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    step_fn = torch.compile(model) if args.compile else model
     rng = np.random.default_rng(args.seed)
     batches = [random_batch(args, rng, counts) for _ in range(4)]
     generator = torch.Generator().manual_seed(args.seed)
@@ -91,7 +93,7 @@ def main() -> None:
     for step in range(args.warmup + args.steps):
         batch = batches[step % len(batches)]
         start = time.perf_counter()
-        carry, outputs = model(carry, batch, generator)
+        carry, outputs = step_fn(carry, batch, generator)
         loss, _ = act_loss(outputs, carry.current_data["labels"], carry.halted, carry.steps)
         (loss / args.batch).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -107,6 +109,7 @@ def main() -> None:
         "params_encoder": encoder_params,
         "params_decoder": sum(p.numel() for p in model.parameters()) - encoder_params,
         "demos_used": "arc" if counts else args.demos_used, "dtype": args.dtype, "threads": args.threads,
+        "compile": args.compile,
     }
     print(f"{args.encoder}: {result['ms_median']} ms/step median ({result['ms_min']} min), "
           f"{result['samples_per_s']} samples/s, peak RSS {result['peak_rss_mb']} MB")
