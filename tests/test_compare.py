@@ -38,7 +38,8 @@ def write_run(runs_dir: Path, exp_id: str, acc: Sequence[float | None], *, statu
     lines = []
     for i, a in enumerate(acc, 1):
         row: dict[str, Any] = {
-            "step": i, "train/accuracy": a, "train/exact_accuracy": em if em is not None else (a or 0.0) / 2,
+            "step": i, "train/count": 32, "train/accuracy": a,
+            "train/exact_accuracy": em if em is not None else (a or 0.0) / 2,
             "train/loss": loss[i - 1] if loss is not None else 1.0 / i, "train/steps": 4.0,
             "train/encoder_cross_sample_var": var, "grad/encoder_share": share, "time/step_s": 0.1,
         }
@@ -67,20 +68,32 @@ def invoke(*args: str) -> Any:
 # --- the numbers ------------------------------------------------------------------------------------------------
 
 
-def test_steps_to_uses_a_trailing_window() -> None:
-    rows = [{"step": i, "train/accuracy": 0.0 if i <= 100 else 1.0} for i in range(1, 201)]
-    # window 50: 40 of the last 50 at 1.0 -> 0.8 at step 140; 45 -> 0.9 at step 145
-    assert steps_to(rows, 0.8) == 140 and steps_to(rows, 0.9) == 145
-    assert steps_to(rows[:120], 0.9) is None
-    short = [{"step": i, "train/accuracy": v} for i, v in enumerate([0.5, None, 0.9, 1.0, 1.0], 1)]
-    assert steps_to(short, 0.85) == 5  # 4 logged values: window 4, (0.5 + 0.9 + 1 + 1) / 4 = 0.85
+def test_steps_to_uses_a_trailing_window_of_halted_examples() -> None:
+    rows = [{"step": i, "train/count": 32, "train/accuracy": 0.0 if i <= 100 else 1.0} for i in range(1, 201)]
+    # window 256 examples = 8 steps of 32: 7 of 8 at 1.0 (87.5 %) at step 107, 8 of 8 at step 108
+    assert steps_to(rows, 0.8) == 107 and steps_to(rows, 0.9) == 108
+    assert steps_to(rows[:107], 0.9) is None
+    short = [{"step": i, "train/count": 1, "train/accuracy": v} for i, v in enumerate([0.5, None, 0.9, 1.0, 1.0], 1)]
+    assert steps_to(short, 0.85) == 5  # 4 halted examples in all: (0.5 + 0.9 + 1 + 1) / 4 = 0.85
 
 
-def test_final_value_is_the_mean_of_the_last_tenth() -> None:
+def test_steps_to_weights_each_step_by_its_halted_slots() -> None:
+    # Each pair of steps: 31 slots halt at 100 %, then 1 slot at 0 %. Per example that is 31/32 = 96.9 %;
+    # an unweighted mean over steps would say 50 %.
+    rows = [{"step": i, "train/count": 31 if i % 2 else 1, "train/accuracy": 1.0 if i % 2 else 0.0}
+            for i in range(1, 41)]
+    assert steps_to(rows, 0.9) is not None and steps_to(rows, 0.99) is None
+
+
+def test_final_value_is_the_weighted_mean_of_the_last_tenth() -> None:
     rows = [{"step": i, "train/accuracy": 0.5 if i <= 90 else 0.9 + (i - 91) * 0.01} for i in range(1, 101)]
-    assert compare.final_value(rows, "train/accuracy") == pytest.approx(0.945)
+    assert compare.final_value(rows, "train/accuracy") == pytest.approx(0.945)  # no train/count: weight 1
     sparse = [{"step": i, "train/accuracy": None if i % 4 else 0.8} for i in range(1, 41)]
     assert compare.final_value(sparse, "train/accuracy") == pytest.approx(0.8)  # NaN (no halt) steps skipped
+    weighted = [{"step": i, "train/count": 3 if i % 2 else 1, "train/accuracy": 1.0 if i % 2 else 0.0,
+                 "train/loss": 1.0 if i % 2 else 0.0} for i in range(1, 21)]
+    assert compare.final_value(weighted, "train/accuracy") == pytest.approx(0.75)  # (3 x 1 + 1 x 0) / 4
+    assert compare.final_value(weighted, "train/loss") == pytest.approx(0.5)  # not a halted-slot metric
 
 
 def test_matrix_row_from_a_hand_written_run(tmp_path: Path) -> None:
@@ -90,7 +103,7 @@ def test_matrix_row_from_a_hand_written_run(tmp_path: Path) -> None:
     assert (row.model, row.encoder, row.recurrent, row.status_text) == ("ETRMTRM", "recurrent_standard", True,
                                                                          "finished")
     assert row.train_acc == 1.0 and row.train_em == 0.5 and row.act_steps == 4.0
-    assert row.steps_to == {0.8: 140, 0.9: 145}
+    assert row.steps_to == {0.8: 107, 0.9: 108}
     assert row.loss_cv == pytest.approx(0.5)  # std 0.5 / mean 1.0 over the last 40 steps
     assert row.carry_rms == pytest.approx(1.0)  # 4 / sqrt(hidden 16)
     assert (row.eval_step, row.eval_acc, row.eval_pass2, row.wall_time_s) == (200, 0.5, 0.2, 90.0)
@@ -208,7 +221,8 @@ def test_terminal_markdown_and_plot(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = md.read_text()
     assert "| Experiment | Model | Train Acc | Train EM | Avg Steps | Steps to 80% | Steps to 90% |" in report
-    assert "| E0b | ETRMTRM (recurrent_standard) | 95.0% | 47.5% | 4 | 83 | 88 |" in report
+    # steps to 80 % / 90 %: 7 and 8 of the 8 steps in the window at 95 %
+    assert "| E0b | ETRMTRM (recurrent_standard) | 95.0% | 47.5% | 4 | 47 | 48 |" in report
     assert "**Scenario A for E0b vs E0a: recurrence helps significantly**" in report
     assert "![training curves](plots/curves.png)" in report
     assert "## Trivial baselines" in report and "## Config differences" in report

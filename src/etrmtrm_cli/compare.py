@@ -5,8 +5,10 @@ one exception is `per_task_accuracy` (--per-puzzle), which evaluates a run's fin
 
 Definitions (the numbers a reader sees):
 - final value of a metric: the mean over the last 10% of the steps at which it was logged;
-- steps to X%: the first step at which the trailing mean of train/accuracy over the last
-  SMOOTH_WINDOW logged values (fewer when the run has logged fewer) reaches X;
+- metrics of the halted slots (train/accuracy, exact, steps) are averaged over steps weighted by
+  train/count, the number of slots that halted at that step;
+- steps to X%: the first step at which the mean of train/accuracy over the trailing SMOOTH_EXAMPLES
+  halted examples (all of them when the run has fewer) reaches X;
 - stability: the coefficient of variation (std / mean) of train/loss over the last 20% of logged steps,
   and "diverging" when the mean loss of the last 10% is above that of the first 10%;
 - carry RMS: the final encoder_carry_norm (mean L2 norm per token) divided by sqrt(hidden_size), i.e. the
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +35,10 @@ from etrmtrm_cli.metrics import COLLAPSED_VAR, STARVED_GRAD_SHARE
 # --- how the numbers are read from metrics.jsonl -----------------------------------------------------------
 FINAL_FRACTION = 0.10  # "final" = mean over the last 10% of logged steps
 STABILITY_FRACTION = 0.20  # stability = CV of train/loss over the last 20% of logged steps
-SMOOTH_WINDOW = 50  # trailing window (logged values) of train/accuracy for "steps to X%"
+SMOOTH_EXAMPLES = 256  # trailing window of train/accuracy for "steps to X%": this many halted examples
+# Metrics of the slots that halted at a step: averaged over steps they are weighted by train/count, the
+# number of those slots (1 halted slot must not weigh as much as 32).
+HALTED_METRICS = frozenset({"train/accuracy", "train/exact_accuracy", "train/q_halt_accuracy", "train/steps"})
 CONVERGENCE_LEVELS = (0.80, 0.90)  # plan, "Analysis Questions / Convergence": "Steps to reach 80%? 90%?"
 LEVEL_TOL = 1e-9  # a run that sits at exactly 90% reaches 90%, whatever the float sum says
 
@@ -228,46 +234,58 @@ def read_metrics(path: Path) -> list[Row]:
 # --- the matrix ------------------------------------------------------------------------------------------------
 
 
-def series(rows: Sequence[Row], key: str) -> list[tuple[int, float]]:
-    """(step, value) for every logged, finite value of `key`."""
+def series(rows: Sequence[Row], key: str) -> list[tuple[int, float, float]]:
+    """(step, value, weight) for every logged, finite value of `key`; the weight is train/count for a
+    metric of the halted slots, else 1."""
     out = []
     for row in rows:
         value = row.get(key)
         if isinstance(value, int | float) and math.isfinite(value):
-            out.append((int(row["step"]), float(value)))
+            count = row.get("train/count")
+            halted = key in HALTED_METRICS and isinstance(count, int | float) and count > 0
+            out.append((int(row["step"]), float(value), float(count) if halted else 1.0))
     return out
 
 
 def final_value(rows: Sequence[Row], key: str, fraction: float = FINAL_FRACTION) -> float | None:
-    """Mean of `key` over the last `fraction` of the steps at which it was logged (at least one).
+    """Weighted mean of `key` over the last `fraction` of the steps at which it was logged (at least one).
 
     Counted over the metric's own logged values: train/accuracy is NaN (null) at a step where no slot
     halted, which is most steps early in a run with many ACT steps."""
-    values = [v for _, v in series(rows, key)]
-    if not values:
-        return None
-    tail = values[-max(1, math.ceil(fraction * len(values))):]
-    return sum(tail) / len(tail)
-
-
-def steps_to(rows: Sequence[Row], level: float, key: str = "train/accuracy", window: int = SMOOTH_WINDOW) -> int | None:
-    """First step where the trailing mean of `key` over `window` logged values reaches `level`."""
     points = series(rows, key)
-    width = min(window, len(points))
-    if width == 0:
+    if not points:
         return None
-    total = sum(v for _, v in points[:width - 1])
-    for i in range(width - 1, len(points)):
-        total += points[i][1]
-        if total / width >= level - LEVEL_TOL:
-            return points[i][0]
-        total -= points[i - width + 1][1]
-    return None
+    tail = points[-max(1, math.ceil(fraction * len(points))):]
+    return sum(v * w for _, v, w in tail) / sum(w for _, _, w in tail)
+
+
+def trailing_means(points: Sequence[tuple[int, float, float]], window: float) -> list[tuple[int, float]]:
+    """(step, weighted mean over the trailing `window` of weight) for every point from the first at which
+    the window is full; a series lighter than `window` in all gets one window of all of it."""
+    needed = min(window, sum(w for _, _, w in points))
+    trail: deque[tuple[float, float]] = deque()
+    total = weight = 0.0
+    out = []
+    for step, value, w in points:
+        trail.append((value, w))
+        total, weight = total + value * w, weight + w
+        while weight - trail[0][1] >= needed:  # drop the oldest while the rest still fills the window
+            old_value, old_weight = trail.popleft()
+            total, weight = total - old_value * old_weight, weight - old_weight
+        if weight >= needed > 0:
+            out.append((step, total / weight))
+    return out
+
+
+def steps_to(rows: Sequence[Row], level: float, key: str = "train/accuracy") -> int | None:
+    """First step where the mean of `key` over the trailing SMOOTH_EXAMPLES halted examples reaches `level`."""
+    return next((step for step, mean in trailing_means(series(rows, key), SMOOTH_EXAMPLES)
+                 if mean >= level - LEVEL_TOL), None)
 
 
 def loss_stability(rows: Sequence[Row]) -> tuple[float | None, bool]:
     """(CV of train/loss over the last 20% of logged steps, whether the final loss is above the first)."""
-    losses = [v for _, v in series(rows, "train/loss")]
+    losses = [v for _, v, _ in series(rows, "train/loss")]
     if len(losses) < 2:
         return None, False
     tail = losses[-max(2, math.ceil(STABILITY_FRACTION * len(losses))):]

@@ -15,8 +15,9 @@ from rich.text import Text
 from etrmtrm_cli.compare import (
     CONVERGENCE_LEVELS,
     FINAL_FRACTION,
+    HALTED_METRICS,
     NOISY_LOSS_CV,
-    SMOOTH_WINDOW,
+    SMOOTH_EXAMPLES,
     STABILITY_FRACTION,
     Comparison,
     RunRow,
@@ -28,6 +29,7 @@ from etrmtrm_cli.compare import (
     pct,
     series,
     steps,
+    trailing_means,
 )
 from etrmtrm_cli.diagnose import CheckResult, Status
 from etrmtrm_cli.errors import ConfigError
@@ -104,8 +106,9 @@ DYNAMICS_COLUMNS: list[Column] = [
 
 DEFINITIONS = (
     f"Train Acc, Train EM, Avg Steps, Encoder Var, grad share and carry: final = mean over the last "
-    f"{FINAL_FRACTION:.0%} of the steps at which each was logged. Steps to X%: first step where the mean of "
-    f"train/accuracy over the last {SMOOTH_WINDOW} logged values reaches X (— = never). Eval: the last eval. "
+    f"{FINAL_FRACTION:.0%} of the steps at which each was logged (Acc, EM and Avg Steps weighted by the number "
+    f"of slots that halted at each step). Steps to X%: first step where the mean of train/accuracy over the "
+    f"last {SMOOTH_EXAMPLES} halted examples reaches X (— = never). Eval: the last eval. "
     "Loss CV: std / mean of "
     f"train/loss over the last {STABILITY_FRACTION:.0%} of logged steps (> {NOISY_LOSS_CV:g} = highly noisy). "
     "Carry RMS: carry norm / sqrt(hidden_size)."
@@ -290,11 +293,12 @@ def require_matplotlib() -> None:
         raise ConfigError("--plot needs matplotlib: pip install 'etrmtrm[plot]'") from None
 
 
+SMOOTH_STEPS = 50  # plot: trailing mean of the per-step metrics (loss, grad share, ...)
 ACT_CHANGE_PREFIX = "act/encoder_carry_change_"  # train.py logs one key per ACT step k
 
 
 def plot_curves(cmp: Comparison, path: Path) -> None:
-    """Every run's curves vs step (raw, faint; trailing mean over SMOOTH_WINDOW, solid) into a PNG."""
+    """Every run's curves vs step (raw, faint; trailing mean, solid) into a PNG."""
     require_matplotlib()
     import matplotlib
 
@@ -317,7 +321,8 @@ def plot_curves(cmp: Comparison, path: Path) -> None:
             colour = f"C{i % 10}"
             marker = "o" if len(xs) < 20 else None  # a sparse series (few halts logged) stays visible
             ax.plot(xs, ys, color=colour, alpha=0.25, linewidth=0.8)
-            ax.plot(xs, _trailing_mean(ys, SMOOTH_WINDOW), color=colour, linewidth=1.6, marker=marker,
+            smooth = trailing_means(points, SMOOTH_EXAMPLES if key in HALTED_METRICS else SMOOTH_STEPS)
+            ax.plot([p[0] for p in smooth], [p[1] for p in smooth], color=colour, linewidth=1.6, marker=marker,
                     markersize=3, label=run.exp_id)
         ax.set_title(title)
         ax.set_xlabel("step")
@@ -329,7 +334,8 @@ def plot_curves(cmp: Comparison, path: Path) -> None:
         panels = [*panels, ("", "")]
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(f"{' vs '.join(r.exp_id for r in cmp.rows)} (solid: trailing mean over {SMOOTH_WINDOW} steps)")
+    fig.suptitle(f"{' vs '.join(r.exp_id for r in cmp.rows)} (solid: trailing mean over "
+                 f"{SMOOTH_EXAMPLES} halted examples, or {SMOOTH_STEPS} steps)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=110)
@@ -350,13 +356,3 @@ def _plot_carry_by_act_step(ax: Any, cmp: Comparison) -> None:
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(fontsize="small")
-
-
-def _trailing_mean(values: Sequence[float], window: int) -> list[float]:
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
