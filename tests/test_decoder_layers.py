@@ -57,6 +57,28 @@ def test_swiglu_width_rounds_up_to_256(hidden: int, expansion: float, width: int
     assert SwiGLU(hidden, expansion).down.weight.shape == (hidden, width)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_swiglu_gradients_equal_plain_autograd(autocast: bool) -> None:
+    """SwiGLU keeps less for backward and recomputes silu(gate) * up: the same values and gradients."""
+    torch.manual_seed(0)
+    mlp = SwiGLU(16, 4.0)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+
+    def plain(x: torch.Tensor) -> torch.Tensor:
+        gate, up = mlp.gate_up(x).chunk(2, dim=-1)
+        return mlp.down(torch.nn.functional.silu(gate) * up)
+
+    results = []
+    for fn in (mlp, plain):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = fn(x)
+        grads = torch.autograd.grad(out.float().square().sum(), [x, mlp.gate_up.weight, mlp.down.weight])
+        results.append((out, *grads))
+    for ours, theirs in zip(*results, strict=True):
+        assert ours.dtype == theirs.dtype
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
 def test_rope_is_half_split() -> None:
     rope = RotaryEmbedding(head_dim=4, max_positions=3, theta=10000.0)
     cos, sin = rope()
