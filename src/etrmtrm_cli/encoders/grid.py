@@ -26,9 +26,7 @@ VOCAB = 12
 class DemoGridEncoder(nn.Module):
     def __init__(self, arch: ArchConfig, seq_len: int) -> None:
         super().__init__()
-        self.side = math.isqrt(seq_len)
-        if self.side * self.side != seq_len:
-            raise ValueError(f"seq_len {seq_len} is not a square canvas")
+        self.seq_len = seq_len  # S² canvas cells: output cells sit at positions [S², 2S²)
         d = arch.hidden_size
         self.eps = arch.rms_norm_eps
         self.norm_style = arch.encoder_norm_style
@@ -68,7 +66,7 @@ class DemoGridEncoder(nn.Module):
         """Encode n demos from their cells at `positions` (n, L) of the (n, 2S²) canvas tokens -> (n, D)."""
         cells = tokens.gather(1, positions)  # (n, L)
         real = cells != PAD  # (n, L): False only in the bucket's padding
-        is_output = (positions >= self.side * self.side).unsqueeze(-1)  # (n, L, 1)
+        is_output = (positions >= self.seq_len).unsqueeze(-1)  # (n, L, 1)
         x = torch.where(is_output, self.output_embed(cells), self.input_embed(cells))
         x = self.embed_scale * x  # (n, L, D)
         cos, sin = self.rotary()
