@@ -90,3 +90,25 @@ def test_queue_skips_finished_runs(tmp_path: Path) -> None:
         "E0a", "E0b", "E2b"]
     again = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert again.exit_code == 0 and again.output.count("finished run in") == 3
+
+
+def test_queue_starts_over_a_run_killed_before_its_first_checkpoint(tmp_path: Path) -> None:
+    killed = tmp_path / "E0a"  # what a kill at step 1 leaves: no checkpoints/ yet
+    killed.mkdir()
+    (killed / "summary.json").write_text('{"status": "running", "step": 0}')
+    (killed / "metrics.jsonl").write_text('{"step": 1, "train/loss": 2.0}\n')
+    args = ["train", "week1", "--profile", "tiny", "--experiments", REAL, "--runs-dir", str(tmp_path),
+            "--max-steps", "2", "--set", "decoder=none", "--quiet"]
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "E0a: stopped before its first checkpoint; moved aside, starting over" in result.output
+    assert "E0a finished at step 2/2" in result.output
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("E0a.old-")]
+    assert len(aside) == 1 and (aside[0] / "metrics.jsonl").read_text().startswith('{"step": 1')
+
+
+def test_single_run_without_checkpoint_points_to_force(tmp_path: Path) -> None:
+    (tmp_path / "E0b").mkdir()
+    result = runner.invoke(app, ["train", "E0b", "--profile", "tiny", "--experiments", REAL,
+                                 "--runs-dir", str(tmp_path), "--set", "decoder=none"], env={"COLUMNS": "200"})
+    assert result.exit_code == 1 and "it has no checkpoint to resume from; start over with --force" in result.output

@@ -45,21 +45,23 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
         return
     if run_dir.exists():
         if not force:
-            raise RunError(
-                f"{run_dir} exists: continue it with --resume, or start over with --force "
-                "(the old run is moved aside, not deleted)"
-            )
+            how = "continue it with --resume, or start over" if latest_checkpoint(run_dir) else (
+                "it has no checkpoint to resume from; start over")
+            raise RunError(f"{run_dir} exists: {how} with --force (the old run is moved aside, not deleted)")
         aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir.rename(aside)
     run_dir.mkdir(parents=True)
 
 
 def run_status(run_dir: Path) -> str:
-    """'finished', 'resumable' (a checkpoint to continue from), or 'new' (nothing usable yet)."""
+    """'finished', 'resumable' (a checkpoint to continue from), 'unsaved' (started, stopped before its
+    first checkpoint) or 'new' (no run directory)."""
     summary = run_dir / SUMMARY
     if summary.is_file() and read_json(summary).get("status") == "finished":
         return "finished"
-    return "resumable" if latest_checkpoint(run_dir) is not None else "new"
+    if latest_checkpoint(run_dir) is not None:
+        return "resumable"
+    return "unsaved" if run_dir.exists() else "new"
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -196,7 +196,11 @@ def train(
                         if ctx.is_main:
                             console.print(f"[dim]{exp.id}: finished run in {runs_dir / exp.id}, skipped[/]")
                         continue
-                    run_options = replace(options, resume=status == "resumable" and not force)
+                    if status == "unsaved" and ctx.is_main:
+                        console.print(f"[dim]{exp.id}: stopped before its first checkpoint; "
+                                      f"moved aside, starting over[/]")
+                    run_options = replace(options, resume=status == "resumable" and not force,
+                                          force=force or status == "unsaved")
                 with render.TrainProgress(console, quiet=quiet or not ctx.is_main) as progress:
                     summary = run_training(exp, run_options, ctx, progress.on_event, stop)
                 if ctx.is_main:
