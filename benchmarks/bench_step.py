@@ -6,6 +6,7 @@
 
 Grids are random valid ARC grids of random sizes inside the canvas (EOS row and column included).
 `--demos-used arc` draws each example's demo count from ARC-AGI-1's training tasks (most have 2-4).
+`--encoder trm` times TRM itself (a learned puzzle embedding, no encoder): the decoder's share of a step.
 The last line is one JSON object.
 """
 
@@ -59,14 +60,17 @@ def experiment(args: argparse.Namespace) -> Experiment:
     arch = ArchConfig(hidden_size=args.hidden, num_heads=args.heads, L_layers=args.layers,
                       H_cycles=args.h_cycles, L_cycles=args.l_cycles, encoder_num_layers=args.encoder_layers,
                       puzzle_emb_len=args.prefix, context_tokens=args.prefix, halt_max_steps=args.halt_max_steps,
-                      halt_exploration_prob=0.0, recurrent_encoder_type=args.encoder, forward_dtype=args.dtype)
+                      halt_exploration_prob=0.0, forward_dtype=args.dtype,
+                      recurrent_encoder_type="static" if args.encoder == "trm" else args.encoder)
     data = DataConfig(max_grid_size=args.canvas, max_demos=args.max_demos)
-    return Experiment(id="bench", arch=arch, data=data, train=TrainConfig(global_batch_size=args.batch))
+    model = "trm" if args.encoder == "trm" else "etrm"
+    return Experiment(id="bench", model=model, arch=arch, data=data,
+                      train=TrainConfig(global_batch_size=args.batch))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--encoder", default="static")
+    parser.add_argument("--encoder", default="static", help="a registered encoder, or 'trm' for no encoder")
     for name, default in (("hidden", 128), ("heads", 4), ("layers", 2), ("encoder-layers", 2), ("h-cycles", 3),
                           ("l-cycles", 4), ("canvas", 10), ("batch", 32), ("max-demos", 10), ("prefix", 16),
                           ("halt-max-steps", 16), ("steps", 10), ("warmup", 3), ("threads", 2)):
