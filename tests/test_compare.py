@@ -204,6 +204,18 @@ def test_config_differences(tmp_path: Path) -> None:
     assert diff == {"arch.halt_max_steps": [16, 32], "arch.recurrent_encoder_type": ["static", "recurrent_standard"]}
 
 
+def test_config_differences_leave_out_the_encoder_of_a_trm_run(tmp_path: Path) -> None:
+    write_run(tmp_path, "P0", flat(0.90))
+    write_run(tmp_path, "E0a", flat(0.90))
+    diff = compare.compare_runs(tmp_path, ["P0", "E0a"], with_baselines=False).config_diff
+    assert diff["model"] == ["trm", "etrm"]
+    assert "arch.recurrent_encoder_type" not in diff  # P0 has no encoder: its default type is no difference
+    assert not any(key.startswith("arch.encoder_") for key in diff)
+    write_run(tmp_path, "E1a", flat(0.90))
+    diff = compare.compare_runs(tmp_path, ["P0", "E0a", "E1a"], with_baselines=False).config_diff
+    assert diff["arch.encoder_num_layers"] == [None, 2, 4]  # shown, as "—" for P0
+
+
 # --- output: terminal, markdown, plot ---------------------------------------------------------------------------
 
 

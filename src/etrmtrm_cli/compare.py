@@ -356,16 +356,23 @@ def status_text(run: RunFiles, last_step: int) -> str:
     return f"{status} at step {last_step}{of}"
 
 
+# Encoder settings a TRM run (model = "trm": puzzle embedding, no encoder) carries but never reads.
+UNREAD_BY_TRM = ("arch.recurrent_encoder_type", "arch.encoder_", "arch.context_tokens", "train.encoder_lr_scale")
+
+
 def config_differences(runs: Sequence[RunFiles]) -> dict[str, list[Any]]:
-    """Dotted key -> each run's value, for the keys where the runs' config.json files disagree."""
+    """Dotted key -> each run's value, for the keys where the runs' config.json files disagree.
+    A TRM run's encoder settings are left out (None) and compared with nothing: it has no encoder."""
     flat = [flatten({k: v for k, v in r.config.items() if k not in ("id", "description")}) for r in runs]
     keys = sorted(set().union(*flat)) if flat else []
-    missing = object()
+    missing, unread = object(), object()
     out = {}
     for key in keys:
-        values = [f.get(key, missing) for f in flat]
-        if any(v != values[0] for v in values[1:]):
-            out[key] = [None if v is missing else v for v in values]
+        values = [unread if r.config.get("model") == "trm" and key.startswith(UNREAD_BY_TRM) else f.get(key, missing)
+                  for r, f in zip(runs, flat, strict=True)]
+        read = [v for v in values if v is not unread]
+        if any(v != read[0] for v in read[1:]):
+            out[key] = [None if v is missing or v is unread else v for v in values]
     return out
 
 
