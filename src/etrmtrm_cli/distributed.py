@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from etrmtrm_cli.errors import ConfigError
 
@@ -28,6 +29,15 @@ class DistContext:
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
+
+    def gather_rows(self, local: Tensor) -> Tensor:
+        """A per-slot tensor (B_local, ...) -> (B_global, ...): every rank's rows in rank order, which is
+        the global batch's order (each rank holds a contiguous slice of it)."""
+        if self.world_size == 1:
+            return local
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(parts, local.contiguous())
+        return torch.cat(parts)
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:

@@ -72,8 +72,8 @@ def evaluate(model: ACTModel, data: ArcData, batch_size: int, device: torch.devi
     """Run every eval batch for exactly halt_max_steps ACT steps; metrics over all ranks' rows."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64)  # rows, token accuracy, exact
-    votes, truths = Votes(), {}
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # rows, token accuracy, exact (NCCL: on the GPU)
+    votes = Votes()
     for batch in data.eval_batches(batch_size, rank, world_size):
         inputs = as_dict(batch.to(device))
         carry = model.initial_carry(inputs)
@@ -85,8 +85,8 @@ def evaluate(model: ACTModel, data: ArcData, batch_size: int, device: torch.devi
         correct = (preds == labels) & mask
         token_acc = correct.sum(-1) / mask.sum(-1).clamp_min(1)
         exact = correct.sum(-1) == mask.sum(-1)
-        sums += torch.stack([valid.sum(), token_acc[valid].sum(), exact[valid].sum()]).double().cpu()
-        _vote(votes, truths, data, batch, preds.cpu().numpy(), torch.sigmoid(outputs["q_halt_logits"]).cpu())
+        sums += torch.stack([valid.sum(), token_acc[valid].sum(), exact[valid].sum()]).double()
+        _vote(votes, data, batch, preds.cpu().numpy(), torch.sigmoid(outputs["q_halt_logits"]).cpu())
     if world_size > 1:
         dist.all_reduce(sums)
         gathered: list[Votes | None] = [None] * world_size
@@ -96,17 +96,17 @@ def evaluate(model: ACTModel, data: ArcData, batch_size: int, device: torch.devi
             if part is not None:
                 votes.merge(part)
     model.train(was_training)
+    # Every (group, query) some rank answered, with its true output.
+    truths = {key: answer_of(data.groups[key[0]].task.pairs[key[1]][1]) for key in votes.table}
     rows = max(float(sums[0]), 1.0)
     return {"eval/accuracy": float(sums[1]) / rows, "eval/exact_accuracy": float(sums[2]) / rows,
             **{f"eval/{k}": v for k, v in pass_at_k(votes, truths).items()}}
 
 
-def _vote(votes: Votes, truths: dict[tuple[int, int], Answer], data: ArcData, batch: Batch, preds: np.ndarray,
-          confidence: Tensor) -> None:
+def _vote(votes: Votes, data: ArcData, batch: Batch, preds: np.ndarray, confidence: Tensor) -> None:
     side = data.canvas_size
     for row in np.flatnonzero(batch.valid.numpy()):
         group, query, aug = (int(batch.group_ids[row]), int(batch.query_ids[row]), int(batch.aug_ids[row]))
         key = (group, query)
         grid = decode_grid(preds[row], side)
         votes.add(key, answer_of(data.augmentation(group, aug).invert(grid)), float(confidence[row]))
-        truths[key] = answer_of(data.groups[group].task.pairs[query][1])

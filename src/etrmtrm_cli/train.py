@@ -282,7 +282,7 @@ def _train_step(step_fn: Any, model: ACTModel, ema: ACTModel | None, optimizers:
     if ema is not None:
         update_ema(ema, model, exp.train.ema_rate)
     metrics.update(_reduce_train_sums(sums, exp, ctx))
-    metrics.update(_encoder_metrics(model, exp, before, carry, outputs, state))
+    metrics.update(_encoder_metrics(model, exp, before, carry, outputs, state, ctx))
     state.step, state.carry = step, carry
     metrics["train/lr"] = lr
     metrics["time/step_s"] = time.perf_counter() - t0
@@ -309,9 +309,12 @@ def _reduce_train_sums(sums: dict[str, Tensor], exp: Experiment, ctx: DistContex
 
 @torch.no_grad()
 def _encoder_metrics(model: ACTModel, exp: Experiment, before: ACTCarry, after: ACTCarry,
-                     outputs: dict[str, Tensor], state: LoopState) -> dict[str, float]:
-    """Context variance across distinct puzzles; for recurrent encoders, the carry's norm and change."""
-    out = {"train/encoder_cross_sample_var": cross_sample_var(outputs["context"], after.current_data["puzzle_ids"])}
+                     outputs: dict[str, Tensor], state: LoopState, ctx: DistContext) -> dict[str, float]:
+    """Context variance across distinct puzzles; for recurrent encoders, the carry's norm and change.
+    Over the global batch: each rank's rows are gathered first."""
+    rows = ctx.gather_rows
+    out = {"train/encoder_cross_sample_var": cross_sample_var(rows(outputs["context"]),
+                                                              rows(after.current_data["puzzle_ids"]))}
     key = getattr(model.provider, "state_key", None)
     if key is None:
         return out
@@ -319,13 +322,14 @@ def _encoder_metrics(model: ACTModel, exp: Experiment, before: ACTCarry, after: 
     change = carry_change(after.provider[key], previous)  # (B,)
     converged = torch.where(before.halted, torch.zeros_like(state.converged_at), state.converged_at)
     state.converged_at = update_convergence(converged, change, after.steps, exp.arch.encoder_convergence_tol)
-    out["train/encoder_carry_norm"] = carry_norm(after.provider[key])
+    change, steps, halted = rows(change), rows(after.steps), rows(after.halted.to(torch.uint8)).bool()
+    out["train/encoder_carry_norm"] = carry_norm(rows(after.provider[key]))
     out["train/encoder_carry_change"] = float(change.mean())
     # The carry's evolution across ACT steps (the plan's "carry should evolve early, stabilize later"):
     # the mean change of the slots that just took their k-th step.
-    for k in torch.unique(after.steps).tolist():
-        out[f"act/encoder_carry_change_{k:02d}"] = float(change[after.steps == k].mean())
-    out["train/encoder_convergence_steps"] = convergence_steps(state.converged_at, after.steps, after.halted)
+    for k in torch.unique(steps).tolist():
+        out[f"act/encoder_carry_change_{k:02d}"] = float(change[steps == k].mean())
+    out["train/encoder_convergence_steps"] = convergence_steps(rows(state.converged_at), steps, halted)
     return out
 
 
