@@ -91,8 +91,10 @@ def test_final_value_is_the_weighted_mean_of_the_last_tenth() -> None:
     sparse = [{"step": i, "train/accuracy": None if i % 4 else 0.8} for i in range(1, 41)]
     assert compare.final_value(sparse, "train/accuracy") == pytest.approx(0.8)  # NaN (no halt) steps skipped
     weighted = [{"step": i, "train/count": 3 if i % 2 else 1, "train/accuracy": 1.0 if i % 2 else 0.0,
+                 "train/encoder_convergence_steps": 4.0 if i % 2 else 16.0,
                  "train/loss": 1.0 if i % 2 else 0.0} for i in range(1, 21)]
     assert compare.final_value(weighted, "train/accuracy") == pytest.approx(0.75)  # (3 x 1 + 1 x 0) / 4
+    assert compare.final_value(weighted, "train/encoder_convergence_steps") == pytest.approx(7.0)  # (3x4 + 16)/4
     assert compare.final_value(weighted, "train/loss") == pytest.approx(0.5)  # not a halted-slot metric
 
 
@@ -177,6 +179,17 @@ def test_red_flag_3_no_improvement_and_the_best_configuration(tmp_path: Path) ->
     assert best is not None and best.run == "E2d"  # ties E2c on train acc, wins on EM
     assert "over E0a: +5.00 points train acc, +25.00 points train EM" in best.evidence[1]
     assert [s.letter for s in result.verdict.scenarios] == ["C", "C/D", "A", "A"]
+
+
+def test_the_decoder_pretraining_is_no_candidate_and_has_no_encoder_gradient(tmp_path: Path) -> None:
+    write_run(tmp_path, "P0", flat(0.99))
+    write_run(tmp_path, "E0a", flat(0.90))
+    write_run(tmp_path, "E0b", flat(0.91))
+    result = compare.compare_runs(tmp_path, ["P0", "E0a", "E0b"], with_baselines=False)
+    assert result.verdict.best is not None and result.verdict.best.run == "E0b"  # not P0's 99 %
+    p0 = result.rows[0]
+    assert p0.model == "TRM" and p0.grad_share is None and p0.grad_norm is None
+    assert result.rows[1].grad_share == pytest.approx(0.4)
 
 
 def test_in_progress_and_interrupted_runs_are_marked(tmp_path: Path) -> None:

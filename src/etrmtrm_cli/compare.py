@@ -38,7 +38,8 @@ STABILITY_FRACTION = 0.20  # stability = CV of train/loss over the last 20% of l
 SMOOTH_EXAMPLES = 256  # trailing window of train/accuracy for "steps to X%": this many halted examples
 # Metrics of the slots that halted at a step: averaged over steps they are weighted by train/count, the
 # number of those slots (1 halted slot must not weigh as much as 32).
-HALTED_METRICS = frozenset({"train/accuracy", "train/exact_accuracy", "train/q_halt_accuracy", "train/steps"})
+HALTED_METRICS = frozenset({"train/accuracy", "train/exact_accuracy", "train/q_halt_accuracy", "train/steps",
+                            "train/encoder_convergence_steps"})
 CONVERGENCE_LEVELS = (0.80, 0.90)  # plan, "Analysis Questions / Convergence": "Steps to reach 80%? 90%?"
 LEVEL_TOL = 1e-9  # a run that sits at exactly 90% reaches 90%, whatever the float sum says
 
@@ -99,6 +100,7 @@ class RunRow:
     steps_to: dict[float, int | None]
     encoder_var: float | None
     grad_share: float | None
+    grad_norm: float | None
     carry_norm: float | None
     carry_rms: float | None
     carry_change: float | None
@@ -318,7 +320,8 @@ def run_row(run: RunFiles) -> RunRow:
         act_steps=final_value(rows, "train/steps"),
         steps_to={level: steps_to(rows, level) for level in CONVERGENCE_LEVELS},
         encoder_var=final_value(rows, "train/encoder_cross_sample_var"),
-        grad_share=final_value(rows, "grad/encoder_share"),
+        grad_share=final_value(rows, "grad/encoder_share") if model != "TRM" else None,  # TRM has no encoder
+        grad_norm=final_value(rows, "grad/encoder_norm") if model != "TRM" else None,
         carry_norm=carry_norm,
         carry_rms=carry_norm / math.sqrt(hidden) if carry_norm is not None and hidden else None,
         carry_change=final_value(rows, "train/encoder_carry_change") if recurrent else None,
@@ -531,8 +534,8 @@ def red_flags(rows: Sequence[RunRow], base: RunRow | None) -> list[RedFlag]:
 
 
 def best_configuration(rows: Sequence[RunRow], base: RunRow | None) -> Best | None:
-    """Highest train accuracy, then train EM, then fewest steps to 90%."""
-    ranked = [r for r in rows if r.train_acc is not None]
+    """Of the encoder runs: highest train accuracy, then train EM, then fewest steps to 90%."""
+    ranked = [r for r in rows if r.model != "TRM" and r.train_acc is not None]
     if not ranked:
         return None
     best = min(ranked, key=lambda r: (-(r.train_acc or 0.0), -(r.train_em or 0.0),

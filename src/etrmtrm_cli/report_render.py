@@ -93,6 +93,7 @@ def _steps_to(level: float) -> Callable[[RunRow], str]:
 DYNAMICS_COLUMNS: list[Column] = [
     ("Experiment", lambda r: r.exp_id),
     ("Grad enc share", lambda r: num(r.grad_share)),
+    ("Grad enc norm", lambda r: num(r.grad_norm)),
     ("Carry norm (RMS)", lambda r: f"{num(r.carry_norm)} ({num(r.carry_rms)})" if r.recurrent else "—"),
     ("Carry change", lambda r: num(r.carry_change)),
     ("Carry conv. steps", lambda r: num(r.convergence_steps)),
@@ -105,9 +106,10 @@ DYNAMICS_COLUMNS: list[Column] = [
 ]
 
 DEFINITIONS = (
-    f"Train Acc, Train EM, Avg Steps, Encoder Var, grad share and carry: final = mean over the last "
-    f"{FINAL_FRACTION:.0%} of the steps at which each was logged (Acc, EM and Avg Steps weighted by the number "
-    f"of slots that halted at each step). Steps to X%: first step where the mean of train/accuracy over the "
+    f"Train Acc, Train EM, Avg Steps, Encoder Var, grad and carry: final = mean over the last "
+    f"{FINAL_FRACTION:.0%} of the steps at which each was logged (Acc, EM, Avg Steps and carry conv. steps "
+    f"weighted by the number of slots that halted at each step). Grad enc norm: before clipping (the plan's "
+    f"encoder health: > 0.2 at its scale). Steps to X%: first step where the mean of train/accuracy over the "
     f"last {SMOOTH_EXAMPLES} halted examples reaches X (— = never). Eval: the last eval. "
     "Loss CV: std / mean of "
     f"train/loss over the last {STABILITY_FRACTION:.0%} of logged steps (> {NOISY_LOSS_CV:g} = highly noisy). "
