@@ -5,8 +5,8 @@ one exception is `per_task_accuracy` (--per-puzzle), which evaluates a run's fin
 
 Definitions (the numbers a reader sees):
 - final value of a metric: the mean over the last 10% of the steps at which it was logged;
-- metrics of the halted slots (train/accuracy, exact, steps) are averaged over steps weighted by
-  train/count, the number of slots that halted at that step;
+- metrics of the halted slots (train/accuracy, exact, steps, encoder convergence steps) are averaged
+  over steps weighted by train/count, the number of slots that halted at that step;
 - steps to X%: the first step at which the mean of train/accuracy over the trailing SMOOTH_EXAMPLES
   halted examples (all of them when the run has fewer) reaches X;
 - stability: the coefficient of variation (std / mean) of train/loss over the last 20% of logged steps,
@@ -305,6 +305,7 @@ def run_row(run: RunFiles) -> RunRow:
     encoder = str(arch.get("recurrent_encoder_type", "?"))
     recurrent = is_recurrent(run)
     model = "TRM" if cfg.get("model") == "trm" else "ETRMTRM" if recurrent else "ETRM"
+    has_encoder = model != "TRM"  # TRM (P0) reads no demos: no encoder gradient to report
     last_step = int(rows[-1]["step"]) if rows else 0
     evals = [r for r in rows if r.get("eval/accuracy") is not None]
     last_eval = evals[-1] if evals else {}
@@ -314,14 +315,14 @@ def run_row(run: RunFiles) -> RunRow:
     status = str(run.summary.get("status", "running"))
     wall = run.summary.get("wall_time_s")
     return RunRow(
-        exp_id=run.exp_id, model=model, encoder=encoder if model != "TRM" else "puzzle embedding",
+        exp_id=run.exp_id, model=model, encoder=encoder if has_encoder else "puzzle embedding",
         recurrent=recurrent, status=status, status_text=status_text(run, last_step), last_step=last_step,
         train_acc=final_value(rows, "train/accuracy"), train_em=final_value(rows, "train/exact_accuracy"),
         act_steps=final_value(rows, "train/steps"),
         steps_to={level: steps_to(rows, level) for level in CONVERGENCE_LEVELS},
         encoder_var=final_value(rows, "train/encoder_cross_sample_var"),
-        grad_share=final_value(rows, "grad/encoder_share") if model != "TRM" else None,  # TRM has no encoder
-        grad_norm=final_value(rows, "grad/encoder_norm") if model != "TRM" else None,
+        grad_share=final_value(rows, "grad/encoder_share") if has_encoder else None,
+        grad_norm=final_value(rows, "grad/encoder_norm") if has_encoder else None,
         carry_norm=carry_norm,
         carry_rms=carry_norm / math.sqrt(hidden) if carry_norm is not None and hidden else None,
         carry_change=final_value(rows, "train/encoder_carry_change") if recurrent else None,
@@ -368,11 +369,12 @@ def config_differences(runs: Sequence[RunFiles]) -> dict[str, list[Any]]:
     A TRM run's encoder settings are left out (None) and compared with nothing: it has no encoder."""
     flat = [flatten({k: v for k, v in r.config.items() if k not in ("id", "description")}) for r in runs]
     keys = sorted(set().union(*flat)) if flat else []
+    trm = [r.config.get("model") == "trm" for r in runs]
     missing, unread = object(), object()
     out = {}
     for key in keys:
-        values = [unread if r.config.get("model") == "trm" and key.startswith(UNREAD_BY_TRM) else f.get(key, missing)
-                  for r, f in zip(runs, flat, strict=True)]
+        values = [unread if is_trm and key.startswith(UNREAD_BY_TRM) else f.get(key, missing)
+                  for is_trm, f in zip(trm, flat, strict=True)]
         read = [v for v in values if v is not unread]
         if any(v != read[0] for v in read[1:]):
             out[key] = [None if v is missing or v is unread else v for v in values]

@@ -35,6 +35,8 @@ class DistContext:
         the global batch's order (each rank holds a contiguous slice of it)."""
         if self.world_size == 1:
             return local
+        if local.dtype == torch.bool:  # not every backend gathers bool
+            return self.gather_rows(local.to(torch.uint8)).bool()
         parts = [torch.empty_like(local) for _ in range(self.world_size)]
         dist.all_gather(parts, local.contiguous())
         return torch.cat(parts)

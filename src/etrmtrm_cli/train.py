@@ -322,7 +322,7 @@ def _encoder_metrics(model: ACTModel, exp: Experiment, before: ACTCarry, after: 
     change = carry_change(after.provider[key], previous)  # (B,)
     converged = torch.where(before.halted, torch.zeros_like(state.converged_at), state.converged_at)
     state.converged_at = update_convergence(converged, change, after.steps, exp.arch.encoder_convergence_tol)
-    change, steps, halted = rows(change), rows(after.steps), rows(after.halted.to(torch.uint8)).bool()
+    change, steps, halted = rows(change), rows(after.steps), rows(after.halted)
     out["train/encoder_carry_norm"] = carry_norm(rows(after.provider[key]))
     out["train/encoder_carry_change"] = float(change.mean())
     # The carry's evolution across ACT steps (the plan's "carry should evolve early, stabilize later"):
