@@ -37,6 +37,21 @@ def test_rms_norm_by_hand_and_dtype() -> None:
     assert rms_norm(x.bfloat16(), 1e-5).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_gradient_equals_plain_autograd(dtype: torch.dtype) -> None:
+    """The norm's own backward (from its output alone) against autograd through the float32 formula."""
+    torch.manual_seed(0)
+    x = (3 * torch.randn(4, 7, 32)).to(dtype).requires_grad_()
+    weights = torch.randn(4, 7, 32)
+    (grad,) = torch.autograd.grad((rms_norm(x, 1e-5).float() * weights).sum(), x)
+    x32 = x.detach().float().requires_grad_()
+    plain = x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + 1e-5)
+    (expected,) = torch.autograd.grad((plain.to(dtype).float() * weights).sum(), x32)
+    assert grad.dtype == dtype
+    tol = 1e-6 if dtype == torch.float32 else 2e-2  # bf16: the output it keeps has 8 bits of mantissa
+    torch.testing.assert_close(grad.float(), expected, rtol=tol, atol=tol)
+
+
 def test_linear_and_embedding_follow_the_compute_dtype() -> None:
     torch.manual_seed(0)
     lin = Linear(256, 4, bias=True)

@@ -46,12 +46,30 @@ def trunc_normal_init_(tensor: Tensor, std: float = 1.0, lower: float = -2.0, up
     return tensor
 
 
+class _RMSNorm(torch.autograd.Function):
+    """RMSNorm whose backward needs only its output y and 1/rms: y is what the next linear saves anyway,
+    so the norm adds no activation memory (plain autograd would also keep its float32 input).
+    With y = x * r, r = rsqrt(mean(x²) + eps):  dx = r * (dy - y * mean(dy * y))."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, eps: float) -> Tensor:
+        x32 = x.to(torch.float32)
+        inv_rms = torch.rsqrt(x32.square().mean(-1, keepdim=True) + eps)  # (..., 1)
+        y = (x32 * inv_rms).to(x.dtype)
+        ctx.save_for_backward(y, inv_rms)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor, None]:
+        y, inv_rms = ctx.saved_tensors
+        y32, grad32 = y.to(torch.float32), grad_y.to(torch.float32)
+        grad_x = inv_rms * (grad32 - y32 * (grad32 * y32).mean(-1, keepdim=True))
+        return grad_x.to(grad_y.dtype), None
+
+
 def rms_norm(x: Tensor, eps: float) -> Tensor:
     """Parameter-free RMSNorm over the last axis, computed in float32 and cast back to x's dtype."""
-    dtype = x.dtype
-    x32 = x.to(torch.float32)
-    variance = x32.square().mean(-1, keepdim=True)
-    return (x32 * torch.rsqrt(variance + eps)).to(dtype)
+    return _RMSNorm.apply(x, eps)
 
 
 class Linear(nn.Module):
@@ -137,6 +155,51 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
     return torch.where(has_key[:, None, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
+class Packing:
+    """N variable-length sequences stored back to back as one packed (T, ...) tensor of their tokens.
+
+    Everything per token (linears, norms, RoPE, MLP) runs on the packed tensor with no padding at all;
+    attention runs per bucket of sequences of similar length, each padded only to its bucket's longest.
+    """
+
+    def __init__(self, seq_of: Tensor, num_seqs: int, max_buckets: int = 16, min_bucket: int = 8) -> None:
+        # seq_of: (T,) the sequence of each token, non-decreasing (tokens of one sequence are contiguous)
+        self.seq_of = seq_of
+        self.counts = torch.bincount(seq_of, minlength=num_seqs)  # (N,) tokens per sequence
+        starts = self.counts.cumsum(0) - self.counts  # (N,) each sequence's first token
+        order = torch.argsort(self.counts)
+        self.buckets: list[tuple[Tensor, Tensor]] = []  # token index (n, L), key mask (n, L)
+        padded_start = torch.zeros_like(self.counts)  # each sequence's first row in the padded outputs
+        offset = 0
+        for bucket in torch.tensor_split(order, min(max_buckets, max(1, num_seqs // min_bucket))):
+            length = int(self.counts[bucket].max()) if bucket.numel() else 0
+            if length == 0:  # no tokens in this bucket: nothing to attend
+                continue
+            rank = torch.arange(length, device=seq_of.device)
+            mask = rank < self.counts[bucket, None]  # (n, L)
+            # Padding slots read token 0: masked as keys, and their query rows are never read back.
+            self.buckets.append((torch.where(mask, starts[bucket, None] + rank, 0), mask))
+            padded_start[bucket] = offset + length * torch.arange(bucket.numel(), device=seq_of.device)
+            offset += bucket.numel() * length
+        token = torch.arange(seq_of.numel(), device=seq_of.device)
+        self.unpad = padded_start[seq_of] + token - starts[seq_of]  # (T,) each token's padded row
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Attention within each sequence: q, k, v (T, H, hd) -> (T, H, hd)."""
+        if not self.buckets:
+            return torch.zeros_like(q)
+        outs = []
+        for index, mask in self.buckets:
+            qb, kb, vb = (t[index].transpose(1, 2) for t in (q, k, v))  # (n, H, L, hd)
+            outs.append(_attend(qb, kb, vb, mask).transpose(1, 2).flatten(0, 1))  # (n * L, H, hd)
+        return torch.cat(outs)[self.unpad]
+
+    def mean(self, x: Tensor) -> Tensor:
+        """Mean over each sequence's tokens: (T, D) -> (N, D); zero for a sequence without tokens."""
+        sums = x.new_zeros(self.counts.numel(), x.shape[-1]).index_add(0, self.seq_of, x)
+        return sums / self.counts.clamp_min(1).unsqueeze(-1).to(x.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection (TRM's layout: q heads, k heads, v heads)."""
 
@@ -148,10 +211,18 @@ class Attention(nn.Module):
         self.qkv = Linear(hidden_size, 3 * hidden_size)
         self.out = Linear(hidden_size, hidden_size)
 
-    def forward(self, x: Tensor, rope: CosSin | None = None, key_mask: Tensor | None = None) -> Tensor:
-        # x: (B, T, D); key_mask: (B, T) bool
-        qkv = self.qkv(x)  # (B, T, 3D)
+    def forward(self, x: Tensor, rope: CosSin | None = None, key_mask: Tensor | None = None,
+                packing: Packing | None = None) -> Tensor:
+        # x: (B, T, D) with key_mask (B, T) bool; or packed sequences (T, D) with their `packing`
+        qkv = self.qkv(x)  # (B, T, 3D) or (T, 3D)
+        if packing is not None:
+            q, k, v = einops.rearrange(qkv, "t (three h d) -> three t h d", three=3, h=self.num_heads)
+            if rope is not None:  # per-token tables (T, 1, head_dim)
+                q, k = apply_rotary(q, k, *rope)
+            return self.out(einops.rearrange(packing.attend(q, k, v), "t h d -> t (h d)"))
         q, k, v = einops.rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
+        if torch.is_grad_enabled():  # attention saves v for backward: a view would keep all of qkv alive
+            v = v.contiguous()
         if rope is not None:
             q, k = apply_rotary(q, k, *rope)
         out = _attend(q, k, v, key_mask)  # (B, H, T, hd)
@@ -233,10 +304,11 @@ class Block(nn.Module):
         self.attn = Attention(hidden_size, num_heads)
         self.mlp = SwiGLU(hidden_size, expansion)
 
-    def forward(self, x: Tensor, rope: CosSin | None = None, key_mask: Tensor | None = None) -> Tensor:
-        # x: (B, T, D) -> (B, T, D)
+    def forward(self, x: Tensor, rope: CosSin | None = None, key_mask: Tensor | None = None,
+                packing: Packing | None = None) -> Tensor:
+        # x: (B, T, D), or packed (T, D) with its packing -> the same shape
         if self.norm_style == "post":
-            x = rms_norm(x + self.attn(x, rope, key_mask), self.eps)
+            x = rms_norm(x + self.attn(x, rope, key_mask, packing), self.eps)
             return rms_norm(x + self.mlp(x), self.eps)
-        x = x + self.attn(rms_norm(x, self.eps), rope, key_mask)
+        x = x + self.attn(rms_norm(x, self.eps), rope, key_mask, packing)
         return x + self.mlp(rms_norm(x, self.eps))

@@ -4,9 +4,10 @@ Each pair (input grid, output grid) is embedded as input-token + output-token em
 run through `encoder_num_layers` transformer blocks with RoPE, attending only to real (non-PAD) cells,
 and mean-pooled over those cells. Only real data costs compute:
 - only the valid demos are encoded (packed from (B, K) slots into N rows);
-- of each demo only its real cells are gathered, each keeping its canvas position for RoPE, so the
-  result equals the masked computation over the full padded canvas (tests/test_encoders.py checks it).
-  Demos with similar counts of real cells share one padded length (a few buckets).
+- of each demo only its real cells are kept, packed back to back with their canvas positions for RoPE;
+  linears, norms and MLPs run on the packed cells, and attention per bucket of demos of similar length
+  (layers.Packing). The result equals the masked computation over the full padded canvas
+  (tests/test_encoders.py checks it).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from etrmtrm_cli.config import ArchConfig
-from etrmtrm_cli.layers import Block, Embedding, RotaryEmbedding, rms_norm
+from etrmtrm_cli.layers import Block, Embedding, Packing, RotaryEmbedding, rms_norm
 
 PAD = 0
 VOCAB = 12
@@ -32,7 +33,6 @@ class DemoGridEncoder(nn.Module):
         self.norm_style = arch.encoder_norm_style
         self.dtype = getattr(torch, arch.forward_dtype)
         self.hidden = d
-        self.max_buckets = 16  # buckets of >= 8 demos each
         self.embed_scale = math.sqrt(d)
         self.input_embed = Embedding(VOCAB, d, init_std=1.0 / math.sqrt(d), cast_to=self.dtype)
         self.output_embed = Embedding(VOCAB, d, init_std=1.0 / math.sqrt(d), cast_to=self.dtype)
@@ -48,32 +48,17 @@ class DemoGridEncoder(nn.Module):
         b, k, _ = demo_inputs.shape
         # Valid demos only, input cells at positions [0, S²) and output cells at [S², 2S²) as on the canvas.
         tokens = torch.cat([demo_inputs[demo_mask], demo_labels[demo_mask]], dim=1)  # (N, 2S²)
-        real = tokens != PAD
-        counts = real.sum(1)  # (N,)
-        positions = torch.argsort(~real, dim=1, stable=True)  # (N, 2S²): real cells first, in canvas order
-        pooled = tokens.new_zeros(tokens.shape[0], self.hidden, dtype=self.dtype)
-        # Demos with similar counts share one padded length: the few buckets keep PAD out at little overhead.
-        order = torch.argsort(counts)
-        for bucket in torch.tensor_split(order, min(self.max_buckets, max(1, order.numel() // 8))):
-            if bucket.numel():
-                length = max(1, int(counts[bucket].max()))
-                pooled[bucket] = self._encode(tokens[bucket], positions[bucket, :length])
-        out = pooled.new_zeros(b, k, pooled.shape[-1])
-        out[demo_mask] = pooled
-        return out  # (B, K, D), zeros in empty slots
-
-    def _encode(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        """Encode n demos from their cells at `positions` (n, L) of the (n, 2S²) canvas tokens -> (n, D)."""
-        cells = tokens.gather(1, positions)  # (n, L)
-        real = cells != PAD  # (n, L): False only in the bucket's padding
-        is_output = (positions >= self.seq_len).unsqueeze(-1)  # (n, L, 1)
-        x = torch.where(is_output, self.output_embed(cells), self.input_embed(cells))
-        x = self.embed_scale * x  # (n, L, D)
+        demo_of, positions = (tokens != PAD).nonzero(as_tuple=True)  # (T,) each: the real cells, demo by demo
+        packing = Packing(demo_of, tokens.shape[0])
+        cells = tokens[demo_of, positions]  # (T,)
+        is_output = (positions >= self.seq_len).unsqueeze(-1)  # (T, 1)
+        x = self.embed_scale * torch.where(is_output, self.output_embed(cells), self.input_embed(cells))  # (T, D)
         cos, sin = self.rotary()
-        rope = (cos[positions].unsqueeze(1), sin[positions].unsqueeze(1))  # (n, 1, L, head_dim): per-demo positions
+        rope = (cos[positions].unsqueeze(1), sin[positions].unsqueeze(1))  # (T, 1, head_dim): canvas positions
         for block in self.blocks:
-            x = block(x, rope=rope, key_mask=real)
+            x = block(x, rope=rope, packing=packing)
         if self.norm_style == "pre":  # pre-norm leaves the residual stream unnormalised
             x = rms_norm(x, self.eps)
-        weights = real.to(x.dtype).unsqueeze(-1)  # (n, L, 1)
-        return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (n, D)
+        out = x.new_zeros(b, k, self.hidden)
+        out[demo_mask] = packing.mean(x)  # (N, D) into the valid slots
+        return out  # (B, K, D), zeros in empty slots
