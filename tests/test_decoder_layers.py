@@ -74,7 +74,7 @@ def test_swiglu_width_rounds_up_to_256(hidden: int, expansion: float, width: int
 
 @pytest.mark.parametrize("autocast", [False, True])
 def test_swiglu_gradients_equal_plain_autograd(autocast: bool) -> None:
-    """SwiGLU keeps less for backward and recomputes silu(gate) * up: the same values and gradients."""
+    """SwiGLU keeps only its input for backward and recomputes the rest: the same values and gradients."""
     torch.manual_seed(0)
     mlp = SwiGLU(16, 4.0)
     x = torch.randn(3, 5, 16, requires_grad=True)

@@ -255,28 +255,37 @@ def swiglu_width(hidden_size: int, expansion: float) -> int:
     return -(-width // 256) * 256
 
 
-class _GatedDown(torch.autograd.Function):
-    """down(silu(gate) * up) from the fused (..., 2W) gate_up projection, keeping only gate_up (and the
-    weight) for backward and recomputing the cheap silu(gate) * up there. Plain autograd would keep
-    gate_up, silu(gate) and their product: 16 floats per intermediate unit instead of 8, for the same
-    numbers (tests/test_decoder_layers.py compares them bit for bit)."""
+class _SwiGLU(torch.autograd.Function):
+    """down(silu(gate) * up) with (gate, up) = gate_up(x), keeping only x and the weights for backward.
+
+    x is the norm's output, which the block keeps anyway, so the MLP adds no activation memory: backward
+    recomputes gate_up(x), one more (..., D) x (D, 2W) matmul, instead of keeping 2W floats per token
+    (8x D at TRM's widths, the largest activation of a step). Plain autograd would keep gate_up, silu(gate)
+    and their product. Same numbers either way (tests/test_decoder_layers.py compares them bit for bit).
+    """
 
     @staticmethod
-    def forward(ctx: Any, gate_up: Tensor, weight: Tensor) -> Tensor:
-        gate, up = gate_up.chunk(2, dim=-1)
-        ctx.save_for_backward(gate_up, weight)
-        return F.linear(F.silu(gate) * up, weight)
+    def forward(ctx: Any, x: Tensor, w_gate_up: Tensor, w_down: Tensor) -> Tensor:
+        gate, up = F.linear(x, w_gate_up).chunk(2, dim=-1)  # each (..., W)
+        ctx.save_for_backward(x, w_gate_up, w_down)
+        ctx.mlp_dtype = gate.dtype  # autocast may run the linears in another dtype than x's
+        return F.linear(F.silu(gate) * up, w_down)
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor]:
-        gate_up, weight = ctx.saved_tensors
-        gate, up = gate_up.chunk(2, dim=-1)
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x, w_gate_up, w_down = ctx.saved_tensors
+        dtype = ctx.mlp_dtype
+        x_mlp = x.to(dtype)
+        gate, up = F.linear(x_mlp, w_gate_up.to(dtype)).chunk(2, dim=-1)
         act = F.silu(gate)
-        hidden = (act * up).to(grad_out.dtype)  # autocast may have run the forward linear in another dtype
-        grad_hidden = (grad_out @ weight.to(grad_out.dtype)).to(gate_up.dtype)  # (..., W)
-        grad_weight = grad_out.flatten(0, -2).mT @ hidden.flatten(0, -2)  # (D, W)
+        hidden = (act * up).to(grad_out.dtype)
+        grad_hidden = (grad_out @ w_down.to(grad_out.dtype)).to(dtype)  # (..., W)
+        grad_w_down = grad_out.flatten(0, -2).mT @ hidden.flatten(0, -2)  # (D, W)
         grad_gate = torch.ops.aten.silu_backward(grad_hidden * up, gate)
-        return torch.cat([grad_gate, grad_hidden * act], dim=-1), grad_weight.to(weight.dtype)
+        grad_gate_up = torch.cat([grad_gate, grad_hidden * act], dim=-1)  # (..., 2W)
+        grad_x = grad_gate_up @ w_gate_up.to(dtype)  # (..., D)
+        grad_w_gate_up = grad_gate_up.flatten(0, -2).mT @ x_mlp.flatten(0, -2)  # (2W, D)
+        return grad_x.to(x.dtype), grad_w_gate_up.to(w_gate_up.dtype), grad_w_down.to(w_down.dtype)
 
 
 class SwiGLU(nn.Module):
@@ -288,7 +297,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # x: (..., D) -> (..., D)
-        return _GatedDown.apply(self.gate_up(x), self.down.weight.to(x.dtype))
+        return _SwiGLU.apply(x, self.gate_up.weight.to(x.dtype), self.down.weight.to(x.dtype))
 
 
 class Block(nn.Module):
