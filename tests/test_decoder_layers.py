@@ -13,6 +13,7 @@ from etrmtrm_cli.layers import (
     CrossAttention,
     Embedding,
     Linear,
+    Packing,
     RotaryEmbedding,
     SwiGLU,
     apply_rotary,
@@ -153,3 +154,22 @@ def test_block_norm_styles(style: str) -> None:
     torch.testing.assert_close(block(x), expected)
     with pytest.raises(ValueError, match="norm_style"):
         Block(8, 2, 2.0, norm_style="middle")  # type: ignore[arg-type]
+
+
+def test_packing_attends_within_each_sequence_and_averages_its_tokens() -> None:
+    """Sequences of 3, 0, 5 and 1 tokens, packed back to back, in buckets of one sequence each."""
+    torch.manual_seed(0)
+    lengths = [3, 0, 5, 1]
+    seq_of = torch.repeat_interleave(torch.arange(4), torch.tensor(lengths))  # (9,)
+    packing = Packing(seq_of, num_seqs=4, max_buckets=4, min_bucket=1)
+    q, k, v = (torch.randn(9, 2, 4) for _ in range(3))  # (T, H, hd)
+    out = packing.attend(q, k, v)
+    start = 0
+    for n in lengths:
+        part = slice(start, start + n)
+        alone = torch.nn.functional.scaled_dot_product_attention(*(t[part].transpose(0, 1) for t in (q, k, v)))
+        torch.testing.assert_close(out[part], alone.transpose(0, 1))
+        start += n
+    x = torch.randn(9, 6)
+    expected = torch.stack([x[:3].mean(0), torch.zeros(6), x[3:8].mean(0), x[8]])
+    torch.testing.assert_close(packing.mean(x), expected)

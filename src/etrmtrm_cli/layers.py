@@ -196,8 +196,9 @@ class Packing:
 
     def mean(self, x: Tensor) -> Tensor:
         """Mean over each sequence's tokens: (T, D) -> (N, D); zero for a sequence without tokens."""
-        sums = x.new_zeros(self.counts.numel(), x.shape[-1]).index_add(0, self.seq_of, x)
-        return sums / self.counts.clamp_min(1).unsqueeze(-1).to(x.dtype)
+        # Summed in float32: index_add accumulates one token at a time, in the tensor's own dtype.
+        sums = x.new_zeros(self.counts.numel(), x.shape[-1], dtype=torch.float32).index_add(0, self.seq_of, x.float())
+        return (sums / self.counts.clamp_min(1).unsqueeze(-1)).to(x.dtype)
 
 
 class Attention(nn.Module):
