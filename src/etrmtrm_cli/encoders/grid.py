@@ -46,11 +46,7 @@ class DemoGridEncoder(nn.Module):
     def forward(self, demo_inputs: Tensor, demo_labels: Tensor, demo_mask: Tensor) -> Tensor:
         # demo_inputs, demo_labels: (B, K, S²) long; demo_mask: (B, K) bool -> demo vectors (B, K, D)
         b, k, _ = demo_inputs.shape
-        # Valid demos only, input cells at positions [0, S²) and output cells at [S², 2S²) as on the canvas.
-        tokens = torch.cat([demo_inputs[demo_mask], demo_labels[demo_mask]], dim=1)  # (N, 2S²)
-        demo_of, positions = (tokens != PAD).nonzero(as_tuple=True)  # (T,) each: the real cells, demo by demo
-        packing = Packing(demo_of, tokens.shape[0])
-        cells = tokens[demo_of, positions]  # (T,)
+        cells, positions, slots, packing = _pack(demo_inputs, demo_labels, demo_mask)
         is_output = (positions >= self.seq_len).unsqueeze(-1)  # (T, 1)
         x = self.embed_scale * torch.where(is_output, self.output_embed(cells), self.input_embed(cells))  # (T, D)
         cos, sin = self.rotary()
@@ -59,6 +55,16 @@ class DemoGridEncoder(nn.Module):
             x = block(x, rope=rope, packing=packing)
         if self.norm_style == "pre":  # pre-norm leaves the residual stream unnormalised
             x = rms_norm(x, self.eps)
-        out = x.new_zeros(b, k, self.hidden)
-        out[demo_mask] = packing.mean(x)  # (N, D) into the valid slots
-        return out  # (B, K, D), zeros in empty slots
+        out = x.new_zeros(b * k, self.hidden).index_copy(0, slots, packing.mean(x))  # (N, D) into valid slots
+        return out.view(b, k, self.hidden)  # zeros in empty slots
+
+
+@torch.compiler.disable  # data-dependent sizes: eager code, so that torch.compile sees fixed-rank graphs
+def _pack(demo_inputs: Tensor, demo_labels: Tensor, demo_mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Packing]:
+    """The real cells of the valid demos, demo by demo -> cells (T,), their canvas positions (T,), the
+    flat (B * K) slot of each valid demo (N,), and their packing."""
+    # Input cells at positions [0, S²) and output cells at [S², 2S²), as on the canvas.
+    tokens = torch.cat([demo_inputs[demo_mask], demo_labels[demo_mask]], dim=1)  # (N, 2S²)
+    demo_of, positions = (tokens != PAD).nonzero(as_tuple=True)  # (T,) each
+    slots = demo_mask.flatten().nonzero().squeeze(1)  # (N,)
+    return tokens[demo_of, positions], positions, slots, Packing(demo_of, tokens.shape[0])
