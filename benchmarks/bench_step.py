@@ -7,6 +7,9 @@
 Grids are random valid ARC grids of random sizes inside the canvas (EOS row and column included).
 `--demos-used arc` draws each example's demo count from ARC-AGI-1's training tasks (most have 2-4).
 `--encoder trm` times TRM itself (a learned puzzle embedding, no encoder): the decoder's share of a step.
+`--reference-path /path/to/etrm` (a checkout of github.com/bdsaglam/etrm, imported at runtime) also times
+the public ETRM code's step on the same batches, in alternation with ours so that a change in machine load
+hits both alike; `--reference-only` times it alone, for its own peak RSS. Both models use torch's AdamW.
 The last line is one JSON object.
 """
 
@@ -16,7 +19,10 @@ import argparse
 import json
 import resource
 import statistics
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -68,6 +74,73 @@ def experiment(args: argparse.Namespace) -> Experiment:
                       train=TrainConfig(global_batch_size=args.batch))
 
 
+Step = tuple[Callable[[int], None], int, int]  # (step i, encoder parameters, all parameters)
+
+
+def our_step(args: argparse.Namespace, batches: list[dict]) -> Step:
+    model = build_model(experiment(args), args.canvas**2, num_puzzle_ids=args.batch + 1).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    forward = torch.compile(model) if args.compile else model
+    generator = torch.Generator().manual_seed(args.seed)
+    state = {"carry": model.initial_carry(batches[0])}
+
+    def step(i: int) -> None:
+        carry, outputs = forward(state["carry"], batches[i % len(batches)], generator)
+        loss, _ = act_loss(outputs, carry.current_data["labels"], carry.halted, carry.steps)
+        (loss / args.batch).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["carry"] = carry
+
+    return step, sum(p.numel() for p in encoder_parameters(model)), sum(p.numel() for p in model.parameters())
+
+
+def reference_step(args: argparse.Namespace, batches: list[dict]) -> Step:
+    """One training step of the public ETRM code (its `standard` encoder = our `static`)."""
+    sys.path.insert(0, str(args.reference_path))
+    from models.losses import ACTLossHead  # type: ignore[import-not-found]
+    from models.recursive_reasoning.etrm import TRMWithEncoder  # type: ignore[import-not-found]
+
+    config = {
+        "batch_size": args.batch, "seq_len": args.canvas**2, "vocab_size": 12, "encoder_type": "standard",
+        "encoder_num_layers": args.encoder_layers, "H_cycles": args.h_cycles, "L_cycles": args.l_cycles,
+        "L_layers": args.layers, "hidden_size": args.hidden, "expansion": 4.0, "num_heads": args.heads,
+        "pos_encodings": "rope", "halt_max_steps": args.halt_max_steps, "halt_exploration_prob": 0.0,
+        "forward_dtype": args.dtype, "puzzle_emb_len": args.prefix,
+    }
+    head = ACTLossHead(TRMWithEncoder(config), "stablemax_cross_entropy").train()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    theirs = [{"inputs": b["inputs"].int(), "labels": b["labels"], "puzzle_identifiers": b["puzzle_ids"].int(),
+               "demo_inputs": b["demo_inputs"].int(), "demo_labels": b["demo_labels"].int(),
+               "demo_mask": b["demo_mask"]} for b in batches]
+    state = {"carry": head.initial_carry(theirs[0])}
+
+    def step(i: int) -> None:
+        carry, loss, _, _, _ = head(return_keys=[], carry=state["carry"], batch=theirs[i % len(theirs)])
+        (loss / args.batch).backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["carry"] = carry
+
+    return step, sum(p.numel() for p in head.model.encoder.parameters()), sum(p.numel() for p in head.parameters())
+
+
+def time_steps(steps: dict[str, Callable[[int], None]], warmup: int, count: int) -> dict[str, list[float]]:
+    """Seconds per step of each callable, timed in alternation."""
+    for step in steps.values():
+        for i in range(warmup):
+            step(i)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(warmup, warmup + count):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step(i)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--encoder", default="static", help="a registered encoder, or 'trm' for no encoder")
@@ -79,44 +152,42 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (as `train --compile`)")
+    parser.add_argument("--reference-path", type=Path, default=None,
+                        help="a checkout of the public ETRM code, to time its step too (static only)")
+    parser.add_argument("--reference-only", action="store_true", help="time only the public ETRM code")
     args = parser.parse_args()
+    if args.reference_path is not None and args.encoder != "static":
+        parser.error("--reference-path compares the public ETRM code's `standard` encoder with `static` only")
+    if args.reference_only and args.reference_path is None:
+        parser.error("--reference-only needs --reference-path")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     counts = arc_demo_counts() if args.demos_used == "arc" else None
     if counts is None:
         args.demos_used = int(args.demos_used)
-    exp = experiment(args)
-    model = build_model(exp, args.canvas**2, num_puzzle_ids=args.batch + 1).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    step_fn = torch.compile(model) if args.compile else model
     rng = np.random.default_rng(args.seed)
     batches = [random_batch(args, rng, counts) for _ in range(4)]
-    generator = torch.Generator().manual_seed(args.seed)
-    carry = model.initial_carry(batches[0])
-    times = []
-    for step in range(args.warmup + args.steps):
-        batch = batches[step % len(batches)]
-        start = time.perf_counter()
-        carry, outputs = step_fn(carry, batch, generator)
-        loss, _ = act_loss(outputs, carry.current_data["labels"], carry.halted, carry.steps)
-        (loss / args.batch).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
-    encoder_params = sum(p.numel() for p in encoder_parameters(model))
+    steps = {} if args.reference_only else {"ours": our_step(args, batches)}
+    if args.reference_path is not None:
+        steps["reference"] = reference_step(args, batches)
+    times = time_steps({key: step for key, (step, _, _) in steps.items()}, args.warmup, args.steps)
+    _, params_encoder, params_all = steps[name := "reference" if args.reference_only else "ours"]
+    ms = 1000 * statistics.median(times[name])
     result = {
-        "encoder": args.encoder, "ms_median": round(1000 * statistics.median(times), 2),
-        "ms_min": round(1000 * min(times), 2), "samples_per_s": round(args.batch / statistics.median(times), 2),
+        "encoder": args.encoder, "ms_median": round(ms, 2), "ms_min": round(1000 * min(times[name]), 2),
+        "samples_per_s": round(1000 * args.batch / ms, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "params_encoder": encoder_params,
-        "params_decoder": sum(p.numel() for p in model.parameters()) - encoder_params,
+        "params_encoder": params_encoder, "params_decoder": params_all - params_encoder,
         "demos_used": "arc" if counts else args.demos_used, "dtype": args.dtype, "threads": args.threads,
-        "compile": args.compile,
+        "compile": args.compile, "timed": name,
     }
-    print(f"{args.encoder}: {result['ms_median']} ms/step median ({result['ms_min']} min), "
-          f"{result['samples_per_s']} samples/s, peak RSS {result['peak_rss_mb']} MB")
+    line = (f"{args.encoder} ({name}): {result['ms_median']} ms/step median ({result['ms_min']} min), "
+            f"{result['samples_per_s']} samples/s, peak RSS {result['peak_rss_mb']} MB")
+    if len(steps) == 2:
+        ref_ms = 1000 * statistics.median(times["reference"])
+        result.update(reference_ms_median=round(ref_ms, 2), speedup_over_reference=round(ref_ms / ms, 3))
+        line += f" | public ETRM {ref_ms:.1f} ms/step: ours is {ref_ms / ms:.2f}x faster"
+    print(line)
     print(json.dumps(result))
 
 
