@@ -59,7 +59,7 @@ class DemoGridEncoder(nn.Module):
         return out.view(b, k, self.hidden)  # zeros in empty slots
 
 
-@torch.compiler.disable  # data-dependent sizes: eager code, so that torch.compile sees fixed-rank graphs
+@torch.compiler.disable  # nonzero and mask indexing have data-dependent sizes: eager, outside compiled graphs
 def _pack(demo_inputs: Tensor, demo_labels: Tensor, demo_mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Packing]:
     """The real cells of the valid demos, demo by demo -> cells (T,), their canvas positions (T,), the
     flat (B * K) slot of each valid demo (N,), and their packing."""
