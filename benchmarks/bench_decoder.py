@@ -175,8 +175,8 @@ def reference_step(args: argparse.Namespace, mode: str, path: Path) -> Callable[
     return step
 
 
-def time_ms(steps_by_name: dict[str, Callable[[], None]], warmup: int, steps: int) -> dict[str, float]:
-    """Median ms per step for each callable, timed in alternation so that a change in machine load
+def time_steps(steps_by_name: dict[str, Callable[[], None]], warmup: int, steps: int) -> dict[str, list[float]]:
+    """Milliseconds of each step of each callable, timed in alternation so that a change in machine load
     (a shared CPU) hits all of them alike."""
     for step in steps_by_name.values():
         for _ in range(warmup):
@@ -186,8 +186,8 @@ def time_ms(steps_by_name: dict[str, Callable[[], None]], warmup: int, steps: in
         for name, step in steps_by_name.items():
             t0 = time.perf_counter()
             step()
-            times[name].append(time.perf_counter() - t0)
-    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+            times[name].append(1e3 * (time.perf_counter() - t0))
+    return times
 
 
 def main() -> None:
@@ -213,7 +213,7 @@ def main() -> None:
         steps = {"ours": ours_step(args, mode)}
         if args.reference_path is not None:
             steps["reference"] = reference_step(args, mode, args.reference_path)
-        timed = time_ms(steps, args.warmup, args.steps)
+        timed = {name: statistics.median(ms) for name, ms in time_steps(steps, args.warmup, args.steps).items()}
         ms = timed["ours"]
         entry: dict[str, Any] = {"ms_per_step": round(ms, 2), "tokens_per_s": round(tokens / ms * 1e3, 1),
                                  "frac_fp32_peak": round(flops / (ms / 1e3) / (peak * 1e9), 4)}

@@ -15,19 +15,15 @@ from collections import Counter
 
 import numpy as np
 import torch
-from bench_step import experiment, random_batch
+from bench_step import add_model_arguments, experiment, random_batch
 
 from etrmtrm_cli.model import build_model
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--encoder", default="static", help="a registered encoder, or 'trm' for no encoder")
-    for name, default in (("hidden", 128), ("heads", 4), ("layers", 2), ("encoder-layers", 2), ("h-cycles", 3),
-                          ("l-cycles", 4), ("canvas", 10), ("batch", 32), ("max-demos", 10), ("prefix", 16),
-                          ("halt-max-steps", 16), ("demos-used", 3), ("seed", 0)):
-        parser.add_argument(f"--{name}", type=int, default=default)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    add_model_arguments(parser)
+    parser.add_argument("--demos-used", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     model = build_model(experiment(args), args.canvas**2, num_puzzle_ids=args.batch + 1).train()

@@ -16,16 +16,16 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_decoder import reference_on_path, time_steps
 
 from etrmtrm_cli.config import ArchConfig, DataConfig, Experiment, TrainConfig
 from etrmtrm_cli.data.canvas import encode_grid, encode_labels
@@ -74,7 +74,7 @@ def experiment(args: argparse.Namespace) -> Experiment:
                       train=TrainConfig(global_batch_size=args.batch))
 
 
-Step = tuple[Callable[[int], None], int, int]  # (step i, encoder parameters, all parameters)
+Step = tuple[Callable[[], None], int, int]  # (one step on the next batch, encoder parameters, all parameters)
 
 
 def our_step(args: argparse.Namespace, batches: list[dict]) -> Step:
@@ -83,9 +83,10 @@ def our_step(args: argparse.Namespace, batches: list[dict]) -> Step:
     forward = torch.compile(model) if args.compile else model
     generator = torch.Generator().manual_seed(args.seed)
     state = {"carry": model.initial_carry(batches[0])}
+    next_batch = itertools.cycle(batches).__next__
 
-    def step(i: int) -> None:
-        carry, outputs = forward(state["carry"], batches[i % len(batches)], generator)
+    def step() -> None:
+        carry, outputs = forward(state["carry"], next_batch(), generator)
         loss, _ = act_loss(outputs, carry.current_data["labels"], carry.halted, carry.steps)
         (loss / args.batch).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -98,9 +99,9 @@ def our_step(args: argparse.Namespace, batches: list[dict]) -> Step:
 
 def reference_step(args: argparse.Namespace, batches: list[dict]) -> Step:
     """One training step of the public ETRM code (its `standard` encoder = our `static`)."""
-    sys.path.insert(0, str(args.reference_path))
-    from models.losses import ACTLossHead  # type: ignore[import-not-found]
-    from models.recursive_reasoning.etrm import TRMWithEncoder  # type: ignore[import-not-found]
+    with reference_on_path(args.reference_path):
+        from models.losses import ACTLossHead  # type: ignore[import-not-found]
+        from models.recursive_reasoning.etrm import TRMWithEncoder  # type: ignore[import-not-found]
 
     config = {
         "batch_size": args.batch, "seq_len": args.canvas**2, "vocab_size": 12, "encoder_type": "standard",
@@ -115,9 +116,10 @@ def reference_step(args: argparse.Namespace, batches: list[dict]) -> Step:
                "demo_inputs": b["demo_inputs"].int(), "demo_labels": b["demo_labels"].int(),
                "demo_mask": b["demo_mask"]} for b in batches]
     state = {"carry": head.initial_carry(theirs[0])}
+    next_batch = itertools.cycle(theirs).__next__
 
-    def step(i: int) -> None:
-        carry, loss, _, _, _ = head(return_keys=[], carry=state["carry"], batch=theirs[i % len(theirs)])
+    def step() -> None:
+        carry, loss, _, _, _ = head(return_keys=[], carry=state["carry"], batch=next_batch())
         (loss / args.batch).backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
         optimizer.step()
@@ -127,30 +129,22 @@ def reference_step(args: argparse.Namespace, batches: list[dict]) -> Step:
     return step, sum(p.numel() for p in head.model.encoder.parameters()), sum(p.numel() for p in head.parameters())
 
 
-def time_steps(steps: dict[str, Callable[[int], None]], warmup: int, count: int) -> dict[str, list[float]]:
-    """Seconds per step of each callable, timed in alternation."""
-    for step in steps.values():
-        for i in range(warmup):
-            step(i)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for i in range(warmup, warmup + count):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step(i)
-            times[name].append(time.perf_counter() - start)
-    return times
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The encoder, sizes, dtype and seed (shared with bench_memory.py); defaults are the encoder issue's."""
+    parser.add_argument("--encoder", default="static", help="a registered encoder, or 'trm' for no encoder")
+    for name, default in (("hidden", 128), ("heads", 4), ("layers", 2), ("encoder-layers", 2), ("h-cycles", 3),
+                          ("l-cycles", 4), ("canvas", 10), ("batch", 32), ("max-demos", 10), ("prefix", 16),
+                          ("halt-max-steps", 16), ("seed", 0)):
+        parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--encoder", default="static", help="a registered encoder, or 'trm' for no encoder")
-    for name, default in (("hidden", 128), ("heads", 4), ("layers", 2), ("encoder-layers", 2), ("h-cycles", 3),
-                          ("l-cycles", 4), ("canvas", 10), ("batch", 32), ("max-demos", 10), ("prefix", 16),
-                          ("halt-max-steps", 16), ("steps", 10), ("warmup", 3), ("threads", 2)):
+    add_model_arguments(parser)
+    for name, default in (("steps", 10), ("warmup", 3), ("threads", 2)):
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--demos-used", default="3", help="a number, or 'arc' for ARC-AGI-1's distribution")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (as `train --compile`)")
     parser.add_argument("--reference-path", type=Path, default=None,
                         help="a checkout of the public ETRM code, to time its step too (static only)")
@@ -170,11 +164,11 @@ def main() -> None:
     steps = {} if args.reference_only else {"ours": our_step(args, batches)}
     if args.reference_path is not None:
         steps["reference"] = reference_step(args, batches)
-    times = time_steps({key: step for key, (step, _, _) in steps.items()}, args.warmup, args.steps)
+    times = time_steps({key: step for key, (step, _, _) in steps.items()}, args.warmup, args.steps)  # ms
     _, params_encoder, params_all = steps[name := "reference" if args.reference_only else "ours"]
-    ms = 1000 * statistics.median(times[name])
+    ms = statistics.median(times[name])
     result = {
-        "encoder": args.encoder, "ms_median": round(ms, 2), "ms_min": round(1000 * min(times[name]), 2),
+        "encoder": args.encoder, "ms_median": round(ms, 2), "ms_min": round(min(times[name]), 2),
         "samples_per_s": round(1000 * args.batch / ms, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "params_encoder": params_encoder, "params_decoder": params_all - params_encoder,
@@ -184,7 +178,7 @@ def main() -> None:
     line = (f"{args.encoder} ({name}): {result['ms_median']} ms/step median ({result['ms_min']} min), "
             f"{result['samples_per_s']} samples/s, peak RSS {result['peak_rss_mb']} MB")
     if len(steps) == 2:
-        ref_ms = 1000 * statistics.median(times["reference"])
+        ref_ms = statistics.median(times["reference"])
         result.update(reference_ms_median=round(ref_ms, 2), speedup_over_reference=round(ref_ms / ms, 3))
         line += f" | public ETRM {ref_ms:.1f} ms/step: ours is {ref_ms / ms:.2f}x faster"
     print(line)

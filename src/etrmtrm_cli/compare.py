@@ -304,7 +304,7 @@ def run_row(run: RunFiles) -> RunRow:
     arch = cfg.get("arch", {})
     encoder = str(arch.get("recurrent_encoder_type", "?"))
     recurrent = is_recurrent(run)
-    model = "TRM" if cfg.get("model") == "trm" else "ETRMTRM" if recurrent else "ETRM"
+    model = "TRM" if is_trm(run) else "ETRMTRM" if recurrent else "ETRM"
     has_encoder = model != "TRM"  # TRM (P0) reads no demos: no encoder gradient to report
     last_step = int(rows[-1]["step"]) if rows else 0
     evals = [r for r in rows if r.get("eval/accuracy") is not None]
@@ -334,10 +334,15 @@ def run_row(run: RunFiles) -> RunRow:
     )
 
 
+def is_trm(run: RunFiles) -> bool:
+    """TRM itself (model = "trm", P0): a learned puzzle embedding, no encoder."""
+    return run.config.get("model") == "trm"
+
+
 def is_recurrent(run: RunFiles) -> bool:
     """train.py logs the carry metrics exactly for encoders with a carry; before any step is logged the
     encoder registry decides."""
-    if run.config.get("model") == "trm":
+    if is_trm(run):
         return False
     if run.rows:
         return any("train/encoder_carry_norm" in r for r in run.rows)
@@ -369,7 +374,7 @@ def config_differences(runs: Sequence[RunFiles]) -> dict[str, list[Any]]:
     A TRM run's encoder settings are left out (None) and compared with nothing: it has no encoder."""
     flat = [flatten({k: v for k, v in r.config.items() if k not in ("id", "description")}) for r in runs]
     keys = sorted(set().union(*flat)) if flat else []
-    trm = [r.config.get("model") == "trm" for r in runs]
+    trm = [is_trm(r) for r in runs]
     missing, unread = object(), object()
     out = {}
     for key in keys:

@@ -132,8 +132,8 @@ def _rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-    """Rotate q and k, each (..., T, head_dim), by tables broadcastable to them: (T, head_dim), or
-    (B, 1, T, head_dim) for per-row positions. Math in the tables' dtype."""
+    """Rotate q and k by tables broadcastable to them: (T, head_dim) for q, k (B, H, T, head_dim), or
+    (T, 1, head_dim) per token for packed q, k (T, H, head_dim). Math in the tables' dtype."""
     dtype = q.dtype
     q32, k32 = q.to(cos.dtype), k.to(cos.dtype)
     q_rot = q32 * cos + _rotate_half(q32) * sin
