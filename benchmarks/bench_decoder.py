@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 
-from etrmtrm_cli.act import ACTModel
 from etrmtrm_cli.config import ArchConfig
-from etrmtrm_cli.decoder import TRMDecoder
-from etrmtrm_cli.layers import swiglu_width
-from etrmtrm_cli.losses import act_loss
-from etrmtrm_cli.puzzle_embedding import PuzzleEmbedding, SignSGD
+from etrmtrm_cli.models.act import ACTModel
+from etrmtrm_cli.models.decoder import TRMDecoder
+from etrmtrm_cli.models.layers import swiglu_width
+from etrmtrm_cli.models.losses import act_loss
+from etrmtrm_cli.models.puzzle_embedding import PuzzleEmbedding, SignSGD
 
 VOCAB = 12
 NUM_IDS = 64

@@ -22,11 +22,11 @@ import torch
 
 from etrmtrm_cli.config import load_experiments
 from etrmtrm_cli.data import build_arc_data
-from etrmtrm_cli.distributed import DistContext
-from etrmtrm_cli.evaluate import as_dict, evaluate
-from etrmtrm_cli.losses import act_loss
-from etrmtrm_cli.model import build_model
-from etrmtrm_cli.train import TrainOptions, build_optimizers, train
+from etrmtrm_cli.models.build import build_model
+from etrmtrm_cli.models.losses import act_loss
+from etrmtrm_cli.training.distributed import DistContext
+from etrmtrm_cli.training.evaluate import as_dict, evaluate
+from etrmtrm_cli.training.loop import TrainOptions, build_optimizers, train
 
 
 def bare_steps(exp, steps: int) -> float:  # noqa: ANN001

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from bench_step import add_model_arguments, experiment, random_batch
 
-from etrmtrm_cli.model import build_model
+from etrmtrm_cli.models.build import build_model
 
 
 def main() -> None:

@@ -29,8 +29,8 @@ from bench_decoder import reference_on_path, time_steps
 
 from etrmtrm_cli.config import ArchConfig, DataConfig, Experiment, TrainConfig
 from etrmtrm_cli.data.canvas import encode_grid, encode_labels
-from etrmtrm_cli.losses import act_loss
-from etrmtrm_cli.model import build_model, encoder_parameters
+from etrmtrm_cli.models.build import build_model, encoder_parameters
+from etrmtrm_cli.models.losses import act_loss
 
 
 def arc_demo_counts() -> list[int]:

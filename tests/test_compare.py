@@ -13,11 +13,11 @@ import pytest
 from conftest import CPU, tiny
 from typer.testing import CliRunner
 
-from etrmtrm_cli import compare
+from etrmtrm_cli.analysis import compare
+from etrmtrm_cli.analysis.compare import TaskScore, pair_baselines, per_task_table, steps_to
 from etrmtrm_cli.cli import app
-from etrmtrm_cli.compare import TaskScore, pair_baselines, per_task_table, steps_to
-from etrmtrm_cli.distributed import DistContext
-from etrmtrm_cli.train import TrainOptions, train
+from etrmtrm_cli.training.distributed import DistContext
+from etrmtrm_cli.training.loop import TrainOptions, train
 
 runner = CliRunner()
 ENV = {"COLUMNS": "250"}

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from etrmtrm_cli.act import ACTCarry, ACTModel, halting_decision
 from etrmtrm_cli.config import ArchConfig
-from etrmtrm_cli.decoder import TRMDecoder
-from etrmtrm_cli.losses import act_loss
+from etrmtrm_cli.models.act import ACTCarry, ACTModel, halting_decision
+from etrmtrm_cli.models.decoder import TRMDecoder
+from etrmtrm_cli.models.losses import act_loss
 
 SEQ, D, P = 4, 16, 3
 

@@ -19,12 +19,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from etrmtrm_cli.act import ACTModel
 from etrmtrm_cli.config import ArchConfig
-from etrmtrm_cli.decoder import TRMDecoder
-from etrmtrm_cli.losses import act_loss
-from etrmtrm_cli.puzzle_embedding import PuzzleEmbedding
-from etrmtrm_cli.trm_import import load_trm_checkpoint, map_trm_key, strip_prefixes
+from etrmtrm_cli.models.act import ACTModel
+from etrmtrm_cli.models.decoder import TRMDecoder
+from etrmtrm_cli.models.losses import act_loss
+from etrmtrm_cli.models.puzzle_embedding import PuzzleEmbedding
+from etrmtrm_cli.models.trm_import import load_trm_checkpoint, map_trm_key, strip_prefixes
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".cache" / "trm_equivalence"
 NAMES = ("trm_equivalence", "trm_equivalence_learned")

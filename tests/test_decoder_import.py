@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from etrmtrm_cli.act import ACTModel
 from etrmtrm_cli.config import ArchConfig
-from etrmtrm_cli.decoder import TRMDecoder
 from etrmtrm_cli.errors import CheckpointError
-from etrmtrm_cli.puzzle_embedding import PuzzleEmbedding
-from etrmtrm_cli.trm_import import load_trm_checkpoint
+from etrmtrm_cli.models.act import ACTModel
+from etrmtrm_cli.models.decoder import TRMDecoder
+from etrmtrm_cli.models.puzzle_embedding import PuzzleEmbedding
+from etrmtrm_cli.models.trm_import import load_trm_checkpoint
 
 SEQ = 9
 INNER = "_orig_mod.model.inner."

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from etrmtrm_cli.layers import (
+from etrmtrm_cli.models.layers import (
     Attention,
     Block,
     CrossAttention,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from etrmtrm_cli.losses import act_loss, log_stablemax, softmax_cross_entropy, stablemax_cross_entropy
+from etrmtrm_cli.models.losses import act_loss, log_stablemax, softmax_cross_entropy, stablemax_cross_entropy
 
 
 def test_stablemax_by_hand() -> None:

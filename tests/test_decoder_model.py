@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from etrmtrm_cli.config import ArchConfig
-from etrmtrm_cli.decoder import LEARNED_POS_SCALE, DecoderCarry, TRMDecoder
+from etrmtrm_cli.models.decoder import LEARNED_POS_SCALE, DecoderCarry, TRMDecoder
 
 SEQ = 9
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from etrmtrm_cli.act import ACTModel
 from etrmtrm_cli.config import ArchConfig
-from etrmtrm_cli.decoder import TRMDecoder
-from etrmtrm_cli.losses import act_loss
-from etrmtrm_cli.puzzle_embedding import PuzzleEmbedding, SignSGD
+from etrmtrm_cli.models.act import ACTModel
+from etrmtrm_cli.models.decoder import TRMDecoder
+from etrmtrm_cli.models.losses import act_loss
+from etrmtrm_cli.models.puzzle_embedding import PuzzleEmbedding, SignSGD
 
 SEQ, NUM_IDS, B = 9, 10, 8
 

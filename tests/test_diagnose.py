@@ -16,16 +16,16 @@ from conftest import CPU, EXPERIMENTS, tiny
 from torch import Tensor
 from typer.testing import CliRunner
 
-from etrmtrm_cli import diagnose
+from etrmtrm_cli.analysis import diagnose
+from etrmtrm_cli.analysis.diagnose import CheckResult, Measurement, Subject
 from etrmtrm_cli.cli import app
 from etrmtrm_cli.data.dataset import ArcData, build_arc_data
-from etrmtrm_cli.diagnose import CheckResult, Measurement, Subject
-from etrmtrm_cli.distributed import DistContext
 from etrmtrm_cli.encoders import registry
 from etrmtrm_cli.encoders.base import Carry
 from etrmtrm_cli.encoders.recurrent_standard import RecurrentStandardConfig, RecurrentStandardEncoder
 from etrmtrm_cli.encoders.static import StaticConfig, StaticEncoder
-from etrmtrm_cli.train import TrainOptions, train
+from etrmtrm_cli.training.distributed import DistContext
+from etrmtrm_cli.training.loop import TrainOptions, train
 
 runner = CliRunner()
 REAL_ENCODERS = ["static", "recurrent_standard", "trm_style"]

@@ -17,8 +17,8 @@ from etrmtrm_cli.config import ArchConfig
 from etrmtrm_cli.encoders import build_encoder, get_encoder, list_encoders
 from etrmtrm_cli.encoders.registry import register_encoder, validate_encoder_params
 from etrmtrm_cli.errors import ConfigError
-from etrmtrm_cli.losses import act_loss
-from etrmtrm_cli.model import build_model, encoder_parameters
+from etrmtrm_cli.models.build import build_model, encoder_parameters
+from etrmtrm_cli.models.losses import act_loss
 
 NAMES = [spec.name for spec in list_encoders()]
 S, K = 6, 4

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from etrmtrm_cli.evaluate import Votes, answer_of, pass_at_k
-from etrmtrm_cli.metrics import (
+from etrmtrm_cli.training.evaluate import Votes, answer_of, pass_at_k
+from etrmtrm_cli.training.metrics import (
     carry_change,
     carry_norm,
     convergence_steps,

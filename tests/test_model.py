@@ -8,11 +8,11 @@ import pytest
 import torch
 from conftest import CPU, tiny
 
-from etrmtrm_cli import checkpoint
-from etrmtrm_cli.distributed import DistContext
+from etrmtrm_cli import rundir
 from etrmtrm_cli.errors import CheckpointError
-from etrmtrm_cli.model import build_model, load_decoder
-from etrmtrm_cli.train import TrainOptions, train
+from etrmtrm_cli.models.build import build_model, load_decoder
+from etrmtrm_cli.training.distributed import DistContext
+from etrmtrm_cli.training.loop import TrainOptions, train
 
 SINGLE = DistContext(0, 1, CPU)
 
@@ -29,7 +29,7 @@ def test_e0b_starts_from_the_p0_decoder(p0_runs: Path) -> None:
     exp = tiny("E0b", ["decoder=P0"])
     model = build_model(exp, 36, 10)
     report = load_decoder(model, exp, 36, p0_runs)
-    saved = checkpoint.load_weights(p0_runs / "P0" / checkpoint.FINAL_WEIGHTS)
+    saved = rundir.load_weights(p0_runs / "P0" / rundir.FINAL_WEIGHTS)
     assert report is not None and report.loaded and all(k.startswith("decoder.") for k in report.loaded)
     assert all(k.startswith("provider.") for k in report.missing)  # the fresh encoder
     assert "provider.weights" not in report.loaded  # the puzzle table stays behind
@@ -38,7 +38,7 @@ def test_e0b_starts_from_the_p0_decoder(p0_runs: Path) -> None:
 
 
 def test_a_decoder_with_other_cycles_is_refused_unless_allowed(p0_runs: Path) -> None:
-    path = str(p0_runs / "P0" / checkpoint.FINAL_WEIGHTS)
+    path = str(p0_runs / "P0" / rundir.FINAL_WEIGHTS)
     exp = tiny("E0b", [f"decoder='{path}'", "arch.L_cycles=3"])
     with pytest.raises(CheckpointError, match=r"was trained with L_cycles 1 \(this experiment: 3\).*allow_decoder"):
         load_decoder(build_model(exp, 36, 10), exp, 36, p0_runs)
@@ -47,7 +47,7 @@ def test_a_decoder_with_other_cycles_is_refused_unless_allowed(p0_runs: Path) ->
 
 
 def test_a_decoder_of_another_size_is_refused(p0_runs: Path) -> None:
-    path = str(p0_runs / "P0" / checkpoint.FINAL_WEIGHTS)
+    path = str(p0_runs / "P0" / rundir.FINAL_WEIGHTS)
     exp = tiny("E0b", [f"decoder='{path}'", "arch.hidden_size=32"])
     with pytest.raises(CheckpointError, match=r"hidden_size 16 \(this experiment: 32\)"):
         load_decoder(build_model(exp, 36, 10), exp, 36, p0_runs)

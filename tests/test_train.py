@@ -15,11 +15,11 @@ import pytest
 import torch
 from conftest import CPU, EXPERIMENTS, tiny
 
-from etrmtrm_cli import checkpoint
-from etrmtrm_cli.distributed import DistContext
+from etrmtrm_cli import rundir
 from etrmtrm_cli.errors import RunError
-from etrmtrm_cli.model import build_model, encoder_parameters
-from etrmtrm_cli.train import StopFlag, TrainOptions, build_optimizers, lr_at, set_lr, train
+from etrmtrm_cli.models.build import build_model, encoder_parameters
+from etrmtrm_cli.training.distributed import DistContext
+from etrmtrm_cli.training.loop import StopFlag, TrainOptions, build_optimizers, lr_at, set_lr, train
 
 SINGLE = DistContext(0, 1, CPU)
 FAST = ["train.eval_interval=4", "train.checkpoint_interval=4", "data.eval_groups=1", "data.eval_num_aug=1"]
@@ -59,7 +59,7 @@ def test_run_directory_is_complete(tmp_path: Path) -> None:
     meta = json.loads((run / "meta.json").read_text())
     assert meta["seed"] == exp.seed and meta["train_tasks"] and not set(meta["train_tasks"]) & set(meta["eval_tasks"])
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
-    assert [p.name for p in checkpoint.list_checkpoints(run / "checkpoints")] == ["step_00000004", "step_00000006"]
+    assert [p.name for p in rundir.list_checkpoints(run / "checkpoints")] == ["step_00000004", "step_00000006"]
 
 
 def test_loss_falls_on_a_fixed_puzzle_set(tmp_path: Path) -> None:
@@ -91,33 +91,33 @@ def test_stop_flag_checkpoints_and_resumes(tmp_path: Path) -> None:
 
     summary = train(exp, TrainOptions(runs_dir=tmp_path, max_steps=8), SINGLE, request_stop, stop)
     assert (summary.status, summary.step) == ("interrupted", 5)
-    assert checkpoint.latest_checkpoint(tmp_path / "E0b").name == "step_00000005"
-    assert checkpoint.run_status(tmp_path / "E0b") == "resumable"
+    assert rundir.latest_checkpoint(tmp_path / "E0b").name == "step_00000005"
+    assert rundir.run_status(tmp_path / "E0b") == "resumable"
     resumed = train(exp, TrainOptions(runs_dir=tmp_path, max_steps=8, resume=True), SINGLE)
     assert (resumed.status, resumed.step) == ("finished", 8)
 
 
 def test_kill_during_checkpoint_write_keeps_the_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     exp = tiny("E0b", FAST)
-    real_save_state = checkpoint.save_state
+    real_save_state = rundir.save_state
 
     def dies_at_step_8(path: Path, state: dict[str, Any]) -> None:
         if state["step"] == 8:
             raise Crash("killed mid-write")
         real_save_state(path, state)
 
-    monkeypatch.setattr(checkpoint, "save_state", dies_at_step_8)
+    monkeypatch.setattr(rundir, "save_state", dies_at_step_8)
     with pytest.raises(Crash):
         train(exp, TrainOptions(runs_dir=tmp_path, max_steps=10), SINGLE)
     run = tmp_path / "E0b"
     assert (run / "checkpoints" / "step_00000008.tmp").is_dir()  # the half-written one
-    assert checkpoint.latest_checkpoint(run).name == "step_00000004"
+    assert rundir.latest_checkpoint(run).name == "step_00000004"
     monkeypatch.undo()
     assert train(exp, TrainOptions(runs_dir=tmp_path, max_steps=10, resume=True), SINGLE).step == 10
 
 
 def test_nan_loss_stops_before_the_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import etrmtrm_cli.train as train_module
+    import etrmtrm_cli.training.loop as train_module
 
     exp = tiny("E0b", FAST)
     real_loss = train_module.act_loss
@@ -131,7 +131,7 @@ def test_nan_loss_stops_before_the_update(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(train_module, "act_loss", nan_at_step_6)
     with pytest.raises(RunError, match=r"train/loss is nan at step 6.*last good checkpoint is kept"):
         train(exp, TrainOptions(runs_dir=tmp_path, max_steps=10), SINGLE)
-    assert checkpoint.latest_checkpoint(tmp_path / "E0b").name == "step_00000004"
+    assert rundir.latest_checkpoint(tmp_path / "E0b").name == "step_00000004"
     summary = json.loads((tmp_path / "E0b" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error"].startswith("step 6: E0b: train/loss is nan")
 
@@ -198,7 +198,7 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> No
     assert proc.returncode == 130, err
     assert "continue with: etrmtrm train E0b --resume --profile tiny" in err
     assert "Traceback" not in err
-    assert checkpoint.latest_checkpoint(tmp_path / "E0b") is not None
+    assert rundir.latest_checkpoint(tmp_path / "E0b") is not None
 
 
 @pytest.mark.slow
@@ -221,8 +221,8 @@ def test_two_process_gloo_equals_one_process(tmp_path: Path) -> None:
                 assert b[key] is None, key
             else:
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["step"], key)
-    weights_one = checkpoint.load_weights(tmp_path / "one" / "E0b" / "model.safetensors")
-    weights_two = checkpoint.load_weights(tmp_path / "two" / "E0b" / "model.safetensors")
+    weights_one = rundir.load_weights(tmp_path / "one" / "E0b" / "model.safetensors")
+    weights_two = rundir.load_weights(tmp_path / "two" / "E0b" / "model.safetensors")
     for key, value in weights_one.items():
         torch.testing.assert_close(weights_two[key], value, rtol=1e-4, atol=1e-5)
 

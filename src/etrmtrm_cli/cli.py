@@ -21,7 +21,7 @@ from etrmtrm_cli.config import Experiment, ExperimentsFile, load_experiments
 from etrmtrm_cli.errors import ConfigError, EtrmtrmError
 
 if TYPE_CHECKING:
-    from etrmtrm_cli.train import StopFlag
+    from etrmtrm_cli.training.loop import StopFlag
 
 app = typer.Typer(
     help="ETRM vs ETRMTRM: run the overfit-phase experiments of the research plan from experiments.toml.",
@@ -174,10 +174,10 @@ def train(
 
     Multi-process: torchrun --nproc-per-node N -m etrmtrm_cli train E0b
     """
-    from etrmtrm_cli.checkpoint import run_status
-    from etrmtrm_cli.distributed import init_distributed, shutdown_distributed
-    from etrmtrm_cli.train import StopFlag, TrainOptions
-    from etrmtrm_cli.train import train as run_training
+    from etrmtrm_cli.rundir import run_status
+    from etrmtrm_cli.training.distributed import init_distributed, shutdown_distributed
+    from etrmtrm_cli.training.loop import StopFlag, TrainOptions
+    from etrmtrm_cli.training.loop import train as run_training
 
     file = load_experiments(experiments)
     chosen = resolve_profile(profile)
@@ -254,8 +254,8 @@ def diagnose(
     Exit code 0 when every check passes, 1 when one fails, 3 when there are only warnings.
     """
     from etrmtrm_cli import report_render
-    from etrmtrm_cli.diagnose import exit_code, fresh_subject, parse_checks, run_checks, run_subject
-    from etrmtrm_cli.distributed import pick_device
+    from etrmtrm_cli.analysis.diagnose import exit_code, fresh_subject, parse_checks, run_checks, run_subject
+    from etrmtrm_cli.training.distributed import pick_device
 
     checks = parse_checks(check)
     chosen = pick_device(device)
@@ -294,8 +294,8 @@ def compare(
     --per-puzzle is the one option that runs the models: it evaluates both runs' final weights.
     """
     from etrmtrm_cli import report_render
-    from etrmtrm_cli.compare import compare_runs, per_task_accuracy, per_task_table
-    from etrmtrm_cli.distributed import pick_device
+    from etrmtrm_cli.analysis.compare import compare_runs, per_task_accuracy, per_task_table
+    from etrmtrm_cli.training.distributed import pick_device
 
     if plot is not None:
         report_render.require_matplotlib()

@@ -18,7 +18,7 @@ from etrmtrm_cli.config import Experiment, ExperimentsFile, changed_keys
 if TYPE_CHECKING:  # torch-backed modules: imported only by the commands that need them, so --help is quick
     from etrmtrm_cli.data import Batch, DataSummary
     from etrmtrm_cli.encoders.registry import EncoderSpec
-    from etrmtrm_cli.train import RunSummary
+    from etrmtrm_cli.training.loop import RunSummary
 
 
 def experiments_table(file: ExperimentsFile, resolved: Mapping[str, Experiment], base: Experiment) -> Table:

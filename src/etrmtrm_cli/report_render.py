@@ -12,7 +12,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from etrmtrm_cli.compare import (
+from etrmtrm_cli.analysis.compare import (
     CONVERGENCE_LEVELS,
     FINAL_FRACTION,
     HALTED_METRICS,
@@ -31,7 +31,7 @@ from etrmtrm_cli.compare import (
     steps,
     trailing_means,
 )
-from etrmtrm_cli.diagnose import CheckResult, Status
+from etrmtrm_cli.analysis.diagnose import CheckResult, Status
 from etrmtrm_cli.errors import ConfigError
 
 _STYLE: dict[Status, str] = {"pass": "green", "warn": "yellow", "fail": "bold red"}

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from etrmtrm_cli.config import ArchConfig
 from etrmtrm_cli.encoders.grid import DemoGridEncoder
-from etrmtrm_cli.layers import CrossAttention, SwiGLU, rms_norm
+from etrmtrm_cli.models.layers import CrossAttention, SwiGLU, rms_norm
 
 Carry = dict[str, Tensor]
 

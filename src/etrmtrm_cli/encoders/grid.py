@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from etrmtrm_cli.config import ArchConfig
-from etrmtrm_cli.layers import Block, Embedding, Packing, RotaryEmbedding, rms_norm
+from etrmtrm_cli.models.layers import Block, Embedding, Packing, RotaryEmbedding, rms_norm
 
 PAD = 0
 VOCAB = 12

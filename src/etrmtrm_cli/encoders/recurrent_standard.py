@@ -12,7 +12,7 @@ from torch import Tensor
 from etrmtrm_cli.config import ArchConfig
 from etrmtrm_cli.encoders.base import Carry, DemoEncoder, ReadLayer, reset_slots
 from etrmtrm_cli.encoders.registry import register_encoder
-from etrmtrm_cli.layers import trunc_normal_init_
+from etrmtrm_cli.models.layers import trunc_normal_init_
 
 
 class RecurrentStandardConfig(BaseModel):

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from etrmtrm_cli import checkpoint
+from etrmtrm_cli import rundir
 from etrmtrm_cli.data.canvas import COLOUR_OFFSET, EOS, IGNORE_LABEL, encode_grid, encode_labels
 from etrmtrm_cli.errors import ConfigError, RunError
-from etrmtrm_cli.metrics import COLLAPSED_VAR, STARVED_GRAD_SHARE
+from etrmtrm_cli.training.metrics import COLLAPSED_VAR, STARVED_GRAD_SHARE
 
 # --- how the numbers are read from metrics.jsonl -----------------------------------------------------------
 FINAL_FRACTION = 0.10  # "final" = mean over the last 10% of logged steps
@@ -200,20 +200,20 @@ def load_runs(runs_dir: Path, exp_ids: Sequence[str]) -> list[RunFiles]:
     """Every named run; one error naming every missing run and the command that produces it."""
     if not exp_ids:
         raise ConfigError("compare needs at least one run, e.g. `etrmtrm compare E0a E0b`")
-    missing = [e for e in exp_ids if not (runs_dir / e / checkpoint.CONFIG).is_file()]
+    missing = [e for e in exp_ids if not (runs_dir / e / rundir.CONFIG).is_file()]
     if missing:
-        raise RunError("\n".join(f"{runs_dir / e}: no such run (no {checkpoint.CONFIG}); produce it with "
+        raise RunError("\n".join(f"{runs_dir / e}: no such run (no {rundir.CONFIG}); produce it with "
                                  f"`etrmtrm train {e}`" for e in missing))
     return [load_run(runs_dir / e) for e in exp_ids]
 
 
 def load_run(run_dir: Path) -> RunFiles:
-    config = checkpoint.read_json(run_dir / checkpoint.CONFIG)
-    meta_path, summary_path = run_dir / checkpoint.META, run_dir / checkpoint.SUMMARY
-    meta = checkpoint.read_json(meta_path) if meta_path.is_file() else {}
-    summary = checkpoint.read_json(summary_path) if summary_path.is_file() else {"status": "running"}
+    config = rundir.read_json(run_dir / rundir.CONFIG)
+    meta_path, summary_path = run_dir / rundir.META, run_dir / rundir.SUMMARY
+    meta = rundir.read_json(meta_path) if meta_path.is_file() else {}
+    summary = rundir.read_json(summary_path) if summary_path.is_file() else {"status": "running"}
     return RunFiles(str(config.get("id", run_dir.name)), run_dir, config, meta, summary,
-                    read_metrics(run_dir / checkpoint.METRICS))
+                    read_metrics(run_dir / rundir.METRICS))
 
 
 def read_metrics(path: Path) -> list[Row]:
@@ -590,19 +590,19 @@ def per_task_accuracy(run: RunFiles, device: str = "cpu", batch_size: int | None
 
     from etrmtrm_cli.config import Experiment
     from etrmtrm_cli.data.dataset import build_arc_data
-    from etrmtrm_cli.evaluate import as_dict
-    from etrmtrm_cli.model import build_model
+    from etrmtrm_cli.models.build import build_model
+    from etrmtrm_cli.training.evaluate import as_dict
 
     exp = Experiment.model_validate(run.config)
     data = build_arc_data(exp.data, exp.seed)
     model = build_model(exp, data.seq_len, data.num_puzzle_ids)
-    weights = run.run_dir / checkpoint.FINAL_WEIGHTS
+    weights = run.run_dir / rundir.FINAL_WEIGHTS
     if not weights.is_file():
-        latest = checkpoint.latest_checkpoint(run.run_dir)
+        latest = rundir.latest_checkpoint(run.run_dir)
         if latest is None:
             raise RunError(f"{run.run_dir}: no weights yet; continue it with `etrmtrm train {run.exp_id} --resume`")
         weights = latest / "model.safetensors"
-    model.load_state_dict(checkpoint.load_weights(weights))
+    model.load_state_dict(rundir.load_weights(weights))
     model.to(device).eval()
     size = batch_size or exp.train.eval_batch_size or exp.train.batch_size
     sums: dict[tuple[str, str], list[float]] = {}

@@ -19,17 +19,18 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from etrmtrm_cli import checkpoint
-from etrmtrm_cli.act import ACTCarry, ACTModel
-from etrmtrm_cli.compare import final_value, read_metrics
+from etrmtrm_cli import rundir
+from etrmtrm_cli.analysis.compare import final_value, read_metrics
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.data.dataset import ArcData, build_arc_data
-from etrmtrm_cli.decoder import DecoderCarry
 from etrmtrm_cli.encoders.base import Carry
 from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError
-from etrmtrm_cli.evaluate import as_dict
-from etrmtrm_cli.losses import act_loss
-from etrmtrm_cli.metrics import (
+from etrmtrm_cli.models.act import ACTCarry, ACTModel
+from etrmtrm_cli.models.build import build_model, encoder_parameters
+from etrmtrm_cli.models.decoder import DecoderCarry
+from etrmtrm_cli.models.losses import act_loss
+from etrmtrm_cli.training.evaluate import as_dict
+from etrmtrm_cli.training.metrics import (
     COLLAPSED_VAR,
     EXPECTED_GRAD_SHARE,
     HEALTHY_VAR,
@@ -37,7 +38,6 @@ from etrmtrm_cli.metrics import (
     cross_sample_var,
     grad_norms,
 )
-from etrmtrm_cli.model import build_model, encoder_parameters
 
 Status = Literal["pass", "warn", "fail"]
 CHECKS = ("carry-reset", "gradient-flow", "encoder-variance", "determinism")
@@ -103,17 +103,17 @@ def fresh_subject(exp: Experiment, device: torch.device) -> Subject:
 
 def run_subject(run_dir: Path, device: torch.device) -> Subject:
     """A run's config.json and the weights of its latest checkpoint (its final weights if it has none)."""
-    config_path = run_dir / checkpoint.CONFIG
+    config_path = run_dir / rundir.CONFIG
     if not config_path.is_file():
-        raise RunError(f"{run_dir}: no {checkpoint.CONFIG}; produce the run with `etrmtrm train {run_dir.name}`")
-    exp = Experiment.model_validate(checkpoint.read_json(config_path))
+        raise RunError(f"{run_dir}: no {rundir.CONFIG}; produce the run with `etrmtrm train {run_dir.name}`")
+    exp = Experiment.model_validate(rundir.read_json(config_path))
     _require_encoder(exp)
-    latest = checkpoint.latest_checkpoint(run_dir)
-    weights_path = latest / "model.safetensors" if latest is not None else run_dir / checkpoint.FINAL_WEIGHTS
+    latest = rundir.latest_checkpoint(run_dir)
+    weights_path = latest / "model.safetensors" if latest is not None else run_dir / rundir.FINAL_WEIGHTS
     if not weights_path.is_file():
         raise CheckpointError(f"{run_dir}: no checkpoint yet; train it further with `etrmtrm train {exp.id} --resume`")
-    return Subject(exp, build_arc_data(exp.data, exp.seed), device, checkpoint.load_weights(weights_path),
-                   f"{weights_path}", run_dir, read_metrics(run_dir / checkpoint.METRICS))
+    return Subject(exp, build_arc_data(exp.data, exp.seed), device, rundir.load_weights(weights_path),
+                   f"{weights_path}", run_dir, read_metrics(run_dir / rundir.METRICS))
 
 
 def _require_encoder(exp: Experiment) -> None:
@@ -455,8 +455,8 @@ def check_determinism(subject: Subject, steps: int = DETERMINISM_STEPS) -> Check
     checkpointing at its last step, must log identical metrics.jsonl (ignoring time/step_s) and end with
     identical weights. train() reseeds torch's global RNG, so draws from it repeat; randomness seeded
     elsewhere (the clock, the OS, Python's `random`) does not, and is what this check catches."""
-    from etrmtrm_cli.distributed import DistContext
-    from etrmtrm_cli.train import TrainOptions, train
+    from etrmtrm_cli.training.distributed import DistContext
+    from etrmtrm_cli.training.loop import TrainOptions, train
 
     exp = subject.exp.model_copy(update={
         "decoder": "none",
@@ -468,8 +468,8 @@ def check_determinism(subject: Subject, steps: int = DETERMINISM_STEPS) -> Check
         for name in ("a", "b"):
             train(exp, TrainOptions(runs_dir=Path(tmp) / name, max_steps=steps), ctx)
             run = Path(tmp) / name / exp.id
-            logs.append(_read_metrics(run / checkpoint.METRICS))
-            weights.append(checkpoint.load_weights(run / checkpoint.FINAL_WEIGHTS))
+            logs.append(_read_metrics(run / rundir.METRICS))
+            weights.append(rundir.load_weights(run / rundir.FINAL_WEIGHTS))
     rows = []
     difference = first_difference(logs[0], logs[1])
     rows.append(Measurement(f"metrics.jsonl of two {steps}-step trainings, seed {exp.seed}",

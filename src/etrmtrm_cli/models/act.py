@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from etrmtrm_cli.config import ArchConfig
-from etrmtrm_cli.decoder import DecoderCarry, TRMDecoder
+from etrmtrm_cli.models.decoder import DecoderCarry, TRMDecoder
 
 
 class ContextProvider(Protocol):

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from etrmtrm_cli.config import ArchConfig
-from etrmtrm_cli.layers import Block, CosSin, Embedding, Linear, RotaryEmbedding, trunc_normal_init_
+from etrmtrm_cli.models.layers import Block, CosSin, Embedding, Linear, RotaryEmbedding, trunc_normal_init_
 
 # TRM scales (token + position) by this literal, not by 1/sqrt(2) to full precision.
 LEARNED_POS_SCALE = 0.707106781

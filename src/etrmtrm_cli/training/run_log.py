@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from etrmtrm_cli.checkpoint import METRICS
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.errors import ConfigError
+from etrmtrm_cli.rundir import METRICS
 
 
 class MetricsLog:

@@ -17,9 +17,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from etrmtrm_cli.act import ACTModel
 from etrmtrm_cli.data.canvas import decode_grid
 from etrmtrm_cli.data.dataset import ArcData, Batch
+from etrmtrm_cli.models.act import ACTModel
 
 PASS_KS = (1, 2)
 Answer = tuple[tuple[int, int], bytes]  # (shape, colours): a hashable grid

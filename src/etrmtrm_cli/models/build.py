@@ -7,14 +7,14 @@ from pathlib import Path
 
 from torch import nn
 
-from etrmtrm_cli import checkpoint
-from etrmtrm_cli.act import ACTModel
+from etrmtrm_cli import rundir
 from etrmtrm_cli.config import Experiment
-from etrmtrm_cli.decoder import TRMDecoder
 from etrmtrm_cli.encoders import build_encoder
 from etrmtrm_cli.errors import CheckpointError
-from etrmtrm_cli.puzzle_embedding import PuzzleEmbedding
-from etrmtrm_cli.trm_import import ImportReport, load_trm_checkpoint
+from etrmtrm_cli.models.act import ACTModel
+from etrmtrm_cli.models.decoder import TRMDecoder
+from etrmtrm_cli.models.puzzle_embedding import PuzzleEmbedding
+from etrmtrm_cli.models.trm_import import ImportReport, load_trm_checkpoint
 
 # Decoder settings that must agree with a pretrained decoder's; cycles can be overridden explicitly.
 _SHAPE_KEYS = ("hidden_size", "num_heads", "expansion", "L_layers", "puzzle_emb_len", "pos_encodings")
@@ -47,7 +47,7 @@ def load_decoder(model: ACTModel, exp: Experiment, seq_len: int, runs_dir: Path)
         return None
     path = Path(exp.decoder)
     if not path.exists() and "/" not in exp.decoder and not path.suffix:
-        path = runs_dir / exp.decoder / checkpoint.FINAL_WEIGHTS
+        path = runs_dir / exp.decoder / rundir.FINAL_WEIGHTS
         if not path.is_file():
             raise CheckpointError(
                 f"{exp.id}: decoder = {exp.decoder!r}: {path} does not exist; produce it with "
@@ -64,7 +64,7 @@ def load_decoder(model: ACTModel, exp: Experiment, seq_len: int, runs_dir: Path)
 
 
 def _load_our_decoder(model: ACTModel, exp: Experiment, path: Path) -> ImportReport:
-    saved = checkpoint.read_sidecar(path)
+    saved = rundir.read_sidecar(path)
     arch = saved["arch"]
     keys = _SHAPE_KEYS if exp.allow_decoder_mismatch else _SHAPE_KEYS + _CYCLE_KEYS
     wrong = [f"{k} {arch[k]} (this experiment: {getattr(exp.arch, k)})" for k in keys
@@ -75,7 +75,7 @@ def _load_our_decoder(model: ACTModel, exp: Experiment, path: Path) -> ImportRep
         hint = " (set allow_decoder_mismatch = true to load different cycles on purpose)" if any(
             k in w for k in _CYCLE_KEYS for w in wrong) else ""
         raise CheckpointError(f"{exp.id}: decoder {path} was trained with " + "; ".join(wrong) + hint)
-    weights = {k: v for k, v in checkpoint.load_weights(path).items() if k.startswith("decoder.")}
+    weights = {k: v for k, v in rundir.load_weights(path).items() if k.startswith("decoder.")}
     target = model.state_dict()
     for key, value in weights.items():
         if key in target and value.shape != target[key].shape:

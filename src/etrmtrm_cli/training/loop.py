@@ -22,16 +22,18 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from etrmtrm_cli import __version__, checkpoint
-from etrmtrm_cli.act import ACTCarry, ACTModel
+from etrmtrm_cli import __version__, rundir
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.data.dataset import ArcData, build_arc_data
-from etrmtrm_cli.decoder import DecoderCarry
-from etrmtrm_cli.distributed import DistContext
 from etrmtrm_cli.errors import ConfigError, RunError
-from etrmtrm_cli.evaluate import as_dict, evaluate
-from etrmtrm_cli.losses import act_loss
-from etrmtrm_cli.metrics import (
+from etrmtrm_cli.models.act import ACTCarry, ACTModel
+from etrmtrm_cli.models.build import build_model, encoder_parameters, load_decoder
+from etrmtrm_cli.models.decoder import DecoderCarry
+from etrmtrm_cli.models.losses import act_loss
+from etrmtrm_cli.models.puzzle_embedding import PuzzleEmbedding, SignSGD
+from etrmtrm_cli.training.distributed import DistContext
+from etrmtrm_cli.training.evaluate import as_dict, evaluate
+from etrmtrm_cli.training.metrics import (
     carry_change,
     carry_norm,
     convergence_steps,
@@ -39,9 +41,7 @@ from etrmtrm_cli.metrics import (
     grad_norms,
     update_convergence,
 )
-from etrmtrm_cli.model import build_model, encoder_parameters, load_decoder
-from etrmtrm_cli.puzzle_embedding import PuzzleEmbedding, SignSGD
-from etrmtrm_cli.run_log import MetricsLog, require_loggers
+from etrmtrm_cli.training.run_log import MetricsLog, require_loggers
 
 EventFn = Callable[[str, dict[str, Any]], None]
 _LOSS_SUMS = ("lm_loss", "q_halt_loss", "q_continue_loss")
@@ -176,7 +176,7 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
     model = build_model(exp, data.seq_len, data.num_puzzle_ids)
     report = None if options.resume else load_decoder(model, exp, data.seq_len, options.runs_dir)
     if ctx.is_main:
-        checkpoint.prepare_run_dir(run_dir, resume=options.resume, force=options.force)
+        rundir.prepare_run_dir(run_dir, resume=options.resume, force=options.force)
     ctx.barrier()
     model.to(ctx.device)
     ema = copy.deepcopy(model) if exp.train.ema else None
@@ -215,7 +215,7 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
                 emit("checkpoint", {"step": state.step})
         _save_checkpoint(run_dir, exp, model, ema, optimizers, state, ctx)
         if status == "finished" and ctx.is_main:
-            checkpoint.save_weights(run_dir / checkpoint.FINAL_WEIGHTS, (ema or model).state_dict())
+            rundir.save_weights(run_dir / rundir.FINAL_WEIGHTS, (ema or model).state_dict())
     except Exception as err:
         status, error = "failed", f"step {state.step + 1}: {err}"
         raise
@@ -231,8 +231,8 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
 
 def _write_summary(run_dir: Path, summary: RunSummary, resumed: bool, error: str | None) -> None:
     """summary.json: status (finished | interrupted | failed, with the error) and the wall time of all sessions."""
-    previous = checkpoint.read_json(run_dir / checkpoint.SUMMARY) if resumed else {}
-    checkpoint.write_json(run_dir / checkpoint.SUMMARY, {
+    previous = rundir.read_json(run_dir / rundir.SUMMARY) if resumed else {}
+    rundir.write_json(run_dir / rundir.SUMMARY, {
         "status": summary.status, "step": summary.step, "total_steps": summary.total_steps,
         "wall_time_s": summary.wall_time_s + float(previous.get("wall_time_s", 0.0)), "last": summary.last,
         **({"error": error} if error else {}),
@@ -334,8 +334,8 @@ def _encoder_metrics(model: ACTModel, exp: Experiment, before: ACTCarry, after: 
 
 
 def _write_run_files(run_dir: Path, exp: Experiment, ctx: DistContext, data: ArcData, total: int) -> None:
-    checkpoint.write_json(run_dir / checkpoint.CONFIG, exp.model_dump(mode="json"))
-    checkpoint.write_json(run_dir / checkpoint.META, {
+    rundir.write_json(run_dir / rundir.CONFIG, exp.model_dump(mode="json"))
+    rundir.write_json(run_dir / rundir.META, {
         "experiment": exp.id, "seed": exp.seed, "profile": exp.profile, "etrmtrm": __version__,
         "git_sha": _git_sha(), "torch": torch.__version__, "python": platform.python_version(),
         "device": str(ctx.device), "world_size": ctx.world_size, "cpu": platform.processor() or platform.machine(),
@@ -343,7 +343,7 @@ def _write_run_files(run_dir: Path, exp: Experiment, ctx: DistContext, data: Arc
         "train_tasks": [g.task.id for g in data.groups[: data.num_train_groups]],
         "eval_tasks": [g.task.id for g in data.groups[data.num_train_groups :]],
     })
-    checkpoint.write_json(run_dir / checkpoint.SUMMARY, {"status": "running", "step": 0, "total_steps": total})
+    rundir.write_json(run_dir / rundir.SUMMARY, {"status": "running", "step": 0, "total_steps": total})
 
 
 def _git_sha() -> str | None:
@@ -371,14 +371,14 @@ def _carry_from_state(flat: dict[str, Tensor], device: torch.device) -> ACTCarry
 
 def _save_checkpoint(run_dir: Path, exp: Experiment, model: ACTModel, ema: ACTModel | None,
                      optimizers: list[torch.optim.Optimizer], state: LoopState, ctx: DistContext) -> None:
-    tmp = checkpoint.temp_checkpoint_dir(run_dir, state.step)
+    tmp = rundir.temp_checkpoint_dir(run_dir, state.step)
     if ctx.is_main:
-        checkpoint.begin_checkpoint(run_dir, state.step)
-        checkpoint.save_weights(tmp / "model.safetensors", model.state_dict())
+        rundir.begin_checkpoint(run_dir, state.step)
+        rundir.save_weights(tmp / "model.safetensors", model.state_dict())
         if ema is not None:
-            checkpoint.save_weights(tmp / "ema.safetensors", ema.state_dict())
+            rundir.save_weights(tmp / "ema.safetensors", ema.state_dict())
     ctx.barrier()
-    checkpoint.save_state(tmp / f"state.rank{ctx.rank}.pt", {
+    rundir.save_state(tmp / f"state.rank{ctx.rank}.pt", {
         "step": state.step, "world_size": ctx.world_size,
         "optimizers": [opt.state_dict() for opt in optimizers],
         "halt_rng": state.halt_rng.get_state(), "carry": _carry_state(state.carry),
@@ -386,18 +386,18 @@ def _save_checkpoint(run_dir: Path, exp: Experiment, model: ACTModel, ema: ACTMo
     })
     ctx.barrier()
     if ctx.is_main:
-        checkpoint.commit_checkpoint(tmp, exp.train.keep_checkpoints)
+        rundir.commit_checkpoint(tmp, exp.train.keep_checkpoints)
     ctx.barrier()
 
 
 def _restore(run_dir: Path, model: ACTModel, ema: ACTModel | None, optimizers: list[torch.optim.Optimizer],
              ctx: DistContext) -> LoopState:
-    path = checkpoint.latest_checkpoint(run_dir)
+    path = rundir.latest_checkpoint(run_dir)
     assert path is not None  # prepare_run_dir checked it
-    model.load_state_dict(checkpoint.load_weights(path / "model.safetensors"))
+    model.load_state_dict(rundir.load_weights(path / "model.safetensors"))
     if ema is not None:
-        ema.load_state_dict(checkpoint.load_weights(path / "ema.safetensors"))
-    saved = checkpoint.load_state(path / f"state.rank{ctx.rank}.pt")
+        ema.load_state_dict(rundir.load_weights(path / "ema.safetensors"))
+    saved = rundir.load_state(path / f"state.rank{ctx.rank}.pt")
     if saved["world_size"] != ctx.world_size:
         raise RunError(f"{path} was written by {saved['world_size']} processes; resume it with as many")
     for opt, opt_state in zip(optimizers, saved["optimizers"], strict=True):

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from etrmtrm_cli.config import ArchConfig
 from etrmtrm_cli.errors import CheckpointError
-from etrmtrm_cli.layers import swiglu_width
+from etrmtrm_cli.models.layers import swiglu_width
 
 _PREFIXES = ("_orig_mod.", "model.", "inner.")
 _PUZZLE_KEY = "puzzle_emb.weights"
