@@ -1,18 +1,15 @@
 """Our decoder + ACT + loss against outputs of TRM's reference code.
 
-tests/trm_reference.py runs SamsungSAILMontreal/TinyRecursiveModels@e7b6871 at two tiny float32 configs and
-saves its weights (in TRM's checkpoint layout), the inputs, and after every ACT step the logits and Q values;
-in train mode also halting, steps, loss, metrics and per-parameter gradients. The weights go through
-trm_import exactly like a real `step_N` file. The outputs are generated, not tracked: with TRM_REFERENCE
-naming a checkout of the reference, the first run writes them into .cache/; without both, these tests skip.
+tests/trm_reference.py ran SamsungSAILMontreal/TinyRecursiveModels@e7b6871 at two tiny float32 configs and
+saved its weights (in TRM's checkpoint layout), the inputs, and after every ACT step the logits and Q values;
+in train mode also halting, steps, loss, metrics and per-parameter gradients. Those outputs are test data,
+tracked in tests/fixtures/ (tests/fixtures/README.md says how to regenerate them), so every clone runs these
+tests. The weights go through trm_import exactly like a real `step_N` file.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +23,7 @@ from etrmtrm_cli.models.losses import act_loss
 from etrmtrm_cli.models.puzzle_embedding import PuzzleEmbedding
 from etrmtrm_cli.models.trm_import import load_trm_checkpoint, map_trm_key, strip_prefixes
 
-FIXTURES = Path(__file__).resolve().parents[1] / ".cache" / "trm_equivalence"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 NAMES = ("trm_equivalence", "trm_equivalence_learned")
 # Measured: bit-identical on CPU. 1e-5 still allows BLAS rounding on other machines, while RMSNorm eps
 # 1e-6 instead of 1e-5 already moves these logits by 2e-5..1e-4.
@@ -34,19 +31,6 @@ TOL = 1e-5
 ARCH_KEYS = ("hidden_size", "num_heads", "expansion", "L_layers", "H_cycles", "L_cycles", "pos_encodings",
              "rope_theta", "rms_norm_eps", "puzzle_emb_len", "halt_max_steps", "halt_exploration_prob",
              "no_ACT_continue")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def reference_outputs() -> None:
-    """The reference's outputs in FIXTURES: written once from $TRM_REFERENCE, else these tests skip."""
-    if all((FIXTURES / f"{name}.safetensors").is_file() for name in NAMES):
-        return
-    reference = os.environ.get("TRM_REFERENCE")
-    if not reference:
-        pytest.skip("no outputs of TRM's reference code: set TRM_REFERENCE=/path/to/TinyRecursiveModels "
-                    "(commit e7b6871) to generate them")
-    script = Path(__file__).with_name("trm_reference.py")
-    subprocess.run([sys.executable, str(script), reference, str(FIXTURES)], check=True)  # `models` stays out
 
 
 def build(name: str, tmp_path: Path, forward_dtype: str = "float32"

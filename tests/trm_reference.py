@@ -6,7 +6,7 @@ The checkout is SamsungSAILMontreal/TinyRecursiveModels at e7b6871; it is import
 does not depend on it. At two tiny float32 configs (RoPE and learned positions) this saves the reference's
 weights (in its checkpoint layout), inputs and, after every ACT step, logits and Q values; in train mode
 also halting, steps, loss, metrics, per-parameter gradient norms and sums, and the puzzle table's gradient.
-The files are generated, not tracked: the test writes them into .cache/ when TRM_REFERENCE names a checkout.
+The files are tracked in tests/fixtures/ (the default out_dir); tests/fixtures/README.md records how.
 Run it in its own process: the reference's top-level package is called `models`.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / ".cache" / "trm_equivalence"
+DEFAULT_OUT = Path(__file__).resolve().parent / "fixtures"
 
 
 def make_batch(gen, batch, seq_len, vocab, num_ids):
