@@ -1,4 +1,5 @@
-"""Time one decoder training step: ACT forward + loss + backward + AdamW (+ the puzzle table's SignSGD).
+"""Time one decoder training step, `train`'s own `train_step` for P0's model: ACT forward + loss + backward +
+AdamW + the puzzle table's SignSGD (no clipping, as TRM trains).
 
     python benchmarks/bench_decoder.py [--hidden 64 --heads 4 --layers 2 --h-cycles 2 --l-cycles 2
                                         --canvas 10 --prefix 16 --batch 32 --threads 2]
@@ -25,12 +26,12 @@ from typing import Any
 
 import torch
 
-from etrmtrm_cli.config import ArchConfig
-from etrmtrm_cli.models.act import ACTModel
-from etrmtrm_cli.models.decoder import TRMDecoder
+from etrmtrm_cli.config import ArchConfig, DataConfig, Experiment, TrainConfig
+from etrmtrm_cli.models.build import build_model
 from etrmtrm_cli.models.layers import swiglu_width
-from etrmtrm_cli.models.losses import act_loss
-from etrmtrm_cli.models.puzzle_embedding import PuzzleEmbedding, SignSGD
+from etrmtrm_cli.training.distributed import DistContext
+from etrmtrm_cli.training.optim import build_optimizers
+from etrmtrm_cli.training.step import Trainable, fresh_state, train_step
 
 VOCAB = 12
 NUM_IDS = 64
@@ -103,25 +104,19 @@ def autocast_for(mode: str) -> contextlib.AbstractContextManager[Any]:
 
 
 def ours_step(args: argparse.Namespace, mode: str) -> Callable[[], None]:
-    arch = arch_for(args, mode)
-    model = ACTModel(TRMDecoder(arch, args.canvas**2, VOCAB), PuzzleEmbedding(NUM_IDS, args.hidden), arch)
-    model.train()
-    dense = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    sparse = SignSGD(model.provider, lr=1e-2, weight_decay=0.1)  # type: ignore[arg-type]
+    """`train`'s own `train_step` for P0's model (decoder + puzzle table), without clipping as TRM trains."""
+    exp = Experiment(id="bench", model="trm", arch=arch_for(args, mode), data=DataConfig(max_grid_size=args.canvas),
+                     train=TrainConfig(global_batch_size=args.batch, grad_clip_norm=0.0))
+    model = build_model(exp, args.canvas**2, NUM_IDS).train()
+    parts = Trainable(model, model, build_optimizers(model, exp))
     gen = torch.Generator().manual_seed(0)
     batch = make_batch(args, gen)
-    state = {"carry": model.initial_carry(batch)}
+    state = fresh_state(model, batch, seed=0)
+    ctx = DistContext(0, 1, torch.device("cpu"))
 
     def step() -> None:
         with autocast_for(mode):
-            carry, out = model(state["carry"], batch, gen)
-            loss, _ = act_loss(out, carry.current_data["labels"], carry.halted, carry.steps)
-        (loss / args.batch).backward()
-        dense.step()
-        sparse.step()
-        dense.zero_grad(set_to_none=True)
-        sparse.zero_grad()
-        state["carry"] = carry
+            train_step(parts, batch, state, exp, ctx, total_steps=1_000_000)
 
     return step
 

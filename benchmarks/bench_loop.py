@@ -1,5 +1,6 @@
 """The training loop's overhead: `train()` end to end (logging, metrics, eval, checkpoints amortized) against
-the bare step (forward, loss, backward, clip, optimizer) on the same model and batches, in one run.
+the bare `train_step` (forward, loss, backward, clip, optimizer, the step's metrics) on the same model and
+batches, in one run.
 
     python benchmarks/bench_loop.py E0a --profile cpu --steps 50 --threads 2
 
@@ -23,29 +24,23 @@ import torch
 from etrmtrm_cli.config import load_experiments
 from etrmtrm_cli.data import build_arc_data
 from etrmtrm_cli.models.build import build_model
-from etrmtrm_cli.models.losses import act_loss
 from etrmtrm_cli.training.distributed import DistContext
-from etrmtrm_cli.training.evaluate import as_dict, evaluate
-from etrmtrm_cli.training.loop import TrainOptions, build_optimizers, train
+from etrmtrm_cli.training.evaluate import evaluate
+from etrmtrm_cli.training.loop import TrainOptions, train
+from etrmtrm_cli.training.optim import build_optimizers
+from etrmtrm_cli.training.step import Trainable, fresh_state, train_step
 
 
 def bare_steps(exp, steps: int) -> float:  # noqa: ANN001
-    """Seconds per step of the bare loop body."""
+    """Seconds per step of `train_step` alone (what the loop calls), on the loop's own batches."""
     data = build_arc_data(exp.data, exp.seed)
     model = build_model(exp, data.seq_len, data.num_puzzle_ids).train()
-    optimizers = build_optimizers(model, exp)
-    generator = torch.Generator().manual_seed(exp.seed)
-    carry = model.initial_carry(as_dict(data.train_batch(0, exp.train.batch_size)))
+    parts = Trainable(model, model, build_optimizers(model, exp))
+    ctx = DistContext(0, 1, torch.device("cpu"))
+    state = fresh_state(model, data.train_batch(0, exp.train.batch_size).as_dict(), exp.seed)
     start = time.perf_counter()
     for step in range(steps):
-        batch = as_dict(data.train_batch(step, exp.train.batch_size))
-        carry, outputs = model(carry, batch, generator)
-        loss, _ = act_loss(outputs, carry.current_data["labels"], carry.halted, carry.steps)
-        (loss / exp.train.batch_size).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), exp.train.grad_clip_norm)
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        train_step(parts, data.train_batch(step, exp.train.batch_size).as_dict(), state, exp, ctx, steps)
     return (time.perf_counter() - start) / steps
 
 

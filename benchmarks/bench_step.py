@@ -1,4 +1,5 @@
-"""Time one full training step (encoder + decoder forward, loss, backward, clip, AdamW) for any encoder.
+"""Time one full training step for any encoder: `train`'s own `train_step` (encoder + decoder forward, loss,
+backward, clip, AdamW, the step's metrics).
 
     python benchmarks/bench_step.py --encoder static --hidden 128 --heads 4 --layers 2 --encoder-layers 2 \
         --h-cycles 3 --l-cycles 4 --canvas 10 --batch 32 --max-demos 10 --demos-used 3 --prefix 16 \
@@ -30,7 +31,9 @@ from bench_decoder import reference_on_path, time_steps
 from etrmtrm_cli.config import ArchConfig, DataConfig, Experiment, TrainConfig
 from etrmtrm_cli.data.canvas import encode_grid, encode_labels
 from etrmtrm_cli.models.build import build_model, encoder_parameters
-from etrmtrm_cli.models.losses import act_loss
+from etrmtrm_cli.training.distributed import DistContext
+from etrmtrm_cli.training.optim import build_optimizers
+from etrmtrm_cli.training.step import Trainable, fresh_state, train_step
 
 
 def arc_demo_counts() -> list[int]:
@@ -71,28 +74,24 @@ def experiment(args: argparse.Namespace) -> Experiment:
     data = DataConfig(max_grid_size=args.canvas, max_demos=args.max_demos)
     model = "trm" if args.encoder == "trm" else "etrm"
     return Experiment(id="bench", model=model, arch=arch, data=data,
-                      train=TrainConfig(global_batch_size=args.batch))
+                      train=TrainConfig(global_batch_size=args.batch))  # AdamW(1e-4, (0.9, 0.95), wd 0.1), clip 1
 
 
 Step = tuple[Callable[[], None], int, int]  # (one step on the next batch, encoder parameters, all parameters)
 
 
 def our_step(args: argparse.Namespace, batches: list[dict]) -> Step:
-    model = build_model(experiment(args), args.canvas**2, num_puzzle_ids=args.batch + 1).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    forward = torch.compile(model) if args.compile else model
-    generator = torch.Generator().manual_seed(args.seed)
-    state = {"carry": model.initial_carry(batches[0])}
+    """`train`'s own step (training/step.py: forward, loss, backward, clip, optimizers) on the given batches."""
+    exp = experiment(args)
+    model = build_model(exp, args.canvas**2, num_puzzle_ids=args.batch + 1).train()
+    parts = Trainable(model, torch.compile(model) if args.compile else model, build_optimizers(model, exp))
+    state = fresh_state(model, batches[0], args.seed)
+    ctx = DistContext(0, 1, torch.device("cpu"))
     next_batch = itertools.cycle(batches).__next__
+    total = 1_000_000  # past warmup: the schedule's value does not change the work
 
     def step() -> None:
-        carry, outputs = forward(state["carry"], next_batch(), generator)
-        loss, _ = act_loss(outputs, carry.current_data["labels"], carry.halted, carry.steps)
-        (loss / args.batch).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        state["carry"] = carry
+        train_step(parts, next_batch(), state, exp, ctx, total)
 
     return step, sum(p.numel() for p in encoder_parameters(model)), sum(p.numel() for p in model.parameters())
 

@@ -13,8 +13,11 @@ import pytest
 from conftest import CPU, tiny
 from typer.testing import CliRunner
 
-from etrmtrm_cli.analysis import compare
-from etrmtrm_cli.analysis.compare import TaskScore, pair_baselines, per_task_table, steps_to
+from etrmtrm_cli import rundir
+from etrmtrm_cli.analysis import baselines, compare, matrix, verdict
+from etrmtrm_cli.analysis.baselines import pair_baselines
+from etrmtrm_cli.analysis.matrix import steps_to
+from etrmtrm_cli.analysis.per_task import TaskScore, per_task_table
 from etrmtrm_cli.cli import app
 from etrmtrm_cli.training.distributed import DistContext
 from etrmtrm_cli.training.loop import TrainOptions, train
@@ -87,21 +90,21 @@ def test_steps_to_weights_each_step_by_its_halted_slots() -> None:
 
 def test_final_value_is_the_weighted_mean_of_the_last_tenth() -> None:
     rows = [{"step": i, "train/accuracy": 0.5 if i <= 90 else 0.9 + (i - 91) * 0.01} for i in range(1, 101)]
-    assert compare.final_value(rows, "train/accuracy") == pytest.approx(0.945)  # no train/count: weight 1
+    assert matrix.final_value(rows, "train/accuracy") == pytest.approx(0.945)  # no train/count: weight 1
     sparse = [{"step": i, "train/accuracy": None if i % 4 else 0.8} for i in range(1, 41)]
-    assert compare.final_value(sparse, "train/accuracy") == pytest.approx(0.8)  # NaN (no halt) steps skipped
+    assert matrix.final_value(sparse, "train/accuracy") == pytest.approx(0.8)  # NaN (no halt) steps skipped
     weighted = [{"step": i, "train/count": 3 if i % 2 else 1, "train/accuracy": 1.0 if i % 2 else 0.0,
                  "train/encoder_convergence_steps": 4.0 if i % 2 else 16.0,
                  "train/loss": 1.0 if i % 2 else 0.0} for i in range(1, 21)]
-    assert compare.final_value(weighted, "train/accuracy") == pytest.approx(0.75)  # (3 x 1 + 1 x 0) / 4
-    assert compare.final_value(weighted, "train/encoder_convergence_steps") == pytest.approx(7.0)  # (3x4 + 16)/4
-    assert compare.final_value(weighted, "train/loss") == pytest.approx(0.5)  # not a halted-slot metric
+    assert matrix.final_value(weighted, "train/accuracy") == pytest.approx(0.75)  # (3 x 1 + 1 x 0) / 4
+    assert matrix.final_value(weighted, "train/encoder_convergence_steps") == pytest.approx(7.0)  # (3x4 + 16)/4
+    assert matrix.final_value(weighted, "train/loss") == pytest.approx(0.5)  # not a halted-slot metric
 
 
 def test_matrix_row_from_a_hand_written_run(tmp_path: Path) -> None:
     acc = [0.0] * 100 + [1.0] * 100
     write_run(tmp_path, "E0b", acc, loss=[0.5, 1.5] * 100, carry_norm=4.0)
-    row = compare.run_row(compare.load_run(tmp_path / "E0b"))
+    row = matrix.run_row(rundir.load_run(tmp_path / "E0b"))
     assert (row.model, row.encoder, row.recurrent, row.status_text) == ("ETRMTRM", "recurrent_standard", True,
                                                                          "finished")
     assert row.train_acc == 1.0 and row.train_em == 0.5 and row.act_steps == 4.0
@@ -128,7 +131,7 @@ def test_scenarios(tmp_path: Path, recurrent_acc: float, letter: str) -> None:
     assert scenario.caveats == []
 
 
-def flags(tmp_path: Path, ids: Sequence[str]) -> dict[int, compare.RedFlag]:
+def flags(tmp_path: Path, ids: Sequence[str]) -> dict[int, verdict.RedFlag]:
     return {f.number: f for f in compare.compare_runs(tmp_path, ids, with_baselines=False).verdict.red_flags}
 
 
@@ -298,11 +301,11 @@ def test_baselines_of_a_run_rebuild_its_data(tmp_path: Path) -> None:
     write_run(tmp_path / "runs", "E0a", flat(0.5), overrides=[
         f"data.train_sources=['{tmp_path / 'train'}']", f"data.eval_sources=['{tmp_path / 'eval'}']",
         "data.train_groups=1", "data.eval_groups=1", "data.max_grid_size=3"])
-    (baselines,) = compare.trivial_baselines(compare.load_runs(tmp_path / "runs", ["E0a"]))
-    assert (baselines.runs, baselines.train_examples, baselines.eval_examples) == (("E0a",), 1, 1)
-    assert baselines.train_mode_colour == pytest.approx(7 / 8) and baselines.train_copy_input == pytest.approx(7 / 8)
-    assert baselines.eval_mode_colour == pytest.approx(8 / 9) and baselines.eval_copy_input == 0.0
-    assert math.isclose(baselines.train_mode_colour, 0.875)
+    (found,) = baselines.trivial_baselines(rundir.load_runs(tmp_path / "runs", ["E0a"]))
+    assert (found.runs, found.train_examples, found.eval_examples) == (("E0a",), 1, 1)
+    assert found.train_mode_colour == pytest.approx(7 / 8) and found.train_copy_input == pytest.approx(7 / 8)
+    assert found.eval_mode_colour == pytest.approx(8 / 9) and found.eval_copy_input == 0.0
+    assert math.isclose(found.train_mode_colour, 0.875)
 
 
 # --- per puzzle (the one part that runs the models) -------------------------------------------------------------

@@ -8,7 +8,8 @@ from etrmtrm_cli.config import ArchConfig
 from etrmtrm_cli.models.act import ACTModel
 from etrmtrm_cli.models.decoder import TRMDecoder
 from etrmtrm_cli.models.losses import act_loss
-from etrmtrm_cli.models.puzzle_embedding import PuzzleEmbedding, SignSGD
+from etrmtrm_cli.models.puzzle_embedding import PuzzleEmbedding
+from etrmtrm_cli.training.optim import SignSGD
 
 SEQ, NUM_IDS, B = 9, 10, 8
 

@@ -211,7 +211,7 @@ def test_cli_diagnoses_a_trained_run(tmp_path: Path) -> None:
     result = runner.invoke(app, ["diagnose", "--run", str(tmp_path / "E0b"), "--check", "carry-reset"],
                            env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "step_00000003" in result.output  # the latest checkpoint's weights
+    assert "E0b/model.safetensors" in result.output  # a finished run is judged by its final weights
     variance = diagnose.check_encoder_variance(diagnose.run_subject(tmp_path / "E0b", CPU))
     whats = [r.what for r in variance.rows]
     assert any(w.startswith("fresh model") for w in whats) and any(w.startswith("trained run") for w in whats)

@@ -19,7 +19,8 @@ from etrmtrm_cli import rundir
 from etrmtrm_cli.errors import RunError
 from etrmtrm_cli.models.build import build_model, encoder_parameters
 from etrmtrm_cli.training.distributed import DistContext
-from etrmtrm_cli.training.loop import StopFlag, TrainOptions, build_optimizers, lr_at, set_lr, train
+from etrmtrm_cli.training.loop import StopFlag, TrainOptions, train
+from etrmtrm_cli.training.optim import build_optimizers, lr_at, set_lr
 
 SINGLE = DistContext(0, 1, CPU)
 FAST = ["train.eval_interval=4", "train.checkpoint_interval=4", "data.eval_groups=1", "data.eval_num_aug=1"]
@@ -117,10 +118,10 @@ def test_kill_during_checkpoint_write_keeps_the_previous(tmp_path: Path, monkeyp
 
 
 def test_nan_loss_stops_before_the_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import etrmtrm_cli.training.loop as train_module
+    import etrmtrm_cli.training.step as step_module
 
     exp = tiny("E0b", FAST)
-    real_loss = train_module.act_loss
+    real_loss = step_module.act_loss
     calls = {"n": 0}
 
     def nan_at_step_6(*args: Any, **kwargs: Any) -> Any:
@@ -128,8 +129,8 @@ def test_nan_loss_stops_before_the_update(tmp_path: Path, monkeypatch: pytest.Mo
         loss, sums = real_loss(*args, **kwargs)
         return (loss * float("nan") if calls["n"] == 6 else loss), sums
 
-    monkeypatch.setattr(train_module, "act_loss", nan_at_step_6)
-    with pytest.raises(RunError, match=r"train/loss is nan at step 6.*last good checkpoint is kept"):
+    monkeypatch.setattr(step_module, "act_loss", nan_at_step_6)
+    with pytest.raises(RunError, match=r"train/loss is nan at step 6.*start over with a lower learning rate"):
         train(exp, TrainOptions(runs_dir=tmp_path, max_steps=10), SINGLE)
     assert rundir.latest_checkpoint(tmp_path / "E0b").name == "step_00000004"
     summary = json.loads((tmp_path / "E0b" / "summary.json").read_text())

@@ -294,7 +294,8 @@ def compare(
     --per-puzzle is the one option that runs the models: it evaluates both runs' final weights.
     """
     from etrmtrm_cli import report_render
-    from etrmtrm_cli.analysis.compare import compare_runs, per_task_accuracy, per_task_table
+    from etrmtrm_cli.analysis.compare import compare_runs
+    from etrmtrm_cli.analysis.per_task import per_task_accuracy, per_task_table
     from etrmtrm_cli.training.distributed import pick_device
 
     if plot is not None:

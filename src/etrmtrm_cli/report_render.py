@@ -12,26 +12,22 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from etrmtrm_cli.analysis.compare import (
+from etrmtrm_cli.analysis.compare import Comparison
+from etrmtrm_cli.analysis.diagnose import CheckResult, Status
+from etrmtrm_cli.analysis.matrix import (
     CONVERGENCE_LEVELS,
     FINAL_FRACTION,
     HALTED_METRICS,
-    NOISY_LOSS_CV,
     SMOOTH_EXAMPLES,
     STABILITY_FRACTION,
-    Comparison,
     RunRow,
-    TaskScore,
-    Verdict,
-    duration,
     final_value,
-    num,
-    pct,
     series,
-    steps,
     trailing_means,
 )
-from etrmtrm_cli.analysis.diagnose import CheckResult, Status
+from etrmtrm_cli.analysis.per_task import TaskScore
+from etrmtrm_cli.analysis.text import duration, num, pct, steps
+from etrmtrm_cli.analysis.verdict import NOISY_LOSS_CV, Verdict
 from etrmtrm_cli.errors import ConfigError
 
 _STYLE: dict[Status, str] = {"pass": "green", "warn": "yellow", "fail": "bold red"}

@@ -1,4 +1,4 @@
-"""The one run and checkpoint format.
+"""The run directory: its format, written and read here only (train, diagnose, compare and queues use it).
 
 runs/<ID>/
   config.json        the resolved experiment (the sidecar of model.safetensors)
@@ -10,7 +10,9 @@ runs/<ID>/
     model.safetensors, ema.safetensors (EMA on), state.rank<r>.pt (optimizer, RNG, ACT carry, ...)
 
 A checkpoint directory is written as step_<N>.tmp and renamed when complete, so a kill at any moment
-leaves the previous checkpoint intact; `latest_checkpoint` ignores *.tmp leftovers.
+leaves the previous checkpoint intact; `latest_checkpoint` ignores *.tmp leftovers. The weights a run is
+judged by (compare --per-puzzle, diagnose --run) are `judged_weights`: its final weights, or while it is
+in progress the latest checkpoint's EMA weights (its model weights without EMA).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from etrmtrm_cli.errors import CheckpointError, RunError
+from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError
 
 CONFIG = "config.json"
 META = "meta.json"
@@ -35,6 +39,19 @@ SUMMARY = "summary.json"
 FINAL_WEIGHTS = "model.safetensors"
 CHECKPOINTS = "checkpoints"
 _PREFIX = "step_"
+Row = dict[str, Any]  # one metrics.jsonl line: step plus metric values (None where NaN)
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """A run directory's files, as written by training/loop.py."""
+
+    exp_id: str
+    run_dir: Path
+    config: dict[str, Any]
+    meta: dict[str, Any]
+    summary: dict[str, Any]
+    rows: list[Row]
 
 
 def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
@@ -64,6 +81,24 @@ def run_status(run_dir: Path) -> str:
     return "unsaved" if run_dir.exists() else "new"
 
 
+def write_run_files(run_dir: Path, config: dict[str, Any], meta: dict[str, Any], total_steps: int) -> None:
+    """config.json, meta.json and a "running" summary.json of a new run."""
+    write_json(run_dir / CONFIG, config)
+    write_json(run_dir / META, meta)
+    write_json(run_dir / SUMMARY, {"status": "running", "step": 0, "total_steps": total_steps})
+
+
+def write_summary(run_dir: Path, *, status: str, step: int, total_steps: int, wall_time_s: float,
+                  last: dict[str, float], error: str | None, resumed: bool) -> None:
+    """summary.json: status (finished | interrupted | failed, with the error) and the wall time of all sessions."""
+    previous = read_json(run_dir / SUMMARY) if resumed and (run_dir / SUMMARY).is_file() else {}
+    write_json(run_dir / SUMMARY, {
+        "status": status, "step": step, "total_steps": total_steps,
+        "wall_time_s": wall_time_s + float(previous.get("wall_time_s", 0.0)), "last": last,
+        **({"error": error} if error else {}),
+    })
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
     tmp = path.with_name(path.name + ".tmp")
@@ -76,6 +111,56 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise RunError(f"{path}: unreadable ({err})") from None
+
+
+def load_runs(runs_dir: Path, exp_ids: Sequence[str]) -> list[RunFiles]:
+    """Every named run; one error naming every missing run and the command that produces it."""
+    if not exp_ids:
+        raise ConfigError("compare needs at least one run, e.g. `etrmtrm compare E0a E0b`")
+    missing = [e for e in exp_ids if not (runs_dir / e / CONFIG).is_file()]
+    if missing:
+        raise RunError("\n".join(f"{runs_dir / e}: no such run (no {CONFIG}); produce it with "
+                                 f"`etrmtrm train {e}`" for e in missing))
+    return [load_run(runs_dir / e) for e in exp_ids]
+
+
+def load_run(run_dir: Path) -> RunFiles:
+    config = read_json(run_dir / CONFIG)
+    meta_path, summary_path = run_dir / META, run_dir / SUMMARY
+    meta = read_json(meta_path) if meta_path.is_file() else {}
+    summary = read_json(summary_path) if summary_path.is_file() else {"status": "running"}
+    return RunFiles(str(config.get("id", run_dir.name)), run_dir, config, meta, summary,
+                    read_metrics(run_dir / METRICS))
+
+
+def read_metrics(path: Path) -> list[Row]:
+    """metrics.jsonl's rows; a partial last line (a run killed mid-write) is skipped."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n == len(lines):
+                break
+            raise RunError(f"{path}: line {n} is not valid JSON") from None
+    return rows
+
+
+def judged_weights(run_dir: Path) -> Path | None:
+    """The weights a run is judged by: final, else the latest checkpoint's EMA (or model) weights."""
+    final = run_dir / FINAL_WEIGHTS
+    if final.is_file():
+        return final
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return None
+    ema = latest / "ema.safetensors"
+    return ema if ema.is_file() else latest / "model.safetensors"
 
 
 def read_sidecar(weights: Path) -> dict[str, Any]:

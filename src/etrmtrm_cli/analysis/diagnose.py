@@ -8,10 +8,9 @@ The CLI exits 0 when every check passes, 1 when one fails, 3 when there are only
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +19,8 @@ import torch
 from torch import Tensor
 
 from etrmtrm_cli import rundir
-from etrmtrm_cli.analysis.compare import final_value, read_metrics
+from etrmtrm_cli.analysis.matrix import final_value
+from etrmtrm_cli.analysis.thresholds import COLLAPSED_VAR, EXPECTED_GRAD_SHARE, HEALTHY_VAR, STARVED_GRAD_SHARE
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.data.dataset import ArcData, build_arc_data
 from etrmtrm_cli.encoders.base import Carry
@@ -28,16 +28,9 @@ from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError
 from etrmtrm_cli.models.act import ACTCarry, ACTModel
 from etrmtrm_cli.models.build import build_model, encoder_parameters
 from etrmtrm_cli.models.decoder import DecoderCarry
-from etrmtrm_cli.models.losses import act_loss
-from etrmtrm_cli.training.evaluate import as_dict
-from etrmtrm_cli.training.metrics import (
-    COLLAPSED_VAR,
-    EXPECTED_GRAD_SHARE,
-    HEALTHY_VAR,
-    STARVED_GRAD_SHARE,
-    cross_sample_var,
-    grad_norms,
-)
+from etrmtrm_cli.training.evaluate import rollout
+from etrmtrm_cli.training.metrics import cross_sample_var, grad_norms
+from etrmtrm_cli.training.step import forward_backward
 
 Status = Literal["pass", "warn", "fail"]
 CHECKS = ("carry-reset", "gradient-flow", "encoder-variance", "determinism")
@@ -102,18 +95,17 @@ def fresh_subject(exp: Experiment, device: torch.device) -> Subject:
 
 
 def run_subject(run_dir: Path, device: torch.device) -> Subject:
-    """A run's config.json and the weights of its latest checkpoint (its final weights if it has none)."""
+    """A run's config.json and the weights it is judged by (rundir.judged_weights: final, else latest EMA)."""
     config_path = run_dir / rundir.CONFIG
     if not config_path.is_file():
         raise RunError(f"{run_dir}: no {rundir.CONFIG}; produce the run with `etrmtrm train {run_dir.name}`")
     exp = Experiment.model_validate(rundir.read_json(config_path))
     _require_encoder(exp)
-    latest = rundir.latest_checkpoint(run_dir)
-    weights_path = latest / "model.safetensors" if latest is not None else run_dir / rundir.FINAL_WEIGHTS
-    if not weights_path.is_file():
-        raise CheckpointError(f"{run_dir}: no checkpoint yet; train it further with `etrmtrm train {exp.id} --resume`")
+    weights_path = rundir.judged_weights(run_dir)
+    if weights_path is None:
+        raise CheckpointError(f"{run_dir}: no weights yet (no checkpoint); train it further first")
     return Subject(exp, build_arc_data(exp.data, exp.seed), device, rundir.load_weights(weights_path),
-                   f"{weights_path}", run_dir, read_metrics(run_dir / rundir.METRICS))
+                   f"{weights_path}", run_dir, rundir.read_metrics(run_dir / rundir.METRICS))
 
 
 def _require_encoder(exp: Experiment) -> None:
@@ -153,7 +145,7 @@ def worst(verdicts: Sequence[Status]) -> Status:
 
 
 def _batch(subject: Subject, step: int, size: int) -> dict[str, Tensor]:
-    return as_dict(subject.data.train_batch(step, size).to(subject.device))
+    return subject.data.train_batch(step, size).to(subject.device).as_dict()
 
 
 def _generator(subject: Subject) -> torch.Generator:
@@ -309,16 +301,18 @@ def check_gradient_flow(subject: Subject) -> CheckResult:
     detached = no_context_grad = False
     carry = model.initial_carry(batch)
     model.zero_grad(set_to_none=True)
+    def forward(carry: ACTCarry, batch: Mapping[str, Tensor], generator: torch.Generator | None
+                ) -> tuple[ACTCarry, dict[str, Tensor]]:
+        carry, outputs = model(carry, batch, generator)
+        if outputs["context"].requires_grad:
+            outputs["context"].retain_grad()  # to measure the gradient that reaches it
+        return carry, outputs
+
     for step in range(1, GRAD_STEPS + 1):
         previous = {n: p.grad.clone() if p.grad is not None else None for n, p in named}
-        carry, outputs = model(carry, batch, gen)
+        carry, outputs, _ = forward_backward(forward, carry, batch, gen, subject.exp.arch.loss_type, size)
         context = outputs["context"]
         in_graph = context.requires_grad
-        if in_graph:
-            context.retain_grad()
-        loss, _ = act_loss(outputs, carry.current_data["labels"], carry.halted, carry.steps,
-                           subject.exp.arch.loss_type)
-        (loss / size).backward()
         where = "init carry" if step == 1 else "carried state"
         rows.append(Measurement(f"step {step} ({where}): context fed to the decoder is in the graph",
                                 str(in_graph), "True", "pass" if in_graph else "fail"))
@@ -433,12 +427,8 @@ def check_encoder_variance(subject: Subject) -> CheckResult:
 def context_variance(model: ACTModel, batch: dict[str, Tensor], steps: int) -> list[float]:
     """cross_sample_var of the context at each of `steps` eval-mode ACT steps from a fresh carry."""
     model.eval()
-    carry = model.initial_carry(batch)
-    out = []
-    for _ in range(steps):
-        carry, outputs = model(carry, batch)
-        out.append(cross_sample_var(outputs["context"], carry.current_data["puzzle_ids"]))
-    return out
+    return [cross_sample_var(outputs["context"], carry.current_data["puzzle_ids"])
+            for carry, outputs in rollout(model, batch, steps)]
 
 
 def variance_verdict(var: float) -> Status:
@@ -487,8 +477,7 @@ def check_determinism(subject: Subject, steps: int = DETERMINISM_STEPS) -> Check
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in IGNORED_METRICS} for line in lines if line.strip()]
+    return [{k: v for k, v in row.items() if k not in IGNORED_METRICS} for row in rundir.read_metrics(path)]
 
 
 def first_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> str | None:

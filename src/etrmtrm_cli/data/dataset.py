@@ -44,6 +44,10 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """The fields by name: what the ACT model takes as a batch."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
 
 @dataclass(frozen=True)
 class _Examples:

@@ -9,24 +9,21 @@ Votes live only inside one `evaluate` call (the public evaluators accumulated th
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field, fields
+from collections import defaultdict, deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from etrmtrm_cli.data.canvas import decode_grid
+from etrmtrm_cli.data.canvas import IGNORE_LABEL, decode_grid
 from etrmtrm_cli.data.dataset import ArcData, Batch
-from etrmtrm_cli.models.act import ACTModel
+from etrmtrm_cli.models.act import ACTCarry, ACTModel
 
 PASS_KS = (1, 2)
 Answer = tuple[tuple[int, int], bytes]  # (shape, colours): a hashable grid
-
-
-def as_dict(batch: Batch) -> dict[str, Tensor]:
-    return {f.name: getattr(batch, f.name) for f in fields(batch)}
 
 
 def answer_of(grid: np.ndarray) -> Answer:
@@ -66,6 +63,33 @@ def pass_at_k(votes: Votes, truths: dict[tuple[int, int], Answer], ks: tuple[int
     return {f"pass@{k}": float(scores[:, i].mean()) for i, k in enumerate(ks)}
 
 
+def rollout(model: ACTModel, batch: Mapping[str, Tensor], steps: int | None = None
+            ) -> Iterator[tuple[ACTCarry, dict[str, Tensor]]]:
+    """The eval rollout: (carry, outputs) after each of `steps` (default halt_max_steps) ACT steps from a
+    fresh carry. In eval mode nothing halts early, so every slot takes every step. Call it under
+    torch.inference_mode() (or no_grad) and with the model in eval mode."""
+    carry = model.initial_carry(batch)
+    for _ in range(model.arch.halt_max_steps if steps is None else steps):
+        carry, outputs = model(carry, batch)
+        yield carry, outputs
+
+
+def final_outputs(model: ACTModel, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The outputs of the last step of a full eval rollout."""
+    (_, outputs), = deque(rollout(model, batch), maxlen=1)
+    return outputs
+
+
+def scores(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(predictions (B, S), token accuracy (B,) over the label positions, exactly right (B,) bool).
+
+    logits (B, S, V); labels (B, S) with IGNORE_LABEL where nothing is scored."""
+    preds = logits.argmax(-1)
+    mask = labels != IGNORE_LABEL
+    correct = (preds == labels) & mask
+    return preds, correct.sum(-1) / mask.sum(-1).clamp_min(1), correct.sum(-1) == mask.sum(-1)
+
+
 @torch.inference_mode()
 def evaluate(model: ACTModel, data: ArcData, batch_size: int, device: torch.device,
              rank: int = 0, world_size: int = 1) -> dict[str, float]:
@@ -75,16 +99,10 @@ def evaluate(model: ACTModel, data: ArcData, batch_size: int, device: torch.devi
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # rows, token accuracy, exact (NCCL: on the GPU)
     votes = Votes()
     for batch in data.eval_batches(batch_size, rank, world_size):
-        inputs = as_dict(batch.to(device))
-        carry = model.initial_carry(inputs)
-        for _ in range(model.arch.halt_max_steps):
-            carry, outputs = model(carry, inputs)
-        preds = outputs["logits"].argmax(-1)  # (B, S²)
-        labels, valid = inputs["labels"], inputs["valid"]
-        mask = labels != -100
-        correct = (preds == labels) & mask
-        token_acc = correct.sum(-1) / mask.sum(-1).clamp_min(1)
-        exact = correct.sum(-1) == mask.sum(-1)
+        inputs = batch.to(device).as_dict()
+        outputs = final_outputs(model, inputs)
+        preds, token_acc, exact = scores(outputs["logits"], inputs["labels"])
+        valid = inputs["valid"]
         sums += torch.stack([valid.sum(), token_acc[valid].sum(), exact[valid].sum()]).double()
         _vote(votes, data, batch, preds.cpu().numpy(), torch.sigmoid(outputs["q_halt_logits"]).cpu())
     if world_size > 1:

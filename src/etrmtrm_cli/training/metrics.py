@@ -1,4 +1,5 @@
-"""Metrics as pure functions of tensors (DESIGN.md "Metrics"); no logging, no side effects."""
+"""Training metrics as pure functions of tensors (context variance, carry norm and change, convergence, gradient
+norms); no logging, no side effects. What they should be is in analysis/thresholds.py."""
 
 from __future__ import annotations
 
@@ -7,16 +8,6 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
-
-# The plan's health thresholds, shared by `diagnose` and `compare`.
-# "Decision Points / If E0b fails": "Verify gradient flow (encoder should get ~40% of gradients)".
-EXPECTED_GRAD_SHARE = 0.4
-# Below an eighth of that the encoder is starved: its parameters barely move (the public ETRMTRM bug gave 0).
-STARVED_GRAD_SHARE = 0.05
-# "Key Metrics / Encoder Health": "train/encoder_cross_sample_var: Should be >0.3";
-# "Red Flag 1": "Encoder variance collapses (<0.1)".
-HEALTHY_VAR = 0.3
-COLLAPSED_VAR = 0.1
 
 
 def cross_sample_var(context: Tensor, puzzle_ids: Tensor) -> float:

@@ -1,0 +1,81 @@
+"""`compare --per-puzzle`: each task's token accuracy and exact rate under two runs (runs the models)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from etrmtrm_cli import rundir
+from etrmtrm_cli.errors import RunError
+from etrmtrm_cli.rundir import RunFiles
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """--per-puzzle: one task's token accuracy (and exact rate) under each of the two runs."""
+
+    task_id: str
+    split: str  # train | eval
+    accuracy: tuple[float | None, float | None]
+    exact: tuple[float | None, float | None]
+
+    @property
+    def difference(self) -> float | None:
+        a, b = self.accuracy
+        return None if a is None or b is None else b - a
+
+
+def per_task_accuracy(run: RunFiles, device: str = "cpu", batch_size: int | None = None
+                      ) -> dict[tuple[str, str], tuple[float, float]]:
+    """(split, task id) -> (token accuracy, exact rate) of the run's judged weights (rundir.judged_weights), on
+    one epoch of its training stream and on its eval batches, each a full eval rollout (training/evaluate.py)."""
+    import torch
+
+    from etrmtrm_cli.config import Experiment
+    from etrmtrm_cli.data.dataset import build_arc_data
+    from etrmtrm_cli.models.build import build_model
+    from etrmtrm_cli.training.evaluate import final_outputs, scores
+
+    exp = Experiment.model_validate(run.config)
+    data = build_arc_data(exp.data, exp.seed)
+    model = build_model(exp, data.seq_len, data.num_puzzle_ids)
+    weights = rundir.judged_weights(run.run_dir)
+    if weights is None:
+        raise RunError(f"{run.run_dir}: no weights yet (no checkpoint); train it further first")
+    model.load_state_dict(rundir.load_weights(weights))
+    model.to(device).eval()
+    size = batch_size or exp.train.eval_batch_size or exp.train.batch_size
+    sums: dict[tuple[str, str], list[float]] = {}
+
+    def score(batch: Any, split: str, limit: int) -> None:
+        inputs = batch.to(device).as_dict()
+        with torch.inference_mode():
+            outputs = final_outputs(model, inputs)
+        _, acc, exact = (t.tolist() for t in scores(outputs["logits"], inputs["labels"]))
+        for row in range(min(limit, len(acc))):
+            if not bool(batch.valid[row]):
+                continue
+            entry = sums.setdefault((split, data.groups[int(batch.group_ids[row])].task.id), [0.0, 0.0, 0.0])
+            entry[0] += 1
+            entry[1] += acc[row]
+            entry[2] += float(exact[row])
+
+    epoch = data.examples_per_epoch
+    for step in range(math.ceil(epoch / size)):
+        score(data.train_batch(step, size), "train", epoch - step * size)
+    for batch in data.eval_batches(size):
+        score(batch, "eval", size)
+    return {key: (s[1] / s[0], s[2] / s[0]) for key, s in sums.items()}
+
+
+def per_task_table(a: Mapping[tuple[str, str], tuple[float, float]], b: Mapping[tuple[str, str], tuple[float, float]]
+                   ) -> list[TaskScore]:
+    """Both runs' scores per task, sorted by the difference (b - a), most negative first."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        sa, sb = a.get(key), b.get(key)
+        out.append(TaskScore(key[1], key[0], (sa[0] if sa else None, sb[0] if sb else None),
+                             (sa[1] if sa else None, sb[1] if sb else None)))
+    return sorted(out, key=lambda t: (t.difference is None, t.difference or 0.0, t.split, t.task_id))
