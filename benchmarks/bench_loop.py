@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from etrmtrm_cli.config import load_experiments
 from etrmtrm_cli.data import build_arc_data
+from etrmtrm_cli.experiments_file import load_experiments
 from etrmtrm_cli.models.build import build_model
 from etrmtrm_cli.training.distributed import DistContext
 from etrmtrm_cli.training.evaluate import evaluate

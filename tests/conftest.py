@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from etrmtrm_cli.config import Experiment, load_experiments
+from etrmtrm_cli.config import Experiment
+from etrmtrm_cli.experiments_file import load_experiments
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments.toml"

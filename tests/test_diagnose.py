@@ -16,8 +16,16 @@ from conftest import CPU, EXPERIMENTS, tiny
 from torch import Tensor
 from typer.testing import CliRunner
 
-from etrmtrm_cli.analysis import diagnose
-from etrmtrm_cli.analysis.diagnose import CheckResult, Measurement, Subject
+from etrmtrm_cli.analysis import diagnose, thresholds
+from etrmtrm_cli.analysis.diagnose import (
+    CheckResult,
+    Measurement,
+    Subject,
+    determinism,
+    encoder_variance,
+    gradient_flow,
+)
+from etrmtrm_cli.analysis.diagnose.subject import Status
 from etrmtrm_cli.cli import app
 from etrmtrm_cli.data.dataset import ArcData, build_arc_data
 from etrmtrm_cli.encoders import registry
@@ -137,13 +145,13 @@ def test_constant_context_fails_encoder_variance(data: ArcData) -> None:
     result = diagnose.check_encoder_variance(subject(data, "test_diag_constant", SHORT))
     assert result.status == "fail"
     assert "collapse" in result.message
-    assert float(row(result, "fresh model: mean").value) < diagnose.COLLAPSED_VAR
+    assert float(row(result, "fresh model: mean").value) < thresholds.COLLAPSED_VAR
 
 
 def test_static_encoder_variance_is_healthy(data: ArcData) -> None:
     result = diagnose.check_encoder_variance(subject(data, "static", SHORT))
     assert result.status == "pass", result
-    assert float(row(result, "fresh model: mean").value) > diagnose.HEALTHY_VAR
+    assert float(row(result, "fresh model: mean").value) > thresholds.HEALTHY_VAR
 
 
 def test_determinism_passes_on_the_real_model(data: ArcData) -> None:
@@ -160,17 +168,17 @@ def test_os_seeded_noise_fails_determinism(data: ArcData) -> None:
 
 
 def test_thresholds_and_exit_codes() -> None:
-    assert [diagnose.share_verdict(s) for s in (0.0, 0.049, 0.05, 0.19, 0.2, 0.4, float("nan"))] == \
+    assert [gradient_flow.share_verdict(s) for s in (0.0, 0.049, 0.05, 0.19, 0.2, 0.4, float("nan"))] == \
         ["fail", "fail", "warn", "warn", "pass", "pass", "fail"]
-    assert [diagnose.variance_verdict(v) for v in (0.05, 0.1, 0.3, 0.31)] == ["fail", "warn", "warn", "pass"]
+    assert [encoder_variance.variance_verdict(v) for v in (0.05, 0.1, 0.3, 0.31)] == ["fail", "warn", "warn", "pass"]
 
-    def result(status: diagnose.Status) -> CheckResult:
+    def result(status: Status) -> CheckResult:
         return CheckResult("x", status, [], "")
 
     assert diagnose.exit_code([result("pass")]) == 0
     assert diagnose.exit_code([result("pass"), result("warn")]) == 3
     assert diagnose.exit_code([result("warn"), result("fail")]) == 1
-    assert diagnose.first_difference([{"step": 1, "a": 1.0}], [{"step": 1, "a": 1.5}]) == "step 1: a 1.0 != 1.5"
+    assert determinism.first_difference([{"step": 1, "a": 1.0}], [{"step": 1, "a": 1.5}]) == "step 1: a 1.0 != 1.5"
 
 
 def invoke(*args: str) -> object:

@@ -148,8 +148,8 @@ def test_refuses_to_overwrite_and_force_moves_aside(tmp_path: Path) -> None:
 
 
 def test_missing_decoder_fails_before_touching_the_run(tmp_path: Path) -> None:
-    from etrmtrm_cli.config import load_experiments
     from etrmtrm_cli.errors import CheckpointError
+    from etrmtrm_cli.experiments_file import load_experiments
 
     exp = load_experiments(EXPERIMENTS).resolve("E0b", "tiny")  # decoder = "P0", never trained here
     with pytest.raises(CheckpointError, match=r"produce it with `etrmtrm train P0 --profile tiny`"):

@@ -17,8 +17,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from etrmtrm_cli import __version__, render
-from etrmtrm_cli.config import Experiment, ExperimentsFile, load_experiments
+from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.errors import ConfigError, EtrmtrmError
+from etrmtrm_cli.experiments_file import ExperimentsFile, load_experiments
 
 if TYPE_CHECKING:
     from etrmtrm_cli.training.loop import StopFlag

@@ -13,7 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 from rich.text import Text
 
-from etrmtrm_cli.config import Experiment, ExperimentsFile, changed_keys
+from etrmtrm_cli.config import Experiment, changed_keys
+from etrmtrm_cli.experiments_file import ExperimentsFile
 
 if TYPE_CHECKING:  # torch-backed modules: imported only by the commands that need them, so --help is quick
     from etrmtrm_cli.data import Batch, DataSummary

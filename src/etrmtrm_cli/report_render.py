@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from etrmtrm_cli.analysis.compare import Comparison
-from etrmtrm_cli.analysis.diagnose import CheckResult, Status
+from etrmtrm_cli.analysis.diagnose.subject import CheckResult, Status
 from etrmtrm_cli.analysis.matrix import (
     CONVERGENCE_LEVELS,
     FINAL_FRACTION,

@@ -62,7 +62,7 @@ class ACTCarry:
     current_data: dict[str, Tensor] = field(default_factory=dict)
 
 
-def _rows_where(flag: Tensor, new: Tensor, old: Tensor) -> Tensor:
+def rows_where(flag: Tensor, new: Tensor, old: Tensor) -> Tensor:
     # flag: (B,) bool; new/old: (B, ...) -> per-slot choice
     return torch.where(flag.view(-1, *([1] * (new.ndim - 1))), new, old)
 
@@ -105,7 +105,7 @@ class ACTModel(nn.Module):
         decoder_carry = self.decoder.reset_carry(halted, carry.decoder)
         provider_carry = self.provider.reset_carry(halted, carry.provider)
         steps = torch.where(halted, torch.zeros_like(carry.steps), carry.steps)
-        data = {k: _rows_where(halted, batch[k], v) for k, v in carry.current_data.items()}
+        data = {k: rows_where(halted, batch[k], v) for k, v in carry.current_data.items()}
 
         context, provider_carry = self.provider(provider_carry, data)  # (B, C, D)
         prefix = self._pad_context(context)  # (B, P, D)

@@ -1,0 +1,124 @@
+"""gradient-flow: the task loss reaches every encoder parameter through the context, with a plausible share."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from etrmtrm_cli.analysis.diagnose.subject import (
+    MIN_MEASURE_BATCH,
+    CheckResult,
+    Measurement,
+    Status,
+    Subject,
+    build,
+    generator,
+    number,
+    train_batch,
+    worst,
+)
+from etrmtrm_cli.analysis.thresholds import EXPECTED_GRAD_SHARE, STARVED_GRAD_SHARE
+from etrmtrm_cli.models.act import ACTCarry
+from etrmtrm_cli.models.build import encoder_parameters
+from etrmtrm_cli.training.metrics import grad_norms
+from etrmtrm_cli.training.step import forward_backward
+
+# Below half of the expected share: worth a look, not a bug by itself.
+LOW_GRAD_SHARE = 0.2
+# Plan, "Key Metrics / Encoder Health": "grad/encoder_norm: Should be >0.2" (before clipping).
+MIN_ENCODER_GRAD_NORM = 0.2
+GRAD_STEPS = 2  # step 1 starts from the init carry, step 2 from a carried (detached) encoder state
+
+
+def check_gradient_flow(subject: Subject) -> CheckResult:
+    """Training steps (forward, act_loss, backward) on a real batch: the context must be in the graph and
+    every encoder parameter must get a finite non-zero gradient, at the first step (init carry) and the
+    next (carried state). The encoder's share of the gradient is measured on the two steps' sum."""
+    model = build(subject).train()
+    size = max(subject.exp.train.batch_size, MIN_MEASURE_BATCH)
+    batch = train_batch(subject, 0, size)
+    gen = generator(subject)
+    named = [(f"provider.{n}", p) for n, p in model.provider.named_parameters() if p.requires_grad]
+    rows: list[Measurement] = []
+    missing: set[str] = set()
+    detached = no_context_grad = False
+    carry = model.initial_carry(batch)
+    model.zero_grad(set_to_none=True)
+    def forward(carry: ACTCarry, batch: Mapping[str, Tensor], generator: torch.Generator | None
+                ) -> tuple[ACTCarry, dict[str, Tensor]]:
+        carry, outputs = model(carry, batch, generator)
+        if outputs["context"].requires_grad:
+            outputs["context"].retain_grad()  # to measure the gradient that reaches it
+        return carry, outputs
+
+    for step in range(1, GRAD_STEPS + 1):
+        previous = {n: p.grad.clone() if p.grad is not None else None for n, p in named}
+        carry, outputs, _ = forward_backward(forward, carry, batch, gen, subject.exp.arch.loss_type, size)
+        context = outputs["context"]
+        in_graph = context.requires_grad
+        where = "init carry" if step == 1 else "carried state"
+        rows.append(Measurement(f"step {step} ({where}): context fed to the decoder is in the graph",
+                                str(in_graph), "True", "pass" if in_graph else "fail"))
+        ctx_grad = float(context.grad.norm()) if in_graph and context.grad is not None else 0.0
+        ok = math.isfinite(ctx_grad) and ctx_grad > 0
+        rows.append(Measurement(f"step {step}: gradient reaching the context (norm)", number(ctx_grad),
+                                "finite, > 0", "pass" if ok else "fail"))
+        detached |= not in_graph
+        no_context_grad |= in_graph and not ok
+        lacking = [n for n, p in named if not _got_gradient(p.grad, previous[n])]
+        missing.update(lacking)
+        rows.append(Measurement(f"step {step}: encoder parameters with a finite non-zero gradient",
+                                f"{len(named) - len(lacking)}/{len(named)}", f"{len(named)}/{len(named)}",
+                                "pass" if named and not lacking else "fail"))
+    norms = grad_norms(model, encoder_parameters(model))
+    share, enc_norm = norms["grad/encoder_share"], norms["grad/encoder_norm"]
+    rows.append(Measurement("grad/decoder_norm (sum of both steps)", number(norms["grad/decoder_norm"]), "> 0",
+                            "pass" if norms["grad/decoder_norm"] > 0 else "fail"))
+    rows.append(Measurement("grad/encoder_norm before clipping (sum of both steps)", number(enc_norm),
+                            f"> {MIN_ENCODER_GRAD_NORM:g} (plan)",
+                            "pass" if enc_norm > MIN_ENCODER_GRAD_NORM else "fail" if not enc_norm > 0 else "warn"))
+    rows.append(Measurement(
+        "grad/encoder_share before clipping (sum of both steps)", number(share),
+        f"≥ {LOW_GRAD_SHARE:g} (plan: ≈ {EXPECTED_GRAD_SHARE:g}); < {STARVED_GRAD_SHARE:g} = starved",
+        share_verdict(share)))
+    status = worst([r.verdict for r in rows])
+    message = _flow_message(subject.exp.arch.recurrent_encoder_type, rows, detached, no_context_grad,
+                            sorted(missing), len(named), share)
+    return CheckResult("gradient-flow", status, rows, message)
+
+
+def _flow_message(encoder: str, rows: Sequence[Measurement], detached: bool, no_context_grad: bool,
+                  missing: Sequence[str], total: int, share: float) -> str:
+    if detached:
+        return (f"the encoder {encoder!r} gets no gradient: the context fed to the decoder is detached from the "
+                "graph, so the task loss never reaches the encoder's parameters (the public ETRMTRM bug: a "
+                "detached carry returned as the context)")
+    if no_context_grad:
+        return f"the encoder {encoder!r} gets no gradient: the loss does not depend on the context it returns"
+    if missing and len(missing) == total:
+        return f"the encoder {encoder!r} gets no gradient: its context does not depend on its parameters"
+    if missing:
+        more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+        return f"encoder parameters without gradient: {', '.join(missing[:6])}{more}"
+    warned = [f"{r.what} = {r.value}" for r in rows if r.verdict == "warn"]
+    if warned:
+        return (f"the gradient reaches every encoder parameter, but {'; '.join(warned)} "
+                f"(plan expects a share of ≈ {EXPECTED_GRAD_SHARE:g}; starvation below {STARVED_GRAD_SHARE:g})")
+    return f"the task loss reaches every encoder parameter through the context; encoder share {share:.2f}"
+
+
+def _got_gradient(grad: Tensor | None, previous: Tensor | None) -> bool:
+    """This step added a finite, non-zero gradient (gradients accumulate over the steps)."""
+    if grad is None:
+        return False
+    added = grad if previous is None else grad - previous
+    return bool(torch.isfinite(added).all()) and bool(added.abs().sum() > 0)
+
+
+def share_verdict(share: float) -> Status:
+    if not math.isfinite(share) or share < STARVED_GRAD_SHARE:
+        return "fail"
+    return "warn" if share < LOW_GRAD_SHARE else "pass"

@@ -1,0 +1,111 @@
+"""What `diagnose` checks and how it reports: the subject (an experiment, its data, a run's weights), the model
+built from it, and the measurements and result of a check."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from etrmtrm_cli import rundir
+from etrmtrm_cli.config import Experiment
+from etrmtrm_cli.data.dataset import ArcData, build_arc_data
+from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError
+from etrmtrm_cli.models.act import ACTModel
+from etrmtrm_cli.models.build import build_model
+
+Status = Literal["pass", "warn", "fail"]
+MIN_MEASURE_BATCH = 16  # gradient share and variance on a tiny profile's 4-row batch are mostly noise
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One row of a check's table: what was measured, its value, what it should be, and the verdict."""
+
+    what: str
+    value: str
+    threshold: str
+    verdict: Status
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: Status
+    rows: list[Measurement]
+    message: str
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What is diagnosed: an experiment, its data, and the weights of a run (None = a fresh model)."""
+
+    exp: Experiment
+    data: ArcData
+    device: torch.device
+    weights: dict[str, Tensor] | None = None
+    source: str = "fresh model"
+    run_dir: Path | None = None
+    logged: list[dict[str, Any]] = field(default_factory=list)  # the run's metrics.jsonl rows
+
+
+def fresh_subject(exp: Experiment, device: torch.device) -> Subject:
+    _require_encoder(exp)
+    return Subject(exp, build_arc_data(exp.data, exp.seed), device,
+                   source=f"fresh {exp.id} model ({exp.profile} profile, no decoder weights)")
+
+
+def run_subject(run_dir: Path, device: torch.device) -> Subject:
+    """A run's config.json and the weights it is judged by (rundir.judged_weights: final, else latest EMA)."""
+    config_path = run_dir / rundir.CONFIG
+    if not config_path.is_file():
+        raise RunError(f"{run_dir}: no {rundir.CONFIG}; produce the run with `etrmtrm train {run_dir.name}`")
+    exp = Experiment.model_validate(rundir.read_json(config_path))
+    _require_encoder(exp)
+    weights_path = rundir.judged_weights(run_dir)
+    if weights_path is None:
+        raise CheckpointError(f"{run_dir}: no weights yet (no checkpoint); train it further first")
+    return Subject(exp, build_arc_data(exp.data, exp.seed), device, rundir.load_weights(weights_path),
+                   f"{weights_path}", run_dir, rundir.read_metrics(run_dir / rundir.METRICS))
+
+
+def _require_encoder(exp: Experiment) -> None:
+    if exp.model != "etrm":
+        raise ConfigError(f"{exp.id} is a TRM model with a learned puzzle embedding: diagnose checks demo "
+                          "encoders; pick an ETRM experiment such as E0a or E0b")
+
+
+def build(subject: Subject, trained: bool = True) -> ACTModel:
+    """The subject's model, seeded as train() seeds it; with the run's weights when `trained`."""
+    torch.manual_seed(subject.exp.seed)
+    model = build_model(subject.exp, subject.data.seq_len, subject.data.num_puzzle_ids)
+    if trained and subject.weights is not None:
+        try:
+            model.load_state_dict(subject.weights)
+        except RuntimeError as err:
+            first = str(err).splitlines()[0]
+            raise CheckpointError(f"{subject.source}: does not match the model of its config.json ({first})") from None
+    return model.to(subject.device)
+
+
+def worst(verdicts: Sequence[Status]) -> Status:
+    return "fail" if "fail" in verdicts else "warn" if "warn" in verdicts else "pass"
+
+
+def train_batch(subject: Subject, step: int, size: int) -> dict[str, Tensor]:
+    return subject.data.train_batch(step, size).to(subject.device).as_dict()
+
+
+def generator(subject: Subject) -> torch.Generator:
+    return torch.Generator(device=subject.device).manual_seed(subject.exp.seed)
+
+
+def number(value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.3g}" if value == 0 or 1e-3 <= abs(value) < 1e4 else f"{value:.2e}"

@@ -1,0 +1,239 @@
+"""experiments.toml: read, check and resolve experiments.
+
+A resolved experiment is built in four layers, later ones winning:
+``[base]`` -> ``[experiments.<ID>]`` -> ``[profiles.<name>]`` (sizes only) -> ``--set`` overrides.
+It is validated once, as a whole, and every error names the file, the experiment, the key path and
+the layer that set the bad value.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from etrmtrm_cli.config import PROFILE_KEYS, Experiment
+from etrmtrm_cli.errors import ConfigError
+
+
+class ExperimentsFile(BaseModel):
+    """The parsed file, before any experiment is resolved."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Path
+    base: dict[str, Any]
+    experiments: dict[str, dict[str, Any]]
+    profiles: dict[str, dict[str, Any]]
+    queues: dict[str, tuple[str, ...]]
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.experiments)
+
+    def resolve(
+        self, exp_id: str, profile: str, overrides: Sequence[str] = (), world_size: int = 1
+    ) -> Experiment:
+        """Merge the layers for one experiment and validate the result."""
+        self._require_experiment(exp_id)
+        return self._resolve(exp_id, self.experiments[exp_id], profile, overrides, world_size)
+
+    def resolve_base(self, profile: str) -> Experiment:
+        """The base alone at a profile: what `etrmtrm experiments` compares each experiment with."""
+        return self._resolve("base", {}, profile, (), 1)
+
+    def _resolve(
+        self, exp_id: str, exp_layer: dict[str, Any], profile: str, overrides: Sequence[str], world_size: int
+    ) -> Experiment:
+        if profile not in self.profiles:
+            valid = ", ".join(self.profiles) or "none defined in the file"
+            raise ConfigError(f"{self.path}: unknown profile {profile!r}; valid: {valid}")
+        override_tree = parse_overrides(overrides, self.path)
+        layers = {
+            "base": self.base,
+            f"experiments.{exp_id}": exp_layer,
+            f"profiles.{profile}": self.profiles[profile],
+            "--set": override_tree,
+        }
+        merged: dict[str, Any] = {}
+        for layer in layers.values():
+            merged = deep_merge(merged, layer)
+        merged.update(id=exp_id, profile=profile)
+        try:
+            exp = Experiment.model_validate(merged)
+        except ValidationError as err:
+            raise ConfigError(_describe(err, self.path, exp_id, layers)) from None
+        except ConfigError as err:  # from the encoder registry
+            raise ConfigError(f"{self.path}: {exp_id}: {err}") from None
+        if exp.train.batch_size % world_size:
+            raise ConfigError(
+                f"{self.path}: {exp_id}: train.global_batch_size: batch {exp.train.batch_size} is not "
+                f"divisible by the world size {world_size}"
+            )
+        return exp
+
+    def targets(self, name: str) -> tuple[str, ...]:
+        """An experiment ID or a queue name -> the experiment IDs to run, in order."""
+        if name in self.queues:
+            return self.queues[name]
+        self._require_experiment(name)
+        return (name,)
+
+    def _require_experiment(self, exp_id: str) -> None:
+        if exp_id not in self.experiments:
+            known = [*self.experiments, *self.queues]
+            hint = difflib.get_close_matches(exp_id, known, n=1, cutoff=0.5)
+            did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(
+                f"{self.path}: unknown experiment or queue {exp_id!r}{did_you_mean} "
+                f"(experiments: {', '.join(self.experiments)}; queues: {', '.join(self.queues) or 'none'})"
+            )
+
+
+def load_experiments(path: Path) -> ExperimentsFile:
+    """Read and structurally check experiments.toml; experiments are validated by `resolve`."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such experiments file (pass --experiments PATH)")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    unknown = set(raw) - {"base", "experiments", "profiles", "queues"}
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown top-level table(s) {', '.join(sorted(unknown))}; "
+            "valid: base, experiments, profiles, queues"
+        )
+    experiments = _table(raw, "experiments", path)
+    if not experiments:
+        raise ConfigError(f"{path}: defines no [experiments.<ID>] table")
+    _check_unique_ids(experiments, path)
+    profiles = _table(raw, "profiles", path)
+    for name, prof in profiles.items():
+        _check_profile(name, prof, path)
+    queues: dict[str, tuple[str, ...]] = {}
+    for name, members in _table(raw, "queues", path).items():
+        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+            raise ConfigError(f"{path}: queues.{name}: must be a list of experiment IDs")
+        if name in experiments:
+            raise ConfigError(f"{path}: queues.{name}: a queue cannot share its name with an experiment")
+        for member in members:
+            if member not in experiments:
+                hint = difflib.get_close_matches(member, list(experiments), n=1, cutoff=0.5)
+                did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
+                raise ConfigError(f"{path}: queues.{name}: unknown experiment {member!r}{did_you_mean}")
+        queues[name] = tuple(members)
+    return ExperimentsFile(
+        path=path, base=_table(raw, "base", path), experiments=experiments, profiles=profiles, queues=queues
+    )
+
+
+def parse_overrides(overrides: Sequence[str], path: Path) -> dict[str, Any]:
+    """``["arch.halt_max_steps=8", ...]`` -> a nested dict; values are parsed as TOML values."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. arch.halt_max_steps=8")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()  # a bare word is a string: --set arch.recurrent_encoder_type=static
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a table")
+        node[leaf] = value
+    return tree
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and key != "encoder_params":
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _table(raw: Mapping[str, Any], name: str, path: Path) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {name} must be a table")
+    return value
+
+
+def _check_unique_ids(experiments: Mapping[str, Any], path: Path) -> None:
+    seen: dict[str, str] = {}
+    for exp_id, body in experiments.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: experiments.{exp_id}: must be a table")
+        if exp_id.lower() in seen:
+            raise ConfigError(
+                f"{path}: duplicate experiment ID {exp_id!r} (already defined as {seen[exp_id.lower()]!r})"
+            )
+        seen[exp_id.lower()] = exp_id
+
+
+def _check_profile(name: str, profile: Any, path: Path) -> None:
+    if not isinstance(profile, dict):
+        raise ConfigError(f"{path}: profiles.{name}: must be a table")
+    for section, body in profile.items():
+        allowed = PROFILE_KEYS.get(section)
+        if allowed is None or not isinstance(body, dict):
+            raise ConfigError(
+                f"{path}: profiles.{name}.{section}: a profile may only set [arch], [data] and [train] sizes"
+            )
+        for key in body:
+            if key not in allowed:
+                raise ConfigError(
+                    f"{path}: profiles.{name}.{section}.{key}: a profile changes sizes, never what an "
+                    f"experiment compares; allowed here: {', '.join(sorted(allowed))}"
+                )
+
+
+def _describe(err: ValidationError, path: Path, exp_id: str, layers: Mapping[str, Mapping[str, Any]]) -> str:
+    """One line per pydantic error: file, experiment, key path, message, and which layer set it."""
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
+        key = ".".join(loc) or "(experiment)"
+        origin = next((name for name, tree in reversed(layers.items()) if _has_path(tree, loc)), None)
+        where = f" (set in {origin})" if origin else ""
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            section = _section_model(loc[:-1])
+            valid = ", ".join(section.model_fields) if section else ""
+            hint = difflib.get_close_matches(loc[-1], list(section.model_fields), n=1) if section else []
+            msg = f"unknown key{f'; did you mean {hint[0]!r}?' if hint else ''} (valid: {valid})"
+        lines.append(f"{path}: {exp_id}: {key}: {msg}{where}")
+    return "\n".join(lines)
+
+
+def _section_model(loc: Sequence[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Experiment
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _has_path(tree: Mapping[str, Any], loc: Sequence[str]) -> bool:
+    node: Any = tree
+    for part in loc:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
