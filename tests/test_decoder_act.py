@@ -1,4 +1,4 @@
-"""ACT rules (reference/trm.md §1) on hand-built batches, with a tiny provider that counts its steps."""
+"""ACT rules (models/act.py's docstring) on hand-built batches, with a tiny provider that counts its steps."""
 
 from __future__ import annotations
 
@@ -129,20 +129,67 @@ def test_halting_decision_by_hand() -> None:
     assert halting_decision(steps, q_halt, q_cont, max_steps=1, training=True).all()
 
 
-def test_exploration_draws_a_minimum_step_count_from_the_generator() -> None:
-    n, max_steps, prob = 256, 4, 0.5
-    g = torch.Generator().manual_seed(3)
-    explore = torch.rand(n, generator=g) < prob
-    min_steps = torch.where(explore, torch.randint(2, max_steps + 1, (n,), generator=g), 0)
-    assert set(min_steps[explore].tolist()) == {2, 3, 4}
-    q_halt, q_cont = torch.ones(n), torch.zeros(n)  # every slot wants to halt
-    for s in range(1, max_steps + 1):
-        steps = torch.full((n,), s, dtype=torch.int32)
-        halted = halting_decision(steps, q_halt, q_cont, max_steps=max_steps, training=True,
-                                  exploration_prob=prob, generator=torch.Generator().manual_seed(3))
-        assert torch.equal(halted, steps >= min_steps)
+def explore(steps: int | Tensor, *, n: int = 3000, max_steps: int = 4, prob: float = 1.0, wants_halt: bool = True,
+            generator: torch.Generator | None = None, seed: int = 0) -> Tensor:
+    """Training halting of n slots that are all at `steps`, q_halt > 0 everywhere (or < 0 everywhere)."""
+    steps = torch.full((n,), steps, dtype=torch.int32) if isinstance(steps, int) else steps
+    q_halt = torch.full((n,), 1.0 if wants_halt else -1.0)
+    return halting_decision(steps, q_halt, torch.zeros(n), max_steps=max_steps, training=True,
+                            exploration_prob=prob, generator=generator or torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_exploration_with_max_steps_two_holds_every_slot_exactly_until_step_two(seed: int) -> None:
+    # The minimum step count is drawn from [2, 2]: with prob 1 nothing halts at step 1 and everything at 2.
+    assert not explore(1, n=64, max_steps=2, seed=seed).any()
+    assert explore(2, n=64, max_steps=2, seed=seed).all()
+
+
+def test_exploration_minimum_step_is_uniform_on_two_to_max_steps() -> None:
+    # prob 1, max 4: a slot at step s halts iff its minimum (uniform on {2, 3, 4}) is <= s.
+    expected = {1: 0.0, 2: 1 / 3, 3: 2 / 3, 4: 1.0}
+    for s, share in expected.items():
+        assert explore(s, seed=s).float().mean().item() == pytest.approx(share, abs=0.04), f"step {s}"
+    # prob 0.25: the other 75% halt at once, since q_halt > 0; explorers also halt at step 2 a third of the time.
+    assert explore(1, prob=0.25).float().mean().item() == pytest.approx(0.75, abs=0.04)
+    assert explore(2, prob=0.25).float().mean().item() == pytest.approx(0.75 + 0.25 / 3, abs=0.04)
+    assert explore(4, prob=0.25).all()
+
+
+def test_exploration_only_delays_a_halt_and_never_forces_one() -> None:
+    for s in (1, 2, 3):  # q_halt < 0: exploring or not, nothing halts before max_steps ...
+        assert not explore(s, wants_halt=False, seed=s).any()
+    assert explore(4, wants_halt=False).all()  # ... and everything halts at it
+    mixed = torch.tensor([1, 4, 2, 4, 3, 4] * 100, dtype=torch.int32)
+    assert explore(mixed, n=600, wants_halt=False).tolist() == [False, True] * 300
+
+
+def test_exploration_randomness_comes_only_from_the_generator() -> None:
+    g = torch.Generator().manual_seed(11)
+    state = g.get_state()
+    torch.manual_seed(0)  # the global generator must play no part
+    first = explore(2, n=256, prob=0.5, generator=g)  # both draws matter: whether to explore, and the minimum
+    torch.manual_seed(1)
+    assert torch.equal(explore(2, n=256, prob=0.5, generator=torch.Generator().manual_seed(11)), first)
+    assert not torch.equal(g.get_state(), state)
+    assert not torch.equal(explore(2, n=256, prob=0.5, generator=g), first)  # g advanced: the next call differs
+    # At step 1 only the explore coin matters (a slot halts iff it does not explore): it too is drawn anew.
+    assert not torch.equal(explore(1, n=256, prob=0.5, generator=g), explore(1, n=256, prob=0.5, generator=g))
     with pytest.raises(ValueError, match="Generator"):
-        halting_decision(steps, q_halt, q_cont, max_steps=max_steps, training=True, exploration_prob=prob)
+        halting_decision(torch.ones(4, dtype=torch.int32), torch.ones(4), torch.zeros(4), max_steps=4,
+                         training=True, exploration_prob=0.5)
+
+
+def test_no_exploration_draws_nothing_and_follows_q_halt() -> None:
+    g = torch.Generator().manual_seed(5)
+    state = g.get_state()
+    steps = torch.tensor([1, 1, 2, 3, 4, 4], dtype=torch.int32)
+    q_halt = torch.tensor([0.5, -0.5, 2.0, -1.0, -3.0, 1.0])
+    halted = halting_decision(steps, q_halt, torch.zeros(6), max_steps=4, training=True, exploration_prob=0.0,
+                              generator=g)
+    assert halted.tolist() == [True, False, True, False, True, True]
+    assert torch.equal(g.get_state(), state)
+    assert halting_decision(steps, q_halt, torch.zeros(6), max_steps=4, training=True).tolist() == halted.tolist()
 
 
 def test_exploration_in_the_model_is_reproducible_and_never_halts_at_step_one() -> None:

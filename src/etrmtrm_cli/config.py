@@ -33,7 +33,7 @@ class Frozen(BaseModel):
 
 
 class DataConfig(Frozen):
-    """What the model trains and is evaluated on (DESIGN.md "Data")."""
+    """What the model trains and is evaluated on: task sources, how many groups, canvas, demos, augmentation."""
 
     train_sources: tuple[str, ...] = Field(
         ("arc-agi-1",), min_length=1,

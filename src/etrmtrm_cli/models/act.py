@@ -17,7 +17,8 @@ provider is an `nn.Module` with this protocol:
 C <= P: the context fills the first C prefix positions, the remaining P - C stay zero (C = 1 is the
 layout of the official TRM checkpoints; `ArchConfig.context_tokens` is how many an encoder fills).
 
-Step rules (reference/trm.md §1), for a carry from the previous step:
+Step rules, as TRM's `TinyRecursiveReasoningModel_ACTV1.forward` (TRM@e7b6871), for a carry from the
+previous step:
   1. slots that halted last step are reset (decoder AND provider carry), their step count set to 0,
      and they take the batch's new example at their position; other slots keep their data;
   2. context = provider(carry, data); the decoder runs one step on the data and the padded context;

@@ -1,6 +1,6 @@
 """The TRM decoder: TRM's inner model, numerically equal to the reference when given its weights.
 
-One ACT step (DESIGN.md "The models", reference/trm.md §1):
+One ACT step, as TRM's inner model (models/recursive_reasoning/trm.py of TRM@e7b6871):
 
     x = embed(prefix ++ tokens) * sqrt(D)                      # computed once per step
     (H_cycles - 1) times, without gradient:

@@ -1,6 +1,6 @@
 """Transformer building blocks shared by the TRM decoder and the demo encoders.
 
-Everything here reproduces the arithmetic of TRM's reference layers (DESIGN.md "The models"), so a TRM
+Everything here reproduces the arithmetic of TRM's reference layers (models/layers.py of TRM@e7b6871), so a TRM
 checkpoint gives the same numbers in our decoder: parameter-free RMSNorm computed in float32, linears
 whose float32 master weights are cast to the activations' dtype at forward (the model can compute in
 bfloat16 while the optimizer keeps float32), truncated-LeCun init, half-split RoPE and SwiGLU with

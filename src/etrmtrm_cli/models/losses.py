@@ -1,4 +1,5 @@
-"""The ACT loss head (reference/trm.md §3): token cross-entropy + the halting head's BCE, and metrics.
+"""The ACT loss head (TRM's `ACTLossHead`, models/losses.py of TRM@e7b6871): token cross-entropy + the
+halting head's BCE, and metrics.
 
 Loss = sum over slots of (mean CE over the slot's valid tokens)
        + 0.5 * (BCE(q_halt, slot exactly right) + BCE(q_continue, bootstrapped target) if present),
