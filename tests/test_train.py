@@ -17,7 +17,7 @@ from conftest import CPU, EXPERIMENTS, tiny
 
 from etrmtrm_cli import rundir
 from etrmtrm_cli.errors import RunError
-from etrmtrm_cli.models.build import build_model, encoder_parameters
+from etrmtrm_cli.models.build import build_model
 from etrmtrm_cli.training.distributed import DistContext
 from etrmtrm_cli.training.loop import StopFlag, TrainOptions, train
 from etrmtrm_cli.training.optim import build_optimizers, lr_at, set_lr
@@ -164,7 +164,12 @@ def test_encoder_lr_scale_makes_its_own_group() -> None:
     set_lr(optimizers, 1e-3)
     groups = {g["name"]: g for g in optimizers[0].param_groups}
     assert groups["encoder"]["lr"] == pytest.approx(5e-4) and groups["decoder"]["lr"] == pytest.approx(1e-3)
-    assert {id(p) for p in groups["encoder"]["params"]} == {id(p) for p in encoder_parameters(model)}
+    names = {id(p): n for n, p in model.named_parameters()}
+    encoder = {names[id(p)] for p in groups["encoder"]["params"]}
+    decoder = {names[id(p)] for p in groups["decoder"]["params"]}
+    assert encoder and all(n.startswith("provider.") for n in encoder)  # the encoder owns the provider's params
+    assert decoder and not any(n.startswith("provider.") for n in decoder)
+    assert encoder | decoder == set(names.values())  # every parameter in exactly one group
     single = build_optimizers(model, tiny("E3a"))[0].param_groups
     assert len(single) == 1 and len(single[0]["params"]) == len(list(model.parameters()))
 
