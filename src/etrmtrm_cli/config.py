@@ -5,9 +5,12 @@ experiments_file.py reads experiments.toml and resolves an experiment from its l
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from etrmtrm_cli.errors import ConfigError
 
 PROFILES = ("paper", "cpu", "tiny")
 
@@ -26,6 +29,34 @@ PROFILE_KEYS: dict[str, frozenset[str]] = {
     ),
 }
 ARC_SOURCES = ("arc-agi-1", "arc-agi-2")
+# Experiment and queue IDs: not empty, no '/', not absolute, no leading '.' (so never '.', '..' or hidden).
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+
+
+def check_name(name: str, where: str) -> str:
+    """An experiment or queue ID names a directory under the runs directory: it must not name a path."""
+    if not SAFE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{where}: {name!r} is not a valid ID: use letters, digits, '_', '-' and '.' (not first), "
+            "at most 64 characters; an ID names a directory under the runs directory, never a path"
+        )
+    return name
+
+
+# Why the upper bounds (values past them can only be typos, and would reach the allocator or never end):
+BOUND_REASONS = {
+    "hidden_size": "TRM uses 512; the tool's models are small",
+    "num_heads": "TRM uses 8", "expansion": "TRM uses 4", "L_layers": "TRM uses 2",
+    "H_cycles": "TRM uses 3; every cycle is run at every ACT step", "L_cycles": "TRM uses 4 (6 on Sudoku)",
+    "puzzle_emb_len": "TRM uses 16 prefix positions", "encoder_num_layers": "the plan uses 2 to 4",
+    "halt_max_steps": "TRM uses 16; an eval runs every ACT step of every example",
+    "max_demos": "ARC tasks have at most 10 demonstration pairs",
+    "num_aug": "TRM uses 1000 augmentations per task", "eval_num_aug": "TRM votes over 1000 views",
+    "epochs": "TRM's ARC runs use 100,000", "max_steps": "a billion optimizer steps is no run",
+    "global_batch_size": "the plan uses 256", "eval_batch_size": "the plan uses 256",
+    "keep_checkpoints": "each checkpoint is a full copy of the weights and optimizer",
+    "seed": "seeds key 32-bit numpy and torch generators",
+}
 
 
 class Frozen(BaseModel):
@@ -46,9 +77,9 @@ class DataConfig(Frozen):
     train_groups: int | Literal["all"] = Field(32, description="base tasks trained on (deterministic subset)")
     eval_groups: int | Literal["all"] = Field(32, description="held-out base tasks evaluated on")
     max_grid_size: int = Field(30, ge=1, le=30, description="canvas side S; tasks with a larger grid are left out")
-    max_demos: int = Field(10, ge=1, description="demo slots per example; extra demos are dropped")
-    num_aug: int = Field(1000, ge=0, description="augmentations per train task besides the original")
-    eval_num_aug: int = Field(1000, ge=0, description="augmented views per eval task voted over (pass@k)")
+    max_demos: int = Field(10, ge=1, le=32, description="demo slots per example; extra demos are dropped")
+    num_aug: int = Field(1000, ge=0, le=100_000, description="augmentations per train task besides the original")
+    eval_num_aug: int = Field(1000, ge=0, le=100_000, description="augmented views per eval task voted over (pass@k)")
     query_mode: Literal["test", "leave_one_out"] = "test"
     translate: bool = Field(True, description="random translation of train examples on the canvas")
     on_bad_task: Literal["error", "skip"] = "error"
@@ -73,25 +104,25 @@ class DataConfig(Frozen):
 class ArchConfig(Frozen):
     """The decoder (TRM) and the encoder that fills its prefix."""
 
-    hidden_size: int = Field(512, ge=8)
-    num_heads: int = Field(8, ge=1)
-    expansion: float = Field(4.0, gt=0)
-    L_layers: int = Field(2, ge=1)
-    H_cycles: int = Field(3, ge=1)
-    L_cycles: int = Field(4, ge=1)
+    hidden_size: int = Field(512, ge=8, le=8192)
+    num_heads: int = Field(8, ge=1, le=256)
+    expansion: float = Field(4.0, gt=0, le=64)
+    L_layers: int = Field(2, ge=1, le=64)
+    H_cycles: int = Field(3, ge=1, le=64)
+    L_cycles: int = Field(4, ge=1, le=64)
     pos_encodings: Literal["rope", "learned", "none"] = "rope"
     rope_theta: float = Field(10000.0, gt=0)
     rms_norm_eps: float = Field(1e-5, gt=0)
-    puzzle_emb_len: int = Field(16, ge=1, description="prefix positions P before the grid tokens")
+    puzzle_emb_len: int = Field(16, ge=1, le=256, description="prefix positions P before the grid tokens")
     context_tokens: int = Field(16, ge=1, description="prefix positions the encoder fills; the rest stay zero")
-    halt_max_steps: int = Field(16, ge=1)
+    halt_max_steps: int = Field(16, ge=1, le=1024)
     halt_exploration_prob: float = Field(0.1, ge=0.0, le=1.0)
     no_ACT_continue: bool = True
     forward_dtype: Literal["float32", "bfloat16"] = "float32"
     loss_type: Literal["stablemax", "softmax"] = "stablemax"
     recurrent_encoder_type: str = "static"
     encoder_type: Literal["standard"] = "standard"
-    encoder_num_layers: int = Field(2, ge=1)
+    encoder_num_layers: int = Field(2, ge=1, le=64)
     encoder_norm_style: Literal["post", "pre"] = "post"
     encoder_params: dict[str, Any] = Field(default_factory=dict, description="the chosen encoder's own settings")
     encoder_convergence_tol: float = Field(
@@ -110,14 +141,14 @@ class ArchConfig(Frozen):
 
 
 class TrainConfig(Frozen):
-    epochs: int = Field(20000, ge=1)
-    max_steps: int | None = Field(None, ge=1, description="stop here instead of at the epochs' step count")
+    epochs: int = Field(20000, ge=1, le=10**7)
+    max_steps: int | None = Field(None, ge=1, le=10**9, description="stop here instead of at the epochs' step count")
     eval_interval: int = Field(1000, ge=1)
     checkpoint_interval: int = Field(1000, ge=1)
-    keep_checkpoints: int = Field(3, ge=1)
-    global_batch_size: int = Field(256, ge=1)
+    keep_checkpoints: int = Field(3, ge=1, le=1000)
+    global_batch_size: int = Field(256, ge=1, le=65536)
     batch_divisor: int = Field(1, ge=1, description="set by a profile: global_batch_size is divided by it")
-    eval_batch_size: int | None = Field(None, ge=1, description="default: the training batch size")
+    eval_batch_size: int | None = Field(None, ge=1, le=65536, description="default: the training batch size")
     lr: float = Field(1e-4, gt=0)
     lr_scale: float = Field(1.0, gt=0, description="set by a profile: every lr is multiplied by it (small models "
                             "take larger steps); ratios between experiments are kept")
@@ -155,7 +186,7 @@ class TrainConfig(Frozen):
 
 
 class Experiment(Frozen):
-    id: str
+    id: str = Field(description="names runs/<id>/: never a path (SAFE_NAME)")
     description: str = ""
     model: Literal["etrm", "trm"] = Field("etrm", description="'trm' = learned puzzle embedding (P0)")
     decoder: str = Field(
@@ -163,11 +194,18 @@ class Experiment(Frozen):
         description="'P0' (a finished run of ours), a TRM step_N file or one of our checkpoints; 'none' = scratch",
     )
     allow_decoder_mismatch: bool = Field(False, description="load a decoder whose cycles differ from ours")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     profile: str = "cpu"
     data: DataConfig = DataConfig()
     arch: ArchConfig = ArchConfig()
     train: TrainConfig = TrainConfig()
+
+    @field_validator("id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        if not SAFE_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid ID: letters, digits, '_', '-' and '.' (not first)")
+        return value
 
     @model_validator(mode="after")
     def _check_encoder(self) -> Experiment:

@@ -17,7 +17,7 @@ from typing import Any
 import tomllib
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from etrmtrm_cli.config import PROFILE_KEYS, Experiment
+from etrmtrm_cli.config import BOUND_REASONS, PROFILE_KEYS, Experiment, check_name
 from etrmtrm_cli.errors import ConfigError
 
 
@@ -103,6 +103,10 @@ def load_experiments(path: Path) -> ExperimentsFile:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file (not UTF-8 at byte {err.start}); expected TOML") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
     unknown = set(raw) - {"base", "experiments", "profiles", "queues"}
     if unknown:
         raise ConfigError(
@@ -118,6 +122,7 @@ def load_experiments(path: Path) -> ExperimentsFile:
         _check_profile(name, prof, path)
     queues: dict[str, tuple[str, ...]] = {}
     for name, members in _table(raw, "queues", path).items():
+        check_name(name, f"{path}: queues")
         if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
             raise ConfigError(f"{path}: queues.{name}: must be a list of experiment IDs")
         if name in experiments:
@@ -128,9 +133,24 @@ def load_experiments(path: Path) -> ExperimentsFile:
                 did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
                 raise ConfigError(f"{path}: queues.{name}: unknown experiment {member!r}{did_you_mean}")
         queues[name] = tuple(members)
-    return ExperimentsFile(
-        path=path, base=_table(raw, "base", path), experiments=experiments, profiles=profiles, queues=queues
-    )
+    base = _table(raw, "base", path)
+    _check_decoder_cycles(base, experiments, path)
+    return ExperimentsFile(path=path, base=base, experiments=experiments, profiles=profiles, queues=queues)
+
+
+def _check_decoder_cycles(base: Mapping[str, Any], experiments: Mapping[str, Any], path: Path) -> None:
+    """`decoder = "<ID>"` starts from another experiment's run: those links must not loop back."""
+    def decoder_of(exp_id: str) -> Any:
+        return experiments[exp_id].get("decoder", base.get("decoder", "none"))
+
+    for start in experiments:
+        chain = [start]
+        while isinstance(nxt := decoder_of(chain[-1]), str) and nxt in experiments:
+            if nxt in chain:
+                loop = " -> ".join([*chain[chain.index(nxt):], nxt])
+                raise ConfigError(f"{path}: experiments.{start}.decoder: the decoders form a cycle ({loop}); "
+                                  "no run can start first")
+            chain.append(nxt)
 
 
 def parse_overrides(overrides: Sequence[str], path: Path) -> dict[str, Any]:
@@ -175,6 +195,7 @@ def _table(raw: Mapping[str, Any], name: str, path: Path) -> dict[str, Any]:
 def _check_unique_ids(experiments: Mapping[str, Any], path: Path) -> None:
     seen: dict[str, str] = {}
     for exp_id, body in experiments.items():
+        check_name(exp_id, f"{path}: experiments")
         if not isinstance(body, dict):
             raise ConfigError(f"{path}: experiments.{exp_id}: must be a table")
         if exp_id.lower() in seen:
@@ -210,6 +231,8 @@ def _describe(err: ValidationError, path: Path, exp_id: str, layers: Mapping[str
         origin = next((name for name, tree in reversed(layers.items()) if _has_path(tree, loc)), None)
         where = f" (set in {origin})" if origin else ""
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] in ("less_than_equal", "greater_than_equal") and loc and loc[-1] in BOUND_REASONS:
+            msg += f" ({BOUND_REASONS[loc[-1]]})"
         if e["type"] == "extra_forbidden":
             section = _section_model(loc[:-1])
             valid = ", ".join(section.model_fields) if section else ""
