@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from etrmtrm_cli.config import PROFILES, load_experiments
+from etrmtrm_cli.config import PROFILES
 from etrmtrm_cli.errors import ConfigError
+from etrmtrm_cli.experiments_file import load_experiments
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO / "experiments.toml"
@@ -167,7 +169,20 @@ def test_missing_file(tmp_path: Path) -> None:
         load_experiments(tmp_path / "nope.toml")
 
 
-def test_config_is_frozen() -> None:
+@pytest.mark.parametrize(
+    ("section", "model", "key", "value"),
+    [("arch", "ArchConfig", "hidden_size", 1), ("train", "TrainConfig", "lr", 1.0),
+     ("data", "DataConfig", "num_aug", 0), (None, "Experiment", "seed", 1)],
+)
+def test_config_is_frozen(section: str | None, model: str, key: str, value: object) -> None:
     exp = load_experiments(REAL).resolve("E0b", "tiny")
-    with pytest.raises(Exception, match="frozen"):
-        exp.arch.hidden_size = 1  # type: ignore[misc]
+    target = exp if section is None else getattr(exp, section)
+    before = getattr(target, key)
+    assert before != value
+    # Assignment goes straight to pydantic (not through load_experiments), so its error is pydantic's own.
+    with pytest.raises(ValidationError) as err:
+        setattr(target, key, value)
+    assert err.value.title == model
+    assert [(e["type"], e["loc"]) for e in err.value.errors()] == [("frozen_instance", (key,))]
+    assert key in str(err.value) and "frozen" in str(err.value)
+    assert getattr(target, key) == before

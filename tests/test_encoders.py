@@ -152,7 +152,31 @@ def test_one_training_step_gives_every_encoder_parameter_a_gradient(name: str, d
         for pname, param in model.provider.named_parameters():
             assert param.grad is not None, f"{name}: {pname} got no gradient"
             assert torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, f"{name}: {pname}"
-    assert len(encoder_parameters(model)) == len(list(model.provider.parameters())) > 0
+
+
+def parameter_names(model: nn.Module, params: list[nn.Parameter]) -> list[str]:
+    """The names `model.named_parameters()` gives these parameters; one it does not own is '<foreign>'."""
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    return [by_id.get(id(p), "<foreign>") for p in params]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_encoder_parameters_are_exactly_the_provider_parameters(name: str) -> None:
+    model = build_model(tiny("E0b", [f"arch.recurrent_encoder_type={name}"]), S * S, num_puzzle_ids=8)
+    everything = [n for n, _ in model.named_parameters()]
+    provider = {n for n in everything if n.startswith("provider.")}
+    decoder = {n for n in everything if n.startswith("decoder.")}
+    assert provider and decoder and provider | decoder == set(everything)  # the model is decoder + encoder
+    names = parameter_names(model, encoder_parameters(model))
+    assert len(names) == len(set(names)), f"listed twice: {sorted(names)}"
+    assert set(names) == provider
+    assert not set(names) & decoder
+
+
+def test_p0_has_no_encoder_parameters() -> None:
+    model = build_model(tiny("P0"), S * S, num_puzzle_ids=8)
+    assert "provider.weights" in model.state_dict()  # the puzzle table exists, as a buffer (SignSGD trains it)
+    assert encoder_parameters(model) == []
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if get_encoder(n).recurrent])

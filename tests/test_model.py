@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CPU, tiny
+from safetensors.torch import load_file
 
 from etrmtrm_cli import rundir
+from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.errors import CheckpointError
 from etrmtrm_cli.models.build import build_model, load_decoder
 from etrmtrm_cli.training.distributed import DistContext
@@ -25,16 +27,32 @@ def p0_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return runs
 
 
-def test_e0b_starts_from_the_p0_decoder(p0_runs: Path) -> None:
-    exp = tiny("E0b", ["decoder=P0"])
+def load_p0_into_a_fresh_e0b(exp: Experiment, runs: Path) -> None:
+    """Load P0's final decoder into a fresh model of `exp`; check every tensor against the files and the init."""
+    torch.manual_seed(1)
     model = build_model(exp, 36, 10)
-    report = load_decoder(model, exp, 36, p0_runs)
-    saved = rundir.load_weights(p0_runs / "P0" / rundir.FINAL_WEIGHTS)
-    assert report is not None and report.loaded and all(k.startswith("decoder.") for k in report.loaded)
-    assert all(k.startswith("provider.") for k in report.missing)  # the fresh encoder
-    assert "provider.weights" not in report.loaded  # the puzzle table stays behind
-    for key in report.loaded:
-        torch.testing.assert_close(model.state_dict()[key], saved[key])
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    decoder_keys = {k for k in fresh if k.startswith("decoder.")}
+    encoder_keys = {k for k in fresh if k.startswith("provider.")}
+    assert decoder_keys and encoder_keys and decoder_keys | encoder_keys == set(fresh)
+    saved = load_file(str(runs / "P0" / rundir.FINAL_WEIGHTS))  # read with safetensors itself
+    assert "provider.weights" in saved  # P0's puzzle table, which must stay behind
+    assert any(not torch.equal(fresh[k], saved[k]) for k in decoder_keys)  # else the check below proves nothing
+
+    report = load_decoder(model, exp, 36, runs)
+    assert report is not None
+    assert set(report.loaded) == decoder_keys and len(report.loaded) == len(decoder_keys)
+    assert set(report.missing) == encoder_keys and report.unexpected == ()
+    state = model.state_dict()
+    for key in decoder_keys:  # every decoder tensor is P0's, bit for bit
+        assert torch.equal(state[key], saved[key]), key
+    for key in encoder_keys:  # the encoder keeps its fresh init
+        assert torch.equal(state[key], fresh[key]), key
+    assert model.decoder.arch == exp.arch  # the experiment's own settings (cycles included) stay
+
+
+def test_e0b_starts_from_the_p0_decoder(p0_runs: Path) -> None:
+    load_p0_into_a_fresh_e0b(tiny("E0b", ["decoder=P0"]), p0_runs)
 
 
 def test_a_decoder_with_other_cycles_is_refused_unless_allowed(p0_runs: Path) -> None:
@@ -43,7 +61,7 @@ def test_a_decoder_with_other_cycles_is_refused_unless_allowed(p0_runs: Path) ->
     with pytest.raises(CheckpointError, match=r"was trained with L_cycles 1 \(this experiment: 3\).*allow_decoder"):
         load_decoder(build_model(exp, 36, 10), exp, 36, p0_runs)
     allowed = tiny("E0b", [f"decoder='{path}'", "arch.L_cycles=3", "allow_decoder_mismatch=true"])
-    assert load_decoder(build_model(allowed, 36, 10), allowed, 36, p0_runs) is not None
+    load_p0_into_a_fresh_e0b(allowed, p0_runs)  # P0 ran L_cycles 1; the model keeps its 3
 
 
 def test_a_decoder_of_another_size_is_refused(p0_runs: Path) -> None:
