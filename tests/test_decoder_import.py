@@ -115,7 +115,7 @@ def test_keys_without_the_compile_prefix_load_too(tmp_path: Path) -> None:
 
 def test_non_tensor_pickle_is_refused(tmp_path: Path) -> None:
     path = save({"config": argparse.Namespace(lr=1.0), "w": torch.zeros(2)}, tmp_path)
-    with pytest.raises(CheckpointError, match="pickled objects other than tensors.*argparse.Namespace"):
+    with pytest.raises(CheckpointError, match="Python objects other than tensors.*argparse.Namespace"):
         load_trm_checkpoint(p0_model(0), path, arch(), seq_len=SEQ)
 
 

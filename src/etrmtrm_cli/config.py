@@ -218,7 +218,12 @@ class Experiment(Frozen):
 
 def changed_keys(exp: Experiment, base: Experiment) -> dict[str, tuple[Any, Any]]:
     """Dotted key -> (base value, this value) for every setting where `exp` differs from `base`."""
-    a, b = base.model_dump(exclude={"id", "description"}), exp.model_dump(exclude={"id", "description"})
+    skip = {"id", "description"}
+    return dict_differences(base.model_dump(exclude=skip), exp.model_dump(exclude=skip))
+
+
+def dict_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (value in a, value in b) for every leaf where two nested dicts differ."""
     out: dict[str, tuple[Any, Any]] = {}
     _diff(a, b, "", out)
     return out

@@ -17,10 +17,15 @@ in progress the latest checkpoint's EMA weights (its model weights without EMA).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pickle
+import re
 import shutil
+import socket
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from etrmtrm_cli.config import check_name
 from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError
 
 CONFIG = "config.json"
@@ -38,6 +44,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 FINAL_WEIGHTS = "model.safetensors"
 CHECKPOINTS = "checkpoints"
+LOCK = ".lock"  # held by the process writing the run (RunLock)
 _PREFIX = "step_"
 Row = dict[str, Any]  # one metrics.jsonl line: step plus metric values (None where NaN)
 
@@ -54,20 +61,83 @@ class RunFiles:
     rows: list[Row]
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
-    """Refuse to overwrite a run; --force moves the old one aside (never deletes it)."""
+class RunLock:
+    """One writer per run: an exclusive lock on <run>/.lock (flock), which the OS releases when the holding
+    process ends, however it ends (kill -9 included), so a lock is never stale."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK
+        try:
+            self.file = self.path.open("a+", encoding="utf-8")
+        except OSError as err:
+            raise RunError(f"{self.path}: cannot open the run's lock ({err.strerror})") from None
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise RunError(f"{run_dir} is being written by {holder}; one process writes a run at a time: "
+                           "wait for it to finish or stop it (Ctrl-C saves a checkpoint)") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        if not self.file.closed:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> RunLock:
+    """Lock the run for this process: refuse to overwrite a run; --force moves the old one aside (never
+    deletes it, and never while another process writes it)."""
+    runs_dir = run_dir.parent
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise RunError(f"{runs_dir}: the runs directory is a file; pass --runs-dir DIR")
     if resume:
+        if not run_dir.is_dir():
+            raise RunError(f"{run_dir}: no such run to resume; start it without --resume")
+        lock = RunLock(run_dir)
         if latest_checkpoint(run_dir) is None:
-            raise RunError(f"{run_dir}: nothing to resume (no checkpoint); start it without --resume")
-        return
+            lock.release()
+            raise RunError(f"{run_dir}: nothing to resume (no checkpoint); start over with --force "
+                           "(the old run is moved aside, not deleted)")
+        return lock
     if run_dir.exists():
         if not force:
             how = "continue it with --resume, or start over" if latest_checkpoint(run_dir) else (
                 "it has no checkpoint to resume from; start over")
             raise RunError(f"{run_dir} exists: {how} with --force (the old run is moved aside, not deleted)")
-        aside = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir.rename(aside)
-    run_dir.mkdir(parents=True)
+        with RunLock(run_dir):
+            _rename(run_dir, _aside_name(run_dir))
+    try:
+        run_dir.mkdir(parents=True)
+    except FileExistsError:
+        raise RunError(f"{run_dir} was just created by another process; one process writes a run at a time") from None
+    except OSError as err:
+        raise RunError(f"{run_dir}: cannot create the run directory ({err.strerror})") from None
+    return RunLock(run_dir)
+
+
+def _aside_name(run_dir: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidates = (run_dir.with_name(f"{run_dir.name}.old-{stamp}{f'-{n}' if n else ''}") for n in range(1000))
+    return next(c for c in candidates if not c.exists())
+
+
+def _rename(src: Path, dst: Path) -> None:
+    try:
+        src.rename(dst)
+    except OSError as err:
+        raise RunError(f"{src}: cannot move it aside to {dst.name} ({err.strerror})") from None
 
 
 def run_status(run_dir: Path) -> str:
@@ -88,6 +158,17 @@ def write_run_files(run_dir: Path, config: dict[str, Any], meta: dict[str, Any],
     write_json(run_dir / SUMMARY, {"status": "running", "step": 0, "total_steps": total_steps})
 
 
+def record_resume_changes(run_dir: Path, config: dict[str, Any], changed: dict[str, tuple[Any, Any]],
+                          step: int) -> None:
+    """A resume that changed settings allowed to change: config.json takes the new values, meta.json
+    records what changed at which step."""
+    meta = read_json(run_dir / META) if (run_dir / META).is_file() else {}
+    history = [*meta.get("resumed_with_changes", []),
+               {"step": step, "changed": {k: list(v) for k, v in sorted(changed.items())}}]
+    write_json(run_dir / META, {**meta, "resumed_with_changes": history})
+    write_json(run_dir / CONFIG, config)
+
+
 def write_summary(run_dir: Path, *, status: str, step: int, total_steps: int, wall_time_s: float,
                   last: dict[str, float], error: str | None, resumed: bool) -> None:
     """summary.json: status (finished | interrupted | failed, with the error) and the wall time of all sessions."""
@@ -100,23 +181,46 @@ def write_summary(run_dir: Path, *, status: str, step: int, total_steps: int, wa
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write atomically (temp file + rename): a full disk or a read-only directory leaves the old file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise RunError(f"{path}: unreadable ({err})") from None
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"{path}: cannot write ({err.strerror}); the previous version is kept") from None
+
+
+def read_json(path: Path, kind: type = dict) -> Any:
+    """A JSON file of the run directory, which must hold a `kind` (an object unless said otherwise)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing") from None
+    except OSError as err:
+        raise RunError(f"{path}: cannot read ({err.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(value, kind):
+        raise RunError(f"{path}: expected a JSON {_JSON_NAMES.get(kind, kind.__name__)}, "
+                       f"found {_JSON_NAMES.get(type(value), type(value).__name__)}")
+    return value
+
+
+_JSON_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
 
 
 def load_runs(runs_dir: Path, exp_ids: Sequence[str]) -> list[RunFiles]:
     """Every named run; one error naming every missing run and the command that produces it."""
     if not exp_ids:
         raise ConfigError("compare needs at least one run, e.g. `etrmtrm compare E0a E0b`")
+    for exp_id in exp_ids:
+        check_name(exp_id, "compare")
     missing = [e for e in exp_ids if not (runs_dir / e / CONFIG).is_file()]
     if missing:
         raise RunError("\n".join(f"{runs_dir / e}: no such run (no {CONFIG}); produce it with "
@@ -130,24 +234,32 @@ def load_run(run_dir: Path) -> RunFiles:
     meta = read_json(meta_path) if meta_path.is_file() else {}
     summary = read_json(summary_path) if summary_path.is_file() else {"status": "running"}
     return RunFiles(str(config.get("id", run_dir.name)), run_dir, config, meta, summary,
-                    read_metrics(run_dir / METRICS))
+                    read_metrics(run_dir / METRICS, strict=True))
 
 
-def read_metrics(path: Path) -> list[Row]:
-    """metrics.jsonl's rows; a partial last line (a run killed mid-write) is skipped."""
+def read_metrics(path: Path, *, strict: bool = False) -> list[Row]:
+    """metrics.jsonl's rows (objects with an integer step), in file order.
+
+    A kill during an append leaves a partial last line: it is skipped. Any other line that is not such a
+    row is an error when `strict`, else skipped (resume re-logs every step past its checkpoint anyway)."""
     if not path.is_file():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as err:
+        raise RunError(f"{path}: cannot read ({err.strerror})") from None
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            if n == len(lines):
-                break
-            raise RunError(f"{path}: line {n} is not valid JSON") from None
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+        elif strict and n != len(lines):
+            raise RunError(f"{path}: line {n} is not a metrics row (a JSON object with an integer step)")
     return rows
 
 
@@ -174,10 +286,15 @@ def read_sidecar(weights: Path) -> dict[str, Any]:
 
 def save_weights(path: Path, state: dict[str, Tensor]) -> None:
     # safetensors refuses shared or non-contiguous storage: store independent contiguous copies.
-    save_file({k: v.detach().contiguous().clone().cpu() for k, v in state.items()}, str(path))
+    try:
+        save_file({k: v.detach().contiguous().clone().cpu() for k, v in state.items()}, str(path))
+    except OSError as err:
+        raise RunError(f"{path}: cannot write ({err.strerror}); the previous checkpoint is kept") from None
 
 
 def load_weights(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for truncated/corrupt files
@@ -224,14 +341,34 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    torch.save(state, path)
+    try:
+        torch.save(state, path)
+    except OSError as err:
+        raise RunError(f"{path}: cannot write ({err.strerror}); the previous checkpoint is kept") from None
 
 
 def load_state(path: Path) -> dict[str, Any]:
+    state = safe_torch_load(path, "training state")
+    if not isinstance(state, dict) or not {"step", "world_size", "optimizers"} <= set(state):
+        raise CheckpointError(f"{path}: not a training state written by etrmtrm (no step, world_size, optimizers)")
+    return state
+
+
+def safe_torch_load(path: Path, what: str) -> Any:
+    """torch.load(weights_only=True): tensors and plain data only; a file that would run code is refused."""
     try:
-        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a non-zip file warns before failing; the error says it
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
-    except Exception as err:
-        raise CheckpointError(f"{path}: unreadable training state ({err})") from None
-    return state
+    except pickle.UnpicklingError as err:
+        needs = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if needs:
+            raise CheckpointError(f"{path}: refused: it holds Python objects other than tensors and plain data, "
+                                  f"which could run code when loaded (it needs {needs[1]}); only weights are "
+                                  "ever loaded") from None
+        raise CheckpointError(f"{path}: not a readable {what} (corrupt, truncated, or not a torch file)") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable {what} ({first})") from None

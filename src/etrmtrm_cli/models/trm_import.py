@@ -12,21 +12,19 @@ the file.
 
 from __future__ import annotations
 
-import pickle
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from torch import Tensor, nn
 
 from etrmtrm_cli.config import ArchConfig
 from etrmtrm_cli.errors import CheckpointError
 from etrmtrm_cli.models.layers import swiglu_width
+from etrmtrm_cli.rundir import safe_torch_load
 
 _PREFIXES = ("_orig_mod.", "model.", "inner.")
 _PUZZLE_KEY = "puzzle_emb.weights"
@@ -77,24 +75,7 @@ def read_trm_state_dict(path: Path | str) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such TRM checkpoint file")
-    try:
-        with warnings.catch_warnings():
-            # A non-zip file triggers a pickle-protocol warning before failing; the error below says it all.
-            warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        detail = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), None)
-        if detail is not None:
-            what = detail.split(". ")[0].removeprefix("WeightsUnpickler error: ")
-            raise CheckpointError(
-                f"{path}: refused: the file holds pickled objects other than tensors, and only weights are "
-                f"ever loaded (never arbitrary code): {what}"
-            ) from None
-        raise CheckpointError(
-            f"{path}: not a readable torch checkpoint (corrupt, or not written by torch.save)"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint: {_first_sentence(err)}") from None
+    state = safe_torch_load(path, "torch checkpoint")
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
     ):

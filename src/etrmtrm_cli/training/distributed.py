@@ -30,6 +30,14 @@ class DistContext:
         if self.world_size > 1:
             dist.barrier()
 
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when `flag` is True on any: a decision all ranks must take together."""
+        if self.world_size == 1:
+            return flag
+        value = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
     def gather_rows(self, local: Tensor) -> Tensor:
         """A per-slot tensor (B_local, ...) -> (B_global, ...): every rank's rows in rank order, which is
         the global batch's order (each rank holds a contiguous slice of it)."""

@@ -10,7 +10,7 @@ Votes live only inside one `evaluate` call (the public evaluators accumulated th
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,14 +91,20 @@ def scores(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @torch.inference_mode()
-def evaluate(model: ACTModel, data: ArcData, batch_size: int, device: torch.device,
-             rank: int = 0, world_size: int = 1) -> dict[str, float]:
-    """Run every eval batch for exactly halt_max_steps ACT steps; metrics over all ranks' rows."""
+def evaluate(model: ACTModel, data: ArcData, batch_size: int, device: torch.device, rank: int = 0,
+             world_size: int = 1, should_stop: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
+    """Run every eval batch for exactly halt_max_steps ACT steps; metrics over all ranks' rows.
+
+    `should_stop` is asked before every batch (a signal is honoured within one batch's rollout): when it
+    says so, the eval is abandoned and None returned."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # rows, token accuracy, exact (NCCL: on the GPU)
     votes = Votes()
     for batch in data.eval_batches(batch_size, rank, world_size):
+        if should_stop():
+            model.train(was_training)
+            return None
         inputs = batch.to(device).as_dict()
         outputs = final_outputs(model, inputs)
         preds, token_acc, exact = scores(outputs["logits"], inputs["labels"])

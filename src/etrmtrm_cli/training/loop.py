@@ -22,15 +22,17 @@ import torch
 from torch import Tensor
 
 from etrmtrm_cli import __version__, rundir
-from etrmtrm_cli.config import Experiment
+from etrmtrm_cli.config import Experiment, dict_differences
 from etrmtrm_cli.data.dataset import ArcData, build_arc_data
-from etrmtrm_cli.errors import RunError
-from etrmtrm_cli.models.act import ACTCarry
+from etrmtrm_cli.errors import CheckpointError, RunError
+from etrmtrm_cli.models.act import ACTCarry, ACTModel
 from etrmtrm_cli.models.build import build_model, load_decoder
 from etrmtrm_cli.models.decoder import DecoderCarry
+from etrmtrm_cli.models.trm_import import ImportReport
 from etrmtrm_cli.training.distributed import DistContext
 from etrmtrm_cli.training.evaluate import evaluate
 from etrmtrm_cli.training.optim import build_optimizers
+from etrmtrm_cli.training.preflight import check_memory
 from etrmtrm_cli.training.run_log import MetricsLog, require_loggers
 from etrmtrm_cli.training.step import NonFiniteError, StepState, Trainable, fresh_state, train_step
 
@@ -80,42 +82,63 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
     emit = on_event if (on_event is not None and ctx.is_main) else (lambda kind, payload: None)
     stop = stop or StopFlag()
     run_dir = options.runs_dir / exp.id
-    # Loggers, data, model and decoder first: a bad input must fail before any run directory is touched.
+    # Loggers, resume checks, data, model and decoder first: a bad input fails before a run is touched.
     require_loggers(options.tensorboard, options.wandb)
+    changed = _check_resume(run_dir, exp) if options.resume else {}
     torch.manual_seed(exp.seed)  # parameter init: identical on every rank
     data = build_arc_data(exp.data, exp.seed)
+    check_memory(exp, data.seq_len, data.num_puzzle_ids, ctx.device, ctx.world_size)
     model = build_model(exp, data.seq_len, data.num_puzzle_ids)
     report = None if options.resume else load_decoder(model, exp, data.seq_len, options.runs_dir)
-    if ctx.is_main:
-        rundir.prepare_run_dir(run_dir, resume=options.resume, force=options.force)
-    ctx.barrier()
+    lock = rundir.prepare_run_dir(run_dir, resume=options.resume, force=options.force) if ctx.is_main else None
+    try:
+        ctx.barrier()
+        return _train(exp, options, ctx, emit, stop, run_dir, data, model, report, changed)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: EventFn, stop: StopFlag, run_dir: Path,
+           data: ArcData, model: ACTModel, report: ImportReport | None, changed: dict[str, tuple[Any, Any]]
+           ) -> RunSummary:
     model.to(ctx.device)
     ema = copy.deepcopy(model) if exp.train.ema else None
     parts = Trainable(model, torch.compile(model) if options.compile else model, build_optimizers(model, exp), ema)
     total = total_steps(exp, data, options)
     if options.resume:
-        state = _restore(run_dir, parts, ctx)
+        state, pending = _restore(run_dir, parts, ctx)
     else:
-        state = fresh_state(model, _batch(data, 0, exp, ctx), exp.seed, ctx.rank)
+        state, pending = fresh_state(model, _batch(data, 0, exp, ctx), exp.seed, ctx.rank), None
     log = MetricsLog(run_dir, resume_from=state.step, tensorboard=options.tensorboard, wandb=options.wandb,
                      exp=exp) if ctx.is_main else None
     if ctx.is_main and not options.resume:
         rundir.write_run_files(run_dir, exp.model_dump(mode="json"), _meta(exp, ctx, data, total), total)
+    if ctx.is_main and changed:
+        rundir.record_resume_changes(run_dir, exp.model_dump(mode="json"), changed, state.step)
     emit("start", {"exp": exp, "total_steps": total, "start_step": state.step, "decoder_report": report,
                    "run_dir": run_dir, "device": str(ctx.device), "world_size": ctx.world_size})
 
     # The status is written from what happened: "finished" only once the final weights are saved; any
     # exception is "failed"; a stop request, or a signal that interrupts anything, is "interrupted".
     started, status, error, last = time.perf_counter(), "interrupted", None, {}
+    eval_batch = exp.train.eval_batch_size or exp.train.batch_size
     try:
-        while state.step < total and not stop.requested:
-            try:
-                metrics = train_step(parts, _batch(data, state.step, exp, ctx), state, exp, ctx, total)
-            except NonFiniteError as err:
-                raise _non_finite(err, exp, state.step + 1) from None
+        while (state.step < total or pending is not None) and not stop.requested:
+            if pending is not None:  # stopped during this step's eval: its train metrics were checkpointed
+                metrics, pending = pending, None
+            else:
+                try:
+                    metrics = train_step(parts, _batch(data, state.step, exp, ctx), state, exp, ctx, total)
+                except NonFiniteError as err:
+                    raise _non_finite(err, exp, state.step + 1) from None
             if state.step % exp.train.eval_interval == 0 or state.step == total:
-                eval_batch = exp.train.eval_batch_size or exp.train.batch_size
-                metrics.update(evaluate(ema or model, data, eval_batch, ctx.device, ctx.rank, ctx.world_size))
+                results = evaluate(ema or model, data, eval_batch, ctx.device, ctx.rank, ctx.world_size,
+                                   should_stop=lambda: ctx.any_rank(stop.requested))
+                if results is None:  # a signal during the eval: checkpoint the step with its eval still to do
+                    pending = metrics
+                    break
+                metrics.update(results)
                 emit("eval", {"step": state.step, "metrics": metrics})
             if log is not None:
                 log.write(state.step, metrics)
@@ -124,8 +147,8 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
             if state.step % exp.train.checkpoint_interval == 0 and state.step < total:
                 _save_checkpoint(run_dir, exp, parts, state, ctx)
                 emit("checkpoint", {"step": state.step})
-        _save_checkpoint(run_dir, exp, parts, state, ctx)
-        if state.step >= total:
+        _save_checkpoint(run_dir, exp, parts, state, ctx, pending)
+        if state.step >= total and pending is None:
             if ctx.is_main:
                 rundir.save_weights(run_dir / rundir.FINAL_WEIGHTS, (ema or model).state_dict())
             status = "finished"
@@ -197,7 +220,8 @@ def _carry_from_state(flat: dict[str, Tensor], device: torch.device) -> ACTCarry
                     pick("provider."), flat["steps"].to(device), flat["halted"].to(device), pick("data."))
 
 
-def _save_checkpoint(run_dir: Path, exp: Experiment, parts: Trainable, state: StepState, ctx: DistContext) -> None:
+def _save_checkpoint(run_dir: Path, exp: Experiment, parts: Trainable, state: StepState, ctx: DistContext,
+                     pending: dict[str, float] | None = None) -> None:
     model, ema, optimizers = parts.model, parts.ema, parts.optimizers
     tmp = rundir.temp_checkpoint_dir(run_dir, state.step)
     if ctx.is_main:
@@ -210,7 +234,7 @@ def _save_checkpoint(run_dir: Path, exp: Experiment, parts: Trainable, state: St
         "step": state.step, "world_size": ctx.world_size,
         "optimizers": [opt.state_dict() for opt in optimizers],
         "halt_rng": state.halt_rng.get_state(), "carry": _carry_state(state.carry),
-        "converged_at": state.converged_at.cpu(),
+        "converged_at": state.converged_at.cpu(), "pending_metrics": pending,
     })
     ctx.barrier()
     if ctx.is_main:
@@ -218,19 +242,61 @@ def _save_checkpoint(run_dir: Path, exp: Experiment, parts: Trainable, state: St
     ctx.barrier()
 
 
-def _restore(run_dir: Path, parts: Trainable, ctx: DistContext) -> StepState:
+def _restore(run_dir: Path, parts: Trainable, ctx: DistContext) -> tuple[StepState, dict[str, float] | None]:
+    """The latest checkpoint into `parts` -> (its step state, the train metrics of a step whose eval is due)."""
     model, ema, optimizers = parts.model, parts.ema, parts.optimizers
     path = rundir.latest_checkpoint(run_dir)
     assert path is not None  # prepare_run_dir checked it
-    model.load_state_dict(rundir.load_weights(path / "model.safetensors"))
+    _load_weights(model, path / "model.safetensors")
     if ema is not None:
-        ema.load_state_dict(rundir.load_weights(path / "ema.safetensors"))
+        _load_weights(ema, path / "ema.safetensors")
     saved = rundir.load_state(path / f"state.rank{ctx.rank}.pt")
     if saved["world_size"] != ctx.world_size:
         raise RunError(f"{path} was written by {saved['world_size']} processes; resume it with as many")
-    for opt, opt_state in zip(optimizers, saved["optimizers"], strict=True):
-        opt.load_state_dict(opt_state)
-    halt_rng = torch.Generator(device=ctx.device)
-    halt_rng.set_state(saved["halt_rng"])
-    return StepState(saved["step"], _carry_from_state(saved["carry"], ctx.device),
-                     saved["converged_at"].to(ctx.device), halt_rng)
+    try:
+        for opt, opt_state in zip(optimizers, saved["optimizers"], strict=True):
+            opt.load_state_dict(opt_state)
+        halt_rng = torch.Generator(device=ctx.device)
+        halt_rng.set_state(saved["halt_rng"])
+        carry = _carry_from_state(saved["carry"], ctx.device)
+    except (KeyError, ValueError, RuntimeError, TypeError) as err:
+        raise CheckpointError(f"{path}: the training state does not fit this model ({_first_line(err)})") from None
+    state = StepState(saved["step"], carry, saved["converged_at"].to(ctx.device), halt_rng)
+    return state, saved.get("pending_metrics")
+
+
+def _load_weights(model: ACTModel, path: Path) -> None:
+    try:
+        model.load_state_dict(rundir.load_weights(path))
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: the weights do not fit this run's model ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return "; ".join(lines[:2]) if lines else type(err).__name__
+
+
+# Settings a resumed run may change: they decide how long it runs, how often it evaluates and saves, or its
+# label, never what the model or the data is. Any other difference is refused, naming the keys.
+RESUMABLE_KEYS = frozenset({"description", "train.max_steps", "train.epochs", "train.eval_interval",
+                            "train.checkpoint_interval", "train.keep_checkpoints", "train.eval_batch_size"})
+
+
+def _check_resume(run_dir: Path, exp: Experiment) -> dict[str, tuple[Any, Any]]:
+    """Before anything is built: the run's files are readable and its config differs from `exp` only in
+    RESUMABLE_KEYS -> those differences (old, new)."""
+    if not (run_dir / rundir.CONFIG).is_file():
+        raise RunError(f"{run_dir}: no such run to resume ({rundir.CONFIG} missing); start it without --resume")
+    saved = rundir.read_json(run_dir / rundir.CONFIG)
+    if (run_dir / rundir.SUMMARY).is_file():
+        rundir.read_json(run_dir / rundir.SUMMARY)
+    changed = dict_differences(saved, exp.model_dump(mode="json"))
+    refused = {k: v for k, v in changed.items() if k not in RESUMABLE_KEYS}
+    if refused:
+        lines = "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, (old, new) in sorted(refused.items()))
+        profile = saved.get("profile", exp.profile)
+        raise RunError(f"{run_dir}: cannot resume with a different model or data ({lines}). Resume it as it "
+                       f"was (`etrmtrm train {exp.id} --resume --profile {profile}` without those --set), or "
+                       "start over with --force")
+    return changed

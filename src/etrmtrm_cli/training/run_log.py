@@ -8,28 +8,34 @@ from pathlib import Path
 from typing import Any
 
 from etrmtrm_cli.config import Experiment
-from etrmtrm_cli.errors import ConfigError
-from etrmtrm_cli.rundir import METRICS
+from etrmtrm_cli.errors import ConfigError, RunError
+from etrmtrm_cli.rundir import METRICS, read_metrics, write_text
 
 
 class MetricsLog:
     """One JSON object per logged step. On resume, lines past the checkpoint's step are dropped first:
-    they were logged by the interrupted run after its last checkpoint and will be logged again."""
+    they were logged by the interrupted run after its last checkpoint and will be logged again. So is a
+    partial or garbled line (a kill during an append leaves one), and a step logged twice keeps one line."""
 
     def __init__(self, run_dir: Path, *, resume_from: int, tensorboard: bool, wandb: bool, exp: Experiment) -> None:
         self.path = run_dir / METRICS
         if resume_from and self.path.exists():
-            keep = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_from]
-            self.path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-        self.file = self.path.open("a", encoding="utf-8")
+            rows = {row["step"]: row for row in read_metrics(self.path) if row["step"] <= resume_from}
+            write_text(self.path, "".join(json.dumps(rows[step]) + "\n" for step in sorted(rows)))
+        try:
+            self.file = self.path.open("a", encoding="utf-8")
+        except OSError as err:
+            raise RunError(f"{self.path}: cannot write ({err.strerror})") from None
         self.tb = _tensorboard(run_dir) if tensorboard else None
         self.wandb = _wandb(run_dir, exp) if wandb else None
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}  # JSON has no NaN
-        self.file.write(json.dumps({"step": step, **clean}) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps({"step": step, **clean}) + "\n")
+            self.file.flush()
+        except OSError as err:
+            raise RunError(f"{self.path}: cannot write ({err.strerror}); the last checkpoint is kept") from None
         finite = {k: v for k, v in clean.items() if v is not None}
         if self.tb is not None:
             for key, value in finite.items():
