@@ -59,6 +59,10 @@ def handles_errors(fn: F) -> F:
             for line in str(err).splitlines():  # escaped: "pip install 'etrmtrm[plot]'" must keep its brackets
                 err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
+        except OSError as err:  # a file the library did not expect to fail: still one line, no traceback
+            where = f"{err.filename}: " if err.filename else ""
+            err_console.print(f"[bold red]error:[/] {escape(where + (err.strerror or str(err)))}", highlight=False)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -163,7 +167,8 @@ def train(
     overrides: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue the run from its latest checkpoint.")] = False,
     force: Annotated[bool, typer.Option(help="Start over; the old run directory is moved aside.")] = False,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after N steps instead of the epochs' count.")] = None,
+    max_steps: Annotated[int | None, typer.Option(
+        min=1, max=10**9, help="Stop after N steps instead of the epochs' count.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     runs_dir: Annotated[Path, typer.Option(help="Where runs/<ID>/ live.")] = Path("runs"),
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
@@ -202,18 +207,28 @@ def train(
                                       f"moved aside, starting over[/]")
                     run_options = replace(options, resume=status == "resumable" and not force,
                                           force=force or status == "unsaved")
-                with render.TrainProgress(console, quiet=quiet or not ctx.is_main) as progress:
-                    summary = run_training(exp, run_options, ctx, progress.on_event, stop)
+                again = _train_command(exp, experiments, runs_dir)
+                try:
+                    with render.TrainProgress(console, quiet=quiet or not ctx.is_main) as progress:
+                        summary = run_training(exp, run_options, ctx, progress.on_event, stop)
+                except KeyboardInterrupt:  # a second signal: stopped at once, mid-step
+                    how = "--resume" if run_status(runs_dir / exp.id) in ("resumable", "finished") else "--force"
+                    err_console.print(f"stopped at once; continue from the last checkpoint with: {again} {how}")
+                    raise typer.Exit(130) from None
                 if ctx.is_main:
                     console.print(render.summary_line(summary))
                 if summary.status != "finished":
-                    err_console.print(
-                        f"interrupted at step {summary.step}; continue with: etrmtrm train {exp.id} --resume"
-                        + (f" --profile {exp.profile}" if profile != "auto" else "")
-                    )
+                    err_console.print(f"interrupted at step {summary.step}; continue with: {again} --resume")
                     raise typer.Exit(130)
     finally:
         shutdown_distributed()
+
+
+def _train_command(exp: Experiment, experiments: Path, runs_dir: Path) -> str:
+    """`etrmtrm train` for this run as it was started (profile, file and runs directory): advice that works."""
+    extra = [("--experiments", experiments, Path("experiments.toml")), ("--runs-dir", runs_dir, Path("runs"))]
+    return f"etrmtrm train {exp.id} --profile {exp.profile}" + "".join(
+        f" {flag} {value}" for flag, value, default in extra if value != default)
 
 
 @contextlib.contextmanager

@@ -141,10 +141,10 @@ def _rename(src: Path, dst: Path) -> None:
 
 
 def run_status(run_dir: Path) -> str:
-    """'finished', 'resumable' (a checkpoint to continue from), 'unsaved' (started, stopped before its
-    first checkpoint) or 'new' (no run directory)."""
+    """'finished' (says so and has its final weights), 'resumable' (a checkpoint to continue from),
+    'unsaved' (started, stopped before its first checkpoint) or 'new' (no run directory)."""
     summary = run_dir / SUMMARY
-    if summary.is_file() and read_json(summary).get("status") == "finished":
+    if summary.is_file() and read_json(summary).get("status") == "finished" and (run_dir / FINAL_WEIGHTS).is_file():
         return "finished"
     if latest_checkpoint(run_dir) is not None:
         return "resumable"

@@ -14,6 +14,7 @@ from etrmtrm_cli.analysis.baselines import TrivialBaselines, trivial_baselines
 from etrmtrm_cli.analysis.matrix import RunRow, config_differences, run_row
 from etrmtrm_cli.analysis.per_task import TaskScore
 from etrmtrm_cli.analysis.verdict import Verdict, verdict
+from etrmtrm_cli.errors import ConfigError
 from etrmtrm_cli.rundir import RunFiles
 
 
@@ -29,6 +30,11 @@ class Comparison:
 
 def compare_runs(runs_dir: Path, exp_ids: Sequence[str], *, with_baselines: bool = True) -> Comparison:
     runs = rundir.load_runs(runs_dir, exp_ids)
+    profiles = {str(r.config.get("profile")) for r in runs}
+    if len(profiles) > 1:
+        each = ", ".join(f"{r.exp_id}: {r.config.get('profile')}" for r in runs)
+        raise ConfigError(f"the runs were trained at different profiles ({each}): their sizes differ, so their "
+                          "figures are not comparable; compare runs of one profile")
     rows = [run_row(r) for r in runs]
     return Comparison(runs, rows, config_differences(runs), trivial_baselines(runs) if with_baselines else [],
                       verdict(rows))
