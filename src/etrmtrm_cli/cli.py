@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shlex
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -207,28 +208,40 @@ def train(
                                       f"moved aside, starting over[/]")
                     run_options = replace(options, resume=status == "resumable" and not force,
                                           force=force or status == "unsaved")
-                again = _train_command(exp, experiments, runs_dir)
+                again = _train_command(exp, experiments, runs_dir, overrides or [], max_steps)
+                run_options = replace(run_options, command=again)
                 try:
                     with render.TrainProgress(console, quiet=quiet or not ctx.is_main) as progress:
                         summary = run_training(exp, run_options, ctx, progress.on_event, stop)
                 except KeyboardInterrupt:  # a second signal: stopped at once, mid-step
                     how = "--resume" if run_status(runs_dir / exp.id) in ("resumable", "finished") else "--force"
-                    err_console.print(f"stopped at once; continue from the last checkpoint with: {again} {how}")
+                    err_console.print(f"stopped at once; continue from the last checkpoint with: {again} {how}",
+                                      soft_wrap=True, highlight=False, markup=False)
                     raise typer.Exit(130) from None
                 if ctx.is_main:
                     console.print(render.summary_line(summary))
                 if summary.status != "finished":
-                    err_console.print(f"interrupted at step {summary.step}; continue with: {again} --resume")
+                    err_console.print(f"interrupted at step {summary.step}; continue with: {again} --resume",
+                                      soft_wrap=True, highlight=False, markup=False)
                     raise typer.Exit(130)
     finally:
         shutdown_distributed()
 
 
-def _train_command(exp: Experiment, experiments: Path, runs_dir: Path) -> str:
-    """`etrmtrm train` for this run as it was started (profile, file and runs directory): advice that works."""
-    extra = [("--experiments", experiments, Path("experiments.toml")), ("--runs-dir", runs_dir, Path("runs"))]
-    return f"etrmtrm train {exp.id} --profile {exp.profile}" + "".join(
-        f" {flag} {value}" for flag, value, default in extra if value != default)
+def _train_command(exp: Experiment, experiments: Path, runs_dir: Path, overrides: list[str],
+                   max_steps: int | None) -> str:
+    """`etrmtrm train` for this run as it was started (profile, file, runs directory, overrides): the base of
+    every command the tool advises, so that the advice works as printed."""
+    words = ["etrmtrm", "train", exp.id, "--profile", exp.profile]
+    if experiments != Path("experiments.toml"):
+        words += ["--experiments", str(experiments)]
+    if runs_dir != Path("runs"):
+        words += ["--runs-dir", str(runs_dir)]
+    if max_steps is not None:
+        words += ["--max-steps", str(max_steps)]
+    for item in overrides:
+        words += ["--set", item]
+    return shlex.join(words)
 
 
 @contextlib.contextmanager

@@ -48,6 +48,7 @@ class TrainOptions:
     compile: bool = False
     tensorboard: bool = False
     wandb: bool = False
+    command: str = ""  # the command that started the run, as advice reuses it (default: etrmtrm train <ID>)
 
 
 @dataclass
@@ -113,7 +114,8 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     log = MetricsLog(run_dir, resume_from=state.step, tensorboard=options.tensorboard, wandb=options.wandb,
                      exp=exp) if ctx.is_main else None
     if ctx.is_main and not options.resume:
-        rundir.write_run_files(run_dir, exp.model_dump(mode="json"), _meta(exp, ctx, data, total), total)
+        meta = _meta(exp, ctx, data, total, options.command)
+        rundir.write_run_files(run_dir, exp.model_dump(mode="json"), meta, total)
     if ctx.is_main and changed:
         rundir.record_resume_changes(run_dir, exp.model_dump(mode="json"), changed, state.step)
     emit("start", {"exp": exp, "total_steps": total, "start_step": state.step, "decoder_report": report,
@@ -131,7 +133,7 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
                 try:
                     metrics = train_step(parts, _batch(data, state.step, exp, ctx), state, exp, ctx, total)
                 except NonFiniteError as err:
-                    raise _non_finite(err, exp, state.step + 1) from None
+                    raise _non_finite(err, exp, state.step + 1, options.command) from None
             if state.step % exp.train.eval_interval == 0 or state.step == total:
                 results = evaluate(ema or model, data, eval_batch, ctx.device, ctx.rank, ctx.world_size,
                                    should_stop=lambda: ctx.any_rank(stop.requested))
@@ -172,12 +174,13 @@ def _batch(data: ArcData, step: int, exp: Experiment, ctx: DistContext) -> dict[
     return data.train_batch(step, exp.train.batch_size, ctx.rank, ctx.world_size).to(ctx.device).as_dict()
 
 
-def _non_finite(err: NonFiniteError, exp: Experiment, step: int) -> RunError:
+def _non_finite(err: NonFiniteError, exp: Experiment, step: int, command: str) -> RunError:
     """The message for a NaN/inf: a resumed run replays the same steps, so the advice is to start over."""
+    again = command or f"etrmtrm train {exp.id} --profile {exp.profile}"
     return RunError(
         f"{exp.id}: {err.what} is {err.value} at step {step}; stopped before the update. The run replays "
         f"exactly, so resuming it would meet the same value: start over with a lower learning rate, e.g. "
-        f"`etrmtrm train {exp.id} --profile {exp.profile} --force --set train.lr={exp.train.lr / 10:g}`"
+        f"`{again} --force --set train.lr={exp.train.lr / 10:g}`"
     )
 
 
@@ -185,10 +188,11 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}
 
 
-def _meta(exp: Experiment, ctx: DistContext, data: ArcData, total: int) -> dict[str, Any]:
+def _meta(exp: Experiment, ctx: DistContext, data: ArcData, total: int, command: str) -> dict[str, Any]:
     """meta.json: what produced the run (code, versions, machine) and which tasks it trains and evaluates on."""
     return {
-        "experiment": exp.id, "seed": exp.seed, "profile": exp.profile, "etrmtrm": __version__,
+        "experiment": exp.id, "command": command or None, "seed": exp.seed, "profile": exp.profile,
+        "etrmtrm": __version__,
         "git_sha": _git_sha(), "torch": torch.__version__, "python": platform.python_version(),
         "device": str(ctx.device), "world_size": ctx.world_size, "cpu": platform.processor() or platform.machine(),
         "total_steps": total, "examples_per_epoch": data.examples_per_epoch,
@@ -266,10 +270,16 @@ def _restore(run_dir: Path, parts: Trainable, ctx: DistContext) -> tuple[StepSta
 
 
 def _load_weights(model: ACTModel, path: Path) -> None:
-    try:
-        model.load_state_dict(rundir.load_weights(path))
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: the weights do not fit this run's model ({_first_line(err)})") from None
+    """Weights that fit `model` exactly, or one error naming what does not fit."""
+    saved, target = rundir.load_weights(path), model.state_dict()
+    problems = [f"{k} missing" for k in target if k not in saved]
+    problems += [f"{k} not in this model" for k in saved if k not in target]
+    problems += [f"{k} is {tuple(v.shape)} in the file, {tuple(target[k].shape)} in the model"
+                 for k, v in saved.items() if k in target and v.shape != target[k].shape]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(f"{path}: the weights do not fit this run's model: {'; '.join(problems[:3])}{more}")
+    model.load_state_dict(saved)
 
 
 def _first_line(err: BaseException) -> str:
@@ -295,8 +305,8 @@ def _check_resume(run_dir: Path, exp: Experiment) -> dict[str, tuple[Any, Any]]:
     refused = {k: v for k, v in changed.items() if k not in RESUMABLE_KEYS}
     if refused:
         lines = "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, (old, new) in sorted(refused.items()))
-        profile = saved.get("profile", exp.profile)
-        raise RunError(f"{run_dir}: cannot resume with a different model or data ({lines}). Resume it as it "
-                       f"was (`etrmtrm train {exp.id} --resume --profile {profile}` without those --set), or "
-                       "start over with --force")
+        meta = rundir.read_json(run_dir / rundir.META) if (run_dir / rundir.META).is_file() else {}
+        started = meta.get("command") or f"etrmtrm train {exp.id} --profile {saved.get('profile', exp.profile)}"
+        raise RunError(f"{run_dir}: cannot resume with a different model or data ({lines}). Resume it as it was "
+                       f"started (`{started} --resume`), or start over with --force")
     return changed

@@ -71,7 +71,7 @@ def run_subject(run_dir: Path, device: torch.device) -> Subject:
     if weights_path is None:
         raise CheckpointError(f"{run_dir}: no weights yet (no checkpoint); train it further first")
     return Subject(exp, build_arc_data(exp.data, exp.seed), device, rundir.load_weights(weights_path),
-                   f"{weights_path}", run_dir, rundir.read_metrics(run_dir / rundir.METRICS))
+                   f"{weights_path}", run_dir, rundir.read_metrics(run_dir / rundir.METRICS, strict=True))
 
 
 def _require_encoder(exp: Experiment) -> None:
