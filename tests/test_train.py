@@ -83,6 +83,66 @@ def test_resume_after_a_kill_logs_identical_metrics(tmp_path: Path, exp_id: str)
     assert read_metrics(tmp_path / "b" / exp_id) == read_metrics(tmp_path / "a" / exp_id)
 
 
+class StopOnRead(StopFlag):
+    """A stop request that arrives on the n-th time the loop asks (the loop asks before each step, the eval
+    before each of its batches): a signal at a chosen moment, without a signal."""
+
+    def __init__(self, on_read: int) -> None:
+        super().__init__()
+        self.reads, self.on_read = 0, on_read
+
+    @property  # type: ignore[override]
+    def requested(self) -> bool:
+        self.reads += 1
+        return self.reads >= self.on_read
+
+    @requested.setter
+    def requested(self, value: bool) -> None:
+        pass
+
+
+def test_a_signal_during_an_eval_checkpoints_the_step_and_resume_runs_its_eval(tmp_path: Path) -> None:
+    exp = tiny("E0b", [*FAST, "train.checkpoint_interval=100"])
+    train(exp, TrainOptions(runs_dir=tmp_path / "a", max_steps=8), SINGLE)
+    # reads 1-4: before steps 1-4; read 5: before the first batch of step 4's eval -> stop inside the eval
+    summary = train(exp, TrainOptions(runs_dir=tmp_path / "b", max_steps=8), SINGLE, stop=StopOnRead(5))
+    run = tmp_path / "b" / "E0b"
+    assert (summary.status, summary.step) == ("interrupted", 4)
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]  # step 4 waits for its eval
+    assert rundir.latest_checkpoint(run).name == "step_00000004"
+    train(exp, TrainOptions(runs_dir=tmp_path / "b", max_steps=8, resume=True), SINGLE)
+    assert read_metrics(run) == read_metrics(tmp_path / "a" / "E0b")  # eval of step 4 included, exactly
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_logs_identical_metrics(tmp_path: Path) -> None:
+    """Real processes, killed with SIGKILL after 1..5 more logged steps each time (a metrics append, a
+    checkpoint write or an eval may be under way), resumed each time: the log equals an uninterrupted run's."""
+    args = ["etrmtrm_cli", "train", "E0b", "--profile", "tiny", "--experiments", str(EXPERIMENTS), "--quiet",
+            "--max-steps", "24", "--set", "decoder=none", "--set", "train.checkpoint_interval=3",
+            "--set", "train.eval_interval=5", "--set", "data.eval_groups=1", "--set", "data.eval_num_aug=1"]
+    reference = run_cli([*args, "--runs-dir", str(tmp_path / "a")], tmp_path)
+    assert reference.wait(timeout=300) == 0, reference.communicate()[1]
+    metrics, kills = tmp_path / "b" / "E0b" / "metrics.jsonl", 0
+    for more in (2, 5, 1, 4, 3, 2):
+        run = tmp_path / "b" / "E0b"  # as the tool advises: --resume from a checkpoint, else --force
+        resume = ["--resume"] if rundir.latest_checkpoint(run) else ["--force"] if run.exists() else []
+        proc = run_cli([*args, "--runs-dir", str(tmp_path / "b"), *resume], tmp_path)
+        start = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+        while proc.poll() is None and (len(metrics.read_text().splitlines()) if metrics.exists() else 0) < start + more:
+            time.sleep(0.01)
+        if proc.poll() is not None:
+            assert proc.returncode == 0, proc.communicate()[1]
+            break  # finished before this kill
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        kills += 1
+    final = run_cli([*args, "--runs-dir", str(tmp_path / "b"), "--resume"], tmp_path)
+    assert final.wait(timeout=300) == 0, final.communicate()[1]
+    assert kills >= 4
+    assert read_metrics(tmp_path / "b" / "E0b") == read_metrics(tmp_path / "a" / "E0b")
+
+
 def test_stop_flag_checkpoints_and_resumes(tmp_path: Path) -> None:
     exp = tiny("E0b", FAST)
     stop = StopFlag()
