@@ -176,12 +176,15 @@ def train(
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also write TensorBoard events.")] = False,
     wandb: Annotated[bool, typer.Option("--wandb", help="Also log to Weights & Biases.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final summary.")] = False,
+    seeds: Annotated[str | None, typer.Option(
+        help="Run several seeds, each into runs/<ID>/seed-<N>/: a count (5: seeds 0-4) or a list (0,3,7; '3,' "
+             "is seed 3 alone). A pretrained decoder (P0) is trained once, not per seed.")] = None,
 ) -> None:
     """Train an experiment, or every experiment of a queue in order (finished runs are skipped).
 
     Multi-process: torchrun --nproc-per-node N -m etrmtrm_cli train E0b
     """
-    from etrmtrm_cli.rundir import run_status
+    from etrmtrm_cli.rundir import run_path, run_status
     from etrmtrm_cli.training.distributed import init_distributed, shutdown_distributed
     from etrmtrm_cli.training.loop import StopFlag, TrainOptions
     from etrmtrm_cli.training.loop import train as run_training
@@ -189,32 +192,33 @@ def train(
     file = load_experiments(experiments)
     chosen = resolve_profile(profile)
     ctx = init_distributed(os.environ, device)
-    resolved = [file.resolve(i, chosen, overrides or (), ctx.world_size) for i in file.targets(target)]
+    jobs = file.jobs(target, chosen, overrides or (), parse_seeds(seeds), ctx.world_size)
     options = TrainOptions(runs_dir=runs_dir, max_steps=max_steps, resume=resume, force=force, compile=compile,
                            tensorboard=tensorboard, wandb=wandb)
     stop = StopFlag()
     try:
         with stop_on_signals(stop):
-            for exp in resolved:
-                run_options = options
-                if len(resolved) > 1:  # a queue skips finished runs and continues interrupted ones
-                    status = run_status(runs_dir / exp.id)
+            for exp, per_seed in jobs:
+                run_options = replace(options, per_seed=per_seed)
+                run_dir = run_path(runs_dir, exp.id, exp.seed if per_seed else None)
+                if len(jobs) > 1:  # a queue skips finished runs and continues interrupted ones
+                    status = run_status(run_dir)
                     if status == "finished" and not force:
                         if ctx.is_main:
-                            console.print(f"[dim]{exp.id}: finished run in {runs_dir / exp.id}, skipped[/]")
+                            console.print(f"[dim]{exp.id}: finished run in {run_dir}, skipped[/]")
                         continue
                     if status == "unsaved" and ctx.is_main:
                         console.print(f"[dim]{exp.id}: stopped before its first checkpoint; "
                                       f"moved aside, starting over[/]")
-                    run_options = replace(options, resume=status == "resumable" and not force,
+                    run_options = replace(run_options, resume=status == "resumable" and not force,
                                           force=force or status == "unsaved")
-                again = _train_command(exp, experiments, runs_dir, overrides or [], max_steps)
+                again = _train_command(exp, experiments, runs_dir, overrides or [], max_steps, per_seed)
                 run_options = replace(run_options, command=again)
                 try:
                     with render.TrainProgress(console, quiet=quiet or not ctx.is_main) as progress:
                         summary = run_training(exp, run_options, ctx, progress.on_event, stop)
                 except KeyboardInterrupt:  # a second signal: stopped at once, mid-step
-                    how = "--resume" if run_status(runs_dir / exp.id) in ("resumable", "finished") else "--force"
+                    how = "--resume" if run_status(run_dir) in ("resumable", "finished") else "--force"
                     err_console.print(f"stopped at once; continue from the last checkpoint with: {again} {how}",
                                       soft_wrap=True, highlight=False, markup=False)
                     raise typer.Exit(130) from None
@@ -228,8 +232,24 @@ def train(
         shutdown_distributed()
 
 
+def parse_seeds(text: str | None) -> tuple[int, ...] | None:
+    """`--seeds 5` -> seeds 0..4; `--seeds 0,3,7` -> those (`--seeds 3,` is seed 3 alone); None -> no seed axis."""
+    if text is None:
+        return None
+    try:
+        if "," in text:
+            seeds = tuple(int(part) for part in text.split(",") if part.strip())
+        else:
+            seeds = tuple(range(int(text)))
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected a count (5) or a list of seeds (0,3,7)") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) > 2**32 - 1:
+        raise ConfigError(f"--seeds {text!r}: expected distinct seeds in [0, 2**32), at least one")
+    return seeds
+
+
 def _train_command(exp: Experiment, experiments: Path, runs_dir: Path, overrides: list[str],
-                   max_steps: int | None) -> str:
+                   max_steps: int | None, per_seed: bool = False) -> str:
     """`etrmtrm train` for this run as it was started (profile, file, runs directory, overrides): the base of
     every command the tool advises, so that the advice works as printed."""
     words = ["etrmtrm", "train", exp.id, "--profile", exp.profile]
@@ -239,6 +259,8 @@ def _train_command(exp: Experiment, experiments: Path, runs_dir: Path, overrides
         words += ["--runs-dir", str(runs_dir)]
     if max_steps is not None:
         words += ["--max-steps", str(max_steps)]
+    if per_seed:
+        words += ["--seeds", f"{exp.seed},"]
     for item in overrides:
         words += ["--set", item]
     return shlex.join(words)

@@ -75,6 +75,8 @@ class DataConfig(Frozen):
         description="'arc-agi-1' / 'arc-agi-2' (their evaluation tasks) or folders of ARC task JSON files",
     )
     train_groups: int | Literal["all"] = Field(32, description="base tasks trained on (deterministic subset)")
+    subset_seed: int = Field(0, ge=0, le=2**32 - 1, description="draws which tasks are used; the training "
+                             "seed never changes the tasks, so the seeds of a comparison share them")
     eval_groups: int | Literal["all"] = Field(32, description="held-out base tasks evaluated on")
     max_grid_size: int = Field(30, ge=1, le=30, description="canvas side S; tasks with a larger grid are left out")
     max_demos: int = Field(10, ge=1, le=32, description="demo slots per example; extra demos are dropped")

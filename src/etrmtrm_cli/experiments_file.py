@@ -77,6 +77,21 @@ class ExperimentsFile(BaseModel):
             )
         return exp
 
+    def jobs(self, target: str, profile: str, overrides: Sequence[str], seeds: Sequence[int] | None,
+             world_size: int = 1) -> list[tuple[Experiment, bool]]:
+        """The runs `train <target> [--seeds ...]` makes, in order: (experiment, one of several seeds?).
+
+        With seeds, each experiment runs once per seed, except a pretrained decoder another experiment of
+        the file starts from (P0): it runs once, at its own seed, and every seed of its users loads it."""
+        decoders = {self.experiments[e].get("decoder", self.base.get("decoder")) for e in self.experiments}
+        out = []
+        for exp_id in self.targets(target):
+            if seeds is None or exp_id in decoders:
+                out.append((self.resolve(exp_id, profile, overrides, world_size), False))
+            else:
+                out += [(self.resolve(exp_id, profile, [*overrides, f"seed={s}"], world_size), True) for s in seeds]
+        return out
+
     def targets(self, name: str) -> tuple[str, ...]:
         """An experiment ID or a queue name -> the experiment IDs to run, in order."""
         if name in self.queues:

@@ -1,6 +1,6 @@
 """The run directory: its format, written and read here only (train, diagnose, compare and queues use it).
 
-runs/<ID>/
+runs/<ID>/            one seed: the run itself; several seeds (`train --seeds`): runs/<ID>/seed-<N>/ each
   config.json        the resolved experiment (the sidecar of model.safetensors)
   meta.json          seed, code version, torch version, device, world size
   metrics.jsonl      one JSON object per logged step
@@ -18,6 +18,7 @@ in progress the latest checkpoint's EMA weights (its model weights without EMA).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import pickle
@@ -94,6 +95,39 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+SEED_PREFIX = "seed-"
+
+
+def run_path(runs_dir: Path, exp_id: str, seed: int | None = None) -> Path:
+    """runs/<ID>/ for a run of one seed, runs/<ID>/seed-<N>/ for seed N of a run of several seeds."""
+    base = runs_dir / check_name(exp_id, "run")
+    return base if seed is None else base / f"{SEED_PREFIX}{seed}"
+
+
+def seed_runs(runs_dir: Path, exp_id: str) -> list[Path]:
+    """Every run of an experiment: runs/<ID>/ itself when it is a run, and each runs/<ID>/seed-<N>/ (by N)."""
+    base = runs_dir / check_name(exp_id, "run")
+    found = [base] if (base / CONFIG).is_file() else []
+    if base.is_dir():
+        seeds = [p for p in base.iterdir() if p.is_dir() and p.name.startswith(SEED_PREFIX)
+                 and p.name[len(SEED_PREFIX):].isdigit() and (p / CONFIG).is_file()]
+        found += sorted(seeds, key=lambda p: int(p.name[len(SEED_PREFIX):]))
+    return found
+
+
+def decoder_run(runs_dir: Path, exp_id: str) -> Path | None:
+    """The one finished run a `decoder = "<ID>"` loads: runs/<ID>/ if it is one, else its lowest seed."""
+    finished = [run for run in seed_runs(runs_dir, exp_id) if (run / FINAL_WEIGHTS).is_file()]
+    return finished[0] if finished else None
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Identifies a configuration whatever its name and seed: runs with one hash are seeds of one
+    configuration (E2b, E3a and E4b are E0b's), never separate evidence."""
+    same = {k: v for k, v in config.items() if k not in ("id", "description", "seed")}
+    return hashlib.sha256(json.dumps(same, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> RunLock:

@@ -53,8 +53,9 @@ class Split:
     too_large: int  # good tasks left out for a grid larger than max_grid_size
 
 
-def load_splits(cfg: DataConfig, seed: int) -> tuple[Split, Split]:
-    """(train, eval) groups: validated, filtered by grid size, disjoint, a seeded subset of each side."""
+def load_splits(cfg: DataConfig) -> tuple[Split, Split]:
+    """(train, eval) groups: validated, filtered by grid size, disjoint, a subset of each side drawn with
+    cfg.subset_seed (not the training seed: the seeds of a comparison train on the same tasks)."""
     train, train_skipped = load_tasks(cfg.train_sources, "train", cfg.on_bad_task)
     evals, eval_skipped = load_tasks(cfg.eval_sources, "eval", cfg.on_bad_task)
     trained = {task.id: task for task in train}
@@ -70,7 +71,7 @@ def load_splits(cfg: DataConfig, seed: int) -> tuple[Split, Split]:
         ("eval", evals, eval_skipped, cfg.eval_sources, cfg.eval_groups),
     ):
         fitting = [t for t in tasks if max(max(g.shape) for g in t.grids) <= cfg.max_grid_size]
-        chosen = select_groups(fitting, wanted, seed, split, cfg.max_grid_size)
+        chosen = select_groups(fitting, wanted, cfg.subset_seed, split, cfg.max_grid_size)
         sides.append(Split(tuple(sources), chosen, skipped, len(tasks) - len(fitting)))
     return sides[0], sides[1]
 

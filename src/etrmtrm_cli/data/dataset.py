@@ -67,7 +67,7 @@ class _Examples:
 
 
 def build_arc_data(cfg: DataConfig, seed: int) -> ArcData:
-    train, evals = load_splits(cfg, seed)
+    train, evals = load_splits(cfg)
     return ArcData(cfg, seed, train, evals)
 
 

@@ -3,6 +3,7 @@ and start its decoder from the experiment's `decoder` setting."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch import nn
@@ -37,22 +38,28 @@ def encoder_parameters(model: ACTModel) -> list[nn.Parameter]:
     return list(model.provider.parameters())
 
 
-def load_decoder(model: ACTModel, exp: Experiment, seq_len: int, runs_dir: Path) -> ImportReport | None:
+def load_decoder(model: ACTModel, exp: Experiment, seq_len: int, runs_dir: Path,
+                 train_tasks: Sequence[str] | None = None) -> ImportReport | None:
     """Load the pretrained decoder named by ``exp.decoder`` into `model` (None when it is 'none').
 
-    'P0' (or any experiment ID) is that finished run's final weights in `runs_dir`; a path is either a
-    TRM `step_N` file or one of our model.safetensors files (with its config.json beside it).
+    'P0' (or any experiment ID) is one finished run of it in `runs_dir` (rundir.decoder_run: runs/P0/, else
+    its lowest seed), refused when it was trained on other tasks than `train_tasks` or another canvas; a
+    path is a TRM `step_N` file or one of our model.safetensors files (with its config.json beside it).
     """
     if exp.decoder == "none":
         return None
     path = Path(exp.decoder)
     if not path.exists() and "/" not in exp.decoder and not path.suffix:
-        path = runs_dir / exp.decoder / rundir.FINAL_WEIGHTS
-        if not path.is_file():
+        found = rundir.decoder_run(runs_dir, exp.decoder)
+        if found is None:
             raise CheckpointError(
-                f"{exp.id}: decoder = {exp.decoder!r}: {path} does not exist; produce it with "
+                f"{exp.id}: decoder = {exp.decoder!r}: no finished run of it in {runs_dir} (no "
+                f"{runs_dir / exp.decoder / rundir.FINAL_WEIGHTS}); produce it with "
                 f"`etrmtrm train {exp.decoder} --profile {exp.profile}`"
             )
+        path = found / rundir.FINAL_WEIGHTS
+        if train_tasks is not None:
+            _check_same_tasks(exp, found, train_tasks)
     if not path.is_file():
         raise CheckpointError(f"{exp.id}: decoder = {exp.decoder!r}: no such file")
     if path.suffix == ".safetensors":
@@ -61,6 +68,18 @@ def load_decoder(model: ACTModel, exp: Experiment, seq_len: int, runs_dir: Path)
         model, path, exp.arch, seq_len=seq_len, keep_puzzle_emb=exp.model == "trm",
         allow_cycle_mismatch=exp.allow_decoder_mismatch,
     )
+
+
+def _check_same_tasks(exp: Experiment, run: Path, train_tasks: Sequence[str]) -> None:
+    """A pretrained decoder learned its puzzles' embeddings and grids: it must have trained on ours."""
+    meta = rundir.read_json(run / rundir.META) if (run / rundir.META).is_file() else {}
+    theirs = meta.get("train_tasks")
+    if isinstance(theirs, list) and sorted(theirs) != sorted(train_tasks):
+        differ = len(set(train_tasks) - set(theirs))
+        raise CheckpointError(
+            f"{exp.id}: decoder {run} was trained on other tasks ({differ} of this experiment's "
+            f"{len(train_tasks)} train tasks are not among its {len(theirs)}): train it with this experiment's "
+            "data settings (data.train_groups, data.subset_seed, data.max_grid_size, sources)")
 
 
 def _load_our_decoder(model: ACTModel, exp: Experiment, path: Path) -> ImportReport:

@@ -49,6 +49,7 @@ class TrainOptions:
     tensorboard: bool = False
     wandb: bool = False
     command: str = ""  # the command that started the run, as advice reuses it (default: etrmtrm train <ID>)
+    per_seed: bool = False  # runs/<ID>/seed-<N>/ (one of several seeds) instead of runs/<ID>/
 
 
 @dataclass
@@ -82,7 +83,7 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
           stop: StopFlag | None = None) -> RunSummary:
     emit = on_event if (on_event is not None and ctx.is_main) else (lambda kind, payload: None)
     stop = stop or StopFlag()
-    run_dir = options.runs_dir / exp.id
+    run_dir = rundir.run_path(options.runs_dir, exp.id, exp.seed if options.per_seed else None)
     # Loggers, resume checks, data, model and decoder first: a bad input fails before a run is touched.
     require_loggers(options.tensorboard, options.wandb)
     changed = _check_resume(run_dir, exp) if options.resume else {}
@@ -90,7 +91,8 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
     data = build_arc_data(exp.data, exp.seed)
     check_memory(exp, data.seq_len, data.num_puzzle_ids, ctx.device, ctx.world_size)
     model = build_model(exp, data.seq_len, data.num_puzzle_ids)
-    report = None if options.resume else load_decoder(model, exp, data.seq_len, options.runs_dir)
+    train_tasks = [g.task.id for g in data.groups[: data.num_train_groups]]
+    report = None if options.resume else load_decoder(model, exp, data.seq_len, options.runs_dir, train_tasks)
     lock = rundir.prepare_run_dir(run_dir, resume=options.resume, force=options.force) if ctx.is_main else None
     try:
         ctx.barrier()
@@ -192,6 +194,7 @@ def _meta(exp: Experiment, ctx: DistContext, data: ArcData, total: int, command:
     """meta.json: what produced the run (code, versions, machine) and which tasks it trains and evaluates on."""
     return {
         "experiment": exp.id, "command": command or None, "seed": exp.seed, "profile": exp.profile,
+        "config_hash": rundir.config_hash(exp.model_dump(mode="json")),
         "etrmtrm": __version__,
         "git_sha": _git_sha(), "torch": torch.__version__, "python": platform.python_version(),
         "device": str(ctx.device), "world_size": ctx.world_size, "cpu": platform.processor() or platform.machine(),
