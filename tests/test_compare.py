@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import CPU, tiny
+from scipy import stats as scipy_stats
 from typer.testing import CliRunner
 
 from etrmtrm_cli import rundir
@@ -28,12 +29,14 @@ ENV = {"COLUMNS": "250"}
 
 def write_run(runs_dir: Path, exp_id: str, acc: Sequence[float | None], *, status: str = "finished",
               loss: Sequence[float] | None = None, var: float = 0.5, share: float = 0.4, carry_norm: float = 4.0,
-              em: float | None = None, total: int | None = None, overrides: Sequence[str] = ()) -> Path:
+              em: float | None = None, total: int | None = None, overrides: Sequence[str] = (),
+              seed: int | None = None) -> Path:
     """A run directory as train.py writes it: config.json of the real tiny experiment, one metrics line per
-    step with train/accuracy = acc[i], an eval every 10 steps. E0a-like IDs get no carry metrics."""
-    exp = tiny(exp_id, overrides)
+    step with train/accuracy = acc[i], an eval every 10 steps. E0a-like IDs get no carry metrics. With a
+    seed: runs/<ID>/seed-<N>/, as `train --seeds` writes it."""
+    exp = tiny(exp_id, [*overrides, *([f"seed={seed}"] if seed is not None else [])])
     recurrent = exp.arch.recurrent_encoder_type != "static"
-    run = runs_dir / exp_id
+    run = rundir.run_path(runs_dir, exp_id, seed)
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps(exp.model_dump(mode="json")))
     steps = len(acc)
@@ -117,18 +120,66 @@ def test_matrix_row_from_a_hand_written_run(tmp_path: Path) -> None:
 # --- the verdict --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("recurrent_acc", "letter"), [
-    (0.93, "A"), (0.91, "B"), (0.902, "C"), (0.897, "C"), (0.87, "C/D"), (0.84, "D"),
+def seeded(runs_dir: Path, exp_id: str, finals: Sequence[float], **kwargs: Any) -> None:
+    """One run per seed 0, 1, ...: seed i's train accuracy is flat at finals[i]."""
+    for seed, value in enumerate(finals):
+        write_run(runs_dir, exp_id, flat(value), seed=seed, **kwargs)
+
+
+BASE = [0.900, 0.905, 0.895, 0.902, 0.898]  # E0a over 5 seeds: 90 % with a 0.4-point spread
+
+
+@pytest.mark.parametrize(("delta", "letter"), [
+    (3.0, "A"), (1.2, "B"), (0.0, "C"), (-2.0, "C/D"), (-8.0, "D"),
 ])
-def test_scenarios(tmp_path: Path, recurrent_acc: float, letter: str) -> None:
-    write_run(tmp_path, "E0a", flat(0.90))
-    write_run(tmp_path, "E0b", flat(recurrent_acc))
+def test_a_scenario_is_named_when_the_interval_lies_in_its_band(tmp_path: Path, delta: float, letter: str) -> None:
+    noise = [0.001, -0.001, 0.0005, -0.0005, 0.0]  # per-seed differences within +-0.1 point of delta
+    seeded(tmp_path, "E0a", BASE)
+    seeded(tmp_path, "E0b", [b + delta / 100 + e for b, e in zip(BASE, noise, strict=True)])
     verdict = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict
-    assert verdict.baseline == "E0a"
     (scenario,) = verdict.scenarios
     assert (scenario.run, scenario.baseline, scenario.letter) == ("E0b", "E0a", letter)
-    assert scenario.delta_pts == pytest.approx(100 * (recurrent_acc - 0.90))
-    assert scenario.caveats == []
+    diffs = [100 * e + delta for e in noise]
+    lo, hi = scipy_stats.t.interval(0.95, len(diffs) - 1, loc=np.mean(diffs), scale=scipy_stats.sem(diffs))
+    assert scenario.difference is not None and scenario.difference.n == 5
+    assert scenario.difference.interval == pytest.approx((lo, hi))  # an independent computation
+    assert scenario.delta_pts == pytest.approx(delta)
+
+
+def test_a_small_gap_with_a_large_spread_is_inconclusive(tmp_path: Path) -> None:
+    seeded(tmp_path, "E0a", [0.90, 0.92, 0.88, 0.91, 0.89])
+    seeded(tmp_path, "E0b", [0.92, 0.90, 0.90, 0.93, 0.895])  # mean +0.9 points, spread ~2 points
+    (scenario,) = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict.scenarios
+    assert scenario.letter == "inconclusive" and scenario.delta_pts == pytest.approx(0.9)
+    result = scipy_stats.ttest_rel([92, 90, 90, 93, 89.5], [90, 92, 88, 91, 89]).confidence_interval(0.95)
+    assert scenario.difference.interval == pytest.approx((result.low, result.high))
+    assert any("would be detected" in e for e in scenario.evidence)
+
+
+def test_one_seed_cannot_name_a_scenario(tmp_path: Path) -> None:
+    write_run(tmp_path, "E0a", flat(0.90))
+    write_run(tmp_path, "E0b", flat(0.95))
+    (scenario,) = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict.scenarios
+    assert (scenario.letter, scenario.title) == ("?", verdict.ONE_SEED)
+    assert scenario.difference.n == 1 and scenario.difference.interval is None
+
+
+def test_identical_configurations_are_pooled_and_a_repeated_seed_counts_once(tmp_path: Path) -> None:
+    seeded(tmp_path, "E0b", [0.90, 0.91])
+    seeded(tmp_path, "E2b", [0.90, 0.91, 0.92])  # E2b is E0b's configuration: seeds 0, 1 repeat E0b's
+    result = compare.compare_runs(tmp_path, ["E0b", "E2b"], with_baselines=False)
+    (config,) = result.configs
+    assert (config.label, config.n, config.repeats) == ("E0b = E2b", 3, ("E2b s0", "E2b s1"))
+    assert config.estimate("train_acc").mean == pytest.approx(0.91)
+    assert result.config_diff == {}
+
+
+def test_a_ceiling_is_named_and_judged_on_figures_with_room(tmp_path: Path) -> None:
+    seeded(tmp_path, "E0a", [0.985, 0.99, 0.98])
+    seeded(tmp_path, "E0b", [0.985, 0.99, 0.98], em=0.3)
+    (scenario,) = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict.scenarios
+    assert any(c.startswith("ceiling: E0a is at 98.5%") for c in scenario.caveats)
+    assert any(e.startswith("train exact accuracy:") for e in scenario.evidence)
 
 
 def flags(tmp_path: Path, ids: Sequence[str]) -> dict[int, verdict.RedFlag]:
@@ -136,10 +187,12 @@ def flags(tmp_path: Path, ids: Sequence[str]) -> dict[int, verdict.RedFlag]:
 
 
 def test_healthy_runs_raise_no_red_flag(tmp_path: Path) -> None:
-    write_run(tmp_path, "E0a", flat(0.90))
-    write_run(tmp_path, "E0b", flat(0.93))
+    seeded(tmp_path, "E0a", BASE)
+    seeded(tmp_path, "E0b", [b + 0.03 for b in BASE])
     assert [(f.number, f.assessed, f.holds) for f in flags(tmp_path, ["E0a", "E0b"]).values()] == \
         [(1, True, False), (2, True, False), (3, True, False)]
+    write_run(tmp_path, "E1a", flat(0.90))  # one seed: red flag 3 cannot be assessed
+    assert not flags(tmp_path, ["E0a", "E1a"])[3].assessed
 
 
 @pytest.mark.parametrize(("kwargs", "evidence"), [
@@ -169,18 +222,19 @@ def test_red_flag_2_instability(tmp_path: Path, kwargs: dict[str, Any], evidence
 
 
 def test_red_flag_3_no_improvement_and_the_best_configuration(tmp_path: Path) -> None:
-    write_run(tmp_path, "E0a", flat(0.90))
-    write_run(tmp_path, "E0b", flat(0.902))
-    write_run(tmp_path, "E1a", flat(0.88))
+    seeded(tmp_path, "E0a", BASE)
+    seeded(tmp_path, "E0b", [b + 0.002 for b in BASE])
+    seeded(tmp_path, "E1a", [b - 0.02 for b in BASE])
     flag = flags(tmp_path, ["E0a", "E0b", "E1a"])[3]
-    assert flag.holds and flag.evidence == ["E0b: +0.20 points vs E0a", "E1a: -2.00 points vs E0a"]
-    write_run(tmp_path, "E2c", flat(0.95), em=0.6)
-    write_run(tmp_path, "E2d", flat(0.95), em=0.7)
+    assert flag.assessed and flag.holds
+    assert flag.evidence[0].startswith("E0b: +0.20 points, 95% CI [+0.20, +0.20], n = 5 vs E0a")
+    seeded(tmp_path, "E2c", [b + 0.05 for b in BASE], em=0.6)
+    seeded(tmp_path, "E2d", [b + 0.05 for b in BASE], em=0.7)
     result = compare.compare_runs(tmp_path, ["E0a", "E0b", "E1a", "E2c", "E2d"], with_baselines=False)
     assert not {f.number: f for f in result.verdict.red_flags}[3].holds
     best = result.verdict.best
     assert best is not None and best.run == "E2d"  # ties E2c on train acc, wins on EM
-    assert "over E0a: +5.00 points train acc, +25.00 points train EM" in best.evidence[1]
+    assert best.evidence[1].startswith("over E0a: +5.00 points")
     assert [s.letter for s in result.verdict.scenarios] == ["C", "C/D", "A", "A"]
 
 
@@ -238,19 +292,21 @@ def test_config_differences_leave_out_the_encoder_of_a_trm_run(tmp_path: Path) -
 def test_terminal_markdown_and_plot(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     runs = tmp_path / "runs"
-    write_run(runs, "E0a", [0.0] * 50 + [0.9] * 50)
-    write_run(runs, "E0b", [0.0] * 40 + [0.95] * 60)
+    for seed in (0, 1, 2):
+        write_run(runs, "E0a", [0.0] * 50 + [0.9] * 50, seed=seed)
+        write_run(runs, "E0b", [0.0] * 40 + [0.95 + 0.005 * seed] * 60, seed=seed)
     md, png = tmp_path / "results" / "overfit.md", tmp_path / "results" / "plots" / "curves.png"
     result = invoke("E0a", "E0b", "--runs-dir", str(runs), "--markdown", str(md), "--plot", str(png))
     assert result.exit_code == 0, result.output
-    for text in ("Comparison matrix", "Steps to 90%", "Scenario A for E0b vs E0a", "Trivial baselines",
+    for text in ("Over seeds", "Comparison matrix", "Steps to 90%", "Scenario A for E0b vs E0a", "Trivial baselines",
                  "arch.recurrent_encoder_type", "Red flag 3 (no improvement): does not hold"):
         assert text in result.output, text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = md.read_text()
     assert "| Experiment | Model | Train Acc | Train EM | Avg Steps | Steps to 80% | Steps to 90% |" in report
     # steps to 80 % / 90 %: 7 and 8 of the 8 steps in the window at 95 %
-    assert "| E0b | ETRMTRM (recurrent_standard) | 95.0% | 47.5% | 4 | 47 | 48 |" in report
+    assert "| E0b s0 | ETRMTRM (recurrent_standard) | 95.0% | 47.5% | 4 | 47 | 48 |" in report
+    assert "| E0b | 3 (0, 1, 2) | 95.5% ± 1.2 |" in report  # 95, 95.5, 96: t(0.975, 2) * 0.5 / sqrt(3) = 1.24
     assert "**Scenario A for E0b vs E0a: recurrence helps significantly**" in report
     assert "![training curves](plots/curves.png)" in report
     assert "## Trivial baselines" in report and "## Config differences" in report

@@ -388,7 +388,7 @@ def test_one_writer_per_run(project: Path) -> None:
         time.sleep(0.05)
     assert first.poll() is None, first.communicate()[0]
     try:
-        second = cli_proc("train", "E0b", "--resume", *TINY, "--max-steps", 100000, cwd=project, timeout=12)
+        second = cli_proc("train", "E0b", "--resume", *TINY, "--max-steps", 100000, cwd=project, timeout=60)
     finally:
         first.send_signal(signal.SIGTERM)
         first_text, _ = first.communicate(timeout=60)

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from etrmtrm_cli.analysis.compare import Comparison
+from etrmtrm_cli.analysis.configs import Configuration
 from etrmtrm_cli.analysis.diagnose.subject import CheckResult, Status
 from etrmtrm_cli.analysis.matrix import (
     CONVERGENCE_LEVELS,
@@ -61,7 +62,8 @@ Column = tuple[str, Callable[[RunRow], str]]
 
 def _notes(baseline: str | None) -> Callable[[RunRow], str]:
     def note(r: RunRow) -> str:
-        kind = "baseline" if r.exp_id == baseline else "recurrent" if r.recurrent else "static"
+        is_base = baseline is not None and r.exp_id in baseline.split(" = ")
+        kind = "baseline" if is_base else "recurrent" if r.recurrent else "static"
         return kind if r.model != "TRM" else "decoder pretraining"
 
     return note
@@ -70,7 +72,7 @@ def _notes(baseline: str | None) -> Callable[[RunRow], str]:
 def matrix_columns(baseline: str | None) -> list[Column]:
     """The plan's comparison matrix (its "Comparison Matrix" table), plus steps to 80% and status."""
     return [
-        ("Experiment", lambda r: r.exp_id),
+        ("Experiment", lambda r: r.label),
         ("Model", lambda r: f"{r.model} ({r.encoder})"),
         ("Train Acc", lambda r: pct(r.train_acc)),
         ("Train EM", lambda r: pct(r.train_em)),
@@ -87,7 +89,7 @@ def _steps_to(level: float) -> Callable[[RunRow], str]:
 
 
 DYNAMICS_COLUMNS: list[Column] = [
-    ("Experiment", lambda r: r.exp_id),
+    ("Experiment", lambda r: r.label),
     ("Grad enc share", lambda r: num(r.grad_share)),
     ("Grad enc norm", lambda r: num(r.grad_norm)),
     ("Carry norm (RMS)", lambda r: f"{num(r.carry_norm)} ({num(r.carry_rms)})" if r.recurrent else "—"),
@@ -113,7 +115,37 @@ DEFINITIONS = (
 )
 
 
-def _table(title: str, columns: Sequence[Column], rows: Sequence[RunRow], caption: str | None = None) -> Table:
+def _over_seeds(figure: str, percent: bool = True) -> Callable[[Configuration], str]:
+    def cell(c: Configuration) -> str:
+        e = c.estimate(figure)
+        if e.mean is None:
+            return "—"
+        scale = 100 if percent else 1
+        value = f"{scale * e.mean:.1f}" + ("%" if percent else "")
+        return value + (f" ± {scale * e.half_width:.1f}" if e.half_width is not None else "")
+    return cell
+
+
+SEED_COLUMNS: list[Any] = [
+    ("Configuration", lambda c: c.label),
+    ("Seeds", lambda c: f"{c.n} ({', '.join(str(s) for s in c.seeds)})"),
+    ("Train Acc", _over_seeds("train_acc")),
+    ("Train EM", _over_seeds("train_em")),
+    ("Train Acc AUC", _over_seeds("auc")),
+    ("Steps to 90%", _over_seeds("steps_to_90", percent=False)),
+    ("Avg Steps", _over_seeds("act_steps", percent=False)),
+    ("Eval acc", _over_seeds("eval_acc")),
+    ("Eval exact", _over_seeds("eval_exact")),
+]
+SEEDS_NOTE = (
+    "A configuration is every compared run with one resolved config (whatever its experiment ID); a seed two of "
+    "them ran counts once. Each figure: mean over seeds ± the half-width of its 95% Student-t interval (none "
+    "with one seed). Train Acc AUC: the mean train accuracy over the run's steps (the area under its curve), "
+    "which still separates runs at a ceiling. Steps to 90%: over the seeds that reached it."
+)
+
+
+def _table(title: str, columns: Sequence[Any], rows: Sequence[Any], caption: str | None = None) -> Table:
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     for i, (header, _) in enumerate(columns):
         table.add_column(header, style="bold cyan" if i == 0 else None, justify="left" if i == 0 else "right")
@@ -124,7 +156,8 @@ def _table(title: str, columns: Sequence[Column], rows: Sequence[RunRow], captio
 
 def comparison_renderables(cmp: Comparison) -> list[Any]:
     out: list[Any] = [
-        _table("Comparison matrix (vs ETRM)", matrix_columns(cmp.verdict.baseline), cmp.rows),
+        _table("Over seeds (mean ± 95% CI half-width, n seeds)", SEED_COLUMNS, cmp.configs, SEEDS_NOTE),
+        _table("Comparison matrix (vs ETRM), per run", matrix_columns(cmp.verdict.baseline), cmp.rows),
         _table("Encoder, eval and stability", DYNAMICS_COLUMNS, cmp.rows, DEFINITIONS),
     ]
     if cmp.baselines:
@@ -158,8 +191,8 @@ def config_table(cmp: Comparison) -> Table | Text:
         return Text("Config: the runs' config.json files agree on every setting.", style="dim")
     table = Table(title="Config differences (config.json)", title_justify="left")
     table.add_column("key", style="bold")
-    for r in cmp.rows:
-        table.add_column(r.exp_id)
+    for c in cmp.configs:
+        table.add_column(c.label)
     for key, values in cmp.config_diff.items():
         table.add_row(key, *(_value(v) for v in values))
     return table
@@ -235,16 +268,19 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _md_columns(columns: Sequence[Column], rows: Sequence[RunRow]) -> str:
+def _md_columns(columns: Sequence[Any], rows: Sequence[Any]) -> str:
     return _md_table([h for h, _ in columns], [[fn(r) for _, fn in columns] for r in rows])
 
 
 def comparison_markdown(cmp: Comparison, markdown_path: Path, plot: Path | None = None,
                         per_task: Sequence[TaskScore] = ()) -> str:
-    ids = [r.exp_id for r in cmp.rows]
+    ids = [c.label for c in cmp.configs]
     out = [f"# Comparison: {' vs '.join(ids)}", "",
            f"Runs: {', '.join(f'`{r.run_dir}`' for r in cmp.runs)}. Generated by `etrmtrm compare {' '.join(ids)}`.",
-           "", "## Comparison matrix (vs ETRM)", "", _md_columns(matrix_columns(cmp.verdict.baseline), cmp.rows), "",
+           "", "## Over seeds (mean ± 95% CI half-width, n seeds)", "", _md_columns(SEED_COLUMNS, cmp.configs), "",
+           SEEDS_NOTE, "",
+           "## Comparison matrix (vs ETRM), per run", "",
+           _md_columns(matrix_columns(cmp.verdict.baseline), cmp.rows), "",
            "## Encoder, eval and stability", "", _md_columns(DYNAMICS_COLUMNS, cmp.rows), "", DEFINITIONS, ""]
     if plot is not None:
         rel = os.path.relpath(plot.resolve(), markdown_path.resolve().parent)
@@ -321,7 +357,7 @@ def plot_curves(cmp: Comparison, path: Path) -> None:
             ax.plot(xs, ys, color=colour, alpha=0.25, linewidth=0.8)
             smooth = trailing_means(points, SMOOTH_EXAMPLES if key in HALTED_METRICS else SMOOTH_STEPS)
             ax.plot([p[0] for p in smooth], [p[1] for p in smooth], color=colour, linewidth=1.6, marker=marker,
-                    markersize=3, label=run.exp_id)
+                    markersize=3, label=row.label)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -332,7 +368,7 @@ def plot_curves(cmp: Comparison, path: Path) -> None:
         panels = [*panels, ("", "")]
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(f"{' vs '.join(r.exp_id for r in cmp.rows)} (solid: trailing mean over "
+    fig.suptitle(f"{' vs '.join(c.label for c in cmp.configs)} (solid: trailing mean over "
                  f"{SMOOTH_EXAMPLES} halted examples, or {SMOOTH_STEPS} steps)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -348,7 +384,7 @@ def _plot_carry_by_act_step(ax: Any, cmp: Comparison) -> None:
         points = [(k, v) for k, v in points if v is not None]
         if row.recurrent and points:
             ax.plot([k for k, _ in points], [v for _, v in points], color=f"C{i % 10}", marker="o", markersize=3,
-                    label=run.exp_id)
+                    label=row.label)
     ax.set_title("encoder carry change vs ACT step (last 10 %)")
     ax.set_xlabel("ACT step")
     ax.grid(alpha=0.3)

@@ -250,16 +250,16 @@ _JSON_NAMES = {dict: "object", list: "array", str: "string", int: "number", floa
 
 
 def load_runs(runs_dir: Path, exp_ids: Sequence[str]) -> list[RunFiles]:
-    """Every named run; one error naming every missing run and the command that produces it."""
+    """Every run of every named experiment (each seed of it); one error naming every experiment without a
+    run and the command that produces it."""
     if not exp_ids:
         raise ConfigError("compare needs at least one run, e.g. `etrmtrm compare E0a E0b`")
-    for exp_id in exp_ids:
-        check_name(exp_id, "compare")
-    missing = [e for e in exp_ids if not (runs_dir / e / CONFIG).is_file()]
+    found = {exp_id: seed_runs(runs_dir, exp_id) for exp_id in exp_ids}
+    missing = [e for e, runs in found.items() if not runs]
     if missing:
-        raise RunError("\n".join(f"{runs_dir / e}: no such run (no {CONFIG}); produce it with "
-                                 f"`etrmtrm train {e}`" for e in missing))
-    return [load_run(runs_dir / e) for e in exp_ids]
+        raise RunError("\n".join(f"{runs_dir / e}: no such run (no {CONFIG}, no {SEED_PREFIX}<N>/); produce it "
+                                 f"with `etrmtrm train {e}`" for e in missing))
+    return [load_run(run) for runs in found.values() for run in runs]
 
 
 def load_run(run_dir: Path) -> RunFiles:

@@ -49,23 +49,23 @@ def pair_baselines(pairs: Sequence[tuple[np.ndarray, np.ndarray]], canvas: int) 
 
 
 def trivial_baselines(runs: Sequence[RunFiles]) -> list[TrivialBaselines]:
-    """Per distinct (data config, seed): the baselines on every query of the train groups and of the eval
+    """Per distinct data config: the baselines on every query of the train groups and of the eval
     groups, on the original puzzles (untranslated; colour permutations and rotations leave (a) unchanged)."""
     from etrmtrm_cli.config import DataConfig
     from etrmtrm_cli.data.dataset import build_arc_data
 
     by_data: dict[str, list[RunFiles]] = {}
     for run in runs:
-        key = json.dumps([run.config.get("data"), run.config.get("seed", 0)], sort_keys=True)
+        key = json.dumps(run.config.get("data"), sort_keys=True)  # the tasks do not depend on the seed
         by_data.setdefault(key, []).append(run)
     out = []
     for members in by_data.values():
         first = members[0]
-        data = build_arc_data(DataConfig.model_validate(first.config.get("data", {})), int(first.config.get("seed", 0)))
+        data = build_arc_data(DataConfig.model_validate(first.config.get("data", {})), 0)
         train = [g.task.pairs[q] for g in data.groups[:data.num_train_groups] for q in g.queries]
         evals = [g.task.pairs[q] for g in data.groups[data.num_train_groups:] for q in g.queries]
         train_a, train_b = pair_baselines(train, data.canvas_size)
         eval_a, eval_b = pair_baselines(evals, data.canvas_size)
-        out.append(TrivialBaselines(tuple(r.exp_id for r in members), train_a, train_b, len(train),
+        out.append(TrivialBaselines(tuple(dict.fromkeys(r.exp_id for r in members)), train_a, train_b, len(train),
                                     eval_a, eval_b, len(evals)))
     return out

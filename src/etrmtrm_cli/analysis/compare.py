@@ -11,6 +11,7 @@ from typing import Any
 
 from etrmtrm_cli import rundir
 from etrmtrm_cli.analysis.baselines import TrivialBaselines, trivial_baselines
+from etrmtrm_cli.analysis.configs import Configuration, group_configurations
 from etrmtrm_cli.analysis.matrix import RunRow, config_differences, run_row
 from etrmtrm_cli.analysis.per_task import TaskScore
 from etrmtrm_cli.analysis.verdict import Verdict, verdict
@@ -21,8 +22,9 @@ from etrmtrm_cli.rundir import RunFiles
 @dataclass(frozen=True)
 class Comparison:
     runs: list[RunFiles]
-    rows: list[RunRow]
-    config_diff: dict[str, list[Any]]
+    rows: list[RunRow]  # one per run (each seed)
+    configs: list[Configuration]  # the runs grouped by config hash, figures over seeds
+    config_diff: dict[str, list[Any]]  # key -> each configuration's value
     baselines: list[TrivialBaselines]
     verdict: Verdict
     per_task: list[TaskScore] = field(default_factory=list)
@@ -36,5 +38,7 @@ def compare_runs(runs_dir: Path, exp_ids: Sequence[str], *, with_baselines: bool
         raise ConfigError(f"the runs were trained at different profiles ({each}): their sizes differ, so their "
                           "figures are not comparable; compare runs of one profile")
     rows = [run_row(r) for r in runs]
-    return Comparison(runs, rows, config_differences(runs), trivial_baselines(runs) if with_baselines else [],
-                      verdict(rows))
+    configs = group_configurations(rows)
+    firsts = [next(run for run, row in zip(runs, rows, strict=True) if row is c.first) for c in configs]
+    return Comparison(runs, rows, configs, config_differences(firsts),
+                      trivial_baselines(runs) if with_baselines else [], verdict(rows, configs))

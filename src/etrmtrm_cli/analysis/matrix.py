@@ -20,8 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from etrmtrm_cli.analysis.stats import auc
 from etrmtrm_cli.errors import ConfigError
-from etrmtrm_cli.rundir import Row, RunFiles
+from etrmtrm_cli.rundir import SEED_PREFIX, Row, RunFiles, config_hash
 
 # --- how the numbers are read from metrics.jsonl -----------------------------------------------------------
 FINAL_FRACTION = 0.10  # "final" = mean over the last 10% of logged steps
@@ -40,6 +41,8 @@ class RunRow:
     """One run's line of the comparison matrix. None = not logged / not applicable ("—")."""
 
     exp_id: str
+    seed: int
+    config_hash: str  # rundir.config_hash: runs with one hash are seeds of one configuration
     model: str  # "ETRM" | "ETRMTRM" | "TRM"
     encoder: str
     recurrent: bool
@@ -50,6 +53,7 @@ class RunRow:
     train_em: float | None
     act_steps: float | None
     steps_to: dict[float, int | None]
+    auc: float | None  # area under the train-accuracy curve over the run's steps, / its steps (stats.auc)
     encoder_var: float | None
     grad_share: float | None
     grad_norm: float | None
@@ -68,6 +72,13 @@ class RunRow:
     @property
     def finished(self) -> bool:
         return self.status == "finished"
+
+    @property
+    def label(self) -> str:
+        """The run as the matrix names it: its experiment and, for one of several seeds, the seed."""
+        return f"{self.exp_id} s{self.seed}" if self.seed_axis else self.exp_id
+
+    seed_axis: bool = False  # one of several seeds (runs/<ID>/seed-<N>/)
 
 
 def series(rows: Sequence[Row], key: str) -> list[tuple[int, float, float]]:
@@ -149,11 +160,13 @@ def run_row(run: RunFiles) -> RunRow:
     status = str(run.summary.get("status", "running"))
     wall = run.summary.get("wall_time_s")
     return RunRow(
-        exp_id=run.exp_id, model=model, encoder=encoder if has_encoder else "puzzle embedding",
+        exp_id=run.exp_id, seed=int(cfg.get("seed", 0)), config_hash=config_hash(cfg),
+        model=model, encoder=encoder if has_encoder else "puzzle embedding",
         recurrent=recurrent, status=status, status_text=status_text(run, last_step), last_step=last_step,
         train_acc=final_value(rows, "train/accuracy"), train_em=final_value(rows, "train/exact_accuracy"),
         act_steps=final_value(rows, "train/steps"),
         steps_to={level: steps_to(rows, level) for level in CONVERGENCE_LEVELS},
+        auc=train_auc(run),
         encoder_var=final_value(rows, "train/encoder_cross_sample_var"),
         grad_share=final_value(rows, "grad/encoder_share") if has_encoder else None,
         grad_norm=final_value(rows, "grad/encoder_norm") if has_encoder else None,
@@ -165,7 +178,16 @@ def run_row(run: RunFiles) -> RunRow:
         eval_acc=last_eval.get("eval/accuracy"), eval_exact=last_eval.get("eval/exact_accuracy"),
         eval_pass2=last_eval.get("eval/pass@2"), loss_cv=cv, diverged=diverged,
         wall_time_s=float(wall) if isinstance(wall, int | float) else None,
+        seed_axis=run.run_dir.name.startswith(SEED_PREFIX),
     )
+
+
+def train_auc(run: RunFiles) -> float | None:
+    """Mean train accuracy over the whole run (the area under its curve per step): it still separates runs
+    whose final accuracy sits at a ceiling, by how fast they got there."""
+    points = [(step, value) for step, value, _ in series(run.rows, "train/accuracy")]
+    total = run.summary.get("total_steps") or run.meta.get("total_steps") or (points[-1][0] if points else 0)
+    return auc(points, int(total)) if points and isinstance(total, int | float) and total > 0 else None
 
 
 def is_trm(run: RunFiles) -> bool:

@@ -1,5 +1,7 @@
-"""The plan's verdict on a comparison matrix: scenarios A-D against the ETRM baseline, red flags 1-3, and the best
-configuration. Pure functions of the matrix rows."""
+"""The plan's verdict on a comparison: scenarios A-D against the ETRM baseline, red flags 1-3, and the best
+configuration. Pure functions of the matrix rows (red flags 1-2, per run) and of the configurations over
+seeds (scenarios, red flag 3, best): a scenario is named only when the 95 % interval of the paired per-seed
+difference lies inside its band."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from etrmtrm_cli.analysis.configs import Configuration
 from etrmtrm_cli.analysis.matrix import RunRow
-from etrmtrm_cli.analysis.text import delta_pts, delta_steps, num, pct, steps
+from etrmtrm_cli.analysis.stats import Band, Estimate, classify, detectable_difference, paired_difference
+from etrmtrm_cli.analysis.text import num, pct
 from etrmtrm_cli.analysis.thresholds import COLLAPSED_VAR, STARVED_GRAD_SHARE
 
 # --- the plan's thresholds ("Expected Outcomes") ------------------------------------------------------------
@@ -35,17 +39,30 @@ CARRY_RMS_EXPLODING = 10.0
 # Red Flag 3 "No improvement": "All ETRMTRM experiments <= ETRM baseline" -> no recurrent run is at least
 # SLIGHT_GAIN_PTS above the static baseline (a smaller gain is noise, as in Scenario C).
 NO_GAIN_PTS = SLIGHT_GAIN_PTS
+# The scenarios as bands of the difference E0b - E0a in train-accuracy points; edges as the plan reads.
+BANDS = (Band("A", SIGNIFICANT_GAIN_PTS, math.inf), Band("B", SLIGHT_GAIN_PTS, SIGNIFICANT_GAIN_PTS),
+         Band("C", -SAME_BAND_PTS, SAME_BAND_PTS, lo_closed=False),
+         Band("C/D", -CLEARLY_WORSE_PTS, -SAME_BAND_PTS, lo_closed=False, hi_closed=True),
+         Band("D", -math.inf, -CLEARLY_WORSE_PTS, lo_closed=False, hi_closed=True))
+TITLES = {"A": "recurrence helps significantly", "B": "recurrence helps slightly", "C": "no difference",
+          "C/D": "recurrence slightly worse (between the plan's C and D)", "D": "recurrence hurts"}
+ONE_SEED = "one seed cannot separate the arms from noise"
+INCONCLUSIVE = "inconclusive"
+# Figures that still have room when train accuracy sits at a ceiling (figure, what, unit, scale to points).
+CEILING_FIGURES = (("train_em", "train exact accuracy", "points", 100.0), ("auc", "area under train accuracy",
+                   "points", 100.0), ("steps_to_90", "steps to 90%", "steps", 1.0))
 
 
 @dataclass(frozen=True)
 class Scenario:
     run: str
     baseline: str
-    delta_pts: float
-    letter: str  # A | B | C | C/D | D
+    delta_pts: float  # mean paired difference of train accuracy, points
+    letter: str  # A | B | C | C/D | D, or "inconclusive" (the interval spans bands), or "?" (one seed)
     title: str
     evidence: list[str]
     caveats: list[str]
+    difference: Estimate | None = None  # the paired per-seed difference (points), n and interval
 
 
 @dataclass(frozen=True)
@@ -74,52 +91,87 @@ class Verdict:
     best: Best | None
 
 
-def pick_baseline(rows: Sequence[RunRow]) -> tuple[RunRow | None, str]:
-    """The ETRM (static encoder) run, E0a when several; else the first run named."""
-    static = [r for r in rows if r.model == "ETRM" and r.encoder == "static"]
+def pick_baseline(configs: Sequence[Configuration]) -> tuple[Configuration | None, str]:
+    """The ETRM (static encoder) configuration, E0a's when several; else the first named."""
+    static = [c for c in configs if c.first.model == "ETRM" and c.first.encoder == "static"]
     if static:
-        chosen = next((r for r in static if r.exp_id == "E0a"), static[0])
-        return chosen, f"{chosen.exp_id} is the ETRM baseline (static encoder)"
-    if rows:
-        return rows[0], f"no static-encoder run compared: {rows[0].exp_id}, the first run named, is the baseline"
+        chosen = next((c for c in static if "E0a" in c.exp_ids), static[0])
+        return chosen, f"{chosen.label} is the ETRM baseline (static encoder)"
+    if configs:
+        return configs[0], f"no static-encoder run compared: {configs[0].label}, the first named, is the baseline"
     return None, "no runs"
 
 
-def scenario(run: RunRow, base: RunRow) -> Scenario | None:
-    if run.train_acc is None or base.train_acc is None:
+def points(config: Configuration, figure: str, scale: float = 100.0) -> dict[int, float]:
+    """seed -> a figure of that seed in points (or steps with scale 1), seeds without it left out."""
+    return {s: scale * v for s, v in config.per_seed(figure).items() if v is not None}
+
+
+def describe(e: Estimate, unit: str = "points") -> str:
+    """'+1.23 points, 95% CI [+0.40, +2.06], n = 3' (one value: '+1.23 points, n = 1, no interval')."""
+    if e.mean is None:
+        return "no value"
+    if e.interval is None:
+        return f"{e.mean:+.2f} {unit}, n = {e.n}, no interval"
+    lo, hi = e.interval
+    return f"{e.mean:+.2f} {unit}, 95% CI [{lo:+.2f}, {hi:+.2f}], n = {e.n}"
+
+
+def level(e: Estimate) -> str:
+    """'97.2% ± 0.8 (n = 3)' for a fraction over seeds."""
+    if e.mean is None:
+        return "—"
+    spread = f" ± {100 * e.half_width:.1f}" if e.half_width is not None else ""
+    return f"{pct(e.mean)}{spread} (n = {e.n})"
+
+
+def scenario(run: Configuration, base: Configuration) -> Scenario | None:
+    a, b = points(base, "train_acc"), points(run, "train_acc")
+    if not a or not b:
         return None
-    delta = 100 * (run.train_acc - base.train_acc)
-    if delta >= SIGNIFICANT_GAIN_PTS:
-        letter, title = "A", "recurrence helps significantly"
-    elif delta >= SLIGHT_GAIN_PTS:
-        letter, title = "B", "recurrence helps slightly"
-    elif delta > -SAME_BAND_PTS:
-        letter, title = "C", "no difference"
-    elif delta > -CLEARLY_WORSE_PTS:
-        letter, title = "C/D", "recurrence slightly worse (between the plan's C and D)"
-    else:
-        letter, title = "D", "recurrence hurts"
-    bands = (f"A ≥ +{SIGNIFICANT_GAIN_PTS:g}, B ≥ +{SLIGHT_GAIN_PTS:g}, C within ±{SAME_BAND_PTS:g}, "
-             f"D ≤ -{CLEARLY_WORSE_PTS:g} points")
-    evidence = [
-        f"train acc {pct(run.train_acc)} ({run.exp_id}) vs {pct(base.train_acc)} ({base.exp_id}): "
-        f"{delta:+.2f} points ({bands})",
-        f"train EM {pct(run.train_em)} vs {pct(base.train_em)}",
-        f"steps to 90%: {steps(run.steps_to[0.90])} vs {steps(base.steps_to[0.90])}",
-        f"avg ACT steps: {num(run.act_steps)} vs {num(base.act_steps)}",
-        f"encoder var: {num(run.encoder_var)} vs {num(base.encoder_var)}",
-    ]
     caveats = []
-    if base.train_acc < BASELINE_REFERENCE_ACC:
-        caveats.append(f"{base.exp_id} is at {pct(base.train_acc)}, below the plan's ~90% reference: the "
+    try:
+        diff = paired_difference(a, b)
+    except ValueError:
+        return Scenario(run.label, base.label, math.nan, "?", "no seed in common: the arms cannot be paired",
+                        [f"{base.label} has seeds {sorted(a)}, {run.label} has seeds {sorted(b)}: train the same "
+                         "seeds of both (`etrmtrm train <ID> --seeds N`)"], caveats)
+    assert diff.mean is not None
+    if diff.interval is None:
+        letter, title = "?", ONE_SEED
+    else:
+        band = classify(diff.interval, BANDS)
+        letter, title = (band.name, TITLES[band.name]) if band else (INCONCLUSIVE, "the interval spans more than one "
+                                                                     "of the plan's bands")
+    bands = ", ".join(f"{band.name} {band.describe()}" for band in BANDS)
+    evidence = [f"train acc {level(base.estimate('train_acc'))} ({base.label}) vs "
+                f"{level(run.estimate('train_acc'))} ({run.label})",
+                f"paired difference over seeds {list(diff.seeds)}: {describe(diff)} (bands in points: {bands})"]
+    base_acc = base.estimate("train_acc")
+    if letter == INCONCLUSIVE:
+        sd = None if base_acc.sd is None else 100 * base_acc.sd
+        mde = detectable_difference(diff.sd, diff.n)
+        evidence.append(f"with n = {diff.n}, a true difference of about {num(mde)} points would be detected "
+                        f"(80% power; from the paired spread; {base.label}'s seed-to-seed sd is {num(sd)} points)")
+    if base_acc.mean is not None and 100 * base_acc.mean + SIGNIFICANT_GAIN_PTS > 100:
+        caveats.append(f"ceiling: {base.label} is at {pct(base_acc.mean)}, so train accuracy has no room for "
+                       f"scenario A (+{SIGNIFICANT_GAIN_PTS:g} points); judge by the figures that still have room")
+        for figure, what, unit, scale in CEILING_FIGURES:
+            fa, fb = points(base, figure, scale), points(run, figure, scale)
+            if set(fa) & set(fb):
+                evidence.append(f"{what}: {describe(paired_difference(fa, fb), unit)}")
+    if base_acc.mean is not None and base_acc.mean < BASELINE_REFERENCE_ACC:
+        caveats.append(f"{base.label} is at {pct(base_acc.mean)}, below the plan's ~90% reference: the "
                        "scenarios assume a converged baseline")
-    for r in (run, base):
-        if not r.finished:
-            caveats.append(f"{r.exp_id} is {r.status_text}: the verdict may still change")
-    return Scenario(run.exp_id, base.exp_id, delta, letter, title, evidence, caveats)
+    caveats += [f"{r.label} is {r.status_text}: the verdict may still change"
+                for c in (run, base) for r in c.seeds.values() if not r.finished]
+    if run.repeats or base.repeats:
+        caveats.append(f"left out as repeats of a seed already counted: {', '.join(base.repeats + run.repeats)}")
+    return Scenario(run.label, base.label, diff.mean, letter, title, evidence, caveats, diff)
 
 
-def red_flags(rows: Sequence[RunRow], base: RunRow | None) -> list[RedFlag]:
+def red_flags(rows: Sequence[RunRow], configs: Sequence[Configuration], base: Configuration | None
+              ) -> list[RedFlag]:
     encoders = [r for r in rows if r.model != "TRM"]
     bug = []
     for r in encoders:
@@ -132,7 +184,7 @@ def red_flags(rows: Sequence[RunRow], base: RunRow | None) -> list[RedFlag]:
             reasons.append(f"grad encoder share {num(r.grad_share)} < {STARVED_GRAD_SHARE:g} (starved)")
         if reasons:
             note = "" if r.finished else f" ({r.status_text})"
-            bug.append(f"{r.exp_id}{note}: " + "; ".join(reasons))
+            bug.append(f"{r.label}{note}: " + "; ".join(reasons))
     unstable = []
     for r in rows:
         reasons = []
@@ -145,54 +197,70 @@ def red_flags(rows: Sequence[RunRow], base: RunRow | None) -> list[RedFlag]:
         if r.carry_rms is not None and r.carry_rms < CARRY_RMS_VANISHING:
             reasons.append(f"carry RMS {num(r.carry_rms)} < {CARRY_RMS_VANISHING:g} (vanishing)")
         if reasons:
-            unstable.append(f"{r.exp_id}: " + "; ".join(reasons))
+            unstable.append(f"{r.label}: " + "; ".join(reasons))
     flags = [
         RedFlag(1, "implementation bug", bool(encoders), bool(bug), bug,
                 "debug carry management, gradient flow, reset logic (`etrmtrm diagnose --run runs/<ID>`)"),
         RedFlag(2, "instability", bool(rows), bool(unstable), unstable,
                 "check initialization, learning rate, gradient clipping"),
     ]
-    recurrent = [r for r in rows if r.recurrent and r.train_acc is not None]
-    static_base = base is not None and base.encoder == "static" and base.train_acc is not None
-    if static_base and recurrent:
-        assert base is not None and base.train_acc is not None
-        deltas = [(r.exp_id, 100 * (r.train_acc - base.train_acc)) for r in recurrent if r.train_acc is not None]
-        holds = all(d < NO_GAIN_PTS for _, d in deltas)
-        evidence = [f"{e}: {d:+.2f} points vs {base.exp_id}" for e, d in deltas]
-        flags.append(RedFlag(3, "no improvement", True, holds, evidence,
-                             "document the null result, reconsider the hypothesis"))
-    else:
-        flags.append(RedFlag(3, "no improvement", False, False,
-                             ["needs a static-encoder baseline and at least one recurrent run"], ""))
+    flags.append(red_flag_3(configs, base))
     return flags
 
 
-def best_configuration(rows: Sequence[RunRow], base: RunRow | None) -> Best | None:
-    """Of the encoder runs: highest train accuracy, then train EM, then fewest steps to 90%."""
-    ranked = [r for r in rows if r.model != "TRM" and r.train_acc is not None]
+def red_flag_3(configs: Sequence[Configuration], base: Configuration | None) -> RedFlag:
+    """"All ETRMTRM experiments <= ETRM baseline": holds when every recurrent configuration's interval of the
+    paired difference lies below +NO_GAIN_PTS; not assessed with one seed (it cannot tell)."""
+    recurrent = [c for c in configs if c.first.recurrent and points(c, "train_acc")]
+    if base is None or base.first.encoder != "static" or not points(base, "train_acc") or not recurrent:
+        return RedFlag(3, "no improvement", False, False,
+                       ["needs a static-encoder baseline and at least one recurrent run"], "")
+    evidence, below = [], []
+    for c in recurrent:
+        try:
+            diff = paired_difference(points(base, "train_acc"), points(c, "train_acc"))
+        except ValueError:
+            evidence.append(f"{c.label}: no seed in common with {base.label}")
+            below.append(None)
+            continue
+        evidence.append(f"{c.label}: {describe(diff)} vs {base.label}")
+        below.append(None if diff.interval is None else diff.interval[1] < NO_GAIN_PTS)
+    assessed = None not in below
+    if not assessed:
+        evidence.append(f"{ONE_SEED}: run several seeds of each arm (`--seeds N`)")
+    return RedFlag(3, "no improvement", assessed, assessed and all(below), evidence,
+                   "document the null result, reconsider the hypothesis")
+
+
+def best_configuration(configs: Sequence[Configuration], base: Configuration | None) -> Best | None:
+    """Of the encoder configurations: highest mean train accuracy, then train EM (means over seeds)."""
+    ranked = [c for c in configs if c.first.model != "TRM" and c.estimate("train_acc").mean is not None]
     if not ranked:
         return None
-    best = min(ranked, key=lambda r: (-(r.train_acc or 0.0), -(r.train_em or 0.0),
-                                      r.steps_to[0.90] if r.steps_to[0.90] is not None else math.inf))
-    evidence = [f"{best.exp_id}: train acc {pct(best.train_acc)}, train EM {pct(best.train_em)}, "
-                f"steps to 90% {steps(best.steps_to[0.90])}"]
-    if base is not None and base is not best and base.train_acc is not None:
-        evidence.append(
-            f"over {base.exp_id}: {100 * ((best.train_acc or 0) - base.train_acc):+.2f} points train acc, "
-            f"{delta_pts(best.train_em, base.train_em)} train EM, steps to 90% "
-            f"{delta_steps(best.steps_to[0.90], base.steps_to[0.90])}")
+    best = max(ranked, key=lambda c: (c.estimate("train_acc").mean or 0.0, c.estimate("train_em").mean or 0.0))
+    evidence = [f"{best.label}: train acc {level(best.estimate('train_acc'))}, "
+                f"train EM {level(best.estimate('train_em'))}"]
+    if base is not None and base is not best:
+        try:
+            gain = paired_difference(points(base, "train_acc"), points(best, "train_acc"))
+            evidence.append(f"over {base.label}: {describe(gain)} train acc")
+        except ValueError:
+            evidence.append(f"no seed in common with {base.label}")
     elif base is best:
-        evidence.append(f"the baseline {base.exp_id} is the best run")
-    return Best(best.exp_id, base.exp_id if base else None, evidence)
+        evidence.append(f"the baseline {base.label} is the best configuration")
+    if best.n < 2:
+        evidence.append(f"{ONE_SEED}: the ranking may change with more seeds")
+    return Best(best.label, base.label if base else None, evidence)
 
 
-def verdict(rows: Sequence[RunRow]) -> Verdict:
-    base, why = pick_baseline(rows)
+def verdict(rows: Sequence[RunRow], configs: Sequence[Configuration]) -> Verdict:
+    base, why = pick_baseline(configs)
     scenarios = []
-    if base is not None and base.encoder == "static":
-        for r in rows:
-            if r.recurrent and r is not base:
-                found = scenario(r, base)
+    if base is not None and base.first.encoder == "static":
+        for c in configs:
+            if c.first.recurrent and c is not base:
+                found = scenario(c, base)
                 if found is not None:
                     scenarios.append(found)
-    return Verdict(base.exp_id if base else None, why, scenarios, red_flags(rows, base), best_configuration(rows, base))
+    return Verdict(base.label if base else None, why, scenarios, red_flags(rows, configs, base),
+                   best_configuration(configs, base))

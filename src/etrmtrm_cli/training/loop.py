@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor
 
 from etrmtrm_cli import __version__, rundir
@@ -301,7 +302,11 @@ def _check_resume(run_dir: Path, exp: Experiment) -> dict[str, tuple[Any, Any]]:
     RESUMABLE_KEYS -> those differences (old, new)."""
     if not (run_dir / rundir.CONFIG).is_file():
         raise RunError(f"{run_dir}: no such run to resume ({rundir.CONFIG} missing); start it without --resume")
-    saved = rundir.read_json(run_dir / rundir.CONFIG)
+    try:  # through the current schema, so that settings added since the run started take their defaults
+        saved = Experiment.model_validate(rundir.read_json(run_dir / rundir.CONFIG)).model_dump(mode="json")
+    except ValidationError as err:
+        raise RunError(f"{run_dir / rundir.CONFIG}: not a config this version can read "
+                       f"({err.error_count()} problems, first: {_first_line(err)})") from None
     if (run_dir / rundir.SUMMARY).is_file():
         rundir.read_json(run_dir / rundir.SUMMARY)
     changed = dict_differences(saved, exp.model_dump(mode="json"))

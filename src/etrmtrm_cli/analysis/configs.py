@@ -1,0 +1,73 @@
+"""Configurations: the compared runs grouped by what they train, whatever their experiment ID.
+
+Runs whose resolved configs are identical apart from id, description and seed (one `config_hash`) are
+seeds of one configuration: E2b, E3a and E4b are E0b's in the plan, and a seed that two of them ran is
+counted once (the others repeat it bit for bit and are no further evidence). Every figure of a
+configuration is an `Estimate` over its seeds: mean, 95 % t interval and n.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from etrmtrm_cli.analysis.matrix import CONVERGENCE_LEVELS, RunRow
+from etrmtrm_cli.analysis.stats import Estimate, estimate
+
+# RunRow figures a configuration reports over its seeds (attribute -> what it is).
+FIGURES = {"train_acc": "train accuracy", "train_em": "train exact accuracy", "auc": "area under train accuracy",
+           "act_steps": "avg ACT steps", "eval_acc": "eval token accuracy", "eval_exact": "eval exact accuracy",
+           "eval_pass2": "eval pass@2"}
+
+
+@dataclass(frozen=True)
+class Configuration:
+    label: str  # "E0b", or "E0b = E2b" when several experiments share the configuration
+    exp_ids: tuple[str, ...]
+    config_hash: str
+    seeds: dict[int, RunRow]  # seed -> the run counted for it
+    repeats: tuple[str, ...]  # runs that repeat a seed already counted ("E2b s0"), left out
+
+    @property
+    def first(self) -> RunRow:
+        return next(iter(self.seeds.values()))
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    def per_seed(self, figure: str) -> dict[int, float | None]:
+        """seed -> that seed's value of a RunRow figure (steps_to_90 / _80 name steps_to[level])."""
+        return {seed: _figure(row, figure) for seed, row in self.seeds.items()}
+
+    def estimate(self, figure: str) -> Estimate:
+        return estimate(list(self.per_seed(figure).values()))
+
+
+def _figure(row: RunRow, figure: str) -> float | None:
+    if figure.startswith("steps_to_"):
+        level = int(figure.removeprefix("steps_to_")) / 100
+        assert level in CONVERGENCE_LEVELS, figure
+        value = row.steps_to[level]
+        return None if value is None else float(value)
+    value = getattr(row, figure)
+    return None if value is None else float(value)
+
+
+def group_configurations(rows: Sequence[RunRow]) -> list[Configuration]:
+    """Configurations in the order their first run was named; within one, seeds in ascending order."""
+    by_hash: dict[str, list[RunRow]] = {}
+    for row in rows:
+        by_hash.setdefault(row.config_hash, []).append(row)
+    out = []
+    for config_hash, members in by_hash.items():
+        seeds: dict[int, RunRow] = {}
+        repeats = []
+        for row in members:
+            if row.seed in seeds:
+                repeats.append(row.label if row.seed_axis else f"{row.exp_id} s{row.seed}")
+            else:
+                seeds[row.seed] = row
+        ids = tuple(dict.fromkeys(r.exp_id for r in members))
+        out.append(Configuration(" = ".join(ids), ids, config_hash, dict(sorted(seeds.items())), tuple(repeats)))
+    return out
