@@ -174,6 +174,18 @@ def test_identical_configurations_are_pooled_and_a_repeated_seed_counts_once(tmp
     assert result.config_diff == {}
 
 
+def test_each_run_is_judged_against_its_parent_naming_the_settings_that_differ(tmp_path: Path) -> None:
+    seeded(tmp_path, "E0b", BASE)
+    seeded(tmp_path, "E3b", [b - 0.03 for b in BASE])  # parent E0b; differs in train.lr
+    seeded(tmp_path, "E2d", [b + 0.001 * (-1) ** i for i, b in enumerate(BASE)])  # parent E0b
+    result = compare.compare_runs(tmp_path, ["E0b", "E3b", "E2d"], with_baselines=False)
+    found = {p.run: p for p in result.verdict.parents}
+    assert (found["E3b"].parent, found["E3b"].finding) == ("E0b", "worse")
+    assert [s for s in found["E3b"].settings if s.startswith("train.lr:")] == ["train.lr: 0.0001 -> 5e-05"]
+    assert found["E2d"].finding == "no difference shown"
+    assert any(s.startswith("arch.halt_exploration_prob:") for s in found["E2d"].settings)
+
+
 def test_a_ceiling_is_named_and_judged_on_figures_with_room(tmp_path: Path) -> None:
     seeded(tmp_path, "E0a", [0.985, 0.99, 0.98])
     seeded(tmp_path, "E0b", [0.985, 0.99, 0.98], em=0.3)

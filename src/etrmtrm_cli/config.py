@@ -196,6 +196,8 @@ class Experiment(Frozen):
         description="'P0' (a finished run of ours), a TRM step_N file or one of our checkpoints; 'none' = scratch",
     )
     allow_decoder_mismatch: bool = Field(False, description="load a decoder whose cycles differ from ours")
+    parent: str | None = Field(None, description="the experiment `compare` judges this one against (the "
+                               "plan's comparison: E0b against E0a, the week 2-3 variants against E0b)")
     seed: int = Field(0, ge=0, le=2**32 - 1)
     profile: str = "cpu"
     data: DataConfig = DataConfig()
@@ -220,7 +222,7 @@ class Experiment(Frozen):
 
 def changed_keys(exp: Experiment, base: Experiment) -> dict[str, tuple[Any, Any]]:
     """Dotted key -> (base value, this value) for every setting where `exp` differs from `base`."""
-    skip = {"id", "description"}
+    skip = {"id", "description", "parent"}
     return dict_differences(base.model_dump(exclude=skip), exp.model_dump(exclude=skip))
 
 

@@ -150,6 +150,10 @@ def load_experiments(path: Path) -> ExperimentsFile:
         queues[name] = tuple(members)
     base = _table(raw, "base", path)
     _check_decoder_cycles(base, experiments, path)
+    for exp_id, body in experiments.items():
+        parent = body.get("parent")
+        if parent is not None and parent not in experiments:
+            raise ConfigError(f"{path}: experiments.{exp_id}.parent: unknown experiment {parent!r}")
     return ExperimentsFile(path=path, base=base, experiments=experiments, profiles=profiles, queues=queues)
 
 

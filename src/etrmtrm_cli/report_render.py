@@ -217,6 +217,10 @@ def verdict_lines(v: Verdict) -> list[tuple[int, str, str]]:
         lines.append((0, "bold", f"Scenario {s.letter} for {s.run} vs {s.baseline}: {s.title}"))
         lines.extend((1, "", e) for e in s.evidence)
         lines.extend((1, "yellow", f"caveat: {c}") for c in s.caveats)
+    for p in v.parents:
+        lines.append((0, "bold", f"{p.run} vs its parent {p.parent}: {p.finding}"))
+        lines.append((1, "", "settings that differ: " + ("; ".join(p.settings) or "none (same configuration)")))
+        lines.extend((1, "", e) for e in p.evidence)
     for f in v.red_flags:
         if not f.assessed:
             lines.append((0, "dim", f"Red flag {f.number} ({f.title}): not assessed"))

@@ -124,9 +124,9 @@ def decoder_run(runs_dir: Path, exp_id: str) -> Path | None:
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """Identifies a configuration whatever its name and seed: runs with one hash are seeds of one
+    """Identifies a configuration whatever its name, parent and seed: runs with one hash are seeds of one
     configuration (E2b, E3a and E4b are E0b's), never separate evidence."""
-    same = {k: v for k, v in config.items() if k not in ("id", "description", "seed")}
+    same = {k: v for k, v in config.items() if k not in ("id", "description", "parent", "seed")}
     return hashlib.sha256(json.dumps(same, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

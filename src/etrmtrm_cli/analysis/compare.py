@@ -40,5 +40,6 @@ def compare_runs(runs_dir: Path, exp_ids: Sequence[str], *, with_baselines: bool
     rows = [run_row(r) for r in runs]
     configs = group_configurations(rows)
     firsts = [next(run for run, row in zip(runs, rows, strict=True) if row is c.first) for c in configs]
-    return Comparison(runs, rows, configs, config_differences(firsts),
-                      trivial_baselines(runs) if with_baselines else [], verdict(rows, configs))
+    differences = config_differences(firsts)
+    return Comparison(runs, rows, configs, differences, trivial_baselines(runs) if with_baselines else [],
+                      verdict(rows, configs, differences))

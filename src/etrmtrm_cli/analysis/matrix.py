@@ -43,6 +43,7 @@ class RunRow:
     exp_id: str
     seed: int
     config_hash: str  # rundir.config_hash: runs with one hash are seeds of one configuration
+    parent: str | None  # the experiment the plan judges this one against (config.json "parent")
     model: str  # "ETRM" | "ETRMTRM" | "TRM"
     encoder: str
     recurrent: bool
@@ -160,7 +161,7 @@ def run_row(run: RunFiles) -> RunRow:
     status = str(run.summary.get("status", "running"))
     wall = run.summary.get("wall_time_s")
     return RunRow(
-        exp_id=run.exp_id, seed=int(cfg.get("seed", 0)), config_hash=config_hash(cfg),
+        exp_id=run.exp_id, seed=int(cfg.get("seed", 0)), config_hash=config_hash(cfg), parent=cfg.get("parent"),
         model=model, encoder=encoder if has_encoder else "puzzle embedding",
         recurrent=recurrent, status=status, status_text=status_text(run, last_step), last_step=last_step,
         train_acc=final_value(rows, "train/accuracy"), train_em=final_value(rows, "train/exact_accuracy"),
@@ -228,7 +229,7 @@ UNREAD_BY_TRM = ("arch.recurrent_encoder_type", "arch.encoder_", "arch.context_t
 def config_differences(runs: Sequence[RunFiles]) -> dict[str, list[Any]]:
     """Dotted key -> each run's value, for the keys where the runs' config.json files disagree.
     A TRM run's encoder settings are left out (None) and compared with nothing: it has no encoder."""
-    flat = [flatten({k: v for k, v in r.config.items() if k not in ("id", "description")}) for r in runs]
+    flat = [flatten({k: v for k, v in r.config.items() if k not in ("id", "description", "parent")}) for r in runs]
     keys = sorted(set().union(*flat)) if flat else []
     trm = [is_trm(r) for r in runs]
     missing, unread = object(), object()

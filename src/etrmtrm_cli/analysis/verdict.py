@@ -6,8 +6,8 @@ difference lies inside its band."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from etrmtrm_cli.analysis.configs import Configuration
 from etrmtrm_cli.analysis.matrix import RunRow
@@ -83,12 +83,26 @@ class Best:
 
 
 @dataclass(frozen=True)
+class ParentComparison:
+    """A configuration against its parent in the plan (E0b vs E0a; a week-2/3 variant vs E0b): the paired
+    difference of train accuracy and the settings that differ, so a gap is never labelled by the wrong cause."""
+
+    run: str
+    parent: str
+    difference: Estimate | None  # train accuracy, points; None when no seed is shared
+    finding: str  # "better" | "worse" | "no difference shown" | ONE_SEED | "no seed in common"
+    settings: list[str]  # "train.lr: 0.0003 -> 0.00015"
+    evidence: list[str]
+
+
+@dataclass(frozen=True)
 class Verdict:
     baseline: str | None
     baseline_why: str
     scenarios: list[Scenario]
     red_flags: list[RedFlag]
     best: Best | None
+    parents: list[ParentComparison] = field(default_factory=list)
 
 
 def pick_baseline(configs: Sequence[Configuration]) -> tuple[Configuration | None, str]:
@@ -253,7 +267,47 @@ def best_configuration(configs: Sequence[Configuration], base: Configuration | N
     return Best(best.label, base.label if base else None, evidence)
 
 
-def verdict(rows: Sequence[RunRow], configs: Sequence[Configuration]) -> Verdict:
+def parent_comparison(run: Configuration, parent: Configuration, settings: list[str]) -> ParentComparison:
+    a, b = points(parent, "train_acc"), points(run, "train_acc")
+    try:
+        diff = paired_difference(a, b)
+    except ValueError:
+        return ParentComparison(run.label, parent.label, None, "no seed in common", settings,
+                                [f"{parent.label} has seeds {sorted(a)}, {run.label} has seeds {sorted(b)}"])
+    if diff.interval is None:
+        finding = ONE_SEED
+    else:
+        finding = "better" if diff.interval[0] > 0 else "worse" if diff.interval[1] < 0 else "no difference shown"
+    evidence = [f"train acc: {describe(diff)}"]
+    if finding == "no difference shown":
+        evidence.append(f"with n = {diff.n}, a true difference of about "
+                        f"{num(detectable_difference(diff.sd, diff.n))} points would be detected (80% power)")
+    for figure, what, unit, scale in CEILING_FIGURES:
+        fa, fb = points(parent, figure, scale), points(run, figure, scale)
+        if set(fa) & set(fb):
+            evidence.append(f"{what}: {describe(paired_difference(fa, fb), unit)}")
+    return ParentComparison(run.label, parent.label, diff, finding, settings, evidence)
+
+
+def parent_comparisons(configs: Sequence[Configuration], differences: Mapping[str, Sequence[object]]
+                       ) -> list[ParentComparison]:
+    """Each configuration whose parent (config "parent") is among the compared, against it."""
+    index = {c.label: i for i, c in enumerate(configs)}
+    by_id = {exp_id: c for c in configs for exp_id in c.exp_ids}
+    out = []
+    for c in configs:
+        parent = by_id.get(c.first.parent or "")
+        if parent is None or parent is c:
+            continue
+        i, j = index[parent.label], index[c.label]
+        settings = [f"{key}: {values[i]} -> {values[j]}" for key, values in differences.items()
+                    if values[i] != values[j]]
+        out.append(parent_comparison(c, parent, settings))
+    return out
+
+
+def verdict(rows: Sequence[RunRow], configs: Sequence[Configuration],
+            differences: Mapping[str, Sequence[object]] | None = None) -> Verdict:
     base, why = pick_baseline(configs)
     scenarios = []
     if base is not None and base.first.encoder == "static":
@@ -263,4 +317,4 @@ def verdict(rows: Sequence[RunRow], configs: Sequence[Configuration]) -> Verdict
                 if found is not None:
                     scenarios.append(found)
     return Verdict(base.label if base else None, why, scenarios, red_flags(rows, configs, base),
-                   best_configuration(configs, base))
+                   best_configuration(configs, base), parent_comparisons(configs, differences or {}))

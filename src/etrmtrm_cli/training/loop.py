@@ -293,7 +293,7 @@ def _first_line(err: BaseException) -> str:
 
 # Settings a resumed run may change: they decide how long it runs, how often it evaluates and saves, or its
 # label, never what the model or the data is. Any other difference is refused, naming the keys.
-RESUMABLE_KEYS = frozenset({"description", "train.max_steps", "train.epochs", "train.eval_interval",
+RESUMABLE_KEYS = frozenset({"description", "parent", "train.max_steps", "train.epochs", "train.eval_interval",
                             "train.checkpoint_interval", "train.keep_checkpoints", "train.eval_batch_size"})
 
 
