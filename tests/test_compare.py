@@ -18,7 +18,7 @@ from etrmtrm_cli import rundir
 from etrmtrm_cli.analysis import baselines, compare, matrix, verdict
 from etrmtrm_cli.analysis.baselines import pair_baselines
 from etrmtrm_cli.analysis.matrix import steps_to
-from etrmtrm_cli.analysis.per_task import TaskScore, per_task_table
+from etrmtrm_cli.analysis.per_task import TaskScore, per_task_table, pool_seeds
 from etrmtrm_cli.cli import app
 from etrmtrm_cli.training.distributed import DistContext
 from etrmtrm_cli.training.loop import TrainOptions, train
@@ -379,12 +379,13 @@ def test_baselines_of_a_run_rebuild_its_data(tmp_path: Path) -> None:
 # --- per puzzle (the one part that runs the models) -------------------------------------------------------------
 
 
-def test_per_task_table_is_sorted_by_the_difference() -> None:
-    a = {("train", "t1"): (0.5, 0.0), ("train", "t2"): (0.9, 1.0), ("eval", "e1"): (0.2, 0.0)}
-    b = {("train", "t1"): (0.7, 0.0), ("train", "t2"): (0.6, 0.0), ("eval", "e1"): (0.2, 0.0)}
+def test_per_task_table_pools_seeds_and_is_sorted_by_the_difference() -> None:
+    a = pool_seeds([{("train", "t1"): (0.5, 0.0), ("train", "t2"): (0.9, 1.0), ("eval", "e1"): (0.2, 0.0)},
+                    {("train", "t1"): (0.5, 0.0), ("train", "t2"): (0.9, 0.5), ("eval", "e1"): (0.2, 0.0)}])
+    b = pool_seeds([{("train", "t1"): (0.7, 0.0), ("train", "t2"): (0.6, 0.0), ("eval", "e1"): (0.2, 0.0)}])
     table = per_task_table(a, b)
     assert [t.task_id for t in table] == ["t2", "e1", "t1"]
-    assert table[0] == TaskScore("t2", "train", (0.9, 0.6), (1.0, 0.0))
+    assert table[0] == TaskScore("t2", "train", (0.9, 0.6), (0.75, 0.0), ("1/2", "0/1"))
     assert table[0].difference == pytest.approx(-0.3)
 
 
@@ -399,4 +400,4 @@ def test_per_puzzle_evaluates_both_final_models(tmp_path: Path) -> None:
     for task in meta["train_tasks"] + meta["eval_tasks"]:
         assert task in result.output
     three = invoke("E0a", "E0b", "E0a", "--runs-dir", str(tmp_path), "--per-puzzle")
-    assert three.exit_code == 1 and "--per-puzzle shows two runs side by side; got 3" in three.output
+    assert three.exit_code == 1 and "--per-puzzle shows two experiments side by side; got 3" in three.output

@@ -335,7 +335,8 @@ def compare(
         "--plot", help="Also plot the training curves into this PNG (needs pip install 'etrmtrm\\[plot]').",
         dir_okay=False)] = None,
     per_puzzle: Annotated[bool, typer.Option(
-        "--per-puzzle", help="Per-task accuracy of two runs side by side: evaluates both final models.")] = False,
+        "--per-puzzle", help="Per-task accuracy of two experiments side by side, over their seeds (how many seeds "
+                            "solve each task): evaluates every seed's final model.")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda (for --per-puzzle)")] = "cpu",
 ) -> None:
     """The plan's comparison matrix, trivial baselines, config differences and verdict (scenarios A-D, red flags).
@@ -346,20 +347,21 @@ def compare(
     """
     from etrmtrm_cli import report_render
     from etrmtrm_cli.analysis.compare import compare_runs
-    from etrmtrm_cli.analysis.per_task import per_task_accuracy, per_task_table
+    from etrmtrm_cli.analysis.per_task import per_task_accuracy, per_task_table, pool_seeds
     from etrmtrm_cli.training.distributed import pick_device
 
     if plot is not None:
         report_render.require_matplotlib()
     if per_puzzle and len(runs) != 2:
-        raise ConfigError(f"--per-puzzle shows two runs side by side; got {len(runs)}: {' '.join(runs)}")
+        raise ConfigError(f"--per-puzzle shows two experiments side by side; got {len(runs)}: {' '.join(runs)}")
     result = compare_runs(runs_dir, runs)
     for renderable in report_render.comparison_renderables(result):
         console.print(renderable)
     per_task = []
     if per_puzzle:
         chosen = str(pick_device(device))
-        per_task = per_task_table(*(per_task_accuracy(r, chosen) for r in result.runs))
+        pooled = [pool_seeds([per_task_accuracy(r, chosen) for r in result.runs if r.exp_id == name]) for name in runs]
+        per_task = per_task_table(*pooled)
         console.print(report_render.per_task_table(per_task, (runs[0], runs[1])))
     if plot is not None:
         report_render.plot_curves(result, plot)

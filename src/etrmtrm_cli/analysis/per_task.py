@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,12 +14,14 @@ from etrmtrm_cli.rundir import RunFiles
 
 @dataclass(frozen=True)
 class TaskScore:
-    """--per-puzzle: one task's token accuracy (and exact rate) under each of the two runs."""
+    """--per-puzzle: one task under each of the two experiments, over their seeds: mean token accuracy, mean
+    exact rate, and in how many seeds every query of the task was exactly right ("2/3")."""
 
     task_id: str
     split: str  # train | eval
     accuracy: tuple[float | None, float | None]
     exact: tuple[float | None, float | None]
+    solved: tuple[str | None, str | None] = (None, None)
 
     @property
     def difference(self) -> float | None:
@@ -70,12 +72,27 @@ def per_task_accuracy(run: RunFiles, device: str = "cpu", batch_size: int | None
     return {key: (s[1] / s[0], s[2] / s[0]) for key, s in sums.items()}
 
 
-def per_task_table(a: Mapping[tuple[str, str], tuple[float, float]], b: Mapping[tuple[str, str], tuple[float, float]]
-                   ) -> list[TaskScore]:
-    """Both runs' scores per task, sorted by the difference (b - a), most negative first."""
+Scores = Mapping[tuple[str, str], tuple[float, float]]  # (split, task id) -> (token accuracy, exact rate)
+
+
+def pool_seeds(per_seed: Sequence[Scores]) -> dict[tuple[str, str], tuple[float, float, str]]:
+    """One experiment's seeds -> per task: (mean accuracy, mean exact rate, "solved in k/n seeds")."""
+    out = {}
+    for key in sorted(set().union(*per_seed)):
+        found = [seed[key] for seed in per_seed if key in seed]
+        solved = sum(exact == 1.0 for _, exact in found)
+        out[key] = (sum(a for a, _ in found) / len(found), sum(e for _, e in found) / len(found),
+                    f"{solved}/{len(found)}")
+    return out
+
+
+def per_task_table(a: Mapping[tuple[str, str], tuple[float, float, str]],
+                   b: Mapping[tuple[str, str], tuple[float, float, str]]) -> list[TaskScore]:
+    """Both experiments' pooled scores per task, sorted by the difference (b - a), most negative first."""
     out = []
     for key in sorted(set(a) | set(b)):
         sa, sb = a.get(key), b.get(key)
         out.append(TaskScore(key[1], key[0], (sa[0] if sa else None, sb[0] if sb else None),
-                             (sa[1] if sa else None, sb[1] if sb else None)))
+                             (sa[1] if sa else None, sb[1] if sb else None),
+                             (sa[2] if sa else None, sb[2] if sb else None)))
     return sorted(out, key=lambda t: (t.difference is None, t.difference or 0.0, t.split, t.task_id))
