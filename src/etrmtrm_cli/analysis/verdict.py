@@ -139,6 +139,16 @@ def level(e: Estimate) -> str:
     return f"{pct(e.mean)}{spread} (n = {e.n})"
 
 
+def room_figures(base: Configuration, run: Configuration) -> list[str]:
+    """Paired differences of the figures that still have room when train accuracy is at a ceiling."""
+    out = []
+    for figure, what, unit, scale in CEILING_FIGURES:
+        fa, fb = points(base, figure, scale), points(run, figure, scale)
+        if set(fa) & set(fb):
+            out.append(f"{what}: {describe(paired_difference(fa, fb), unit)}")
+    return out
+
+
 def scenario(run: Configuration, base: Configuration) -> Scenario | None:
     a, b = points(base, "train_acc"), points(run, "train_acc")
     if not a or not b:
@@ -170,10 +180,7 @@ def scenario(run: Configuration, base: Configuration) -> Scenario | None:
     if base_acc.mean is not None and 100 * base_acc.mean + SIGNIFICANT_GAIN_PTS > 100:
         caveats.append(f"ceiling: {base.label} is at {pct(base_acc.mean)}, so train accuracy has no room for "
                        f"scenario A (+{SIGNIFICANT_GAIN_PTS:g} points); judge by the figures that still have room")
-        for figure, what, unit, scale in CEILING_FIGURES:
-            fa, fb = points(base, figure, scale), points(run, figure, scale)
-            if set(fa) & set(fb):
-                evidence.append(f"{what}: {describe(paired_difference(fa, fb), unit)}")
+        evidence += room_figures(base, run)
     if base_acc.mean is not None and base_acc.mean < BASELINE_REFERENCE_ACC:
         caveats.append(f"{base.label} is at {pct(base_acc.mean)}, below the plan's ~90% reference: the "
                        "scenarios assume a converged baseline")
@@ -285,10 +292,7 @@ def parent_comparison(run: Configuration, parent: Configuration, settings: list[
     if finding == "no difference shown":
         evidence.append(f"with n = {diff.n}, a true difference of about "
                         f"{num(detectable_difference(diff.sd, diff.n))} points would be detected (80% power)")
-    for figure, what, unit, scale in CEILING_FIGURES:
-        fa, fb = points(parent, figure, scale), points(run, figure, scale)
-        if set(fa) & set(fb):
-            evidence.append(f"{what}: {describe(paired_difference(fa, fb), unit)}")
+    evidence += room_figures(parent, run)
     return ParentComparison(run.label, parent.label, diff, finding, settings, evidence)
 
 
