@@ -53,21 +53,51 @@ def encoder(name: str, seed: int = 0) -> nn.Module:
 
 def context_of(enc: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     carry = enc.initial_carry(batch["demo_mask"].shape[0], CPU)
-    context, _ = enc(carry, batch)
-    return context
+    return enc(carry, batch)[0]
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_context_shape_and_carry(name: str) -> None:
     enc, batch = encoder(name), demo_batch()
     carry = enc.initial_carry(3, CPU)
-    context, new_carry = enc(carry, batch)
+    context, new_carry, *stats = enc(carry, batch)
     assert context.shape == (3, ARCH.context_tokens, ARCH.hidden_size)
     assert torch.isfinite(context).all()
     assert set(new_carry) == set(carry)
     assert bool(carry) == get_encoder(name).recurrent
     for key, value in new_carry.items():
         assert value.shape == carry[key].shape
+    assert len(stats) <= 1  # optional per-slot diagnostics, handed out with the context (act.py)
+    for value in (stats[0] if stats else {}).values():
+        assert value.shape == (3,) and not value.requires_grad and torch.isfinite(value).all()
+    if name in ("recurrent_standard", "trm_style"):  # the in-tree recurrent encoders report their update
+        assert set(stats[0]) == {"update_ratio"}
+    elif name == "static":
+        assert not stats
+
+
+def test_trm_style_net_is_blocks_forward() -> None:
+    """trm_style runs its blocks' sublayers itself (to record each update's ratio): the same function."""
+    enc, batch = encoder("trm_style"), demo_batch()
+    carry = {k: v + torch.randn_like(v) for k, v in enc.initial_carry(3, CPU).items()}
+    demos = enc.grid(batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"])
+    context, new_carry, stats = enc.read(carry, demos, batch["demo_mask"])
+
+    def net(h: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
+        h = h + injection
+        for block in enc.net:
+            h = block(h)
+        return h
+
+    injection = enc.summary(enc.queries.expand(3, -1, -1), demos, batch["demo_mask"])
+    z_h, z_l = carry["z_e_H"], carry["z_e_L"]
+    for _ in range(enc.h_cycles):
+        for _ in range(enc.l_cycles):
+            z_l = net(z_l, z_h + injection)
+        z_h = net(z_h, z_l)
+    torch.testing.assert_close(context, z_h, rtol=0, atol=0)
+    torch.testing.assert_close(new_carry["z_e_L"], z_l, rtol=0, atol=0)
+    assert stats["update_ratio"].shape == (3,) and bool((stats["update_ratio"] > 0).all())
 
 
 @pytest.mark.parametrize("name", NAMES)

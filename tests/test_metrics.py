@@ -12,6 +12,7 @@ from etrmtrm_cli.training.evaluate import Votes, answer_of, pass_at_k
 from etrmtrm_cli.training.metrics import (
     carry_change,
     carry_norm,
+    converged_fraction,
     convergence_steps,
     cross_sample_var,
     grad_norms,
@@ -48,6 +49,10 @@ def test_convergence_steps() -> None:
     assert convergence_steps(at, steps, halted) == pytest.approx(2.0)
     assert convergence_steps(at, steps, torch.tensor([False, True, False])) == pytest.approx(1.0)
     assert math.isnan(convergence_steps(at, steps, torch.zeros(3, dtype=torch.bool)))
+    # Censored: slot 2 never converged, yet it adds its halting step 3 like a slot converged at step 3.
+    # converged_fraction tells them apart: 2 of the 3 halted slots converged.
+    assert converged_fraction(at, halted) == pytest.approx(2 / 3)
+    assert converged_fraction(at, torch.tensor([False, False, True])) == 0.0
 
 
 def test_grad_norms_split_encoder_and_decoder() -> None:
@@ -55,8 +60,13 @@ def test_grad_norms_split_encoder_and_decoder() -> None:
     model["enc"].weight.grad = torch.tensor([[3.0]])
     model["dec"].weight.grad = torch.tensor([[4.0]])
     norms = grad_norms(model, model["enc"].parameters())
-    assert norms == {"grad/encoder_norm": 3.0, "grad/decoder_norm": 4.0, "grad/total_norm": 5.0,
-                     "grad/encoder_share": 0.6}
+    # share = 3/5 (norm ratio); share_sq = 9/(9 + 16) (fraction of the squared gradient norm)
+    assert norms == pytest.approx({"grad/encoder_norm": 3.0, "grad/decoder_norm": 4.0, "grad/total_norm": 5.0,
+                                   "grad/encoder_share": 0.6, "grad/encoder_share_sq": 0.36})
+    model["enc"].weight.grad = torch.tensor([[0.0]])
+    model["dec"].weight.grad = torch.tensor([[0.0]])
+    zero = grad_norms(model, model["enc"].parameters())
+    assert math.isnan(zero["grad/encoder_share"]) and math.isnan(zero["grad/encoder_share_sq"])
 
 
 def grid(*rows: list[int]) -> tuple[tuple[int, int], bytes]:

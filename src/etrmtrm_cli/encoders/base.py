@@ -3,9 +3,19 @@
 An encoder is a context provider for the ACT model:
     initial_carry(batch_size, device) -> dict     ({} for a stateless encoder)
     reset_carry(reset (B,) bool, carry) -> carry  (exactly the reset slots return to their init state)
-    forward(carry, batch) -> (context (B, C, D), new carry)
+    forward(carry, batch) -> (context (B, C, D), new carry[, stats])
 The context and the new carry keep their graph: the ACT model detaches the carry between steps, never
 inside one, so the task loss of a step reaches every encoder parameter through that step's context.
+
+`stats` (optional, see act.py) is a small dict of detached per-slot diagnostics, {name: (B,) float}, handed
+out with the context rather than kept on the module: the recurrent encoders return
+{"update_ratio": ...} (`update_ratio` below), which the training step logs as train/encoder_update_ratio.
+A `read` may return (context, carry) or (context, carry, stats); `forward` passes either on.
+
+Why an update ratio: the in-tree carries are post-norm (z <- rms_norm(z + u(z))), so the carry's own RMS
+is ~1 by construction and cannot show an explosion or a collapse. The size of the update u *before* the
+normalisation, relative to what it is added to, can: >> 1 means each step overwrites the carry (exploding
+update), << 1 means the carry no longer moves (vanishing update).
 """
 
 from __future__ import annotations
@@ -18,6 +28,29 @@ from etrmtrm_cli.encoders.grid import DemoGridEncoder
 from etrmtrm_cli.models.layers import CrossAttention, SwiGLU, rms_norm
 
 Carry = dict[str, Tensor]
+Stats = dict[str, Tensor]  # per-slot diagnostics (B,), detached
+ReadResult = tuple[Tensor, Carry] | tuple[Tensor, Carry, Stats]
+
+
+def update_ratio(update: Tensor, x: Tensor) -> Tensor:
+    """Per slot ||update|| / ||x||, norms over all tokens and dims, detached, float32. (B, C, D) x2 -> (B,).
+
+    For a post-norm sublayer x' = rms_norm(x + update): 0 when the update is 0 (x' is x renormalised), ~1
+    when the update is as large as its input, and it grows without bound with the update."""
+    num = update.detach().float().flatten(1).norm(dim=1)
+    return num / x.detach().float().flatten(1).norm(dim=1).clamp_min(1e-12)
+
+
+def post_norm(x: Tensor, update: Tensor, eps: float, ratios: list[Tensor] | None) -> Tensor:
+    """rms_norm(x + update); when `ratios` is a list, also appends update_ratio(update, x) to it."""
+    if ratios is not None:
+        ratios.append(update_ratio(update, x))
+    return rms_norm(x + update, eps)
+
+
+def mean_ratio(ratios: list[Tensor]) -> Tensor:
+    """The mean of per-slot ratios over the sublayers that produced them: list of (B,) -> (B,)."""
+    return torch.stack(ratios).mean(0)
 
 
 class DemoEncoder(nn.Module):
@@ -39,16 +72,20 @@ class DemoEncoder(nn.Module):
     def reset_carry(self, reset: Tensor, carry: Carry) -> Carry:
         return carry
 
-    def forward(self, carry: Carry, batch: dict[str, Tensor]) -> tuple[Tensor, Carry]:
+    def forward(self, carry: Carry, batch: dict[str, Tensor]) -> ReadResult:
         demos = self.grid(batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"])  # (B, K, D)
         return self.read(carry, demos, batch["demo_mask"])
 
-    def read(self, carry: Carry, demos: Tensor, demo_mask: Tensor) -> tuple[Tensor, Carry]:
+    def read(self, carry: Carry, demos: Tensor, demo_mask: Tensor) -> ReadResult:
+        """-> (context (B, C, D), new carry) or (context, new carry, stats); see the module docstring."""
         raise NotImplementedError
 
 
 class ReadLayer(nn.Module):
-    """Post-norm cross-attention of C slots onto the demo vectors, then an MLP: one refinement."""
+    """Post-norm cross-attention of C slots onto the demo vectors, then an MLP: one refinement.
+
+    With a `ratios` list, the update ratio of each of its two post-norm sublayers is appended to it
+    (attention: ||attn(z, demos)|| / ||z||; MLP: ||mlp(z')|| / ||z'||, z' the normalised attention output)."""
 
     def __init__(self, arch: ArchConfig) -> None:
         super().__init__()
@@ -56,10 +93,10 @@ class ReadLayer(nn.Module):
         self.attn = CrossAttention(arch.hidden_size, arch.num_heads)
         self.mlp = SwiGLU(arch.hidden_size, arch.expansion)
 
-    def forward(self, z: Tensor, demos: Tensor, demo_mask: Tensor) -> Tensor:
+    def forward(self, z: Tensor, demos: Tensor, demo_mask: Tensor, ratios: list[Tensor] | None = None) -> Tensor:
         # z: (B, C, D); demos: (B, K, D); demo_mask: (B, K) -> (B, C, D)
-        z = rms_norm(z + self.attn(z, demos, key_mask=demo_mask), self.eps)
-        return rms_norm(z + self.mlp(z), self.eps)
+        z = post_norm(z, self.attn(z, demos, key_mask=demo_mask), self.eps, ratios)
+        return post_norm(z, self.mlp(z), self.eps, ratios)
 
 
 def reset_slots(reset: Tensor, carry: Carry, init: Carry) -> Carry:

@@ -1,6 +1,9 @@
 """`recurrent_standard` (ETRMTRM Variant A, E0b): a carry z_e refined by one read of the demos per ACT step.
 
     z_e <- norm(z_e + CrossAttn(z_e -> demo vectors));  z_e <- norm(z_e + MLP(z_e));  context = z_e
+
+Its stats (base.py): update_ratio = per slot, the mean over those two post-norm sublayers of
+||update|| / ||input|| (||CrossAttn(z_e)|| / ||z_e|| and ||MLP(z')|| / ||z'||), measured before each norm.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from etrmtrm_cli.config import ArchConfig
-from etrmtrm_cli.encoders.base import Carry, DemoEncoder, ReadLayer, reset_slots
+from etrmtrm_cli.encoders.base import Carry, DemoEncoder, ReadLayer, ReadResult, mean_ratio, reset_slots
 from etrmtrm_cli.encoders.registry import register_encoder
 from etrmtrm_cli.models.layers import trunc_normal_init_
 
@@ -38,6 +41,7 @@ class RecurrentStandardEncoder(DemoEncoder):
     def reset_carry(self, reset: Tensor, carry: Carry) -> Carry:
         return reset_slots(reset, carry, {"z_e": self.z_init})
 
-    def read(self, carry: Carry, demos: Tensor, demo_mask: Tensor) -> tuple[Tensor, Carry]:
-        z = self.update(carry["z_e"].to(demos.dtype), demos, demo_mask)  # (B, C, D), with its graph
-        return z, {"z_e": z}
+    def read(self, carry: Carry, demos: Tensor, demo_mask: Tensor) -> ReadResult:
+        ratios: list[Tensor] = []
+        z = self.update(carry["z_e"].to(demos.dtype), demos, demo_mask, ratios)  # (B, C, D), with its graph
+        return z, {"z_e": z}, {"update_ratio": mean_ratio(ratios)}

@@ -8,11 +8,18 @@ provider is an `nn.Module` with this protocol:
         Its recurrent state, one row per batch slot; {} for a stateless provider.
     reset_carry(reset: Tensor (B,) bool, carry: dict[str, Tensor]) -> dict[str, Tensor]
         The carry with exactly the `reset` slots put back to their initial state.
-    forward(carry: dict[str, Tensor], batch: dict[str, Tensor]) -> (context (B, C, D), new_carry dict)
+    forward(carry: dict[str, Tensor], batch: dict[str, Tensor])
+            -> (context (B, C, D), new_carry dict)  or  (context, new_carry, stats dict)
         `batch` is the ACT's current data (every slot's own example). The context and the new carry
         must keep their autograd graph: the task loss of this step has to reach every provider
         parameter through the context. ACTModel detaches the new carry *between* steps; a provider
         must never detach it inside a step.
+        `stats` is optional: a few per-slot diagnostics {name: (B,) float}, computed in this call and
+        handed out with its result (a provider keeps no "last batch" state for anyone to find). ACTModel
+        returns each as outputs["provider_stats/<name>"], detached; the training step logs it as
+        train/encoder_<name> (its mean over the global batch). The in-tree recurrent encoders give
+        "update_ratio" (encoders/base.py). A 2-tuple provider (PuzzleEmbedding, third-party encoders)
+        simply adds no such outputs.
 
 C <= P: the context fills the first C prefix positions, the remaining P - C stay zero (C = 1 is the
 layout of the official TRM checkpoints; `ArchConfig.context_tokens` is how many an encoder fills).
@@ -51,7 +58,10 @@ class ContextProvider(Protocol):
     def reset_carry(self, reset: Tensor, carry: dict[str, Tensor]) -> dict[str, Tensor]: ...
 
     def __call__(self, carry: dict[str, Tensor], batch: dict[str, Tensor]
-                 ) -> tuple[Tensor, dict[str, Tensor]]: ...
+                 ) -> tuple[Tensor, dict[str, Tensor]] | tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]: ...
+
+
+PROVIDER_STATS = "provider_stats/"  # outputs[PROVIDER_STATS + name]: the provider's per-slot stats (B,)
 
 
 @dataclass
@@ -98,9 +108,10 @@ class ACTModel(nn.Module):
         """One ACT step -> (new carry, outputs).
 
         outputs: logits (B, S, V) f32, q_halt_logits (B,), q_continue_logits (B,), context (B, C, D)
-        (with its graph, for metrics and diagnostics), and target_q_continue (B,) when the training
-        step bootstraps it (no_ACT_continue False). `generator` draws the exploration; it is required
-        in training when halt_exploration_prob > 0.
+        (with its graph, for metrics and diagnostics), target_q_continue (B,) when the training
+        step bootstraps it (no_ACT_continue False), and "provider_stats/<name>" (B,), detached, for each
+        stat the provider returned. `generator` draws the exploration; it is required in training when
+        halt_exploration_prob > 0.
         """
         halted = carry.halted
         decoder_carry = self.decoder.reset_carry(halted, carry.decoder)
@@ -108,11 +119,14 @@ class ACTModel(nn.Module):
         steps = torch.where(halted, torch.zeros_like(carry.steps), carry.steps)
         data = {k: rows_where(halted, batch[k], v) for k, v in carry.current_data.items()}
 
-        context, provider_carry = self.provider(provider_carry, data)  # (B, C, D)
+        provided = self.provider(provider_carry, data)  # (context (B, C, D), carry[, stats])
+        context, provider_carry = provided[0], provided[1]
         prefix = self._pad_context(context)  # (B, P, D)
         decoder_carry, logits, q_halt, q_continue = self.decoder(decoder_carry, data["inputs"], prefix)
         outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue,
                    "context": context}
+        if len(provided) > 2:
+            outputs.update({PROVIDER_STATS + name: v.detach() for name, v in provided[2].items()})
 
         with torch.no_grad():
             steps = steps + 1

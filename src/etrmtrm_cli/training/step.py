@@ -19,16 +19,18 @@ from torch.optim import Optimizer
 
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.errors import RunError
-from etrmtrm_cli.models.act import ACTCarry, ACTModel
+from etrmtrm_cli.models.act import PROVIDER_STATS, ACTCarry, ACTModel
 from etrmtrm_cli.models.build import encoder_parameters
 from etrmtrm_cli.models.losses import LossType, act_loss
 from etrmtrm_cli.training.distributed import DistContext
 from etrmtrm_cli.training.metrics import (
     carry_change,
     carry_norm,
+    converged_fraction,
     convergence_steps,
     cross_sample_var,
     grad_norms,
+    same_step_var,
     update_convergence,
 )
 from etrmtrm_cli.training.optim import all_reduce_grads, lr_at, set_lr, update_ema
@@ -142,11 +144,20 @@ def _reduce_train_sums(sums: dict[str, Tensor], exp: Experiment, ctx: DistContex
 @torch.no_grad()
 def _encoder_metrics(model: ACTModel, exp: Experiment, before: ACTCarry, after: ACTCarry,
                      outputs: dict[str, Tensor], state: StepState, ctx: DistContext) -> dict[str, float]:
-    """Context variance across distinct puzzles; for recurrent encoders, the carry's norm and change.
-    Over the global batch: each rank's rows are gathered first."""
+    """The encoder's health figures, over the global batch (each rank's rows are gathered first):
+    - train/encoder_cross_sample_var: the context's variance across distinct puzzles (metrics.cross_sample_var);
+    - train/encoder_var_same_step: the same, among slots at the same ACT step only (metrics.same_step_var);
+    - train/encoder_<name>: the mean over slots of each per-slot stat the provider hands out (act.py), e.g.
+      train/encoder_update_ratio of the recurrent encoders (encoders/base.py);
+    and for recurrent encoders (a `state_key`) the carry's norm and change, the censored mean steps until the
+    carry converged (train/encoder_convergence_steps) and the fraction of halted slots whose carry converged
+    before halting (train/encoder_converged_fraction)."""
     rows = ctx.gather_rows
-    out = {"train/encoder_cross_sample_var": cross_sample_var(rows(outputs["context"]),
-                                                              rows(after.current_data["puzzle_ids"]))}
+    context, puzzle_ids, steps = rows(outputs["context"]), rows(after.current_data["puzzle_ids"]), rows(after.steps)
+    out = {"train/encoder_cross_sample_var": cross_sample_var(context, puzzle_ids),
+           "train/encoder_var_same_step": same_step_var(context, puzzle_ids, steps)}
+    for name in sorted(k for k in outputs if k.startswith(PROVIDER_STATS)):
+        out[f"train/encoder_{name[len(PROVIDER_STATS):]}"] = float(rows(outputs[name]).float().mean())
     key = getattr(model.provider, "state_key", None)
     if key is None:
         return out
@@ -154,12 +165,14 @@ def _encoder_metrics(model: ACTModel, exp: Experiment, before: ACTCarry, after: 
     change = carry_change(after.provider[key], previous)  # (B,)
     converged = torch.where(before.halted, torch.zeros_like(state.converged_at), state.converged_at)
     state.converged_at = update_convergence(converged, change, after.steps, exp.arch.encoder_convergence_tol)
-    change, steps, halted = rows(change), rows(after.steps), rows(after.halted)
+    change, halted = rows(change), rows(after.halted)
     out["train/encoder_carry_norm"] = carry_norm(rows(after.provider[key]))
     out["train/encoder_carry_change"] = float(change.mean())
     # The carry's evolution across ACT steps (the plan's "carry should evolve early, stabilize later"):
     # the mean change of the slots that just took their k-th step.
     for k in torch.unique(steps).tolist():
         out[f"act/encoder_carry_change_{k:02d}"] = float(change[steps == k].mean())
-    out["train/encoder_convergence_steps"] = convergence_steps(rows(state.converged_at), steps, halted)
+    converged_at = rows(state.converged_at)
+    out["train/encoder_convergence_steps"] = convergence_steps(converged_at, steps, halted)
+    out["train/encoder_converged_fraction"] = converged_fraction(converged_at, halted)
     return out
