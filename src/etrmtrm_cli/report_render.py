@@ -90,11 +90,13 @@ def _steps_to(level: float) -> Callable[[RunRow], str]:
 
 DYNAMICS_COLUMNS: list[Column] = [
     ("Experiment", lambda r: r.label),
-    ("Grad enc share", lambda r: num(r.grad_share)),
+    ("Grad enc share (²)", lambda r: f"{num(r.grad_share)} ({num(r.grad_share_sq)})"),
     ("Grad enc norm", lambda r: num(r.grad_norm)),
     ("Carry norm (RMS)", lambda r: f"{num(r.carry_norm)} ({num(r.carry_rms)})" if r.recurrent else "—"),
     ("Carry change", lambda r: num(r.carry_change)),
-    ("Carry conv. steps", lambda r: num(r.convergence_steps)),
+    ("Update ratio", lambda r: num(r.update_ratio)),
+    ("Carry conv. steps (converged)", lambda r: f"{num(r.convergence_steps)} ({pct(r.converged_fraction)})"
+     if r.recurrent else "—"),
     ("Eval acc", lambda r: pct(r.eval_acc)),
     ("Eval exact", lambda r: pct(r.eval_exact)),
     ("Eval pass@2", lambda r: pct(r.eval_pass2)),
@@ -111,7 +113,11 @@ DEFINITIONS = (
     f"last {SMOOTH_EXAMPLES} halted examples reaches X (— = never). Eval: the last eval. "
     "Loss CV: std / mean of "
     f"train/loss over the last {STABILITY_FRACTION:.0%} of logged steps (> {NOISY_LOSS_CV:g} = highly noisy). "
-    "Carry RMS: carry norm / sqrt(hidden_size)."
+    "Carry RMS: carry norm / sqrt(hidden_size), 1 by construction for post-norm carries. Update ratio: a "
+    "recurrent update's size before the normalisation / the carry's (red flag 2 outside [0.01, 10]). Grad enc "
+    "share (²): ||g_enc|| / ||g|| and, in brackets, the plan's share ||g_enc||² / ||g||² (~0.4). Carry conv. "
+    "steps: censored at halting (a slot that never converged counts its halting step); in brackets, the "
+    "fraction of halted slots whose carry converged. Encoder Var: across puzzles at one ACT step."
 )
 
 

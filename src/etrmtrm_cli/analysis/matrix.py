@@ -9,7 +9,8 @@ Definitions (the numbers a reader sees):
 - stability: the coefficient of variation (std / mean) of train/loss over the last 20% of logged steps,
   and "diverging" when the mean loss of the last 10% is above that of the first 10%;
 - carry RMS: the final encoder_carry_norm (mean L2 norm per token) divided by sqrt(hidden_size), i.e. the
-  root-mean-square of one carry element, about 1 for the RMS-normalised carries of the in-tree encoders.
+  root-mean-square of one carry element: 1 by construction for the in-tree (post-norm) carries, so carry
+  health is judged on the update ratio (train/encoder_update_ratio), which can explode or vanish.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ SMOOTH_EXAMPLES = 256  # trailing window of train/accuracy for "steps to X%": th
 # Metrics of the slots that halted at a step: averaged over steps they are weighted by train/count, the
 # number of those slots (1 halted slot must not weigh as much as 32).
 HALTED_METRICS = frozenset({"train/accuracy", "train/exact_accuracy", "train/q_halt_accuracy", "train/steps",
-                            "train/encoder_convergence_steps"})
+                            "train/encoder_convergence_steps", "train/encoder_converged_fraction"})
 CONVERGENCE_LEVELS = (0.80, 0.90)  # plan, "Analysis Questions / Convergence": "Steps to reach 80%? 90%?"
 LEVEL_TOL = 1e-9  # a run that sits at exactly 90% reaches 90%, whatever the float sum says
 
@@ -55,13 +56,16 @@ class RunRow:
     act_steps: float | None
     steps_to: dict[float, int | None]
     auc: float | None  # area under the train-accuracy curve over the run's steps, / its steps (stats.auc)
-    encoder_var: float | None
+    encoder_var: float | None  # across puzzles at one ACT step (var_same_step); the plain figure in old runs
     grad_share: float | None
+    grad_share_sq: float | None  # the plan's share: ||g_enc||² / ||g||² (the squared norm ratio in old runs)
+    update_ratio: float | None  # a recurrent update's size before the normalisation, / the carry's
     grad_norm: float | None
     carry_norm: float | None
     carry_rms: float | None
     carry_change: float | None
     convergence_steps: float | None
+    converged_fraction: float | None  # of the halted slots, those whose carry converged before halting
     eval_step: int | None
     eval_acc: float | None
     eval_exact: float | None
@@ -158,6 +162,7 @@ def run_row(run: RunFiles) -> RunRow:
     carry_norm = final_value(rows, "train/encoder_carry_norm") if recurrent else None
     hidden = arch.get("hidden_size")
     cv, diverged = loss_stability(rows)
+    share = final_value(rows, "grad/encoder_share")
     status = str(run.summary.get("status", "running"))
     wall = run.summary.get("wall_time_s")
     return RunRow(
@@ -168,19 +173,29 @@ def run_row(run: RunFiles) -> RunRow:
         act_steps=final_value(rows, "train/steps"),
         steps_to={level: steps_to(rows, level) for level in CONVERGENCE_LEVELS},
         auc=train_auc(run),
-        encoder_var=final_value(rows, "train/encoder_cross_sample_var"),
-        grad_share=final_value(rows, "grad/encoder_share") if has_encoder else None,
+        encoder_var=_first(final_value(rows, "train/encoder_var_same_step"),
+                           final_value(rows, "train/encoder_cross_sample_var")),
+        grad_share=share if has_encoder else None,
+        grad_share_sq=_first(final_value(rows, "grad/encoder_share_sq"), None if share is None else share**2)
+        if has_encoder else None,
+        update_ratio=final_value(rows, "train/encoder_update_ratio") if recurrent else None,
         grad_norm=final_value(rows, "grad/encoder_norm") if has_encoder else None,
         carry_norm=carry_norm,
         carry_rms=carry_norm / math.sqrt(hidden) if carry_norm is not None and hidden else None,
         carry_change=final_value(rows, "train/encoder_carry_change") if recurrent else None,
         convergence_steps=final_value(rows, "train/encoder_convergence_steps") if recurrent else None,
+        converged_fraction=final_value(rows, "train/encoder_converged_fraction") if recurrent else None,
         eval_step=int(last_eval["step"]) if last_eval else None,
         eval_acc=last_eval.get("eval/accuracy"), eval_exact=last_eval.get("eval/exact_accuracy"),
         eval_pass2=last_eval.get("eval/pass@2"), loss_cv=cv, diverged=diverged,
         wall_time_s=float(wall) if isinstance(wall, int | float) else None,
         seed_axis=run.run_dir.name.startswith(SEED_PREFIX),
     )
+
+
+def _first(*values: float | None) -> float | None:
+    """The first logged of several figures (a newer metric, then what older runs logged instead)."""
+    return next((v for v in values if v is not None), None)
 
 
 def train_auc(run: RunFiles) -> float | None:

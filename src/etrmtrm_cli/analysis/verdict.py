@@ -13,7 +13,12 @@ from etrmtrm_cli.analysis.configs import Configuration
 from etrmtrm_cli.analysis.matrix import RunRow
 from etrmtrm_cli.analysis.stats import Band, Estimate, classify, detectable_difference, paired_difference
 from etrmtrm_cli.analysis.text import num, pct
-from etrmtrm_cli.analysis.thresholds import COLLAPSED_VAR, STARVED_GRAD_SHARE
+from etrmtrm_cli.analysis.thresholds import (
+    COLLAPSED_VAR,
+    STARVED_GRAD_SHARE_SQ,
+    UPDATE_RATIO_EXPLODING,
+    UPDATE_RATIO_VANISHING,
+)
 
 # --- the plan's thresholds ("Expected Outcomes") ------------------------------------------------------------
 # Success criterion: "Train accuracy >90%"; the scenarios compare against "E0a ~90%".
@@ -31,11 +36,10 @@ CLEARLY_WORSE_PTS = 5.0
 FAILED_ACC = 0.50  # the variance and gradient-share limits are diagnose's (one definition for both)
 # Red Flag 2 "Instability": "training diverges or highly noisy", "Carry state exploding/vanishing". The
 # plan gives no numbers; ours: the loss's step-to-step spread over the last 20% of steps above half its
-# mean is "highly noisy"; a final loss above the first 10%'s mean is "diverges"; a carry whose RMS per
-# element leaves [0.1, 10] (the carries start at about 1) is vanishing / exploding.
+# mean is "highly noisy"; a final loss above the first 10%'s mean is "diverges"; a carry update ratio
+# outside [UPDATE_RATIO_VANISHING, UPDATE_RATIO_EXPLODING] (thresholds.py, with the measurements) is
+# vanishing / exploding (the carry's own RMS is 1 by construction and cannot show it).
 NOISY_LOSS_CV = 0.5
-CARRY_RMS_VANISHING = 0.1
-CARRY_RMS_EXPLODING = 10.0
 # Red Flag 3 "No improvement": "All ETRMTRM experiments <= ETRM baseline" -> no recurrent run is at least
 # SLIGHT_GAIN_PTS above the static baseline (a smaller gain is noise, as in Scenario C).
 NO_GAIN_PTS = SLIGHT_GAIN_PTS
@@ -201,8 +205,8 @@ def red_flags(rows: Sequence[RunRow], configs: Sequence[Configuration], base: Co
             reasons.append(f"train acc {pct(r.train_acc)} < {pct(FAILED_ACC)}")
         if r.encoder_var is not None and r.encoder_var < COLLAPSED_VAR:
             reasons.append(f"encoder var {num(r.encoder_var)} < {COLLAPSED_VAR:g} (collapse)")
-        if r.grad_share is not None and r.grad_share < STARVED_GRAD_SHARE:
-            reasons.append(f"grad encoder share {num(r.grad_share)} < {STARVED_GRAD_SHARE:g} (starved)")
+        if r.grad_share_sq is not None and r.grad_share_sq < STARVED_GRAD_SHARE_SQ:
+            reasons.append(f"grad encoder share² {num(r.grad_share_sq)} < {STARVED_GRAD_SHARE_SQ:g} (starved)")
         if reasons:
             note = "" if r.finished else f" ({r.status_text})"
             bug.append(f"{r.label}{note}: " + "; ".join(reasons))
@@ -213,10 +217,10 @@ def red_flags(rows: Sequence[RunRow], configs: Sequence[Configuration], base: Co
             reasons.append(f"train/loss CV {num(r.loss_cv)} > {NOISY_LOSS_CV:g} over the last 20% of steps")
         if r.diverged:
             reasons.append("final train/loss above its first 10% (diverging)")
-        if r.carry_rms is not None and r.carry_rms > CARRY_RMS_EXPLODING:
-            reasons.append(f"carry RMS {num(r.carry_rms)} > {CARRY_RMS_EXPLODING:g} (exploding)")
-        if r.carry_rms is not None and r.carry_rms < CARRY_RMS_VANISHING:
-            reasons.append(f"carry RMS {num(r.carry_rms)} < {CARRY_RMS_VANISHING:g} (vanishing)")
+        if r.update_ratio is not None and r.update_ratio > UPDATE_RATIO_EXPLODING:
+            reasons.append(f"carry update ratio {num(r.update_ratio)} > {UPDATE_RATIO_EXPLODING:g} (exploding)")
+        if r.update_ratio is not None and r.update_ratio < UPDATE_RATIO_VANISHING:
+            reasons.append(f"carry update ratio {num(r.update_ratio)} < {UPDATE_RATIO_VANISHING:g} (vanishing)")
         if reasons:
             unstable.append(f"{r.label}: " + "; ".join(reasons))
     flags = [

@@ -20,7 +20,13 @@ from etrmtrm_cli.analysis.diagnose.subject import (
     train_batch,
     worst,
 )
-from etrmtrm_cli.analysis.thresholds import EXPECTED_GRAD_SHARE, STARVED_GRAD_SHARE
+from etrmtrm_cli.analysis.thresholds import (
+    EXPECTED_GRAD_SHARE,
+    HIGH_GRAD_SHARE_SQ,
+    LOW_GRAD_SHARE_SQ,
+    STARVED_GRAD_SHARE,
+    STARVED_GRAD_SHARE_SQ,
+)
 from etrmtrm_cli.models.act import ACTCarry
 from etrmtrm_cli.models.build import encoder_parameters
 from etrmtrm_cli.training.metrics import grad_norms
@@ -81,9 +87,13 @@ def check_gradient_flow(subject: Subject) -> CheckResult:
                             f"> {MIN_ENCODER_GRAD_NORM:g} (plan)",
                             "pass" if enc_norm > MIN_ENCODER_GRAD_NORM else "fail" if not enc_norm > 0 else "warn"))
     rows.append(Measurement(
-        "grad/encoder_share before clipping (sum of both steps)", number(share),
-        f"≥ {LOW_GRAD_SHARE:g} (plan: ≈ {EXPECTED_GRAD_SHARE:g}); < {STARVED_GRAD_SHARE:g} = starved",
-        share_verdict(share)))
+        "grad/encoder_share before clipping (norm ratio, sum of both steps)", number(share),
+        f"≥ {LOW_GRAD_SHARE:g}; < {STARVED_GRAD_SHARE:g} = starved", share_verdict(share)))
+    share_sq = norms["grad/encoder_share_sq"]
+    rows.append(Measurement(
+        "grad/encoder_share_sq: the plan's share of the gradient, ||g_enc||² / ||g||²", number(share_sq),
+        f"≈ {EXPECTED_GRAD_SHARE:g}; warn outside [{LOW_GRAD_SHARE_SQ:g}, {HIGH_GRAD_SHARE_SQ:g}]; "
+        f"< {STARVED_GRAD_SHARE_SQ:g} = starved", share_sq_verdict(share_sq)))
     status = worst([r.verdict for r in rows])
     message = _flow_message(subject.exp.arch.recurrent_encoder_type, rows, detached, no_context_grad,
                             sorted(missing), len(named), share)
@@ -116,6 +126,12 @@ def _got_gradient(grad: Tensor | None, previous: Tensor | None) -> bool:
         return False
     added = grad if previous is None else grad - previous
     return bool(torch.isfinite(added).all()) and bool(added.abs().sum() > 0)
+
+
+def share_sq_verdict(share_sq: float) -> Status:
+    if not math.isfinite(share_sq) or share_sq < STARVED_GRAD_SHARE_SQ:
+        return "fail"
+    return "pass" if LOW_GRAD_SHARE_SQ <= share_sq <= HIGH_GRAD_SHARE_SQ else "warn"
 
 
 def share_verdict(share: float) -> Status:
