@@ -75,3 +75,26 @@ def test_missing_decoder_file(tmp_path: Path) -> None:
     exp = tiny("E0b", [f"decoder='{tmp_path / 'nope.safetensors'}'"])
     with pytest.raises(CheckpointError, match="no such file"):
         load_decoder(build_model(exp, 36, 10), exp, 36, tmp_path)
+
+
+def test_p0_trained_on_other_tasks_is_refused_and_seeds_of_p0_resolve_to_one_run(p0_runs: Path,
+                                                                                  tmp_path: Path) -> None:
+    from etrmtrm_cli.data.dataset import build_arc_data
+
+    def train_tasks(e: Experiment) -> list[str]:
+        data = build_arc_data(e.data, e.seed)
+        return [g.task.id for g in data.groups[: data.num_train_groups]]
+
+    exp = tiny("E0b", ["decoder=P0"])
+    ours = train_tasks(exp)
+    assert load_decoder(build_model(exp, 36, 10), exp, 36, p0_runs, ours) is not None  # the same tasks load
+    other = tiny("E0b", ["decoder=P0", "data.subset_seed=7"])  # another draw of the tasks
+    theirs = train_tasks(other)
+    assert set(theirs) != set(ours)
+    with pytest.raises(CheckpointError, match=r"was trained on other tasks \(\d+ of this experiment's \d+ train"):
+        load_decoder(build_model(other, 36, 10), other, 36, p0_runs, theirs)
+    # P0 trained with --seeds: runs/P0/seed-<N>/ -> the lowest finished seed is the one every user loads
+    for seed in (3, 1):
+        train(tiny("P0", ["train.eval_interval=100", "train.checkpoint_interval=100", f"seed={seed}"]),
+              TrainOptions(runs_dir=tmp_path, max_steps=1, per_seed=True), SINGLE)
+    assert rundir.decoder_run(tmp_path, "P0") == tmp_path / "P0" / "seed-1"
