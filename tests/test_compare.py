@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import CPU, tiny
+from conftest import CPU, EXPERIMENTS, tiny
 from scipy import stats as scipy_stats
 from typer.testing import CliRunner
 
@@ -407,3 +407,17 @@ def test_per_puzzle_evaluates_both_final_models(tmp_path: Path) -> None:
         assert task in result.output
     three = invoke("E0a", "E0b", "E0a", "--runs-dir", str(tmp_path), "--per-puzzle")
     assert three.exit_code == 1 and "--per-puzzle shows two experiments side by side; got 3" in three.output
+
+
+def test_train_with_seeds_then_compare_shows_intervals_and_pools_identical_configs(tmp_path: Path) -> None:
+    common = ["--profile", "tiny", "--experiments", str(EXPERIMENTS), "--runs-dir", str(tmp_path), "--quiet",
+              "--max-steps", "4", "--set", "decoder=none", "--set", "arch.halt_max_steps=2"]
+    for exp_id, seeds in (("E0a", "2"), ("E0b", "2"), ("E2b", "1,")):
+        trained = runner.invoke(app, ["train", exp_id, "--seeds", seeds, *common], env=ENV)
+        assert trained.exit_code == 0, trained.output
+    assert sorted(p.name for p in (tmp_path / "E0b").iterdir()) == ["seed-0", "seed-1"]
+    shown = invoke("E0a", "E0b", "--runs-dir", str(tmp_path))
+    assert shown.exit_code == 0, shown.output
+    assert "2 (0, 1)" in shown.output and "n = 2" in shown.output and "E0b vs E0a" in shown.output
+    pooled = invoke("E0b", "E2b", "--runs-dir", str(tmp_path))
+    assert pooled.exit_code == 0 and "E0b = E2b" in pooled.output, pooled.output

@@ -127,8 +127,9 @@ def _over_seeds(figure: str, percent: bool = True) -> Callable[[Configuration], 
         if e.mean is None:
             return "—"
         scale = 100 if percent else 1
-        value = f"{scale * e.mean:.1f}" + ("%" if percent else "")
-        return value + (f" ± {scale * e.half_width:.1f}" if e.half_width is not None else "")
+        if percent:
+            return f"{scale * e.mean:.1f}%" + (f" ± {scale * e.half_width:.1f}" if e.half_width is not None else "")
+        return num(e.mean) + (f" ± {num(e.half_width)}" if e.half_width is not None else "")
     return cell
 
 
@@ -140,8 +141,12 @@ SEED_COLUMNS: list[Any] = [
     ("Train Acc AUC", _over_seeds("auc")),
     ("Steps to 90%", _over_seeds("steps_to_90", percent=False)),
     ("Avg Steps", _over_seeds("act_steps", percent=False)),
+    ("Encoder Var", _over_seeds("encoder_var", percent=False)),
+    ("Grad share²", _over_seeds("grad_share_sq", percent=False)),
+    ("Update ratio", _over_seeds("update_ratio", percent=False)),
     ("Eval acc", _over_seeds("eval_acc")),
     ("Eval exact", _over_seeds("eval_exact")),
+    ("Eval pass@2", _over_seeds("eval_pass2")),
 ]
 SEEDS_NOTE = (
     "A configuration is every compared run with one resolved config (whatever its experiment ID); a seed two of "

@@ -14,11 +14,6 @@ from dataclasses import dataclass
 from etrmtrm_cli.analysis.matrix import CONVERGENCE_LEVELS, RunRow
 from etrmtrm_cli.analysis.stats import Estimate, estimate
 
-# RunRow figures a configuration reports over its seeds (attribute -> what it is).
-FIGURES = {"train_acc": "train accuracy", "train_em": "train exact accuracy", "auc": "area under train accuracy",
-           "act_steps": "avg ACT steps", "eval_acc": "eval token accuracy", "eval_exact": "eval exact accuracy",
-           "eval_pass2": "eval pass@2"}
-
 
 @dataclass(frozen=True)
 class Configuration:
