@@ -345,13 +345,13 @@ def compare(
 
     --per-puzzle is the one option that runs the models: it evaluates both runs' final weights.
     """
-    from etrmtrm_cli import report_render
+    from etrmtrm_cli import report_plot, report_render
     from etrmtrm_cli.analysis.compare import compare_runs
     from etrmtrm_cli.analysis.per_task import per_task_accuracy, per_task_table, pool_seeds
     from etrmtrm_cli.training.distributed import pick_device
 
     if plot is not None:
-        report_render.require_matplotlib()
+        report_plot.require_matplotlib()
     if per_puzzle and len(runs) != 2:
         raise ConfigError(f"--per-puzzle shows two experiments side by side; got {len(runs)}: {' '.join(runs)}")
     result = compare_runs(runs_dir, runs)
@@ -364,7 +364,7 @@ def compare(
         per_task = per_task_table(*pooled)
         console.print(report_render.per_task_table(per_task, (runs[0], runs[1])))
     if plot is not None:
-        report_render.plot_curves(result, plot)
+        report_plot.plot_curves(result, plot)
         console.print(f"[green]wrote[/] {plot}", highlight=False)
     if markdown is not None:
         markdown.parent.mkdir(parents=True, exist_ok=True)

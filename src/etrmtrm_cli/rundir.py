@@ -17,14 +17,12 @@ in progress the latest checkpoint's EMA weights (its model weights without EMA).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import pickle
 import re
 import shutil
-import socket
 import time
 import warnings
 from collections.abc import Sequence
@@ -38,6 +36,7 @@ from torch import Tensor
 
 from etrmtrm_cli.config import check_name
 from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError
+from etrmtrm_cli.run_lock import RunLock
 
 CONFIG = "config.json"
 META = "meta.json"
@@ -45,7 +44,6 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 FINAL_WEIGHTS = "model.safetensors"
 CHECKPOINTS = "checkpoints"
-LOCK = ".lock"  # held by the process writing the run (RunLock)
 _PREFIX = "step_"
 Row = dict[str, Any]  # one metrics.jsonl line: step plus metric values (None where NaN)
 
@@ -60,41 +58,6 @@ class RunFiles:
     meta: dict[str, Any]
     summary: dict[str, Any]
     rows: list[Row]
-
-
-class RunLock:
-    """One writer per run: an exclusive lock on <run>/.lock (flock), which the OS releases when the holding
-    process ends, however it ends (kill -9 included), so a lock is never stale."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / LOCK
-        try:
-            self.file = self.path.open("a+", encoding="utf-8")
-        except OSError as err:
-            raise RunError(f"{self.path}: cannot open the run's lock ({err.strerror})") from None
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            raise RunError(f"{run_dir} is being written by {holder}; one process writes a run at a time: "
-                           "wait for it to finish or stop it (Ctrl-C saves a checkpoint)") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"process {os.getpid()} on {socket.gethostname()}\n")
-        self.file.flush()
-
-    def release(self) -> None:
-        if not self.file.closed:
-            fcntl.flock(self.file, fcntl.LOCK_UN)
-            self.file.close()
-
-    def __enter__(self) -> RunLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 SEED_PREFIX = "seed-"
