@@ -638,3 +638,22 @@ def test_corrupt_summary_is_reported_before_resuming(project: Path) -> None:
     line_with(out, "summary.json")
     assert_untouched(run, before)  # no step was trained, logged or checkpointed first
     follow_suggestions(out, same_problem=r"summary\.json")
+
+
+def test_a_full_disk_is_one_line_and_the_run_says_failed(project: Path) -> None:
+    full = project / "full-disk"
+    full.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(full)], capture_output=True,
+                           text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill: {mount.stderr.strip()}")
+    try:
+        out = cli("train", "E0b", *TINY, "--max-steps", 30, "--set", "train.checkpoint_interval=5",
+                  "--runs-dir", full)
+        assert_handled(out)
+        line_with(out, "cannot write")
+        run = full / "E0b"
+        assert summary_status(run) == "failed"  # the half-written checkpoint was dropped to make room for it
+        assert not list((run / "checkpoints").glob("*.tmp"))
+    finally:
+        subprocess.run(["umount", "-l", str(full)], check=True)  # lazily: a test failure may hold a file

@@ -285,8 +285,8 @@ def save_weights(path: Path, state: dict[str, Tensor]) -> None:
     # safetensors refuses shared or non-contiguous storage: store independent contiguous copies.
     try:
         save_file({k: v.detach().contiguous().clone().cpu() for k, v in state.items()}, str(path))
-    except OSError as err:
-        raise RunError(f"{path}: cannot write ({err.strerror}); the previous checkpoint is kept") from None
+    except Exception as err:  # OSError, or safetensors' own error for a full disk
+        raise RunError(f"{path}: cannot write ({_reason(err, path)}); the previous checkpoint is kept") from None
 
 
 def load_weights(path: Path) -> dict[str, Tensor]:
@@ -340,8 +340,20 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def save_state(path: Path, state: dict[str, Any]) -> None:
     try:
         torch.save(state, path)
-    except OSError as err:
-        raise RunError(f"{path}: cannot write ({err.strerror}); the previous checkpoint is kept") from None
+    except (OSError, RuntimeError) as err:  # torch reports a full disk as a RuntimeError of its writer
+        raise RunError(f"{path}: cannot write ({_reason(err, path)}); the previous checkpoint is kept") from None
+
+
+def _reason(err: BaseException, path: Path) -> str:
+    """Why a write failed, in words: the OS's reason, else the library's first line (torch and safetensors
+    report a full disk in their own words) with the space left."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    try:
+        return f"{first}; {shutil.disk_usage(path.parent).free // 1024} KiB free on its disk"
+    except OSError:
+        return first
 
 
 def load_state(path: Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import platform
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -232,18 +233,22 @@ def _save_checkpoint(run_dir: Path, exp: Experiment, parts: Trainable, state: St
                      pending: dict[str, float] | None = None) -> None:
     model, ema, optimizers = parts.model, parts.ema, parts.optimizers
     tmp = rundir.temp_checkpoint_dir(run_dir, state.step)
-    if ctx.is_main:
-        rundir.begin_checkpoint(run_dir, state.step)
-        rundir.save_weights(tmp / "model.safetensors", model.state_dict())
-        if ema is not None:
-            rundir.save_weights(tmp / "ema.safetensors", ema.state_dict())
-    ctx.barrier()
-    rundir.save_state(tmp / f"state.rank{ctx.rank}.pt", {
-        "step": state.step, "world_size": ctx.world_size,
-        "optimizers": [opt.state_dict() for opt in optimizers],
-        "halt_rng": state.halt_rng.get_state(), "carry": _carry_state(state.carry),
-        "converged_at": state.converged_at.cpu(), "pending_metrics": pending,
-    })
+    try:
+        if ctx.is_main:
+            rundir.begin_checkpoint(run_dir, state.step)
+            rundir.save_weights(tmp / "model.safetensors", model.state_dict())
+            if ema is not None:
+                rundir.save_weights(tmp / "ema.safetensors", ema.state_dict())
+        ctx.barrier()
+        rundir.save_state(tmp / f"state.rank{ctx.rank}.pt", {
+            "step": state.step, "world_size": ctx.world_size,
+            "optimizers": [opt.state_dict() for opt in optimizers],
+            "halt_rng": state.halt_rng.get_state(), "carry": _carry_state(state.carry),
+            "converged_at": state.converged_at.cpu(), "pending_metrics": pending,
+        })
+    except RunError:  # a full disk: drop the half-written one, so the summary can still say "failed"
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     ctx.barrier()
     if ctx.is_main:
         rundir.commit_checkpoint(tmp, exp.train.keep_checkpoints)
