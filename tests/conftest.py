@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -20,3 +22,15 @@ torch.set_num_threads(1)
 def tiny(exp_id: str = "E0b", overrides: Sequence[str] = (), world_size: int = 1) -> Experiment:
     """A real experiment at the tiny profile, from scratch unless the overrides say otherwise."""
     return load_experiments(EXPERIMENTS).resolve(exp_id, "tiny", ["decoder='none'", *overrides], world_size)
+
+
+@contextlib.contextmanager
+def registered(encoders: dict[str, tuple[type, type, bool]]) -> Iterator[None]:
+    """Planted encoders (name -> (class, config class, recurrent)) in the registry, for the with-block only."""
+    from etrmtrm_cli.encoders import registry
+
+    registry.list_encoders()  # load the in-tree ones first, so the restored registry keeps them
+    with mock.patch.dict(registry._ENCODERS):
+        for name, (cls, config, recurrent) in encoders.items():
+            registry.register_encoder(name, config, recurrent=recurrent)(cls)
+        yield

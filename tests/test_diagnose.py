@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
-from conftest import CPU, EXPERIMENTS, tiny
+from conftest import CPU, EXPERIMENTS, registered, tiny
 from torch import Tensor
 from typer.testing import CliRunner
 
@@ -28,7 +27,6 @@ from etrmtrm_cli.analysis.diagnose import (
 from etrmtrm_cli.analysis.diagnose.subject import Status
 from etrmtrm_cli.cli import app
 from etrmtrm_cli.data.dataset import ArcData, build_arc_data
-from etrmtrm_cli.encoders import registry
 from etrmtrm_cli.encoders.base import Carry
 from etrmtrm_cli.encoders.recurrent_standard import RecurrentStandardConfig, RecurrentStandardEncoder
 from etrmtrm_cli.encoders.static import StaticConfig, StaticEncoder
@@ -82,10 +80,7 @@ BROKEN = {
 
 @pytest.fixture(scope="module", autouse=True)
 def broken_encoders() -> Iterator[None]:
-    registry.list_encoders()  # load the in-tree ones first, so the restored registry keeps them
-    with mock.patch.dict(registry._ENCODERS):
-        for name, (cls, config, recurrent) in BROKEN.items():
-            registry.register_encoder(name, config, recurrent=recurrent)(cls)
+    with registered(BROKEN):
         yield
 
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from unittest import mock
 
 import pytest
 import torch
-from conftest import CPU, tiny
+from conftest import CPU, registered, tiny
 from torch import Tensor, nn
 
 from etrmtrm_cli.analysis import thresholds
 from etrmtrm_cli.data.dataset import build_arc_data
-from etrmtrm_cli.encoders import registry
 from etrmtrm_cli.encoders.base import Carry, ReadLayer, update_ratio
 from etrmtrm_cli.encoders.recurrent_standard import RecurrentStandardConfig, RecurrentStandardEncoder
 from etrmtrm_cli.encoders.static import StaticConfig, StaticEncoder
@@ -88,10 +86,7 @@ PLANTED = {
 
 @pytest.fixture(scope="module", autouse=True)
 def planted_encoders() -> Iterator[None]:
-    registry.list_encoders()  # load the in-tree ones first, so the restored registry keeps them
-    with mock.patch.dict(registry._ENCODERS):
-        for name, (cls, config, recurrent) in PLANTED.items():
-            registry.register_encoder(name, config, recurrent=recurrent)(cls)
+    with registered(PLANTED):
         yield
 
 
