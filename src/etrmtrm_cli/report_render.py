@@ -253,14 +253,14 @@ def verdict_text(v: Verdict) -> Group:
 def per_task_table(scores: Sequence[TaskScore], names: tuple[str, str]) -> Table:
     a, b = names
     table = Table(title=f"Per task: {a} vs {b} (token accuracy; sorted by {b} − {a})", title_justify="left")
-    for header in TASK_HEADERS(a, b):
+    for header in task_headers(a, b):
         table.add_column(header, justify="left" if header in ("task", "split") else "right")
     for s in scores:
         table.add_row(*_task_cells(s))
     return table
 
 
-def TASK_HEADERS(a: str, b: str) -> list[str]:  # noqa: N802 - a constant of two names
+def task_headers(a: str, b: str) -> list[str]:
     return ["task", "split", a, b, "difference", f"exact {a}", f"exact {b}", f"solved {a}", f"solved {b}"]
 
 
@@ -324,5 +324,5 @@ def comparison_markdown(cmp: Comparison, markdown_path: Path, plot: Path | None 
     if per_task:
         names = (named[0], named[1])
         out += ["", f"## Per task ({names[1]} − {names[0]})", "",
-                _md_table(TASK_HEADERS(*names), [_task_cells(s) for s in per_task])]
+                _md_table(task_headers(*names), [_task_cells(s) for s in per_task])]
     return "\n".join(out).rstrip() + "\n"
