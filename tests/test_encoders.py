@@ -58,7 +58,7 @@ def context_of(enc: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_context_shape_and_carry(name: str) -> None:
-    enc, batch = encoder(name), demo_batch()
+    enc, batch = encoder(name).train(), demo_batch()  # train mode: the stats are a training metric
     carry = enc.initial_carry(3, CPU)
     context, new_carry, *stats = enc(carry, batch)
     assert context.shape == (3, ARCH.context_tokens, ARCH.hidden_size)
@@ -74,11 +74,12 @@ def test_context_shape_and_carry(name: str) -> None:
         assert set(stats[0]) == {"update_ratio"}
     elif name == "static":
         assert not stats
+    assert len(enc.eval()(carry, batch)) == 2  # the stats are a training metric: eval computes none
 
 
 def test_trm_style_net_is_blocks_forward() -> None:
     """trm_style runs its blocks' sublayers itself (to record each update's ratio): the same function."""
-    enc, batch = encoder("trm_style"), demo_batch()
+    enc, batch = encoder("trm_style").train(), demo_batch()
     carry = {k: v + torch.randn_like(v) for k, v in enc.initial_carry(3, CPU).items()}
     demos = enc.grid(batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"])
     context, new_carry, stats = enc.read(carry, demos, batch["demo_mask"])

@@ -1,6 +1,12 @@
 """Errors meant for people: the CLI prints their message on one line and exits 1."""
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's first non-empty line (libraries put the gist there), or its type's name."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 class EtrmtrmError(Exception):
     """Base class of every error the CLI reports without a traceback."""
 

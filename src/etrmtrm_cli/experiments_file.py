@@ -83,7 +83,7 @@ class ExperimentsFile(BaseModel):
 
         With seeds, each experiment runs once per seed, except a pretrained decoder another experiment of
         the file starts from (P0): it runs once, at its own seed, and every seed of its users loads it."""
-        decoders = {self.experiments[e].get("decoder", self.base.get("decoder")) for e in self.experiments}
+        decoders = {decoder_of(self.base, self.experiments, e) for e in self.experiments}
         out = []
         for exp_id in self.targets(target):
             if seeds is None or exp_id in decoders:
@@ -157,14 +157,16 @@ def load_experiments(path: Path) -> ExperimentsFile:
     return ExperimentsFile(path=path, base=base, experiments=experiments, profiles=profiles, queues=queues)
 
 
+def decoder_of(base: Mapping[str, Any], experiments: Mapping[str, Any], exp_id: str) -> Any:
+    """The `decoder` an experiment starts from, as the file sets it (its own table, else [base])."""
+    return experiments[exp_id].get("decoder", base.get("decoder", "none"))
+
+
 def _check_decoder_cycles(base: Mapping[str, Any], experiments: Mapping[str, Any], path: Path) -> None:
     """`decoder = "<ID>"` starts from another experiment's run: those links must not loop back."""
-    def decoder_of(exp_id: str) -> Any:
-        return experiments[exp_id].get("decoder", base.get("decoder", "none"))
-
     for start in experiments:
         chain = [start]
-        while isinstance(nxt := decoder_of(chain[-1]), str) and nxt in experiments:
+        while isinstance(nxt := decoder_of(base, experiments, chain[-1]), str) and nxt in experiments:
             if nxt in chain:
                 loop = " -> ".join([*chain[chain.index(nxt):], nxt])
                 raise ConfigError(f"{path}: experiments.{start}.decoder: the decoders form a cycle ({loop}); "

@@ -23,7 +23,7 @@ from etrmtrm_cli.analysis.matrix import (
     RunRow,
 )
 from etrmtrm_cli.analysis.per_task import TaskScore
-from etrmtrm_cli.analysis.text import duration, num, pct, steps
+from etrmtrm_cli.analysis.text import duration, num, pct, steps, with_interval
 from etrmtrm_cli.analysis.verdict import NOISY_LOSS_CV, Verdict
 
 _STYLE: dict[Status, str] = {"pass": "green", "warn": "yellow", "fail": "bold red"}
@@ -117,15 +117,7 @@ DEFINITIONS = (
 
 
 def _over_seeds(figure: str, percent: bool = True) -> Callable[[Configuration], str]:
-    def cell(c: Configuration) -> str:
-        e = c.estimate(figure)
-        if e.mean is None:
-            return "—"
-        scale = 100 if percent else 1
-        if percent:
-            return f"{scale * e.mean:.1f}%" + (f" ± {scale * e.half_width:.1f}" if e.half_width is not None else "")
-        return num(e.mean) + (f" ± {num(e.half_width)}" if e.half_width is not None else "")
-    return cell
+    return lambda c: with_interval(c.estimate(figure), percent)
 
 
 SEED_COLUMNS: list[Any] = [

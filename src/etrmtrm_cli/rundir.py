@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from etrmtrm_cli.config import check_name
-from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError
+from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError, first_line
 from etrmtrm_cli.run_lock import RunLock
 
 CONFIG = "config.json"
@@ -349,7 +349,7 @@ def _reason(err: BaseException, path: Path) -> str:
     report a full disk in their own words) with the space left."""
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = first_line(err)
     try:
         return f"{first}; {shutil.disk_usage(path.parent).free // 1024} KiB free on its disk"
     except OSError:
@@ -379,5 +379,5 @@ def safe_torch_load(path: Path, what: str) -> Any:
                                   "ever loaded") from None
         raise CheckpointError(f"{path}: not a readable {what} (corrupt, truncated, or not a torch file)") from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise CheckpointError(f"{path}: not a readable {what} ({first})") from None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from etrmtrm_cli.analysis.stats import Estimate
+
 DASH = "—"
 
 
@@ -37,3 +39,13 @@ def delta_steps(a: int | None, b: int | None) -> str:
     if a is None or b is None:
         return f"{steps(a)} vs {steps(b)}"
     return f"{a} vs {b} ({a - b:+d})"
+
+
+def with_interval(e: Estimate, percent: bool = True) -> str:
+    """'97.2% ± 0.8' (a fraction, in points) or '0.42 ± 0.05': the mean over seeds and its 95% half-width
+    (none with one seed)."""
+    if e.mean is None:
+        return DASH
+    if percent:
+        return pct(e.mean) + (f" ± {100 * e.half_width:.1f}" if e.half_width is not None else "")
+    return num(e.mean) + (f" ± {num(e.half_width)}" if e.half_width is not None else "")

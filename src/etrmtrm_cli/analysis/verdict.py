@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from etrmtrm_cli.analysis.configs import Configuration
 from etrmtrm_cli.analysis.matrix import RunRow
 from etrmtrm_cli.analysis.stats import Band, Estimate, classify, detectable_difference, paired_difference
-from etrmtrm_cli.analysis.text import num, pct
+from etrmtrm_cli.analysis.text import num, pct, with_interval
 from etrmtrm_cli.analysis.thresholds import (
     COLLAPSED_VAR,
     STARVED_GRAD_SHARE_SQ,
@@ -137,10 +137,7 @@ def describe(e: Estimate, unit: str = "points") -> str:
 
 def level(e: Estimate) -> str:
     """'97.2% ± 0.8 (n = 3)' for a fraction over seeds."""
-    if e.mean is None:
-        return "—"
-    spread = f" ± {100 * e.half_width:.1f}" if e.half_width is not None else ""
-    return f"{pct(e.mean)}{spread} (n = {e.n})"
+    return f"{with_interval(e)} (n = {e.n})" if e.mean is not None else with_interval(e)
 
 
 def room_figures(base: Configuration, run: Configuration) -> list[str]:

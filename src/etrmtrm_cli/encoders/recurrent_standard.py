@@ -42,6 +42,6 @@ class RecurrentStandardEncoder(DemoEncoder):
         return reset_slots(reset, carry, {"z_e": self.z_init})
 
     def read(self, carry: Carry, demos: Tensor, demo_mask: Tensor) -> ReadResult:
-        ratios: list[Tensor] = []
+        ratios: list[Tensor] | None = [] if self.training else None  # a training metric: eval skips it
         z = self.update(carry["z_e"].to(demos.dtype), demos, demo_mask, ratios)  # (B, C, D), with its graph
-        return z, {"z_e": z}, {"update_ratio": mean_ratio(ratios)}
+        return (z, {"z_e": z}, {"update_ratio": mean_ratio(ratios)}) if ratios else (z, {"z_e": z})

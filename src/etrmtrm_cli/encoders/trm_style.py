@@ -55,7 +55,7 @@ class TRMStyleEncoder(DemoEncoder):
     def reset_carry(self, reset: Tensor, carry: Carry) -> Carry:
         return reset_slots(reset, carry, {"z_e_H": self.H_init, "z_e_L": self.L_init})
 
-    def _net(self, h: Tensor, injection: Tensor, ratios: list[Tensor]) -> Tensor:
+    def _net(self, h: Tensor, injection: Tensor, ratios: list[Tensor] | None) -> Tensor:
         h = h + injection
         for block in self.net:  # Block.forward (post-norm, no RoPE, no mask), recording each update's ratio
             h = post_norm(h, block.attn(h), block.eps, ratios)
@@ -67,9 +67,10 @@ class TRMStyleEncoder(DemoEncoder):
         queries = self.queries.to(demos.dtype).expand(demos.shape[0], -1, -1)
         injection = self.summary(queries, demos, demo_mask)
         z_h, z_l = carry["z_e_H"].to(demos.dtype), carry["z_e_L"].to(demos.dtype)
-        ratios: list[Tensor] = []
+        ratios: list[Tensor] | None = [] if self.training else None  # a training metric: eval skips it
         for _ in range(self.h_cycles):
             for _ in range(self.l_cycles):
                 z_l = self._net(z_l, z_h + injection, ratios)
             z_h = self._net(z_h, z_l, ratios)
-        return z_h, {"z_e_H": z_h, "z_e_L": z_l}, {"update_ratio": mean_ratio(ratios)}
+        carry = {"z_e_H": z_h, "z_e_L": z_l}
+        return (z_h, carry, {"update_ratio": mean_ratio(ratios)}) if ratios else (z_h, carry)

@@ -26,7 +26,7 @@ from torch import Tensor
 from etrmtrm_cli import __version__, rundir
 from etrmtrm_cli.config import Experiment, dict_differences
 from etrmtrm_cli.data.dataset import ArcData, build_arc_data
-from etrmtrm_cli.errors import CheckpointError, RunError
+from etrmtrm_cli.errors import CheckpointError, RunError, first_line
 from etrmtrm_cli.models.act import ACTCarry, ACTModel
 from etrmtrm_cli.models.build import build_model, load_decoder
 from etrmtrm_cli.models.decoder import DecoderCarry
@@ -273,7 +273,7 @@ def _restore(run_dir: Path, parts: Trainable, ctx: DistContext) -> tuple[StepSta
         halt_rng.set_state(saved["halt_rng"])
         carry = _carry_from_state(saved["carry"], ctx.device)
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
-        raise CheckpointError(f"{path}: the training state does not fit this model ({_first_line(err)})") from None
+        raise CheckpointError(f"{path}: the training state does not fit this model ({first_line(err)})") from None
     state = StepState(saved["step"], carry, saved["converged_at"].to(ctx.device), halt_rng)
     return state, saved.get("pending_metrics")
 
@@ -291,11 +291,6 @@ def _load_weights(model: ACTModel, path: Path) -> None:
     model.load_state_dict(saved)
 
 
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return "; ".join(lines[:2]) if lines else type(err).__name__
-
-
 # Settings a resumed run may change: they decide how long it runs, how often it evaluates and saves, or its
 # label, never what the model or the data is. Any other difference is refused, naming the keys.
 RESUMABLE_KEYS = frozenset({"description", "parent", "train.max_steps", "train.epochs", "train.eval_interval",
@@ -311,7 +306,7 @@ def _check_resume(run_dir: Path, exp: Experiment) -> dict[str, tuple[Any, Any]]:
         saved = Experiment.model_validate(rundir.read_json(run_dir / rundir.CONFIG)).model_dump(mode="json")
     except ValidationError as err:
         raise RunError(f"{run_dir / rundir.CONFIG}: not a config this version can read "
-                       f"({err.error_count()} problems, first: {_first_line(err)})") from None
+                       f"({err.error_count()} problems, first: {first_line(err)})") from None
     if (run_dir / rundir.SUMMARY).is_file():
         rundir.read_json(run_dir / rundir.SUMMARY)
     changed = dict_differences(saved, exp.model_dump(mode="json"))
