@@ -15,7 +15,7 @@ from torch import Tensor
 from etrmtrm_cli import rundir
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.data.dataset import ArcData, build_arc_data
-from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError
+from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError, first_line
 from etrmtrm_cli.models.act import ACTModel
 from etrmtrm_cli.models.build import build_model
 
@@ -88,8 +88,8 @@ def build(subject: Subject, trained: bool = True) -> ACTModel:
         try:
             model.load_state_dict(subject.weights)
         except RuntimeError as err:
-            first = str(err).splitlines()[0]
-            raise CheckpointError(f"{subject.source}: does not match the model of its config.json ({first})") from None
+            raise CheckpointError(f"{subject.source}: does not match the model of its config.json "
+                                  f"({first_line(err)})") from None
     return model.to(subject.device)
 
 
