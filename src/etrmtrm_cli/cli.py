@@ -172,7 +172,9 @@ def train(
         min=1, max=10**9, help="Stop after N steps instead of the epochs' count.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     runs_dir: Annotated[Path, typer.Option(help="Where runs/<ID>/ live.")] = Path("runs"),
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    compile: Annotated[bool | None, typer.Option(
+        "--compile/--no-compile", help="torch.compile the model; default: when the run has >= 1000 steps to take "
+        "and a compiler is present.", show_default=False)] = None,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also write TensorBoard events.")] = False,
     wandb: Annotated[bool, typer.Option("--wandb", help="Also log to Weights & Biases.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final summary.")] = False,

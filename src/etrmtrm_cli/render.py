@@ -87,6 +87,8 @@ class TrainProgress:
             self.progress.stop()
 
     def on_event(self, kind: str, payload: dict[str, Any]) -> None:
+        if kind == "start" and payload["runtime"]["dtype_note"]:  # a warning: shown even when quiet
+            self.console.print(f"[yellow]{payload['exp'].id}: {payload['runtime']['dtype_note']}[/]", highlight=False)
         if self.quiet:
             return
         if kind == "start":
@@ -108,6 +110,10 @@ class TrainProgress:
         self.console.print(
             f"[bold]{exp.id}[/] ({exp.profile} profile, {payload['device']} x{payload['world_size']}) -> "
             f"{payload['run_dir']}; {total} steps from {payload['start_step']}; decoder {decoder}", highlight=False)
+        runtime = payload["runtime"]
+        compiled = "compiled" if runtime["compile"] else "eager"
+        self.console.print(f"[dim]{runtime['forward_dtype']}, {compiled} ({runtime['compile_note']})[/]",
+                           highlight=False)
         if self.live:
             self.progress = Progress(
                 TextColumn("[bold cyan]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -184,6 +184,9 @@ class Packing:
         token = torch.arange(seq_of.numel(), device=seq_of.device)
         self.unpad = padded_start[seq_of] + token - starts[seq_of]  # (T,) each token's padded row
 
+    # Eager under torch.compile: every batch has new bucket lengths, and inside a graph each one compiled
+    # anew until dynamo's cache limit sent the whole encoder back to eager (tests/test_runtime.py).
+    @torch.compiler.disable
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Attention within each sequence: q, k, v (T, H, hd) -> (T, H, hd)."""
         if not self.buckets:

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from etrmtrm_cli.training.evaluate import evaluate
 from etrmtrm_cli.training.optim import build_optimizers
 from etrmtrm_cli.training.preflight import check_memory
 from etrmtrm_cli.training.run_log import MetricsLog, require_loggers
+from etrmtrm_cli.training.runtime import choose_compile, choose_dtype
 from etrmtrm_cli.training.step import NonFiniteError, StepState, Trainable, fresh_state, train_step
 
 EventFn = Callable[[str, dict[str, Any]], None]
@@ -47,7 +48,7 @@ class TrainOptions:
     max_steps: int | None = None  # overrides the epochs' step count (and train.max_steps)
     resume: bool = False
     force: bool = False
-    compile: bool = False
+    compile: bool | None = None  # None: auto (runtime.choose_compile)
     tensorboard: bool = False
     wandb: bool = False
     command: str = ""  # the command that started the run, as advice reuses it (default: etrmtrm train <ID>)
@@ -88,6 +89,7 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
     run_dir = rundir.run_path(options.runs_dir, exp.id, exp.seed if options.per_seed else None)
     # Loggers, resume checks, data, model and decoder first: a bad input fails before a run is touched.
     require_loggers(options.tensorboard, options.wandb)
+    exp, dtype_note = choose_dtype(exp, ctx.device)  # before the resume check: config.json holds what ran
     changed = _check_resume(run_dir, exp) if options.resume else {}
     torch.manual_seed(exp.seed)  # parameter init: identical on every rank
     data = build_arc_data(exp.data, exp.seed)
@@ -98,32 +100,37 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
     lock = rundir.prepare_run_dir(run_dir, resume=options.resume, force=options.force) if ctx.is_main else None
     try:
         ctx.barrier()
-        return _train(exp, options, ctx, emit, stop, run_dir, data, model, report, changed)
+        return _train(exp, options, ctx, emit, stop, run_dir, data, model, report, changed, dtype_note)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: EventFn, stop: StopFlag, run_dir: Path,
-           data: ArcData, model: ACTModel, report: ImportReport | None, changed: dict[str, tuple[Any, Any]]
-           ) -> RunSummary:
+           data: ArcData, model: ACTModel, report: ImportReport | None, changed: dict[str, tuple[Any, Any]],
+           dtype_note: str | None) -> RunSummary:
     model.to(ctx.device)
     ema = copy.deepcopy(model) if exp.train.ema else None
-    parts = Trainable(model, torch.compile(model) if options.compile else model, build_optimizers(model, exp), ema)
+    parts = Trainable(model, model, build_optimizers(model, exp), ema)
     total = total_steps(exp, data, options)
     if options.resume:
         state, pending = _restore(run_dir, parts, ctx)
     else:
         state, pending = fresh_state(model, _batch(data, 0, exp, ctx), exp.seed, ctx.rank), None
+    compiled, compile_note = choose_compile(ctx.device, total - state.step, options.compile)
+    if compiled:
+        parts = replace(parts, forward=torch.compile(model))
+    runtime = {"forward_dtype": exp.arch.forward_dtype, "dtype_note": dtype_note, "compile": compiled,
+               "compile_note": compile_note}
     log = MetricsLog(run_dir, resume_from=state.step, tensorboard=options.tensorboard, wandb=options.wandb,
                      exp=exp) if ctx.is_main else None
     if ctx.is_main and not options.resume:
-        meta = _meta(exp, ctx, data, total, options.command)
+        meta = _meta(exp, ctx, data, total, options.command) | {"runtime": runtime}
         rundir.write_run_files(run_dir, exp.model_dump(mode="json"), meta, total)
     if ctx.is_main and changed:
         rundir.record_resume_changes(run_dir, exp.model_dump(mode="json"), changed, state.step)
     emit("start", {"exp": exp, "total_steps": total, "start_step": state.step, "decoder_report": report,
-                   "run_dir": run_dir, "device": str(ctx.device), "world_size": ctx.world_size})
+                   "run_dir": run_dir, "device": str(ctx.device), "world_size": ctx.world_size, "runtime": runtime})
 
     # The status is written from what happened: "finished" only once the final weights are saved; any
     # exception is "failed"; a stop request, or a signal that interrupts anything, is "interrupted".

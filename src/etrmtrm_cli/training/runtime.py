@@ -1,0 +1,75 @@
+"""How a run executes on this machine, as opposed to what it computes: the compute dtype and torch.compile.
+
+Both are chosen once per run, from measurements on the 2-core CPU this tool was tuned on (figures in
+`benchmarks/README.md`), and both are visible: the run's start line says what was chosen and why, and
+meta.json records it (`runtime`).
+
+- **dtype.** bfloat16 is fast only where the hardware has it: CUDA, or a CPU with AVX512-BF16 or AMX
+  instructions. A CPU without them emulates every bfloat16 matmul (measured ten times slower than float32 on
+  an AVX2 EPYC: `benchmarks/profile_step.py`), so a run that asks for bfloat16 there runs in float32 instead
+  and says so. The config the run records (config.json) is the one that ran.
+- **compile.** `torch.compile` costs a one-off compile (1.5 min cold, 25 s from inductor's cache, on the
+  2-core CPU at the cpu profile) and then saves a third of each step there, so `auto` compiles a run with at
+  least COMPILE_MIN_STEPS steps still to take, and only where its backend can build (a C++ compiler on the
+  CPU; CUDA is taken to have Triton).
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+
+from etrmtrm_cli.config import Experiment
+
+CPUINFO = Path("/proc/cpuinfo")
+COMPILE_MIN_STEPS = 1000  # break-even near 300 steps at the cpu profile; the margin covers a cold cache
+
+
+def _cpuinfo(field: str, cpuinfo: Path) -> str | None:
+    """The first value of `field` in /proc/cpuinfo (Linux); None elsewhere."""
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == field), None)
+
+
+def cpu_has_native_bfloat16(cpuinfo: Path = CPUINFO) -> bool:
+    """True when the CPU has bfloat16 dot-product instructions (x86 AVX512-BF16 or AMX-BF16).
+
+    Read from the kernel's CPU flags: torch reports only its vector capability (AVX2, AVX512), which does not
+    tell whether bfloat16 is native. Elsewhere (no /proc/cpuinfo) it answers False: bfloat16 on an unknown CPU
+    is treated as emulated, and the run says so."""
+    flags = (_cpuinfo("flags", cpuinfo) or "").split()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_dtype(exp: Experiment, device: torch.device, native_bf16: bool | None = None
+                 ) -> tuple[Experiment, str | None]:
+    """`exp` as it will compute on `device`, and why its dtype differs from the requested one (None: it does not)."""
+    if exp.arch.forward_dtype != "bfloat16" or device.type != "cpu":
+        return exp, None
+    if native_bf16 is None:
+        native_bf16 = cpu_has_native_bfloat16()
+    if native_bf16:
+        return exp, None
+    cpu = _cpuinfo("model name", CPUINFO) or platform.processor() or platform.machine()
+    note = (f"bfloat16 asked, but this CPU ({cpu}) has no AVX512-BF16/AMX "
+            "instructions, so bfloat16 would be emulated, ~10x slower than float32: running in float32")
+    arch = exp.arch.model_copy(update={"forward_dtype": "float32"})
+    return exp.model_copy(update={"arch": arch}), note
+
+
+def choose_compile(device: torch.device, steps_to_take: int, compile: bool | None) -> tuple[bool, str]:
+    """Whether to torch.compile a run with `steps_to_take` steps left, and why. `compile` None is auto; True or
+    False is the user's choice and is kept (a forced compile without a C++ compiler fails as torch reports it)."""
+    if compile is not None:
+        return compile, "--compile" if compile else "--no-compile"
+    if steps_to_take < COMPILE_MIN_STEPS:
+        return False, f"auto: {steps_to_take} steps do not earn back the compile time"
+    if device.type == "cpu" and shutil.which("c++") is None and shutil.which("g++") is None:
+        return False, "auto: no C++ compiler for torch.compile on the CPU"
+    return True, f"auto: {steps_to_take} steps"

@@ -1,0 +1,98 @@
+"""How a run executes: the dtype it computes in on this CPU, whether it is compiled, and that a compiled
+model does not recompile for every new batch (the demo packing's shapes change with every batch)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CPU, tiny
+from torch._dynamo.utils import counters
+from typer.testing import CliRunner
+
+from etrmtrm_cli.cli import app
+from etrmtrm_cli.data.dataset import build_arc_data
+from etrmtrm_cli.models.build import build_model
+from etrmtrm_cli.training import runtime
+from etrmtrm_cli.training.distributed import DistContext
+from etrmtrm_cli.training.optim import build_optimizers
+from etrmtrm_cli.training.runtime import COMPILE_MIN_STEPS, choose_compile, choose_dtype, cpu_has_native_bfloat16
+from etrmtrm_cli.training.step import Trainable, fresh_state, train_step
+
+REAL = str(Path(__file__).resolve().parents[1] / "experiments.toml")
+
+
+@pytest.mark.parametrize(("flags", "native"), [
+    ("fpu sse avx2 fma", False),
+    ("fpu avx2 avx512f avx512bw avx512_vnni", False),  # AVX512 without its bfloat16 extension
+    ("fpu avx2 avx512f avx512_bf16", True),
+    ("fpu avx2 amx_tile amx_bf16", True),
+])
+def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path: Path, flags: str, native: bool) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert cpu_has_native_bfloat16(cpuinfo) is native
+    assert cpu_has_native_bfloat16(tmp_path / "missing") is False  # an unknown CPU counts as emulated
+
+
+def test_bfloat16_on_a_cpu_without_it_runs_in_float32_and_says_why() -> None:
+    exp = tiny("E0b", ["arch.forward_dtype=bfloat16"])
+    ran, note = choose_dtype(exp, CPU, native_bf16=False)
+    assert ran.arch.forward_dtype == "float32" and "emulated" in note and "float32" in note
+    assert ran.model_dump() == {**exp.model_dump(), "arch": {**exp.arch.model_dump(), "forward_dtype": "float32"}}
+    assert choose_dtype(exp, CPU, native_bf16=True) == (exp, None)  # native: kept
+    assert choose_dtype(exp, torch.device("cuda"), native_bf16=False) == (exp, None)  # CUDA: kept
+    as_float = tiny("E0b")
+    assert choose_dtype(as_float, CPU, native_bf16=False) == (as_float, None)
+
+
+def test_compile_auto_needs_enough_steps_and_a_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert choose_compile(CPU, COMPILE_MIN_STEPS - 1, None)[0] is False
+    assert choose_compile(CPU, 10, True) == (True, "--compile")  # the user's choice is kept
+    assert choose_compile(CPU, 10**6, False) == (False, "--no-compile")
+    monkeypatch.setattr(runtime.shutil, "which", lambda name: "/usr/bin/" + name)
+    assert choose_compile(CPU, COMPILE_MIN_STEPS, None)[0] is True
+    monkeypatch.setattr(runtime.shutil, "which", lambda name: None)
+    compiled, why = choose_compile(CPU, COMPILE_MIN_STEPS, None)
+    assert compiled is False and "C++ compiler" in why
+
+
+def test_a_bfloat16_run_on_this_cpu_warns_even_when_quiet_and_records_it(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: False)
+    result = CliRunner().invoke(app, [
+        "train", "E0b", "--experiments", REAL, "--profile", "tiny", "--runs-dir", str(tmp_path), "--max-steps", "2",
+        "--set", "decoder=none", "--set", "arch.forward_dtype=bfloat16", "-q"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert "bfloat16 asked" in result.output and "running in float32" in result.output
+    meta = json.loads((tmp_path / "E0b" / "meta.json").read_text())
+    assert meta["runtime"]["forward_dtype"] == "float32" and "emulated" in meta["runtime"]["dtype_note"]
+    assert meta["runtime"]["compile"] is False and "2 steps" in meta["runtime"]["compile_note"]
+    assert json.loads((tmp_path / "E0b" / "config.json").read_text())["arch"]["forward_dtype"] == "float32"
+
+
+def test_a_compiled_model_stops_recompiling_once_the_packing_sizes_vary() -> None:
+    """Every batch packs a different number of demo cells into different attention buckets. The bucketed
+    attention stays eager (outside the graphs), so the graphs see one varying size, which dynamo makes
+    dynamic at its first change: later batches compile nothing new. With the buckets inside the graphs,
+    every new bucket length compiled again, until dynamo's cache limit sent the encoder back to eager."""
+    exp = tiny("E0b", ["train.global_batch_size=512", "arch.halt_max_steps=2"])
+    data = build_arc_data(exp.data, exp.seed)
+    torch.manual_seed(0)
+    model = build_model(exp, data.seq_len, data.num_puzzle_ids).train()
+    torch._dynamo.reset()
+    parts = Trainable(model, torch.compile(model, backend="eager"), build_optimizers(model, exp))
+    state = fresh_state(model, data.train_batch(0, exp.train.batch_size).as_dict(), exp.seed)
+    ctx = DistContext(0, 1, CPU)
+    sizes = set()
+    for step in range(8):
+        batch = data.train_batch(step, exp.train.batch_size).as_dict()
+        if step == 4:
+            compiled_after_warmup = counters["stats"]["unique_graphs"]
+        sizes.add(int((batch["demo_inputs"] != 0).sum() + (batch["demo_labels"] != 0).sum()))
+        train_step(parts, batch, state, exp, ctx, 100)
+    assert len(sizes) >= 4  # the batches did vary in packed size
+    assert counters["stats"]["unique_graphs"] == compiled_after_warmup
+    torch._dynamo.reset()
