@@ -5,11 +5,12 @@ AdamW + the puzzle table's SignSGD (no clipping, as TRM trains).
                                         --canvas 10 --prefix 16 --batch 32 --threads 2]
                                        [--reference-path /path/to/TinyRecursiveModels]
 
-Prints ms/step (median), grid tokens/s and the fraction of this machine's float32 matmul peak (measured
-in the same run) for float32, bfloat16 compute (forward_dtype) and float32 weights under bfloat16
-autocast. With --reference-path, TRM's reference model (imported from that checkout at runtime; the
-project does not depend on it) is timed at the same config, its steps alternating with ours, and the
-ratio ours/theirs printed. The last line is one JSON object.
+Prints ms/step (median), grid tokens/s and the fraction of this machine's matmul peak in the matmuls' dtype
+(float32 or bfloat16, both measured in the same run) for float32, bfloat16 compute (forward_dtype) and
+float32 weights under bfloat16 autocast. With --reference-path, TRM's reference model (imported from that
+checkout at runtime; the project does not depend on it) is timed at the same config, its steps alternating
+with ours, and how many times faster ours is printed. `--compile` compiles both (TRM's pretrain.py compiles
+its model by default). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -53,13 +54,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models (TRM's pretrain.py does)")
     p.add_argument("--reference-path", type=Path, default=None,
                    help="a TinyRecursiveModels checkout to time its model at the same config")
     return p.parse_args()
 
 
-def matmul_peak_gflops(n: int = 1024, repeats: int = 7) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_gflops(dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 7) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     times = []
     for _ in range(repeats):
@@ -108,7 +110,7 @@ def ours_step(args: argparse.Namespace, mode: str) -> Callable[[], None]:
     exp = Experiment(id="bench", model="trm", arch=arch_for(args, mode), data=DataConfig(max_grid_size=args.canvas),
                      train=TrainConfig(global_batch_size=args.batch, grad_clip_norm=0.0))
     model = build_model(exp, args.canvas**2, NUM_IDS).train()
-    parts = Trainable(model, model, build_optimizers(model, exp))
+    parts = Trainable(model, torch.compile(model) if args.compile else model, build_optimizers(model, exp))
     gen = torch.Generator().manual_seed(0)
     batch = make_batch(args, gen)
     state = fresh_state(model, batch, seed=0)
@@ -149,6 +151,7 @@ def reference_step(args: argparse.Namespace, mode: str, path: Path) -> Callable[
     }
     head = ACTLossHead(TinyRecursiveReasoningModel_ACTV1(config), "stablemax_cross_entropy")
     head.train()
+    forward = torch.compile(head) if args.compile else head
     dense = torch.optim.AdamW(head.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     sparse = CastedSparseEmbeddingSignSGD_Distributed(head.model.puzzle_emb.buffers(), world_size=1,
                                                       lr=1e-2, weight_decay=0.1)
@@ -159,7 +162,7 @@ def reference_step(args: argparse.Namespace, mode: str, path: Path) -> Callable[
 
     def step() -> None:
         with autocast_for(mode):
-            carry, loss, _, _, _ = head(return_keys=[], carry=state["carry"], batch=batch)
+            carry, loss, _, _, _ = forward(return_keys=[], carry=state["carry"], batch=batch)
         (loss / args.batch).backward()
         dense.step()
         sparse.step()
@@ -193,31 +196,35 @@ def main() -> None:
     unknown = set(modes) - set(MODES)
     if unknown:
         raise SystemExit(f"unknown mode(s) {', '.join(sorted(unknown))}; valid: {', '.join(MODES)}")
-    peak = matmul_peak_gflops()
+    peaks = {"float32": matmul_peak_gflops(), "bfloat16": matmul_peak_gflops(torch.bfloat16)}
     flops = step_flops(args)
     tokens = args.batch * args.canvas**2
     print(f"config: hidden {args.hidden}, heads {args.heads}, layers {args.layers}, H/L cycles "
           f"{args.h_cycles}/{args.l_cycles}, seq {args.canvas**2} + P {args.prefix}, batch {args.batch}, "
-          f"threads {args.threads}, torch {torch.__version__}")
-    print(f"fp32 matmul peak (1024^3, best of 7): {peak:.1f} GFLOP/s; "
-          f"model matmul FLOPs/step: {flops / 1e9:.3f} G")
+          f"threads {args.threads}, torch {torch.__version__}, {'compiled' if args.compile else 'eager'}")
+    print(f"matmul peak (1024^3, best of 7): float32 {peaks['float32']:.1f} GFLOP/s, bfloat16 "
+          f"{peaks['bfloat16']:.1f} GFLOP/s; model matmul FLOPs/step: {flops / 1e9:.3f} G")
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    result: dict[str, Any] = {"config": config, "peak_fp32_gflops": round(peak, 2),
+    result: dict[str, Any] = {"config": config, "peak_gflops": {k: round(v, 2) for k, v in peaks.items()},
                               "step_gflop": round(flops / 1e9, 4)}
     for mode in modes:
         steps = {"ours": ours_step(args, mode)}
         if args.reference_path is not None:
             steps["reference"] = reference_step(args, mode, args.reference_path)
         timed = {name: statistics.median(ms) for name, ms in time_steps(steps, args.warmup, args.steps).items()}
+        peak = peaks["float32" if mode == "float32" else "bfloat16"]  # the matmuls' dtype
+        frac = {name: flops / (t / 1e3) / (peak * 1e9) for name, t in timed.items()}
         ms = timed["ours"]
         entry: dict[str, Any] = {"ms_per_step": round(ms, 2), "tokens_per_s": round(tokens / ms * 1e3, 1),
-                                 "frac_fp32_peak": round(flops / (ms / 1e3) / (peak * 1e9), 4)}
+                                 "frac_of_peak": round(frac["ours"], 4)}
         line = (f"{mode:>9}: ours {ms:8.1f} ms/step  {entry['tokens_per_s']:9.0f} tok/s  "
-                f"{100 * entry['frac_fp32_peak']:5.1f}% of fp32 peak")
+                f"{100 * frac['ours']:5.1f}% of the {'float32' if mode == 'float32' else 'bfloat16'} peak")
         if "reference" in timed:
             ref_ms = timed["reference"]
-            entry.update(reference_ms_per_step=round(ref_ms, 2), ours_over_reference=round(ms / ref_ms, 3))
-            line += f"  | reference {ref_ms:8.1f} ms/step  ours/theirs {ms / ref_ms:.2f}"
+            entry.update(reference_ms_per_step=round(ref_ms, 2), reference_frac_of_peak=round(frac["reference"], 4),
+                         speedup_over_reference=round(ref_ms / ms, 3))
+            line += (f"  | reference {ref_ms:8.1f} ms/step ({100 * frac['reference']:.1f}% of peak): "
+                     f"ours {ref_ms / ms:.2f}x faster")
         print(line)
         result[mode] = entry
     print(json.dumps(result))

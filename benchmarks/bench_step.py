@@ -9,8 +9,9 @@ Grids are random valid ARC grids of random sizes inside the canvas (EOS row and 
 `--demos-used arc` draws each example's demo count from ARC-AGI-1's training tasks (most have 2-4).
 `--encoder trm` times TRM itself (a learned puzzle embedding, no encoder): the decoder's share of a step.
 `--reference-path /path/to/etrm` (a checkout of github.com/bdsaglam/etrm, imported at runtime) also times
-the public ETRM code's step on the same batches, in alternation with ours so that a change in machine load
-hits both alike; `--reference-only` times it alone, for its own peak RSS. Both models use torch's AdamW.
+the public ETRM code's step on the same batches (ETRM for `static`, ETRMTRM for `recurrent_standard`), in
+alternation with ours so that a change in machine load hits both alike; `--reference-only` times it alone, for
+its own peak RSS. Both models use torch's AdamW; `--compile` compiles both.
 The last line is one JSON object.
 """
 
@@ -97,10 +98,13 @@ def our_step(args: argparse.Namespace, batches: list[dict]) -> Step:
 
 
 def reference_step(args: argparse.Namespace, batches: list[dict]) -> Step:
-    """One training step of the public ETRM code (its `standard` encoder = our `static`)."""
+    """One training step of the public ETRM code: its ETRM model (`standard` encoder = our `static`), or its
+    ETRMTRM model with the same `recurrent_standard` encoder (whose carry it detaches, so its encoder gets no
+    backward: the step it times does less work than ours)."""
     with reference_on_path(args.reference_path):
         from models.losses import ACTLossHead  # type: ignore[import-not-found]
         from models.recursive_reasoning.etrm import TRMWithEncoder  # type: ignore[import-not-found]
+        from models.recursive_reasoning.etrmtrm import TRMWithRecurrentEncoder  # type: ignore[import-not-found]
 
     config = {
         "batch_size": args.batch, "seq_len": args.canvas**2, "vocab_size": 12, "encoder_type": "standard",
@@ -109,8 +113,13 @@ def reference_step(args: argparse.Namespace, batches: list[dict]) -> Step:
         "pos_encodings": "rope", "halt_max_steps": args.halt_max_steps, "halt_exploration_prob": 0.0,
         "forward_dtype": args.dtype, "puzzle_emb_len": args.prefix,
     }
-    head = ACTLossHead(TRMWithEncoder(config), "stablemax_cross_entropy").train()
+    if args.encoder == "recurrent_standard":
+        model = TRMWithRecurrentEncoder({**config, "recurrent_encoder_type": "recurrent_standard"})
+    else:
+        model = TRMWithEncoder(config)
+    head = ACTLossHead(model, "stablemax_cross_entropy").train()
     optimizer = torch.optim.AdamW(head.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    forward = torch.compile(head) if args.compile else head  # its pretrain_etrm.py compiles the loss head
     theirs = [{"inputs": b["inputs"].int(), "labels": b["labels"], "puzzle_identifiers": b["puzzle_ids"].int(),
                "demo_inputs": b["demo_inputs"].int(), "demo_labels": b["demo_labels"].int(),
                "demo_mask": b["demo_mask"]} for b in batches]
@@ -118,7 +127,7 @@ def reference_step(args: argparse.Namespace, batches: list[dict]) -> Step:
     next_batch = itertools.cycle(theirs).__next__
 
     def step() -> None:
-        carry, loss, _, _, _ = head(return_keys=[], carry=state["carry"], batch=next_batch())
+        carry, loss, _, _, _ = forward(return_keys=[], carry=state["carry"], batch=next_batch())
         (loss / args.batch).backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
         optimizer.step()
@@ -144,13 +153,14 @@ def main() -> None:
     for name, default in (("steps", 10), ("warmup", 3), ("threads", 2)):
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--demos-used", default="3", help="a number, or 'arc' for ARC-AGI-1's distribution")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (as `train --compile`)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile our model (as `train` does for >= 1000 steps) and the reference's")
     parser.add_argument("--reference-path", type=Path, default=None,
-                        help="a checkout of the public ETRM code, to time its step too (static only)")
+                        help="a checkout of the public ETRM code, to time its step too (static, recurrent_standard)")
     parser.add_argument("--reference-only", action="store_true", help="time only the public ETRM code")
     args = parser.parse_args()
-    if args.reference_path is not None and args.encoder != "static":
-        parser.error("--reference-path compares the public ETRM code's `standard` encoder with `static` only")
+    if args.reference_path is not None and args.encoder not in ("static", "recurrent_standard"):
+        parser.error("--reference-path compares the public code with `static` and `recurrent_standard` only")
     if args.reference_only and args.reference_path is None:
         parser.error("--reference-only needs --reference-path")
     torch.set_num_threads(args.threads)

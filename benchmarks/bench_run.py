@@ -1,0 +1,61 @@
+"""Wall time of a whole `etrmtrm train` run (steps, evals, checkpoints, compile), for one or more source trees
+back to back on this machine: this checkout against an older commit, for example.
+
+    git worktree add /tmp/old <commit>
+    python benchmarks/bench_run.py E0b --profile cpu --src /tmp/old/src --src src
+
+Each run is `python -m etrmtrm_cli train <ID> --profile ... --set decoder=none` (the pretrained decoder does not
+change the cost of a step) in a fresh runs directory, with that tree first on PYTHONPATH. Extra arguments
+after `--` go to every `train` (e.g. `-- --no-compile --max-steps 500`). Prints each run's wall time, its
+median step time (metrics.jsonl) and the ratio to the first; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def one_run(src: Path, exp_id: str, profile: str, extra: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as runs:
+        command = [sys.executable, "-m", "etrmtrm_cli", "train", exp_id, "--profile", profile, "--set", "decoder=none",
+                   "--runs-dir", runs, "-q", *extra]
+        env = {**os.environ, "PYTHONPATH": str(src.resolve())}
+        start = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"{src}: exit {done.returncode}\n{done.stderr[-2000:]}")
+        rows = [json.loads(line) for line in (Path(runs) / exp_id / "metrics.jsonl").read_text().splitlines()]
+        meta = json.loads((Path(runs) / exp_id / "meta.json").read_text())
+    steps = [r["time/step_s"] for r in rows if "time/step_s" in r]
+    return {"src": str(src), "git_sha": meta.get("git_sha"), "runtime": meta.get("runtime"),
+            "wall_s": round(wall, 1), "steps": len(steps), "step_ms_median": round(1000 * statistics.median(steps), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment")
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--src", type=Path, action="append", required=True, help="a source tree (its src/ dir)")
+    parser.add_argument("extra", nargs="*", help="arguments for every `train`, after --")
+    args = parser.parse_args()
+    results = []
+    for src in args.src:
+        results.append(one_run(src, args.experiment, args.profile, args.extra))
+        r = results[-1]
+        print(f"{r['src']} ({(r['git_sha'] or '?')[:7]}): {r['wall_s']:.0f} s for {r['steps']} steps, "
+              f"median step {r['step_ms_median']} ms, {r['wall_s'] / results[0]['wall_s']:.2f}x the first's time",
+              flush=True)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
