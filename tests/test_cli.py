@@ -38,7 +38,7 @@ def test_experiments_table_lists_every_experiment_and_queue() -> None:
 
 def test_validate_ok() -> None:
     result = runner.invoke(app, ["validate", "--experiments", REAL])
-    assert result.exit_code == 0 and "17 experiments, 3 queues" in result.output
+    assert result.exit_code == 0 and "18 experiments, 4 queues" in result.output
 
 
 def test_encoders_lists_the_registry() -> None:
