@@ -53,10 +53,11 @@ def test_every_experiment_validates_under_every_profile(profile: str) -> None:
 
 def test_the_plan_is_all_there() -> None:
     file = load_experiments(REAL)
-    expected = ["P0", "E0a", "E0b", "E1a", "E1b", *[f"E2{c}" for c in "abcde"], *[f"E3{c}" for c in "abcd"],
+    expected = ["P0", "E0a", "E0b", "E0c", "E1a", "E1b", *[f"E2{c}" for c in "abcde"], *[f"E3{c}" for c in "abcd"],
                 "E4a", "E4b", "E4c"]
     assert file.ids == expected
     assert file.queues == {
+        "e0": ("E0a", "E0b", "E0c"),
         "week1": ("E0a", "E0b", "E2b"),
         "week2": ("E1a", "E2c", "E2d", "E3b"),
         "week3": ("E2a", "E2e", "E3c", "E4c"),
@@ -68,6 +69,7 @@ def test_plan_values_at_paper_scale() -> None:
     get = lambda exp_id: file.resolve(exp_id, "paper")  # noqa: E731
     assert get("E0a").arch.recurrent_encoder_type == "static"
     assert get("E0b").arch.recurrent_encoder_type == "recurrent_standard"
+    assert get("E0c").arch.recurrent_encoder_type == "trm_style"
     assert (get("E0b").arch.halt_max_steps, get("E0b").arch.halt_exploration_prob) == (16, 0.5)
     assert get("E1a").arch.encoder_num_layers == 4
     assert (get("E1b").arch.encoder_norm_style, get("E1b").train.batch_size) == ("pre", 128)
