@@ -4,7 +4,7 @@ runs/<ID>/            one seed: the run itself; several seeds (`train --seeds`):
   config.json        the resolved experiment (the sidecar of model.safetensors)
   meta.json          seed, code version, torch version, device, world size
   metrics.jsonl      one JSON object per logged step
-  summary.json       status (running | interrupted | failed | finished), final metrics, wall time
+  summary.json       status (running | interrupted | failed | finished), final metrics, wall time, resumes
   model.safetensors  the final weights (the EMA weights when EMA is on): what `decoder = "<ID>"` loads
   checkpoints/step_<N>/
     model.safetensors, ema.safetensors (EMA on), state.rank<r>.pt (optimizer, RNG, ACT carry, ...)
@@ -28,15 +28,14 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from etrmtrm_cli.config import check_name
 from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError, first_line
 from etrmtrm_cli.run_lock import RunLock
+
+if TYPE_CHECKING:  # torch and safetensors are imported where weights are read or written: `status` needs neither
+    from torch import Tensor
 
 CONFIG = "config.json"
 META = "meta.json"
@@ -168,12 +167,13 @@ def record_resume_changes(run_dir: Path, config: dict[str, Any], changed: dict[s
 
 def write_summary(run_dir: Path, *, status: str, step: int, total_steps: int, wall_time_s: float,
                   last: dict[str, float], error: str | None, resumed: bool) -> None:
-    """summary.json: status (finished | interrupted | failed, with the error) and the wall time of all sessions."""
+    """summary.json: status (finished | interrupted | failed, with the error), the wall time of all sessions and
+    how many of them resumed the run (`resumes`, absent for a run never resumed)."""
     previous = read_json(run_dir / SUMMARY) if resumed and (run_dir / SUMMARY).is_file() else {}
     write_json(run_dir / SUMMARY, {
         "status": status, "step": step, "total_steps": total_steps,
         "wall_time_s": wall_time_s + float(previous.get("wall_time_s", 0.0)), "last": last,
-        **({"error": error} if error else {}),
+        **({"error": error} if error else {}), **({"resumes": int(previous.get("resumes", 0)) + 1} if resumed else {}),
     })
 
 
@@ -282,6 +282,8 @@ def read_sidecar(weights: Path) -> dict[str, Any]:
 
 
 def save_weights(path: Path, state: dict[str, Tensor]) -> None:
+    from safetensors.torch import save_file
+
     # safetensors refuses shared or non-contiguous storage: store independent contiguous copies.
     try:
         save_file({k: v.detach().contiguous().clone().cpu() for k, v in state.items()}, str(path))
@@ -290,6 +292,8 @@ def save_weights(path: Path, state: dict[str, Tensor]) -> None:
 
 
 def load_weights(path: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
     try:
@@ -338,6 +342,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
+    import torch
+
     try:
         torch.save(state, path)
     except (OSError, RuntimeError) as err:  # torch reports a full disk as a RuntimeError of its writer
@@ -365,6 +371,8 @@ def load_state(path: Path) -> dict[str, Any]:
 
 def safe_torch_load(path: Path, what: str) -> Any:
     """torch.load(weights_only=True): tensors and plain data only; a file that would run code is refused."""
+    import torch
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # a non-zip file warns before failing; the error says it
