@@ -181,6 +181,9 @@ def train(
     seeds: Annotated[str | None, typer.Option(
         help="Run several seeds, each into runs/<ID>/seed-<N>/: a count (5: seeds 0-4) or a list (0,3,7; '3,' "
              "is seed 3 alone). A pretrained decoder (P0) is trained once, not per seed.")] = None,
+    threads: Annotated[int | None, typer.Option(
+        min=1, max=4096, help="CPU threads (torch.set_num_threads); default: torch's. A sweep sets it per job.",
+        show_default=False)] = None,
 ) -> None:
     """Train an experiment, or every experiment of a queue in order (finished runs are skipped).
 
@@ -191,6 +194,10 @@ def train(
     from etrmtrm_cli.training.loop import StopFlag, TrainOptions
     from etrmtrm_cli.training.loop import train as run_training
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     file = load_experiments(experiments)
     chosen = resolve_profile(profile)
     ctx = init_distributed(os.environ, device)
@@ -377,3 +384,5 @@ def compare(
 def main() -> None:
     app()
 
+
+from etrmtrm_cli import cli_sweep  # noqa: E402, F401  (registers `sweep` and `status` on the app)

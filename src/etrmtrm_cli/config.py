@@ -239,3 +239,24 @@ def _diff(a: Any, b: Any, prefix: str, out: dict[str, tuple[Any, Any]]) -> None:
             _diff(a.get(key), b.get(key), f"{prefix}{key}.", out)
     elif a != b:
         out[prefix.rstrip(".")] = (a, b)
+
+
+class SweepConfig(Frozen):
+    """How `etrmtrm sweep` runs its jobs: the [sweep] table of experiments.toml, then the command line."""
+
+    executor: Literal["auto", "local", "slurm"] = Field(
+        "auto", description="auto: SLURM when `sinfo` answers, else local processes")
+    jobs: int = Field(1, ge=1, le=1024, description="local: runs at once; the cores are split between them")
+    partition: str | None = Field(None, min_length=1, description="SLURM partition (default: the cluster's)")
+    time_min: int | None = Field(None, ge=1, le=60 * 24 * 365, description="time limit per job in minutes; "
+                                 "SLURM default 1440, local default none")
+    gpus_per_job: int = Field(0, ge=0, le=64)
+    cpus_per_job: int | None = Field(None, ge=1, le=1024, description="SLURM: cores per job (its thread count)")
+    mem_gb: float | None = Field(None, gt=0, le=65536, description="SLURM: memory per job")
+    array_parallelism: int = Field(256, ge=1, le=100_000, description="SLURM: array tasks running at once")
+    signal_delay_s: int = Field(120, ge=10, le=86400, description="how long before its time limit a job is told "
+                                "to checkpoint and requeue")
+    max_requeues: int = Field(10, ge=0, le=1000, description="requeues per job after its time limit (a preempted "
+                              "job is requeued by SLURM whatever this says)")
+    account: str | None = Field(None, min_length=1, description="SLURM account")
+    qos: str | None = Field(None, min_length=1, description="SLURM quality of service")

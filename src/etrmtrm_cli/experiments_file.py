@@ -17,7 +17,7 @@ from typing import Any
 import tomllib
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from etrmtrm_cli.config import BOUND_REASONS, PROFILE_KEYS, Experiment, check_name
+from etrmtrm_cli.config import BOUND_REASONS, PROFILE_KEYS, Experiment, SweepConfig, check_name
 from etrmtrm_cli.errors import ConfigError
 
 
@@ -31,6 +31,7 @@ class ExperimentsFile(BaseModel):
     experiments: dict[str, dict[str, Any]]
     profiles: dict[str, dict[str, Any]]
     queues: dict[str, tuple[str, ...]]
+    sweep: SweepConfig = SweepConfig()
 
     @property
     def ids(self) -> list[str]:
@@ -122,11 +123,11 @@ def load_experiments(path: Path) -> ExperimentsFile:
         raise ConfigError(f"{path}: not a text file (not UTF-8 at byte {err.start}); expected TOML") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
-    unknown = set(raw) - {"base", "experiments", "profiles", "queues"}
+    unknown = set(raw) - {"base", "experiments", "profiles", "queues", "sweep"}
     if unknown:
         raise ConfigError(
             f"{path}: unknown top-level table(s) {', '.join(sorted(unknown))}; "
-            "valid: base, experiments, profiles, queues"
+            "valid: base, experiments, profiles, queues, sweep"
         )
     experiments = _table(raw, "experiments", path)
     if not experiments:
@@ -154,7 +155,29 @@ def load_experiments(path: Path) -> ExperimentsFile:
         parent = body.get("parent")
         if parent is not None and parent not in experiments:
             raise ConfigError(f"{path}: experiments.{exp_id}.parent: unknown experiment {parent!r}")
-    return ExperimentsFile(path=path, base=base, experiments=experiments, profiles=profiles, queues=queues)
+    sweep = sweep_config(_table(raw, "sweep", path), f"{path}: sweep.")
+    return ExperimentsFile(path=path, base=base, experiments=experiments, profiles=profiles, queues=queues,
+                           sweep=sweep)
+
+
+def sweep_config(values: Mapping[str, Any], where: str, base: SweepConfig | None = None) -> SweepConfig:
+    """Validate sweep settings (the [sweep] table, or command-line values over it): one line per problem,
+    `where` + the key (e.g. "experiments.toml: sweep.jobs: ..." or "--jobs: ..."), unknown keys with a hint."""
+    merged = {**(base.model_dump(exclude_unset=True) if base else {}), **values}
+    try:
+        return SweepConfig.model_validate(merged)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"]) or "(sweep)"
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "extra_forbidden":
+                hint = difflib.get_close_matches(key, list(SweepConfig.model_fields), n=1)
+                msg = (f"unknown key{f'; did you mean {hint[0]!r}?' if hint else ''} "
+                       f"(valid: {', '.join(SweepConfig.model_fields)})")
+            label = where.format(key=key.replace("_", "-")) if "{key}" in where else f"{where}{key}"
+            lines.append(f"{label}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
 
 
 def decoder_of(base: Mapping[str, Any], experiments: Mapping[str, Any], exp_id: str) -> Any:

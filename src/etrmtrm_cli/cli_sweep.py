@@ -1,0 +1,205 @@
+"""`etrmtrm sweep` and `etrmtrm status`: experiments x seeds as jobs (submitit: local processes or SLURM), and
+where every run stands. Registered on cli.py's app."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from etrmtrm_cli import sweep_render
+from etrmtrm_cli.cli import (
+    ExperimentsPath,
+    ProfileOpt,
+    SetOpt,
+    app,
+    console,
+    err_console,
+    handles_errors,
+    parse_seeds,
+    resolve_profile,
+)
+from etrmtrm_cli.config import SweepConfig
+from etrmtrm_cli.errors import ConfigError, RunError
+from etrmtrm_cli.experiments_file import ExperimentsFile, load_experiments, sweep_config
+
+_SLURM = "SLURM settings (also from the [sweep] table of experiments.toml)"
+
+
+@app.command()
+@handles_errors
+def sweep(
+    targets: Annotated[list[str], typer.Argument(help="Experiments and queues: week1, or E0a E0b ...")],
+    seeds: Annotated[str | None, typer.Option(
+        help="Seeds per experiment: a count (3: seeds 0-2) or a list (0,3,7); each run in runs/<ID>/seed-<N>/. "
+             "A decoder others start from (P0) is trained once.")] = None,
+    experiments: ExperimentsPath = Path("experiments.toml"),
+    profile: ProfileOpt = "auto",
+    overrides: SetOpt = None,
+    max_steps: Annotated[int | None, typer.Option(
+        min=1, max=10**9, help="Stop each run after N steps instead of the epochs' count.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (where each job runs)")] = "auto",
+    runs_dir: Annotated[Path, typer.Option(help="Where runs/<ID>/ live.")] = Path("runs"),
+    compile: Annotated[bool | None, typer.Option(
+        "--compile/--no-compile", help="As `train`; default: auto.", show_default=False)] = None,
+    executor: Annotated[str | None, typer.Option(
+        help="auto (SLURM when `sinfo` answers, else local) | local | slurm. Default: [sweep] or auto.",
+        show_default=False)] = None,
+    jobs: Annotated[int | None, typer.Option(
+        help="Local: runs at once; the cores are split between them. Default: [sweep] or 1.",
+        show_default=False)] = None,
+    time_min: Annotated[int | None, typer.Option(
+        help="Time limit per job, minutes (SLURM default 1440; local: none). A job at its limit saves a "
+             "checkpoint and is requeued.", show_default=False)] = None,
+    partition: Annotated[str | None, typer.Option(help="SLURM partition.", rich_help_panel=_SLURM)] = None,
+    gpus_per_job: Annotated[int | None, typer.Option(help="SLURM: GPUs per job.", rich_help_panel=_SLURM)] = None,
+    cpus_per_job: Annotated[int | None, typer.Option(
+        help="SLURM: cores per job (its threads).", rich_help_panel=_SLURM)] = None,
+    mem_gb: Annotated[float | None, typer.Option(help="SLURM: memory per job.", rich_help_panel=_SLURM)] = None,
+    array_parallelism: Annotated[int | None, typer.Option(
+        help="SLURM: array tasks running at once.", rich_help_panel=_SLURM)] = None,
+    folder: Annotated[Path | None, typer.Option(
+        help="submitit's folder (job logs, records); default <runs-dir>/.submitit. On a cluster: a shared disk.",
+        file_okay=False, show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="List the jobs, their optimizer steps and compute at each profile; submit nothing.")] = False,
+) -> None:
+    """Train experiments x seeds as jobs: local processes (--jobs N at once) or SLURM job arrays, via submitit.
+
+    Finished runs are skipped, stopped ones resume, a failed job does not stop the others, runs that start
+    from P0 wait for it (trained once). Watch it with `etrmtrm status`.
+    """
+    from etrmtrm_cli import sweep as sw
+    from etrmtrm_cli.sweep_status import SWEEP_FOLDER
+
+    file = load_experiments(experiments)
+    given = {"executor": executor, "jobs": jobs, "time_min": time_min, "partition": partition,
+             "gpus_per_job": gpus_per_job, "cpus_per_job": cpus_per_job, "mem_gb": mem_gb,
+             "array_parallelism": array_parallelism}
+    config = sweep_config({k: v for k, v in given.items() if v is not None}, "--{key}", base=file.sweep)
+    kind, why = sw.choose_executor(config.executor)
+    chosen = _sweep_profile(profile, kind, config)
+    threads = sw.local_threads(config.jobs) if kind == "local" else config.cpus_per_job
+    folder = folder or runs_dir / SWEEP_FOLDER
+    request = sw.SweepRequest(tuple(targets), experiments, chosen, tuple(overrides or ()), parse_seeds(seeds),
+                              runs_dir, max_steps, device, compile)
+    sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
+    stop_timeout = max(5.0, config.signal_delay_s - 15.0)
+    planned = sw.plan_sweep(file, request, folder, threads, sweep_id, stop_timeout)
+    where = (f"local: {config.jobs} at once, {threads} thread(s) each" if kind == "local" else
+             f"SLURM: {threads or 'all allocated'} core(s), {config.gpus_per_job} GPU(s) per job")
+    console.print(f"[dim]executor {kind} ({why}); {where}; submitit folder {folder}[/]", highlight=False)
+    if dry_run:
+        _dry_run(file, request, planned, folder, threads, kind, config)
+        return
+    if all(job.state == "finished" for job in planned):
+        console.print(f"every run of the sweep is finished ({len(planned)}); nothing to do", highlight=False)
+    if kind == "slurm":
+        def executor_for(dependency: str | None) -> Any:
+            made = sw.make_executor(kind, folder, config, threads)
+            if dependency:
+                made.update_parameters(slurm_dependency=dependency)
+            return made
+
+        sw.submit_slurm(planned, executor_for, _print_event)
+        console.print(f"submitted; watch with: etrmtrm status {runs_dir}", highlight=False)
+        return
+    try:
+        outcome = sw.run_local(planned, sw.make_executor(kind, folder, config, threads), config.jobs, _print_event)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]stopping: each running job's run saves a checkpoint[/]")
+        from etrmtrm_cli.sweep_status import wait_unlocked
+
+        held = wait_unlocked([Path(job.spec.run_dir) for job in planned], timeout_s=stop_timeout + 30)
+        still = f"; still saving: {', '.join(map(str, held))}" if held else ""
+        err_console.print(f"stopped{still}. The same command resumes the sweep.", highlight=False)
+        raise typer.Exit(130) from None
+    _print_rows(runs_dir, folder, {job.spec.run_dir for job in planned}, "The sweep's runs")
+    failed = [key for key, state in outcome.items() if state not in ("finished", "skipped")]
+    if failed:
+        err_console.print(f"[bold red]{len(failed)} of {len(planned)} runs did not finish:[/] {', '.join(failed)}",
+                          highlight=False)
+        raise typer.Exit(1)
+
+
+def _sweep_profile(profile: str, kind: str, config: SweepConfig) -> str:
+    """`auto`: paper where the jobs get a GPU (SLURM with --gpus-per-job, or CUDA here), else cpu."""
+    if profile == "auto" and kind == "slurm":
+        chosen = "paper" if config.gpus_per_job else "cpu"
+        err_console.print(f"[dim]profile auto -> {chosen} ({config.gpus_per_job} GPU(s) per job)[/]")
+        return chosen
+    return resolve_profile(profile)
+
+
+def _print_event(kind: str, job: Any, detail: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    if kind == "skip":
+        what = "finished run" if job.state == "finished" else "run written by another process"
+        console.print(f"[dim]{stamp} {job.key}: {what}, skipped ({detail})[/]", highlight=False)
+    elif kind == "start":
+        console.print(f"{stamp} [cyan]{job.key}[/]: {sweep_render.ACTIONS.get(job.state, job.state)} ({detail})",
+                      highlight=False)
+    else:
+        state = detail.split(":", 1)[0]
+        style = sweep_render.STATE_STYLES.get(state, "")
+        console.print(f"{stamp} [cyan]{job.key}[/]: [{style}]{detail}[/]" if style else f"{stamp} {job.key}: {detail}",
+                      highlight=False, soft_wrap=True)
+
+
+def _dry_run(file: ExperimentsFile, request: Any, planned: list[Any], folder: Path, threads: int | None, kind: str,
+             config: SweepConfig) -> None:
+    from etrmtrm_cli import sweep as sw
+    from etrmtrm_cli import sweep_cost
+    from etrmtrm_cli.sweep_status import run_dirs
+
+    device = _estimate_device(request.device, kind, config)
+    measured = sweep_cost.measured_runs(run_dirs(request.runs_dir))
+    per_profile: dict[str, list[sweep_cost.Estimate]] = {}
+    for profile in dict.fromkeys([request.profile, *file.profiles]):
+        jobs = planned if profile == request.profile else sw.plan_sweep(
+            file, replace(request, profile=profile), folder, threads, "dry-run")
+        per_profile[profile] = [sweep_cost.estimate(job.exp, sweep_cost.steps_of(job.exp, request.max_steps), device,
+                                                    measured) for job in jobs]
+    title = f"sweep {' '.join(request.targets)} at profile {request.profile} ({len(planned)} runs, {kind})"
+    console.print(sweep_render.plan_table(planned, per_profile[request.profile], title))
+    console.print(sweep_render.profile_table(per_profile, len(planned), request.profile))
+    console.print(f"[dim]dry run: nothing submitted. Time here is measured on {device} in {request.runs_dir} "
+                  f"({len(measured)} run(s) measured); FLOPs count matmuls and attention of one step.[/]",
+                  highlight=False)
+
+
+def _estimate_device(device: str, kind: str, config: SweepConfig) -> str:
+    if device != "auto":
+        return device
+    if kind == "slurm":
+        return "cuda" if config.gpus_per_job else "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _print_rows(runs_dir: Path, folder: Path | None, only: set[str] | None, title: str) -> None:
+    from etrmtrm_cli.sweep_status import run_rows
+
+    rows = [row for row in run_rows(runs_dir, folder) if only is None or str(row.run_dir) in only]
+    console.print(sweep_render.status_table(rows, title))
+    console.print(sweep_render.status_counts(rows), highlight=False)
+
+
+@app.command()
+@handles_errors
+def status(
+    runs_dir: Annotated[Path, typer.Argument(help="The runs directory.")] = Path("runs"),
+    folder: Annotated[Path | None, typer.Option(
+        help="A sweep's submitit folder, if not <runs-dir>/.submitit.", file_okay=False, show_default=False)] = None,
+) -> None:
+    """Every run: experiment, seed, state (queued, running, finished, failed, stopped), step, train accuracy, wall
+    time, and for a failed one the log to read. Reads only files: works while a sweep runs and after."""
+    if not runs_dir.is_dir():
+        raise RunError(f"{runs_dir}: no such runs directory" + (" (it is a file)" if runs_dir.exists() else ""))
+    if folder is not None and not folder.is_dir():
+        raise ConfigError(f"--folder {folder}: no such directory")
+    _print_rows(runs_dir, folder, None, f"Runs in {runs_dir}")

@@ -1,0 +1,234 @@
+"""`etrmtrm status`: every run of a runs directory and where it stands, read from files only.
+
+It reads the run directories (summary.json, the tail of metrics.jsonl, the run's lock) and a sweep's records
+(`<runs>/.submitit/records/`: what the sweep submitted, what each job did), never a scheduler, so it works while
+a sweep runs and after, locally or on a cluster's shared disk.
+
+States: running (a process holds the run's lock, or its job says so from another host), finished, failed (the
+run, or its job before the run could start; with the log to read), stopped (interrupted, or killed: it resumes
+with `--resume` or the next sweep), queued (submitted or waiting, not started yet).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from etrmtrm_cli.errors import RunError
+from etrmtrm_cli.run_lock import LOCK
+from etrmtrm_cli.rundir import CONFIG, METRICS, SEED_PREFIX, SUMMARY, read_json, run_status
+from etrmtrm_cli.sweep_job import RECORDS
+
+SWEEP_FOLDER = ".submitit"  # in the runs directory, unless `sweep --folder` says otherwise
+_ASIDE = re.compile(r"\.old-\d{8}-\d{6}(-\d+)?$")  # runs moved aside by --force
+
+
+@dataclass(frozen=True)
+class RunRow:
+    exp_id: str
+    seed: int | None
+    run_dir: Path
+    state: str  # queued | running | finished | failed | stopped
+    step: int | None
+    total_steps: int | None
+    train_accuracy: float | None
+    wall_time_s: float | None
+    log: str | None  # the job log to read (failed runs of a sweep)
+    note: str | None  # why it failed, what it waits for
+
+
+def run_rows(runs_dir: Path, folder: Path | None = None) -> list[RunRow]:
+    """Every run under `runs_dir` and every run a sweep there submitted, sorted by experiment and seed."""
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise RunError(f"{runs_dir}: not a directory; pass the runs directory (default: runs)")
+    records = read_records(folder or runs_dir / SWEEP_FOLDER)
+    dirs = {p.resolve(): None for p in run_dirs(runs_dir)}
+    for path in records:
+        dirs.setdefault(Path(path), None)
+    rows = [_row(run_dir, records.get(str(run_dir), {})) for run_dir in dirs]
+    return sorted(rows, key=lambda r: (r.exp_id, -1 if r.seed is None else r.seed))
+
+
+def read_records(folder: Path) -> dict[str, dict[str, Any]]:
+    """run directory -> {"submit": the sweep's record, "run": the job's record} (the latest of each)."""
+    out: dict[str, dict[str, Any]] = {}
+    root = folder / RECORDS
+    if not root.is_dir():
+        return out
+    for path in sorted(root.glob("*.json")):
+        kind = path.name.rsplit(".", 2)[-2]
+        try:
+            rec = read_json(path)
+        except RunError:
+            continue
+        if kind in ("submit", "run") and isinstance(rec.get("run_dir"), str):
+            out.setdefault(str(Path(rec["run_dir"]).resolve()), {})[kind] = rec
+    return out
+
+
+def run_dirs(runs_dir: Path) -> list[Path]:
+    if not runs_dir.is_dir():
+        return []
+    found = []
+    for child in sorted(runs_dir.iterdir()):
+        if not child.is_dir() or child.name.startswith(".") or _ASIDE.search(child.name):
+            continue
+        if (child / CONFIG).is_file():
+            found.append(child)
+        found += [p for p in sorted(child.iterdir()) if p.is_dir() and p.name.startswith(SEED_PREFIX)
+                  and p.name[len(SEED_PREFIX):].isdigit() and (p / CONFIG).is_file()]
+    return found
+
+
+def _row(run_dir: Path, rec: dict[str, Any]) -> RunRow:
+    submit, job = rec.get("submit"), rec.get("run")
+    if submit and job and job.get("sweep_id") != submit.get("sweep_id"):
+        job = None  # a job of an earlier sweep: this sweep's submission is newer
+    summary = _read(run_dir / SUMMARY)
+    config = _read(run_dir / CONFIG)
+    exp_id = str(config.get("id") or (job or submit or {}).get("exp_id") or run_dir.name)
+    seed = (job or submit or {}).get("seed")
+    if seed is None and run_dir.name.startswith(SEED_PREFIX):
+        seed = int(run_dir.name[len(SEED_PREFIX):])
+    held = lock_held(run_dir)
+    state, log, note = _state(run_dir, summary, submit, job, held)
+    step, accuracy = _progress(run_dir, summary)
+    wall = summary.get("wall_time_s") if isinstance(summary.get("wall_time_s"), int | float) else None
+    if state == "running" and held:  # this session so far: since the lock was taken, plus earlier sessions
+        wall = (wall if summary.get("status") != "running" else 0.0) or 0.0
+        wall += max(0.0, time.time() - (run_dir / LOCK).stat().st_mtime)
+    total = summary.get("total_steps") if isinstance(summary.get("total_steps"), int) else None
+    return RunRow(exp_id, seed, run_dir, state, step, total, accuracy, wall, log, note)
+
+
+def _state(run_dir: Path, summary: dict[str, Any], submit: dict[str, Any] | None, job: dict[str, Any] | None,
+           held: bool | None) -> tuple[str, str | None, str | None]:
+    """(state, log, note) from the lock, the run's files and the records, in that order of trust."""
+    if held:
+        return "running", None, None
+    if run_status(run_dir) == "finished":
+        return "finished", None, None
+    if job:
+        log = job.get("log_err")
+        if job.get("state") == "failed":
+            return "failed", log, job.get("error")
+        if job.get("state") == "running" and _job_alive(job):
+            return "running", None, "starting" if not summary else None
+        if job.get("state") == "requeued":
+            return "queued", None, "requeued after its time limit"
+    elif submit:
+        if submit.get("state") == "failed":
+            return "failed", None, submit.get("error")
+        if submit.get("state") in ("queued", "submitted"):
+            waits = submit.get("waits_for")
+            pending = waits and run_status(_dep_dir(run_dir, waits, submit)) != "finished"
+            return "queued", None, f"waits for {waits}" if pending else None
+    status = summary.get("status")
+    if status == "failed":
+        error = str(summary.get("error") or "").strip()
+        return "failed", job.get("log_err") if job else None, error.splitlines()[0] if error else None
+    if status == "running" and held is None:  # written by a process on another host, which we cannot check
+        return "running", None, "on another host"
+    if job and job.get("state") == "stopped":
+        return "stopped", None, job.get("reason")
+    return "stopped", None, "resumes with --resume" if run_status(run_dir) == "resumable" else None
+
+
+def _dep_dir(run_dir: Path, waits: str, submit: dict[str, Any]) -> Path:
+    """The run directory of the decoder run `waits` (the runs directory is two or one levels up)."""
+    runs = run_dir.parent.parent if submit.get("seed") is not None else run_dir.parent
+    return runs / waits
+
+
+def _job_alive(job: dict[str, Any]) -> bool:
+    """A job that says it is running: true if its process lives (this host) or if it is on another host."""
+    if job.get("host") != socket.gethostname():
+        return True
+    pid = job.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_held(run_dir: Path) -> bool | None:
+    """Whether a process holds the run's lock: True / False here, None if the holder is on another host.
+
+    Read from the kernel's lock table (/proc/locks), never by taking the lock: a status that locked the run,
+    even for a moment, could make the training it looks at refuse to start."""
+    lock = run_dir / LOCK
+    try:
+        st = lock.stat()
+        text = lock.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    holder = re.search(r"process (\d+) on (\S+)", text)
+    if holder and holder[2] != socket.gethostname():
+        return None
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:  # no lock table: the process named in the lock file, if it lives
+        return bool(holder) and _job_alive({"host": holder[2], "pid": int(holder[1])})
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino} "
+    return any("FLOCK" in line and ident in line for line in table.splitlines())
+
+
+def _progress(run_dir: Path, summary: dict[str, Any]) -> tuple[int | None, float | None]:
+    """The latest step logged and the latest train accuracy (from the end of metrics.jsonl)."""
+    step = summary.get("step") if isinstance(summary.get("step"), int) else None
+    accuracy = None
+    for row in reversed(_tail_rows(run_dir / METRICS)):
+        if step is None or row["step"] > step:
+            step = row["step"]
+        value = row.get("train/accuracy")
+        if isinstance(value, int | float):
+            accuracy = float(value)
+            break
+    return step, accuracy
+
+
+def _tail_rows(path: Path, tail_bytes: int = 1 << 16) -> list[dict[str, Any]]:
+    try:
+        with path.open("rb") as fh:
+            start = max(0, path.stat().st_size - tail_bytes)
+            fh.seek(start)
+            lines = fh.read().decode("utf-8", "replace").splitlines()[1 if start else 0:]  # the first may be cut
+    except OSError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return read_json(path) if path.is_file() else {}
+    except RunError:
+        return {}
+
+
+def wait_unlocked(run_dirs: list[Path], timeout_s: float) -> list[Path]:
+    """Wait until no process holds these runs' locks (stopped runs saving their checkpoint) -> those still held."""
+    deadline = time.monotonic() + timeout_s
+    held = [d for d in run_dirs if lock_held(d)]
+    while held and time.monotonic() < deadline:
+        time.sleep(0.5)
+        held = [d for d in held if lock_held(d)]
+    return held

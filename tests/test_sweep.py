@@ -1,0 +1,275 @@
+"""`etrmtrm sweep` on this machine (submitit's local executor, real processes) and `etrmtrm status`.
+
+One sweep is run per module: E0a, E0b and Broken (whose task folder does not exist, so its jobs fail at their
+start) x seeds 0 and 1, two jobs at once, at the tiny profile. Before it, E0b seed 1 is started by hand and
+stopped with SIGTERM after its first checkpoint: the sweep must resume it, not start it over. Then the same sweep
+again: the finished runs are skipped untouched, the broken ones fail again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from etrmtrm_cli.cli import app
+from etrmtrm_cli.experiments_file import load_experiments
+from etrmtrm_cli.sweep_cost import flops_per_step
+from etrmtrm_cli.sweep_job import usable_cores
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--profile", "tiny", "--set", "decoder=none", "--executor", "local"]
+STEPS = 20  # tiny: checkpoints every 10 steps
+BROKEN = """
+[experiments.Broken]
+description = "fails at its start: its task folder does not exist"
+parent = "E0b"
+data = { train_sources = ["no-such-tasks"] }
+"""
+runner = CliRunner()
+
+
+@dataclass
+class Out:
+    code: int
+    text: str
+
+
+def cli_proc(*args: object, cwd: Path, timeout: float = 300) -> Out:
+    """The CLI as its own process, as a user runs it."""
+    env = {**os.environ, "COLUMNS": "250", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "etrmtrm_cli", *map(str, args)], cwd=cwd, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+    return Out(done.returncode, done.stdout)
+
+
+def cli(*args: object) -> Out:
+    result = runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+    return Out(result.exit_code, result.output + (repr(result.exception) if result.exception and not isinstance(
+        result.exception, SystemExit) else ""))
+
+
+def records(runs: Path, kind: str) -> dict[str, dict]:
+    return {p.name.removesuffix(f".{kind}.json"): json.loads(p.read_text())
+            for p in (runs / ".submitit" / "records").glob(f"*.{kind}.json")}
+
+
+def steps_logged(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Swept:
+    project: Path
+    first: Out
+    second: Out
+    stopped_at: int
+    mtimes: dict[str, float]  # finished runs' summary.json after the first sweep
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> Swept:
+    project = tmp_path_factory.mktemp("sweep")
+    (project / "experiments.toml").write_text((REPO / "experiments.toml").read_text() + BROKEN)
+    # E0b seed 1, stopped after its first checkpoint (a real SIGTERM: it saves a checkpoint and says interrupted)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "etrmtrm_cli", "train", "E0b", *TINY[:4], "--seeds", "1,",
+                             "--max-steps", "100000", "--no-compile", "-q"], cwd=project, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (project / "runs/E0b/seed-1/checkpoints/step_00000010").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    stopped_at = json.loads((project / "runs/E0b/seed-1/summary.json").read_text())["step"]
+    assert 10 <= stopped_at < STEPS, f"stopped at step {stopped_at}: the sweep would have nothing to resume"
+
+    sweep = ("sweep", "E0a", "E0b", "Broken", "--seeds", "2", "--jobs", "2", "--max-steps", STEPS, *TINY)
+    first = cli_proc(*sweep, cwd=project)
+    runs = project / "runs"
+    mtimes = {str(p): p.stat().st_mtime for p in runs.glob("E0*/seed-*/summary.json")}
+    second = cli_proc(*sweep, cwd=project)
+    return Swept(project, first, second, stopped_at, mtimes)
+
+
+def test_sweep_trains_every_run_and_a_failed_job_stops_no_other(swept: Swept) -> None:
+    runs = swept.project / "runs"
+    assert swept.first.code == 1, swept.first.text  # two runs failed
+    assert "2 of 6 runs did not finish: Broken/seed-0, Broken/seed-1" in swept.first.text, swept.first.text
+    for exp in ("E0a", "E0b"):
+        for seed in (0, 1):
+            run = runs / exp / f"seed-{seed}"
+            summary = json.loads((run / "summary.json").read_text())
+            assert (summary["status"], summary["step"]) == ("finished", STEPS), (run, summary)
+            assert json.loads((run / "config.json").read_text())["seed"] == seed
+            assert (run / "model.safetensors").is_file()
+    assert not (runs / "Broken").exists()
+    done = records(runs, "run")
+    for seed in (0, 1):
+        rec = done[f"Broken.seed-{seed}"]
+        assert rec["state"] == "failed" and "no-such-tasks" in rec["error"], rec
+        log = Path(rec["log_err"])
+        assert log.is_file() and "no-such-tasks" in log.read_text(), log
+
+
+def test_sweep_resumes_a_stopped_run_exactly_where_it_stopped(swept: Swept) -> None:
+    run = swept.project / "runs/E0b/seed-1"
+    assert steps_logged(run) == list(range(1, STEPS + 1))  # each step once: continued, not started over
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumes"] == 1, summary
+    rec = records(swept.project / "runs", "run")["E0b.seed-1"]
+    log = Path(rec["log_out"]).read_text()
+    assert re.search(r"\[sweep\] E0b/seed-1 \(resumable\): .* --seeds 1, .*--resume", log), log
+    assert not list(run.parent.glob("seed-1.old-*")), "the stopped run was moved aside instead of resumed"
+    assert "resumes" not in json.loads((run.parent / "seed-0/summary.json").read_text())
+
+
+def test_sweep_runs_jobs_at_once_with_the_cores_split(swept: Swept) -> None:
+    done = [rec for name, rec in records(swept.project / "runs", "run").items()]
+    assert len(done) == 6
+    assert {rec["threads"] for rec in done} == {usable_cores() // 2}
+    spans = sorted((rec["started"], rec["ended"]) for rec in done)
+    at_once = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert at_once == 2, spans
+
+
+def test_second_sweep_skips_finished_runs_and_fails_the_broken_again(swept: Swept) -> None:
+    out = swept.second
+    assert out.code == 1, out.text
+    for exp in ("E0a", "E0b"):
+        for seed in (0, 1):
+            assert f"{exp}/seed-{seed}: finished run, skipped" in out.text, out.text
+    assert "Broken/seed-0: failed: no-such-tasks" in out.text, out.text
+    now = {str(p): p.stat().st_mtime for p in (swept.project / "runs").glob("E0*/seed-*/summary.json")}
+    assert now == swept.mtimes  # not touched
+
+
+def test_status_table(swept: Swept) -> None:
+    out = cli_proc("status", "runs", cwd=swept.project)
+    assert out.code == 0, out.text
+    rows = {(m[1], m[2]): m[3] for m in re.finditer(r"│ (\w+)\s+│\s+(\d+) │ (\w+)", out.text)}
+    assert rows == {("Broken", "0"): "failed", ("Broken", "1"): "failed", ("E0a", "0"): "finished",
+                    ("E0a", "1"): "finished", ("E0b", "0"): "finished", ("E0b", "1"): "finished"}, out.text
+    assert f"{STEPS} / {STEPS}" in out.text
+    assert re.search(r"Broken .* failed .*\.submitit/\d+_0_log\.err", out.text), out.text
+    assert "4 finished, 2 failed" in out.text
+
+
+def test_status_tells_running_stopped_and_queued_apart(tmp_path: Path) -> None:
+    """A run being written (its lock held), one stopped, and a job queued by a sweep that has not started."""
+    project = tmp_path
+    (project / "experiments.toml").write_text((REPO / "experiments.toml").read_text())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "etrmtrm_cli", "train", "E0a", *TINY[:4], "--max-steps", "100000",
+                             "--no-compile", "-q"], cwd=project, env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (project / "runs/E0a/metrics.jsonl").is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        from etrmtrm_cli.sweep_job import write_record
+
+        write_record(project / "runs/.submitit", "E2b/seed-3", "submit", {
+            "state": "submitted", "sweep_id": "s1", "exp_id": "E2b", "seed": 3, "waits_for": None,
+            "run_dir": str(project / "runs/E2b/seed-3")})
+        running = cli_proc("status", cwd=project)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    stopped = cli_proc("status", cwd=project)
+    assert re.search(r"E0a .* running .*/ 100,000", running.text), running.text
+    assert re.search(r"E2b .* 3 │ queued", running.text), running.text
+    assert re.search(r"E0a .* stopped", stopped.text), stopped.text
+
+
+def test_dry_run_lists_jobs_steps_and_compute_per_profile(tmp_path: Path) -> None:
+    out = cli("sweep", "week1", "--seeds", "2", "--dry-run", "--profile", "tiny", "--executor", "local",
+              "--experiments", _two_tiny_profiles(tmp_path), "--runs-dir", tmp_path / "runs")
+    assert out.code == 0, out.text
+    jobs = re.findall(r"│ (P0|E\w+/seed-\d) +│ new +│ start +│ (P0)? *│ +([\d,]+) │ +([\d.]+ MFLOP)", out.text)
+    assert [j[0] for j in jobs] == ["P0", "E0a/seed-0", "E0a/seed-1", "E0b/seed-0", "E0b/seed-1", "E2b/seed-0",
+                                    "E2b/seed-1"], out.text
+    assert [j[1] for j in jobs] == ["", *["P0"] * 6]  # P0 once, every other run waits for it
+    assert re.search(r"│ tiny +│ +[\d,]+ │ +[\d.]+ GFLOP │ +unknown │ unknown: no tiny run", out.text), out.text
+    assert re.search(r"│ mini +│", out.text), out.text
+    assert not (tmp_path / "runs").exists()  # nothing submitted
+
+
+def test_dry_run_times_from_runs_measured_here(swept: Swept) -> None:
+    out = cli_proc("sweep", "E0a", "--seeds", "3", "--dry-run", "--max-steps", 40, *TINY, cwd=swept.project)
+    assert out.code == 0, out.text
+    assert re.search(r"E0a/seed-2 +│ new +│ start .* \d+ s │", out.text), out.text  # 2 measured, 1 new
+    assert re.search(r"E0a/seed-0 +│ finished +│ skip \(finished\)", out.text), out.text
+    assert "run(s) of this config here" in out.text
+
+
+def test_flops_are_what_a_real_step_counts_and_scale_with_the_batch() -> None:
+    """The dry run's count (matmuls not computed) equals the count of the real step computed; twice the batch,
+    twice the FLOPs; and attention is counted on the CPU too."""
+    from etrmtrm_cli.data.dataset import build_arc_data
+    from etrmtrm_cli.models.build import build_model
+    from etrmtrm_cli.sweep_cost import flop_counter
+    from etrmtrm_cli.training.step import forward_backward
+
+    file = load_experiments(REPO / "experiments.toml")
+    exp = file.resolve("E0b", "tiny", ["decoder='none'"])
+    data = build_arc_data(exp.data, exp.seed)
+    torch.manual_seed(0)
+    model = build_model(exp, data.seq_len, data.num_puzzle_ids)
+    batch = data.train_batch(0, 1).as_dict()
+    with flop_counter() as real:
+        forward_backward(model, model.initial_carry(batch), batch, torch.Generator().manual_seed(0),
+                         exp.arch.loss_type, 1)
+    counted = flops_per_step(exp)
+    assert counted == real.get_total_flops() * exp.train.batch_size > 0
+    kinds = {str(op) for op in real.get_flop_counts()["Global"]}
+    assert {"aten.mm", "aten._scaled_dot_product_flash_attention_for_cpu"} <= kinds, kinds
+    double = file.resolve("E0b", "tiny", ["decoder='none'", "train.global_batch_size=512"])
+    assert flops_per_step(double) == 2 * counted
+
+
+@pytest.mark.parametrize(("table", "args", "expected"), [
+    ("[sweep]\npartiton = 'gpu'\n", (), r"experiments\.toml: sweep\.partiton: unknown key; did you mean 'partition'"),
+    ("[sweep]\njobs = 0\n", (), r"experiments\.toml: sweep\.jobs: Input should be greater than or equal to 1"),
+    ("", ("--jobs", "0"), r"--jobs: Input should be greater than or equal to 1"),
+    ("", ("--executor", "pbs"), r"--executor: Input should be 'auto', 'local' or 'slurm'"),
+    ("", ("--jobs", usable_cores() + 1), r"--jobs \d+: this machine gives \d+ cores"),
+    ("", ("--seeds", "two"), r"--seeds 'two': expected a count"),
+])
+def test_bad_sweep_settings_are_one_line_naming_the_key(tmp_path: Path, table: str, args: tuple, expected: str
+                                                       ) -> None:
+    path = tmp_path / "experiments.toml"
+    path.write_text((REPO / "experiments.toml").read_text() + "\n" + table)
+    executor = () if "--executor" in args else ("--executor", "local")
+    out = cli("sweep", "E0a", "--dry-run", "--profile", "tiny", *executor, "--experiments", path,
+              "--runs-dir", tmp_path / "runs", *args)
+    assert out.code == 1, out.text
+    assert re.search(expected, out.text), out.text
+    assert "Traceback" not in out.text and len(out.text.strip().splitlines()) == 1, out.text
+    assert not (tmp_path / "runs").exists()
+
+
+def test_status_of_a_missing_runs_directory(tmp_path: Path) -> None:
+    out = cli("status", tmp_path / "nowhere")
+    assert out.code == 1 and "nowhere: no such runs directory" in out.text, out.text
+
+
+def _two_tiny_profiles(tmp_path: Path) -> Path:
+    """The real file with the tiny profile and a `mini` one only (the paper profile's count takes seconds)."""
+    text = (REPO / "experiments.toml").read_text()
+    text = re.sub(r"\[profiles\.paper\].*?(?=\[profiles\.tiny\])", "", text, flags=re.DOTALL)
+    tiny = text[text.index("[profiles.tiny]"):]
+    path = tmp_path / "experiments.toml"
+    path.write_text(text + "\n" + tiny.replace("[profiles.tiny]", "[profiles.mini]").replace("hidden_size = 16",
+                                                                                           "hidden_size = 32"))
+    return path
