@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# A single-node SLURM cluster on this machine, for trying `etrmtrm sweep --executor slurm` for real
+# (tests/test_sweep_slurm.py runs when `sinfo` answers). Debian/Ubuntu, as root:
+#
+#   apt-get install -y slurm-wlm munge      # once
+#   scripts/slurm-single-node.sh            # writes /etc/slurm/slurm.conf, starts munged, slurmctld, slurmd
+#   scripts/slurm-single-node.sh stop       # stops the three daemons
+#
+# No systemd and no cgroups are needed: processes are tracked by their parent (proctrack/linuxproc), tasks are
+# not bound to cores (task/none), there is no accounting database (so no sacct), and every daemon runs as
+# root. It is a test bed, not a production setup. Logs: /var/log/slurm/.
+set -euo pipefail
+
+CONF=/etc/slurm/slurm.conf
+STATE=/var/spool/slurmctld
+SPOOL=/var/spool/slurmd
+LOGS=/var/log/slurm
+HOST=$(hostname -s)
+
+stop() {
+    for daemon in slurmd slurmctld munged; do
+        if [ -f "/run/$daemon.pid" ] && kill -0 "$(cat "/run/$daemon.pid")" 2>/dev/null; then
+            kill "$(cat "/run/$daemon.pid")" && echo "stopped $daemon"
+        fi
+    done
+    if [ -f /run/munge/munged.pid ] && kill -0 "$(cat /run/munge/munged.pid)" 2>/dev/null; then
+        kill "$(cat /run/munge/munged.pid)" && echo "stopped munged"
+    fi
+}
+
+if [ "${1:-start}" = stop ]; then
+    stop
+    exit 0
+fi
+[ "$(id -u)" = 0 ] || { echo "run as root (it writes $CONF and starts daemons)" >&2; exit 1; }
+for tool in munged slurmctld slurmd sinfo; do
+    command -v "$tool" >/dev/null || { echo "$tool not found: apt-get install -y slurm-wlm munge" >&2; exit 1; }
+done
+
+# The node as slurmd sees it (CPUs, sockets, cores, memory), less a little memory for the daemons.
+NODE=$(slurmd -C | head -n 1)
+MEM=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$NODE")
+NODE=$(sed "s/RealMemory=[0-9]*/RealMemory=$((MEM * 9 / 10))/" <<<"$NODE")
+
+mkdir -p /etc/slurm "$STATE" "$SPOOL" "$LOGS"
+cat >"$CONF" <<CONFIG
+# Written by scripts/slurm-single-node.sh: one node ($HOST), one partition, no accounting, no cgroups.
+ClusterName=etrmtrm
+SlurmctldHost=$HOST
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+StateSaveLocation=$STATE
+SlurmdSpoolDir=$SPOOL
+SlurmctldPidFile=/run/slurmctld.pid
+SlurmdPidFile=/run/slurmd.pid
+SlurmctldLogFile=$LOGS/slurmctld.log
+SlurmdLogFile=$LOGS/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MpiDefault=none
+ReturnToService=2
+# A requeued or cancelled job gets SIGTERM, then SIGKILL after KillWait: time to save a checkpoint.
+KillWait=60
+JobRequeue=1
+SlurmdTimeout=300
+$NODE State=UNKNOWN
+PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+CONFIG
+echo "wrote $CONF: $NODE"
+
+# munge: the authentication every SLURM message carries.
+mkdir -p /run/munge && chown munge:munge /run/munge && chmod 755 /run/munge
+if ! munge -n >/dev/null 2>&1; then
+    [ -s /etc/munge/munge.key ] || { /usr/sbin/mungekey --create --force && chown munge:munge /etc/munge/munge.key; }
+    runuser -u munge -- /usr/sbin/munged
+fi
+munge -n | unmunge >/dev/null && echo "munged: ok"
+
+if ! sinfo -h >/dev/null 2>&1; then
+    slurmctld
+    for _ in $(seq 30); do sinfo -h >/dev/null 2>&1 && break; sleep 1; done
+fi
+pgrep -x slurmd >/dev/null || slurmd
+
+for _ in $(seq 60); do
+    state=$(sinfo -h -n "$HOST" -o %t 2>/dev/null || true)
+    case "$state" in
+        idle|mix|alloc) sinfo; exit 0 ;;
+        down*|drain*) scontrol update nodename="$HOST" state=resume 2>/dev/null || true ;;
+    esac
+    sleep 1
+done
+echo "the node did not become idle within 60 s (state: ${state:-none}); see $LOGS/slurmctld.log and $LOGS/slurmd.log" >&2
+sinfo >&2 || true
+exit 1

@@ -1,0 +1,156 @@
+"""`etrmtrm sweep --executor slurm` on a real SLURM cluster: scripts/slurm-single-node.sh starts one on this
+machine (as root, after `apt-get install slurm-wlm munge`). Skipped, saying why, when `sinfo` does not answer.
+
+- a tiny sweep (2 experiments x 2 seeds, job arrays); one running job is requeued with `scontrol requeue`
+  (what preemption does): SLURM sends SIGTERM, the run saves a checkpoint, the job starts again and resumes it;
+- a job at its time limit: SLURM warns it (USR2, `signal_delay_s` before the limit), submitit calls the job's
+  checkpoint hook, which stops the run (checkpoint saved) and requeues the job, which resumes.
+
+SLURM holds a requeued job for about two minutes before it may start again (its BeginTime); the tests release it
+at once with `scontrol update jobid=<id> StartTime=now`. Run with `-s` to see what they print.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from etrmtrm_cli.sweep import slurm_answers
+
+pytestmark = pytest.mark.slurm
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--profile", "tiny", "--set", "decoder=none", "--executor", "slurm", "--cpus-per-job", "1"]
+
+
+@pytest.fixture(autouse=True)
+def slurm() -> None:
+    answers, why = slurm_answers()
+    if not answers:
+        pytest.skip(f"no SLURM cluster answers here ({why}); start one with scripts/slurm-single-node.sh")
+
+
+def cli(*args: object, cwd: Path) -> str:
+    env = {**os.environ, "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-m", "etrmtrm_cli", *map(str, args)], cwd=cwd, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    print(f"$ etrmtrm {' '.join(map(str, args))}\n{out.stdout}")
+    assert out.returncode == 0, out.stdout
+    return out.stdout
+
+
+def record(project: Path, key: str, kind: str) -> dict:
+    path = project / "runs/.submitit/records" / f"{key.replace('/', '.')}.{kind}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def squeue(job_id: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%t %r"], capture_output=True, text=True).stdout.strip()
+
+
+def release_when_held(job_id: str) -> bool:
+    """A requeued job waits ~2 min (BeginTime): let it start now. True if it was held."""
+    if "BeginTime" in squeue(job_id):
+        subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
+        print(f"$ scontrol update jobid={job_id} StartTime=now  (a requeued job is held ~2 min)")
+        return True
+    return False
+
+
+def wait_for(condition, timeout: float, what: str, job_ids: tuple[str, ...] = ()) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:.0f} s")
+        for job_id in job_ids:
+            release_when_held(job_id)
+        time.sleep(1)
+
+
+def steps_logged(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_slurm_sweep_and_a_requeued_job_resumes(tmp_path: Path) -> None:
+    project = tmp_path
+    (project / "experiments.toml").write_text((REPO / "experiments.toml").read_text())
+    out = cli("sweep", "E0a", "E0b", "--seeds", "2", "--max-steps", 300, *TINY, cwd=project)
+    assert re.search(r"E0a/seed-0: start \(SLURM job (\d+)_0\)", out), out
+    keys = ["E0a/seed-0", "E0a/seed-1", "E0b/seed-0", "E0b/seed-1"]
+    ids = {key: record(project, key, "submit")["job_id"] for key in keys}
+    # Requeue the first job with a checkpoint, while it runs (`scontrol requeue` is what preemption does).
+    target = None
+
+    def one_has_a_checkpoint() -> bool:
+        nonlocal target
+        for key in keys:
+            run = project / "runs" / key
+            if (run / "checkpoints/step_00000020").is_dir() and run_running(run):
+                target = key
+                return True
+        return False
+
+    wait_for(one_has_a_checkpoint, 240, "a running job with a checkpoint at step 20")
+    assert target is not None
+    subprocess.run(["scontrol", "requeue", ids[target]], check=True)
+    print(f"$ scontrol requeue {ids[target]}  ({target})")
+    wait_for(lambda: all(json.loads((project / "runs" / k / "summary.json").read_text()).get("status") == "finished"
+                         for k in keys if (project / "runs" / k / "summary.json").is_file())
+             and all((project / "runs" / k / "summary.json").is_file() for k in keys),
+             420, "every run finished", tuple(ids.values()))
+    status = cli("status", "runs", cwd=project)
+    assert status.count("finished") >= 4 and "300 / 300" in status, status
+    run = project / "runs" / target
+    assert steps_logged(run) == list(range(1, 301))  # continued from its checkpoint, each step once
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumes"] == 1, summary
+    log = Path(record(project, target, "run")["log_out"]).read_text()
+    starts = re.findall(r"\[sweep\] \S+ \((\w+)\): .*", log)
+    print(f"{target}'s job log, its starts:\n" + "\n".join(re.findall(r"\[sweep\] .*", log)))
+    assert starts == ["new", "resumable"], log
+    assert re.search(r"\(resumable\): .* --resume$", log, re.MULTILINE), log
+    err = Path(record(project, target, "run")["log_err"]).read_text()
+    assert "SIGTERM: finishing this step, then saving a checkpoint" in err, err
+
+
+def run_running(run: Path) -> bool:
+    from etrmtrm_cli.sweep_status import lock_held
+
+    return bool(lock_held(run))
+
+
+def test_slurm_job_at_its_time_limit_checkpoints_requeues_and_resumes(tmp_path: Path) -> None:
+    project = tmp_path
+    # A 1-minute limit, warned 30 s before: the job is told to checkpoint ~30 s after it starts.
+    (project / "experiments.toml").write_text((REPO / "experiments.toml").read_text()
+                                              + "\n[sweep]\ntime_min = 1\nsignal_delay_s = 30\n")
+    cli("sweep", "E0b", "--max-steps", 100000, "--no-compile", *TINY, cwd=project)
+    job_id = record(project, "E0b", "submit")["job_id"]
+    run = project / "runs/E0b"
+
+    def resumed() -> bool:
+        rec = record(project, "E0b", "run")
+        return rec.get("action") == "resumable" and rec.get("state") == "running" and run_running(run)
+
+    try:
+        wait_for(resumed, 300, "the job requeued at its time limit and running again", (job_id,))
+    finally:
+        subprocess.run(["scancel", job_id], check=False)
+    wait_for(lambda: not run_running(run), 120, "the run stopped after scancel")
+    rec = record(project, "E0b", "run")
+    log = Path(rec["log_out"]).read_text() + Path(rec["log_err"]).read_text()  # submitit: INFO out, WARNING err
+    print("the job's log:\n" + "\n".join(line for line in log.splitlines()
+                                         if re.search(r"SIGUSR2|checkpoint|Requeued|SIGTERM|\[sweep\]", line)))
+    assert "Caught signal SIGUSR2" in log and "Calling checkpoint method" in log, log
+    assert re.search(r"Requeued job \d+", log), log
+    steps = steps_logged(run)
+    assert steps == list(range(1, len(steps) + 1)), "the resumed run did not continue where it stopped"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["resumes"] >= 1, summary
+    cli("status", "runs", cwd=project)
