@@ -192,6 +192,25 @@ def test_status_tells_running_stopped_and_queued_apart(tmp_path: Path) -> None:
     assert re.search(r"E0a .* stopped", stopped.text), stopped.text
 
 
+def test_runs_waiting_for_a_failed_p0_are_not_started(tmp_path: Path) -> None:
+    """P0 is trained once, first; when it fails, the runs that start from it fail without running."""
+    text = (REPO / "experiments.toml").read_text()
+    broken = text.replace('data = { query_mode = "leave_one_out" }',
+                          'data = { query_mode = "leave_one_out", train_sources = ["no-such-tasks"] }', 1)
+    assert broken != text
+    (tmp_path / "experiments.toml").write_text(broken)
+    out = cli_proc("sweep", "E0a", "--seeds", "2", "--jobs", "2", "--max-steps", 12, "--profile", "tiny",
+                   "--executor", "local", cwd=tmp_path)
+    assert out.code == 1, out.text
+    assert re.search(r"P0: start .*\n.*P0: failed: no-such-tasks", out.text), out.text
+    for seed in (0, 1):
+        assert f"E0a/seed-{seed}: failed: not started: it starts from P0, which is failed" in out.text, out.text
+    assert out.text.count(": start (") == 1  # P0 alone ran
+    assert not (tmp_path / "runs/E0a").exists()
+    status = cli_proc("status", cwd=tmp_path)
+    assert re.search(r"E0a .* 1 │ failed .*it starts from P0", status.text), status.text
+
+
 def test_dry_run_lists_jobs_steps_and_compute_per_profile(tmp_path: Path) -> None:
     out = cli("sweep", "week1", "--seeds", "2", "--dry-run", "--profile", "tiny", "--executor", "local",
               "--experiments", _two_tiny_profiles(tmp_path), "--runs-dir", tmp_path / "runs")

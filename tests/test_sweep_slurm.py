@@ -1,8 +1,9 @@
 """`etrmtrm sweep --executor slurm` on a real SLURM cluster: scripts/slurm-single-node.sh starts one on this
 machine (as root, after `apt-get install slurm-wlm munge`). Skipped, saying why, when `sinfo` does not answer.
 
-- a tiny sweep (2 experiments x 2 seeds, job arrays); one running job is requeued with `scontrol requeue`
-  (what preemption does): SLURM sends SIGTERM, the run saves a checkpoint, the job starts again and resumes it;
+- a tiny sweep: P0 as one job, then 2 experiments x 2 seeds as a job array that waits for it (afterok); one
+  running job is requeued with `scontrol requeue` (what preemption does): SLURM sends SIGTERM, the run saves a
+  checkpoint, the job starts again and resumes it;
 - a job at its time limit: SLURM warns it (USR2, `signal_delay_s` before the limit), submitit calls the job's
   checkpoint hook, which stops the run (checkpoint saved) and requeues the job, which resumes.
 
@@ -80,10 +81,17 @@ def steps_logged(run: Path) -> list[int]:
 def test_slurm_sweep_and_a_requeued_job_resumes(tmp_path: Path) -> None:
     project = tmp_path
     (project / "experiments.toml").write_text((REPO / "experiments.toml").read_text())
-    out = cli("sweep", "E0a", "E0b", "--seeds", "2", "--max-steps", 300, *TINY, cwd=project)
-    assert re.search(r"E0a/seed-0: start \(SLURM job (\d+)_0\)", out), out
+    tiny = [a for a in TINY if a not in ("--set", "decoder=none")]  # E0a and E0b start from P0
+    out = cli("sweep", "E0a", "E0b", "--seeds", "2", "--max-steps", 300, *tiny, cwd=project)
+    p0 = re.search(r"P0: start \(SLURM job (\d+)\)", out)
+    assert p0, out
+    assert re.search(r"E0a/seed-0: start \(SLURM job (\d+)_0, after P0\)", out), out  # an array after P0
     keys = ["E0a/seed-0", "E0a/seed-1", "E0b/seed-0", "E0b/seed-1"]
     ids = {key: record(project, key, "submit")["job_id"] for key in keys}
+    array = ids["E0a/seed-0"].split("_")[0]
+    dependency = subprocess.run(["scontrol", "show", "job", array], capture_output=True, text=True).stdout
+    print(f"$ scontrol show job {array} | grep Dependency\n" + "".join(re.findall(r".*Dependency=.*\n", dependency)))
+    assert f"afterok:{p0[1]}" in dependency or (project / "runs/P0/model.safetensors").is_file(), dependency
     # Requeue the first job with a checkpoint, while it runs (`scontrol requeue` is what preemption does).
     target = None
 
@@ -105,7 +113,7 @@ def test_slurm_sweep_and_a_requeued_job_resumes(tmp_path: Path) -> None:
              and all((project / "runs" / k / "summary.json").is_file() for k in keys),
              420, "every run finished", tuple(ids.values()))
     status = cli("status", "runs", cwd=project)
-    assert status.count("finished") >= 4 and "300 / 300" in status, status
+    assert status.count("finished") >= 5 and "300 / 300" in status, status  # P0 and the 4 runs
     run = project / "runs" / target
     assert steps_logged(run) == list(range(1, 301))  # continued from its checkpoint, each step once
     summary = json.loads((run / "summary.json").read_text())

@@ -167,7 +167,12 @@ class TrainJob(submitit.helpers.Checkpointable):
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its affinity: a SLURM allocation, a taskset), else the machine's."""
+    """The cores this process may use: a SLURM job's allocation (SLURM_CPUS_PER_TASK, else SLURM_CPUS_ON_NODE:
+    without task affinity a job sees every core of its node), else its CPU affinity, else the machine's."""
+    for name in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
