@@ -127,7 +127,10 @@ class TrainJob(submitit.helpers.Checkpointable):
             write_record(spec.folder, spec.key, "run", {**record, **ended, "state": "stopped", "reason": why})
             raise RuntimeError(f"{spec.key}: stopped ({why}); the run resumes from its checkpoint when the job runs "
                                "again")
-        error = last_error(Path(logs["log_err"])) or f"etrmtrm train exited with code {code}"
+        if code < 0:  # killed without a chance to say why: SIGKILL is often the kernel out of memory
+            error = f"etrmtrm train was killed by {signal.Signals(-code).name}"
+        else:
+            error = last_error(Path(logs["log_err"])) or f"etrmtrm train exited with code {code}"
         write_record(spec.folder, spec.key, "run", {**record, **ended, "state": "failed", "error": error})
         raise RuntimeError(f"{spec.key}: {error} (log: {logs['log_err']})")
 
