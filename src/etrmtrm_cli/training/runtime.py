@@ -1,17 +1,18 @@
 """How a run executes on this machine, as opposed to what it computes: the compute dtype and torch.compile.
 
-Both are chosen once per run, from measurements on the 2-core CPU this tool was tuned on (figures in
-`benchmarks/README.md`), and both are visible: the run's start line says what was chosen and why, and
-meta.json records it (`runtime`).
+Both are chosen once per run, from measurements on the 2-core CPU this tool was tuned on (README,
+"Performance"), and both are visible: the run's start line says what was chosen and why, and meta.json
+records it (`runtime`).
 
 - **dtype.** bfloat16 is fast only where the hardware has it: CUDA, or a CPU with AVX512-BF16 or AMX
-  instructions. A CPU without them emulates every bfloat16 matmul (measured ten times slower than float32 on
-  an AVX2 EPYC: `benchmarks/profile_step.py`), so a run that asks for bfloat16 there runs in float32 instead
+  instructions. A CPU without them emulates every bfloat16 matmul (on a 2-core AVX2 EPYC: 1.0 GFLOP/s
+  against float32's 179, `benchmarks/bench_decoder.py`; a training step about ten times slower,
+  `benchmarks/bench_step.py --dtype bfloat16`), so a run that asks for bfloat16 there runs in float32 instead
   and says so. The config the run records (config.json) is the one that ran.
-- **compile.** `torch.compile` costs a one-off compile (1.5 min cold, 25 s from inductor's cache, on the
-  2-core CPU at the cpu profile) and then saves a third of each step there, so `auto` compiles a run with at
-  least COMPILE_MIN_STEPS steps still to take, and only where its backend can build (a C++ compiler on the
-  CPU; CUDA is taken to have Triton).
+- **compile.** `torch.compile` costs a one-off compile (about 1.5 min cold, 27 s from inductor's cache, on
+  the 2-core CPU at the cpu profile) and then makes each step 1.28x faster there
+  (`benchmarks/bench_compile.py E0b`), so `auto` compiles a run with at least COMPILE_MIN_STEPS steps still
+  to take, and only where its backend can build (a C++ compiler on the CPU; CUDA is taken to have Triton).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from etrmtrm_cli.config import Experiment
 
 CPUINFO = Path("/proc/cpuinfo")
-COMPILE_MIN_STEPS = 1000  # break-even near 300 steps at the cpu profile; the margin covers a cold cache
+COMPILE_MIN_STEPS = 1000  # break-even measured at ~200 steps (warm cache); the margin covers a cold one
 
 
 def _cpuinfo(field: str, cpuinfo: Path) -> str | None:
