@@ -66,6 +66,16 @@ def random_batch(args: argparse.Namespace, rng: np.random.Generator, counts: lis
     return {key: torch.from_numpy(value) for key, value in tensors.items()}
 
 
+def seeded_batches(args: argparse.Namespace, count: int = 4) -> tuple[list[dict], list[int] | None]:
+    """`count` random batches from `args.seed` (torch seeded too), and ARC's demo counts when --demos-used arc."""
+    torch.manual_seed(args.seed)
+    counts = arc_demo_counts() if args.demos_used == "arc" else None
+    if counts is None:
+        args.demos_used = int(args.demos_used)
+    rng = np.random.default_rng(args.seed)
+    return [random_batch(args, rng, counts) for _ in range(count)], counts
+
+
 def experiment(args: argparse.Namespace) -> Experiment:
     arch = ArchConfig(hidden_size=args.hidden, num_heads=args.heads, L_layers=args.layers,
                       H_cycles=args.h_cycles, L_cycles=args.l_cycles, encoder_num_layers=args.encoder_layers,
@@ -164,12 +174,7 @@ def main() -> None:
     if args.reference_only and args.reference_path is None:
         parser.error("--reference-only needs --reference-path")
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    counts = arc_demo_counts() if args.demos_used == "arc" else None
-    if counts is None:
-        args.demos_used = int(args.demos_used)
-    rng = np.random.default_rng(args.seed)
-    batches = [random_batch(args, rng, counts) for _ in range(4)]
+    batches, counts = seeded_batches(args)
     steps = {} if args.reference_only else {"ours": our_step(args, batches)}
     if args.reference_path is not None:
         steps["reference"] = reference_step(args, batches)

@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 import torch
-from bench_step import add_model_arguments, arc_demo_counts, our_step, random_batch
+from bench_step import add_model_arguments, our_step, seeded_batches
 from torch.profiler import ProfilerActivity, profile
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
@@ -53,12 +52,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    counts = arc_demo_counts() if args.demos_used == "arc" else None
-    if counts is None:
-        args.demos_used = int(args.demos_used)
-    rng = np.random.default_rng(args.seed)
-    batches = [random_batch(args, rng, counts) for _ in range(4)]
+    batches, _ = seeded_batches(args)
     results = [profile_dtype(args, dtype, batches) for dtype in args.dtypes.split(",")]
     for r in results:
         print(f"{r['dtype']}: {r['ms_per_step']} ms/step (profiled), matmuls {100 * r['matmul_share']:.0f} %")
