@@ -21,6 +21,7 @@ from etrmtrm_cli import __version__, render
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.errors import ConfigError, EtrmtrmError
 from etrmtrm_cli.experiments_file import ExperimentsFile, load_experiments
+from etrmtrm_cli.train_command import train_arguments
 
 if TYPE_CHECKING:
     from etrmtrm_cli.training.loop import StopFlag
@@ -261,17 +262,8 @@ def _train_command(exp: Experiment, experiments: Path, runs_dir: Path, overrides
                    max_steps: int | None, per_seed: bool = False) -> str:
     """`etrmtrm train` for this run as it was started (profile, file, runs directory, overrides): the base of
     every command the tool advises, so that the advice works as printed."""
-    words = ["etrmtrm", "train", exp.id, "--profile", exp.profile]
-    if experiments != Path("experiments.toml"):
-        words += ["--experiments", str(experiments)]
-    if runs_dir != Path("runs"):
-        words += ["--runs-dir", str(runs_dir)]
-    if max_steps is not None:
-        words += ["--max-steps", str(max_steps)]
-    if per_seed:
-        words += ["--seeds", f"{exp.seed},"]
-    for item in overrides:
-        words += ["--set", item]
+    words = ["etrmtrm", *train_arguments(exp.id, exp.profile, experiments, runs_dir, overrides, max_steps,
+                                         exp.seed if per_seed else None)]
     return shlex.join(words)
 
 

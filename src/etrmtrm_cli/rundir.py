@@ -234,15 +234,19 @@ def load_run(run_dir: Path) -> RunFiles:
                     read_metrics(run_dir / METRICS, strict=True))
 
 
-def read_metrics(path: Path, *, strict: bool = False) -> list[Row]:
-    """metrics.jsonl's rows (objects with an integer step), in file order.
+def read_metrics(path: Path, *, strict: bool = False, tail_bytes: int | None = None) -> list[Row]:
+    """metrics.jsonl's rows (objects with an integer step), in file order; with `tail_bytes`, only those in
+    the file's last `tail_bytes` bytes (what a status needs of a long run).
 
     A kill during an append leaves a partial last line: it is skipped. Any other line that is not such a
     row is an error when `strict`, else skipped (resume re-logs every step past its checkpoint anyway)."""
     if not path.is_file():
         return []
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        with path.open("rb") as fh:
+            start = max(0, path.stat().st_size - tail_bytes) if tail_bytes is not None else 0
+            fh.seek(start)
+            lines = fh.read().decode("utf-8", "replace").splitlines()[1 if start else 0:]  # the first may be cut
     except OSError as err:
         raise RunError(f"{path}: cannot read ({err.strerror})") from None
     rows = []

@@ -30,6 +30,7 @@ from etrmtrm_cli.experiments_file import ExperimentsFile
 from etrmtrm_cli.rundir import SEED_PREFIX, read_json, run_path, run_status
 from etrmtrm_cli.sweep_job import JobSpec, TrainJob, record_path, usable_cores, write_record
 from etrmtrm_cli.sweep_status import lock_held
+from etrmtrm_cli.train_command import train_arguments
 
 NO_LIMIT_MIN = 60 * 24 * 365 * 10  # a local job without --time-min (submitit's local executor needs a limit)
 SLURM_DEFAULT_MIN = 60 * 24
@@ -95,17 +96,11 @@ def plan_sweep(file: ExperimentsFile, req: SweepRequest, folder: Path, threads: 
 
 def _train_argv(exp: Experiment, req: SweepRequest, seed: int | None) -> list[str]:
     """The child's `etrmtrm train` command (absolute paths: a job may start in another directory)."""
-    argv = [sys.executable, "-m", "etrmtrm_cli", "train", exp.id, "--profile", req.profile,
-            "--experiments", str(req.experiments.resolve()), "--runs-dir", str(req.runs_dir.resolve()),
-            "--device", req.device]
-    if req.max_steps is not None:
-        argv += ["--max-steps", str(req.max_steps)]
-    if seed is not None:
-        argv += ["--seeds", f"{seed},"]
+    argv = [sys.executable, "-m", "etrmtrm_cli",
+            *train_arguments(exp.id, req.profile, req.experiments.resolve(), req.runs_dir.resolve(), req.overrides,
+                             req.max_steps, seed), "--device", req.device]
     if req.compile is not None:
         argv.append("--compile" if req.compile else "--no-compile")
-    for item in req.overrides:
-        argv += ["--set", item]
     return argv
 
 

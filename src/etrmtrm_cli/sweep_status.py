@@ -11,7 +11,6 @@ with `--resume` or the next sweep), queued (submitted or waiting, not started ye
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -22,7 +21,7 @@ from typing import Any
 
 from etrmtrm_cli.errors import RunError
 from etrmtrm_cli.run_lock import LOCK
-from etrmtrm_cli.rundir import CONFIG, METRICS, SEED_PREFIX, SUMMARY, read_json, run_status
+from etrmtrm_cli.rundir import CONFIG, METRICS, SEED_PREFIX, SUMMARY, read_json, read_metrics, run_status
 from etrmtrm_cli.sweep_job import RECORDS
 
 SWEEP_FOLDER = ".submitit"  # in the runs directory, unless `sweep --folder` says otherwise
@@ -188,7 +187,11 @@ def _progress(run_dir: Path, summary: dict[str, Any]) -> tuple[int | None, float
     """The latest step logged and the latest train accuracy (from the end of metrics.jsonl)."""
     step = summary.get("step") if isinstance(summary.get("step"), int) else None
     accuracy = None
-    for row in reversed(_tail_rows(run_dir / METRICS)):
+    try:
+        rows = read_metrics(run_dir / METRICS, tail_bytes=1 << 16)
+    except RunError:  # unreadable: the summary's step, no accuracy
+        rows = []
+    for row in reversed(rows):
         if step is None or row["step"] > step:
             step = row["step"]
         value = row.get("train/accuracy")
@@ -196,25 +199,6 @@ def _progress(run_dir: Path, summary: dict[str, Any]) -> tuple[int | None, float
             accuracy = float(value)
             break
     return step, accuracy
-
-
-def _tail_rows(path: Path, tail_bytes: int = 1 << 16) -> list[dict[str, Any]]:
-    try:
-        with path.open("rb") as fh:
-            start = max(0, path.stat().st_size - tail_bytes)
-            fh.seek(start)
-            lines = fh.read().decode("utf-8", "replace").splitlines()[1 if start else 0:]  # the first may be cut
-    except OSError:
-        return []
-    rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.append(row)
-    return rows
 
 
 def _read(path: Path) -> dict[str, Any]:
