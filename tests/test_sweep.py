@@ -292,3 +292,11 @@ def _two_tiny_profiles(tmp_path: Path) -> Path:
     path.write_text(text + "\n" + tiny.replace("[profiles.tiny]", "[profiles.mini]").replace("hidden_size = 16",
                                                                                            "hidden_size = 32"))
     return path
+
+
+def test_help_names_the_sweep_table_it_reads_defaults_from() -> None:
+    # Rich reads "[sweep]" as a markup tag and drops it unless escaped.
+    out = cli("sweep", "--help")
+    assert out.code == 0, out.text
+    assert "Default: [sweep] or auto." in out.text and "Default: [sweep] or 1." in out.text
+    assert "also from the [sweep] table" in out.text

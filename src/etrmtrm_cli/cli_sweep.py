@@ -26,7 +26,7 @@ from etrmtrm_cli.config import SweepConfig
 from etrmtrm_cli.errors import ConfigError, RunError
 from etrmtrm_cli.experiments_file import ExperimentsFile, load_experiments, sweep_config
 
-_SLURM = "SLURM settings (also from the [sweep] table of experiments.toml)"
+_SLURM = "SLURM settings (also from the \\[sweep] table of experiments.toml)"
 
 
 @app.command()
@@ -46,10 +46,10 @@ def sweep(
     compile: Annotated[bool | None, typer.Option(
         "--compile/--no-compile", help="As `train`; default: auto.", show_default=False)] = None,
     executor: Annotated[str | None, typer.Option(
-        help="auto (SLURM when `sinfo` answers, else local) | local | slurm. Default: [sweep] or auto.",
+        help="auto (SLURM when `sinfo` answers, else local) | local | slurm. Default: \\[sweep] or auto.",
         show_default=False)] = None,
     jobs: Annotated[int | None, typer.Option(
-        help="Local: runs at once; the cores are split between them. Default: [sweep] or 1.",
+        help="Local: runs at once; the cores are split between them. Default: \\[sweep] or 1.",
         show_default=False)] = None,
     time_min: Annotated[int | None, typer.Option(
         help="Time limit per job, minutes (SLURM default 1440; local: none). A job at its limit saves a "
