@@ -188,3 +188,10 @@ def test_config_is_frozen(section: str | None, model: str, key: str, value: obje
     assert [(e["type"], e["loc"]) for e in err.value.errors()] == [("frozen_instance", (key,))]
     assert key in str(err.value) and "frozen" in str(err.value)
     assert getattr(target, key) == before
+
+
+def test_runs_with_seeds_are_seed_major() -> None:
+    # A sweep cut short must leave the arms with equal numbers of seeds: seed 0 of every arm, then seed 1.
+    jobs = load_experiments(REAL).jobs("week1", "tiny", [], seeds=[0, 1])
+    assert [(exp.id, exp.seed, per_seed) for exp, per_seed in jobs] == [
+        ("E0a", 0, True), ("E0b", 0, True), ("E2b", 0, True), ("E0a", 1, True), ("E0b", 1, True), ("E2b", 1, True)]

@@ -83,15 +83,16 @@ class ExperimentsFile(BaseModel):
         """The runs `train <target> [--seeds ...]` makes, in order: (experiment, one of several seeds?).
 
         With seeds, each experiment runs once per seed, except a pretrained decoder another experiment of
-        the file starts from (P0): it runs once, at its own seed, and every seed of its users loads it."""
+        the file starts from (P0): it runs once, at its own seed, and every seed of its users loads it.
+        Seed-major (seed 0 of every experiment, then seed 1, ...): a sweep cut short leaves its arms with
+        equal numbers of seeds, which is what a comparison needs."""
         decoders = {decoder_of(self.base, self.experiments, e) for e in self.experiments}
-        out = []
-        for exp_id in self.targets(target):
-            if seeds is None or exp_id in decoders:
-                out.append((self.resolve(exp_id, profile, overrides, world_size), False))
-            else:
-                out += [(self.resolve(exp_id, profile, [*overrides, f"seed={s}"], world_size), True) for s in seeds]
-        return out
+        ids = self.targets(target)
+        once = [(self.resolve(e, profile, overrides, world_size), False) for e in ids
+                if seeds is None or e in decoders]
+        per_seed = [(self.resolve(e, profile, [*overrides, f"seed={s}"], world_size), True)
+                    for s in seeds or () for e in ids if e not in decoders]
+        return once + per_seed
 
     def targets(self, name: str) -> tuple[str, ...]:
         """An experiment ID or a queue name -> the experiment IDs to run, in order."""
