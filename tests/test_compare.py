@@ -196,6 +196,61 @@ def test_a_ceiling_is_named_and_judged_on_figures_with_room(tmp_path: Path) -> N
     assert any(e.startswith("train exact accuracy:") for e in scenario.evidence)
 
 
+def decisions(tmp_path: Path, ids: Sequence[str]) -> dict[str, verdict.Decision]:
+    return {d.point: d for d in compare.compare_runs(tmp_path, ids, with_baselines=False).verdict.decisions}
+
+
+@pytest.mark.parametrize(("e0b", "decided", "starts"), [
+    ([0.95, 0.96, 0.94], True, "E0b succeeds"),
+    ([0.70, 0.72, 0.71], True, "E0b fails"),
+    ([0.85, 0.86, 0.84], True, "neither branch"),
+    ([0.88, 0.93, 0.90], False, "not decided: the 95% interval"),  # straddles 90 %
+    ([0.95], False, f"not decided: {verdict.ONE_SEED}"),
+])
+def test_after_e0b_takes_the_plans_branch_only_by_the_whole_interval(
+        tmp_path: Path, e0b: list[float], decided: bool, starts: str) -> None:
+    seeded(tmp_path, "E0b", e0b)
+    (decision,) = decisions(tmp_path, ["E0b"]).values()
+    assert decision.point == "After E0b" and decision.decided == decided
+    assert decision.decision.startswith(starts), decision.decision
+
+
+@pytest.mark.parametrize(("delta", "decided", "starts"), [
+    (3.0, True, "recurrence shows improvement"),
+    (0.0, True, "recurrence shows no improvement"),
+    (-8.0, True, "recurrence shows no improvement"),
+])
+def test_after_week_1_is_the_paired_gain_of_e0b_over_the_static_baseline(
+        tmp_path: Path, delta: float, decided: bool, starts: str) -> None:
+    seeded(tmp_path, "E0a", BASE)
+    seeded(tmp_path, "E0b", [b + delta / 100 + 0.001 * (-1) ** i for i, b in enumerate(BASE)])
+    found = decisions(tmp_path, ["E0a", "E0b"])
+    assert list(found) == ["After E0b", "After Week 1"]
+    assert found["After Week 1"].decided == decided
+    assert found["After Week 1"].decision.startswith(starts), found["After Week 1"].decision
+
+
+def test_after_week_1_is_not_decided_when_the_interval_reaches_across_the_gain_line(tmp_path: Path) -> None:
+    seeded(tmp_path, "E0a", [0.90, 0.92, 0.88, 0.91, 0.89])
+    seeded(tmp_path, "E0b", [0.92, 0.90, 0.90, 0.93, 0.895])  # +0.9 points, interval about [-1.6, +3.4]
+    week1 = decisions(tmp_path, ["E0a", "E0b"])["After Week 1"]
+    assert not week1.decided
+    assert week1.decision == "not decided: an interval reaches across +0.5 points"
+    assert week1.evidence[0].startswith("E0b - E0a: +0.90 points, 95% CI [")
+
+
+def test_after_week_2_names_a_variant_better_than_etrm_and_ignores_e0b_repeats(tmp_path: Path) -> None:
+    seeded(tmp_path, "E0a", BASE)
+    seeded(tmp_path, "E0b", BASE)
+    seeded(tmp_path, "E2b", BASE)  # E0b's configuration: pooled with it, no week-2 variant
+    seeded(tmp_path, "E3b", [b + 0.03 for b in BASE])  # parent E0b, 3 points above E0a on every seed
+    seeded(tmp_path, "E2d", BASE)
+    week2 = decisions(tmp_path, ["E0a", "E0b", "E2b", "E3b", "E2d"])["After Week 2"]
+    assert week2.decided and week2.decision.startswith("a configuration significantly better than ETRM")
+    assert "(E3b: at least +0.5 points)" in week2.decision
+    assert [e.split(":")[0] for e in week2.evidence] == ["E3b - E0a", "E2d - E0a"]
+
+
 def flags(tmp_path: Path, ids: Sequence[str]) -> dict[int, verdict.RedFlag]:
     return {f.number: f for f in compare.compare_runs(tmp_path, ids, with_baselines=False).verdict.red_flags}
 

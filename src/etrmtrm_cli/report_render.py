@@ -232,6 +232,9 @@ def verdict_lines(v: Verdict) -> list[tuple[int, str, str]]:
     if v.best is not None:
         lines.append((0, "bold", f"Best configuration: {v.best.run}"))
         lines.extend((1, "", e) for e in v.best.evidence)
+    for d in v.decisions:
+        lines.append((0, "bold" if d.decided else "dim", f"Decision point {d.point}: {d.decision}"))
+        lines.extend((1, "", e) for e in d.evidence)
     return lines
 
 

@@ -55,6 +55,11 @@ INCONCLUSIVE = "inconclusive"
 # Figures that still have room when train accuracy sits at a ceiling (figure, what, unit, scale to points).
 CEILING_FIGURES = (("train_em", "train exact accuracy", "points", 100.0), ("auc", "area under train accuracy",
                    "points", 100.0), ("steps_to_90", "steps to 90%", "steps", 1.0))
+# The plan's "Decision Points". After E0b: "If E0b succeeds (>90% train acc)" / "If E0b fails (<80% train acc)".
+E0B_SUCCESS_ACC = 0.90
+E0B_FAILURE_ACC = 0.80
+# After Week 1 / Week 2, "recurrence shows improvement" / "significantly better than ETRM": the paired difference
+# over the static baseline lies at or above +NO_GAIN_PTS (beyond scenario C's band), the same line as red flag 3.
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,16 @@ class ParentComparison:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """One of the plan's decision points and the branch the intervals support, or why none is taken."""
+
+    point: str  # "After E0b" | "After Week 1" | "After Week 2"
+    decided: bool
+    decision: str  # the plan's branch and its action, or "not decided: <why>"
+    evidence: list[str]
+
+
+@dataclass(frozen=True)
 class Verdict:
     baseline: str | None
     baseline_why: str
@@ -107,6 +122,7 @@ class Verdict:
     red_flags: list[RedFlag]
     best: Best | None
     parents: list[ParentComparison] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
 
 
 def pick_baseline(configs: Sequence[Configuration]) -> tuple[Configuration | None, str]:
@@ -138,6 +154,12 @@ def describe(e: Estimate, unit: str = "points") -> str:
 def level(e: Estimate) -> str:
     """'97.2% ± 0.8 (n = 3)' for a fraction over seeds."""
     return f"{with_interval(e)} (n = {e.n})" if e.mean is not None else with_interval(e)
+
+
+def unfinished(*configs: Configuration) -> list[str]:
+    """A caveat for each counted run that has not finished."""
+    return [f"{r.label} is {r.status_text}: the verdict may still change"
+            for c in configs for r in c.seeds.values() if not r.finished]
 
 
 def room_figures(base: Configuration, run: Configuration) -> list[str]:
@@ -185,8 +207,7 @@ def scenario(run: Configuration, base: Configuration) -> Scenario | None:
     if base_acc.mean is not None and base_acc.mean < BASELINE_REFERENCE_ACC:
         caveats.append(f"{base.label} is at {pct(base_acc.mean)}, below the plan's ~90% reference: the "
                        "scenarios assume a converged baseline")
-    caveats += [f"{r.label} is {r.status_text}: the verdict may still change"
-                for c in (run, base) for r in c.seeds.values() if not r.finished]
+    caveats += unfinished(run, base)
     if run.repeats or base.repeats:
         caveats.append(f"left out as repeats of a seed already counted: {', '.join(base.repeats + run.repeats)}")
     return Scenario(run.label, base.label, diff.mean, letter, title, evidence, caveats, diff)
@@ -314,6 +335,73 @@ def parent_comparisons(configs: Sequence[Configuration], differences: Mapping[st
     return out
 
 
+def after_e0b(e0b: Configuration, base: Configuration | None) -> Decision:
+    """E0b's train accuracy against the plan's success (>90%) and failure (<80%) lines, by its interval."""
+    acc = e0b.estimate("train_acc")
+    evidence = [f"{e0b.label} train acc {level(acc)}"]
+    if acc.interval is None:
+        return Decision("After E0b", False, f"not decided: {ONE_SEED} (no interval)", evidence)
+    lo, hi = acc.interval
+    if lo > E0B_SUCCESS_ACC:
+        taken, decision = True, "E0b succeeds (>90% train acc): ETRMTRM validated, proceed to E1, E2, E3"
+    elif hi < E0B_FAILURE_ACC:
+        taken, decision = True, ("E0b fails (<80% train acc): debug the encoder carry reset, gradient flow and "
+                                 "encoder variance (`etrmtrm diagnose`)")
+    elif lo >= E0B_FAILURE_ACC and hi <= E0B_SUCCESS_ACC:
+        taken, decision = True, "neither branch: E0b lies between 80% and 90% train acc, where the plan names no action"
+    else:
+        edge = E0B_SUCCESS_ACC if lo <= E0B_SUCCESS_ACC < hi else E0B_FAILURE_ACC
+        taken, decision = False, f"not decided: the 95% interval [{pct(lo)}, {pct(hi)}] straddles {pct(edge)}"
+    base_acc = base.estimate("train_acc") if base is not None and base is not e0b else None
+    if base_acc is not None and base_acc.mean is not None and base_acc.mean < E0B_SUCCESS_ACC:
+        evidence.append(f"the plan's lines assume E0a near 90%; {base.label} is at {level(base_acc)} here")
+    return Decision("After E0b", taken, decision, evidence + unfinished(e0b))
+
+
+def _gain(run: Configuration, base: Configuration) -> Estimate | None:
+    """The paired difference run - base of train accuracy in points, None when no seed is shared."""
+    try:
+        return paired_difference(points(base, "train_acc"), points(run, "train_acc"))
+    except ValueError:
+        return None
+
+
+def after_week(point: str, runs: Sequence[Configuration], base: Configuration, gain: str, no_gain: str) -> Decision:
+    """`gain` when one of `runs` gains at least +NO_GAIN_PTS over `base` by its whole interval, `no_gain` when
+    every run's interval lies below it, else not decided."""
+    diffs = [(run, _gain(run, base)) for run in runs]
+    evidence = [f"{run.label} - {base.label}: " + (describe(d) if d else "no seed in common") for run, d in diffs]
+    evidence += unfinished(base, *runs)
+    gaining = [run.label for run, d in diffs if d and d.interval and d.interval[0] >= NO_GAIN_PTS]
+    if gaining:
+        return Decision(point, True, f"{gain} ({', '.join(gaining)}: at least +{NO_GAIN_PTS:g} points)", evidence)
+    if all(d and d.interval and d.interval[1] < NO_GAIN_PTS for _, d in diffs):
+        return Decision(point, True, f"{no_gain} (every interval lies below +{NO_GAIN_PTS:g} points)", evidence)
+    why = (ONE_SEED if any(d and d.interval is None for _, d in diffs)
+           else f"an interval reaches across +{NO_GAIN_PTS:g} points")
+    return Decision(point, False, f"not decided: {why}", evidence)
+
+
+def decision_points(configs: Sequence[Configuration], base: Configuration | None) -> list[Decision]:
+    """The plan's decision points that the compared runs reach: After E0b (E0b compared), After Week 1 (E0b and
+    a static baseline), After Week 2 (variants whose parent is E0b, against the static baseline)."""
+    by_id = {exp_id: c for c in configs for exp_id in c.exp_ids}
+    e0b = by_id.get("E0b")
+    out = [after_e0b(e0b, base)] if e0b is not None and e0b.estimate("train_acc").mean is not None else []
+    if base is None or base.first.encoder != "static" or not points(base, "train_acc"):
+        return out
+    if e0b is not None and e0b is not base and points(e0b, "train_acc"):
+        out.append(after_week("After Week 1", [e0b], base,
+                              "recurrence shows improvement: proceed with E1-E4, consider Variant B",
+                              "recurrence shows no improvement: may not be worth the added complexity"))
+    variants = [c for c in configs if c.first.parent == "E0b" and c is not e0b and points(c, "train_acc")]
+    if variants:
+        out.append(after_week("After Week 2", variants, base,
+                              "a configuration significantly better than ETRM: document it, proceed to the full "
+                              "dataset", "all ETRMTRM configurations similar to ETRM: recurrence may not matter here"))
+    return out
+
+
 def verdict(rows: Sequence[RunRow], configs: Sequence[Configuration],
             differences: Mapping[str, Sequence[object]] | None = None) -> Verdict:
     base, why = pick_baseline(configs)
@@ -325,4 +413,5 @@ def verdict(rows: Sequence[RunRow], configs: Sequence[Configuration],
                 if found is not None:
                     scenarios.append(found)
     return Verdict(base.label if base else None, why, scenarios, red_flags(rows, configs, base),
-                   best_configuration(configs, base), parent_comparisons(configs, differences or {}))
+                   best_configuration(configs, base), parent_comparisons(configs, differences or {}),
+                   decision_points(configs, base))
