@@ -248,7 +248,8 @@ def test_after_week_2_names_a_variant_better_than_etrm_and_ignores_e0b_repeats(t
     week2 = decisions(tmp_path, ["E0a", "E0b", "E2b", "E3b", "E2d"])["After Week 2"]
     assert week2.decided and week2.decision.startswith("a configuration significantly better than ETRM")
     assert "(E3b: at least +0.5 points)" in week2.decision
-    assert [e.split(":")[0] for e in week2.evidence] == ["E3b - E0a", "E2d - E0a"]
+    assert [e.split(":")[0] for e in week2.evidence] == ["E3b - E0a", "E2d - E0a", "2 comparisons"]
+    assert "97.5% CI" in week2.evidence[0]  # Bonferroni: 95% for the pair
 
 
 def flags(tmp_path: Path, ids: Sequence[str]) -> dict[int, verdict.RedFlag]:
@@ -300,7 +301,7 @@ def test_red_flag_3_no_improvement_and_the_best_configuration(tmp_path: Path) ->
     seeded(tmp_path, "E1a", [b - 0.02 for b in BASE])
     flag = flags(tmp_path, ["E0a", "E0b", "E1a"])[3]
     assert flag.assessed and flag.holds
-    assert flag.evidence[0].startswith("E0b: +0.20 points, 95% CI [+0.20, +0.20], n = 5 vs E0a")
+    assert flag.evidence[0].startswith("E0b - E0a: +0.20 points, 97.5% CI [+0.20, +0.20], n = 5")
     seeded(tmp_path, "E2c", [b + 0.05 for b in BASE], em=0.6)
     seeded(tmp_path, "E2d", [b + 0.05 for b in BASE], em=0.7)
     result = compare.compare_runs(tmp_path, ["E0a", "E0b", "E1a", "E2c", "E2d"], with_baselines=False)
@@ -308,6 +309,8 @@ def test_red_flag_3_no_improvement_and_the_best_configuration(tmp_path: Path) ->
     best = result.verdict.best
     assert best is not None and best.run == "E2d"  # ties E2c on train acc, wins on EM
     assert best.evidence[1].startswith("over E0a: +5.00 points")
+    assert best.evidence[2] == ("over the runner-up E2c: +0.00 points, 95% CI [+0.00, +0.00], n = 5 train acc: "
+                                "not separated, either may be the best")
     assert [s.letter for s in result.verdict.scenarios] == ["C", "C/D", "A", "A"]
 
 
@@ -322,14 +325,45 @@ def test_the_decoder_pretraining_is_no_candidate_and_has_no_encoder_gradient(tmp
     assert result.rows[1].grad_share == pytest.approx(0.4)
 
 
-def test_in_progress_and_interrupted_runs_are_marked(tmp_path: Path) -> None:
-    write_run(tmp_path, "E0a", flat(0.90, 40), status="running", total=100)
-    write_run(tmp_path, "E0b", flat(0.93, 30), status="interrupted", total=100)
+def test_unfinished_runs_are_marked_and_left_out_of_every_figure_over_seeds(tmp_path: Path) -> None:
+    seeded(tmp_path, "E0a", [0.90, 0.91])
+    write_run(tmp_path, "E0b", flat(0.93), seed=0)
+    write_run(tmp_path, "E0b", flat(0.50, 40), seed=1, status="running", total=100)
+    write_run(tmp_path, "E0b", flat(0.40, 30), seed=2, status="interrupted", total=100)
     result = invoke("E0a", "E0b", "--runs-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert "in progress at step 40 of 100" in result.output and "interrupted at step 30 of 100" in result.output
-    scenario = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict.scenarios[0]
-    assert any("in progress at step 40" in c for c in scenario.caveats)
+    cmp = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False)
+    e0b = cmp.configs[1]
+    assert (e0b.n, [r.label for r in e0b.pending]) == (1, ["E0b s1", "E0b s2"])
+    assert e0b.estimate("train_acc").mean == pytest.approx(0.93)  # the unfinished seeds' 50% and 40% are not in it
+    (scenario,) = cmp.verdict.scenarios
+    assert scenario.difference.seeds == (0,)
+    assert "seeds without a partner, left out of the difference: E0a s1" in scenario.caveats
+    assert "E0b s1 is in progress at step 40 of 100: left out until it finishes" in scenario.caveats
+    flag1 = {f.number: f for f in cmp.verdict.red_flags}[1]
+    assert not flag1.holds  # 40% < 50% would be a red flag, but the run has not finished
+    assert "not judged until it finishes: E0b s2 (interrupted at step 30 of 100)" in flag1.evidence
+
+
+def test_a_figure_that_fewer_seeds_have_states_its_own_n(tmp_path: Path) -> None:
+    write_run(tmp_path, "E0a", flat(0.90, 20), seed=0)  # evals at steps 10 and 20
+    write_run(tmp_path, "E0a", flat(0.92, 5), seed=1)  # no eval logged
+    write_run(tmp_path, "E0a", flat(0.50, 5), seed=2, status="running", total=100)
+    result = invoke("E0a", "--runs-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    (row,) = [line for line in result.output.splitlines() if line.startswith("│ E0a ") and "unfinished" in line]
+    cells = [c.strip() for c in row.strip("│").split("│")]
+    assert cells[1] == "2 (0, 1); 1 unfinished, left out"
+    assert cells[2] == "91.0% ± 12.7"  # seeds 0 and 1 only: t_.975,1 * sd / sqrt(2) = 12.706 * 0.01
+    assert cells[-3] == "50.0% (n = 1)"  # eval acc: seed 0 alone
+
+
+def test_a_finished_run_of_a_seed_counts_before_an_unfinished_repeat(tmp_path: Path) -> None:
+    write_run(tmp_path, "E2b", flat(0.50, 40), seed=0, status="running", total=100)  # E0b's configuration
+    write_run(tmp_path, "E0b", flat(0.93), seed=0)
+    (config,) = compare.compare_runs(tmp_path, ["E2b", "E0b"], with_baselines=False).configs
+    assert (config.seeds[0].label, config.repeats) == ("E0b s0", ("E2b s0",))
 
 
 def test_missing_run_names_the_command_that_makes_it(tmp_path: Path) -> None:

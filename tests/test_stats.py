@@ -224,17 +224,24 @@ def test_classify_first_matching_band_wins_and_checks_input() -> None:
 # ---------------------------------------------------------------- detectable_difference
 
 
-@pytest.mark.parametrize(("sd", "n"), [(2.0, 5), (1.3, 10), (0.5, 3)])
-def test_detectable_difference_matches_scipy_ppf(sd: float, n: int) -> None:
-    expected = (sps.t.ppf(0.975, n - 1) + sps.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
-    assert detectable_difference(sd, n) == pytest.approx(expected)
+def exact_power(delta: float, sd: float, n: int, level: float = 0.95) -> float:
+    df, tc, nc = n - 1, sps.t.ppf(1 - (1 - level) / 2, n - 1), delta * math.sqrt(n) / sd
+    return sps.nct.sf(tc, df, nc) + sps.nct.sf(tc, df, -nc)
 
 
-def test_detectable_difference_known_value_and_levels() -> None:
-    # t_{.975,4} = 2.776445, t_{.8,4} = 0.940965: (2.776445 + 0.940965) * 2 / sqrt(5) = 3.325000
-    assert detectable_difference(2.0, 5) == pytest.approx(3.3250, abs=1e-4)
-    expected = (sps.t.ppf(0.995, 7) + sps.t.ppf(0.9, 7)) * 1.0 / math.sqrt(8)
-    assert detectable_difference(1.0, 8, level=0.99, power=0.9) == pytest.approx(expected)
+@pytest.mark.parametrize(("sd", "n"), [(2.0, 2), (2.0, 5), (1.3, 10), (0.5, 3), (1.0, 30)])
+def test_detectable_difference_has_exactly_the_asked_power(sd: float, n: int) -> None:
+    delta = detectable_difference(sd, n)
+    assert delta is not None and exact_power(delta, sd, n) == pytest.approx(0.8, abs=1e-9)
+
+
+def test_detectable_difference_is_larger_than_the_shortcut_at_small_n() -> None:
+    # The shortcut (t_.975 + t_.8) sd / sqrt(n) gives 9.96 sd at n = 2, where the power is only ~73 %.
+    shortcut = (sps.t.ppf(0.975, 1) + sps.t.ppf(0.8, 1)) / math.sqrt(2)
+    assert shortcut == pytest.approx(9.96, abs=0.01) and exact_power(shortcut, 1.0, 2) == pytest.approx(0.73, abs=0.01)
+    assert detectable_difference(1.0, 2) == pytest.approx(11.55, abs=0.01)
+    delta = detectable_difference(1.0, 8, level=0.99, power=0.9)
+    assert delta is not None and exact_power(delta, 1.0, 8, level=0.99) == pytest.approx(0.9, abs=1e-9)
 
 
 def test_detectable_difference_monotone() -> None:
@@ -245,14 +252,6 @@ def test_detectable_difference_monotone() -> None:
     assert detectable_difference(0.0, 5) == 0.0
 
 
-def test_detectable_difference_is_close_to_the_noncentral_t_power() -> None:
-    # The approximation is slightly optimistic for small n: the exact power at δ is a bit under 0.8.
-    for n in (5, 10, 30):
-        delta = detectable_difference(1.0, n)
-        assert delta is not None
-        df, tc, nc = n - 1, sps.t.ppf(0.975, n - 1), delta * math.sqrt(n)
-        power = sps.nct.sf(tc, df, nc) + sps.nct.cdf(-tc, df, nc)
-        assert 0.78 < power < 0.81
 
 
 def test_detectable_difference_undefined_or_invalid() -> None:

@@ -4,6 +4,9 @@ Runs whose resolved configs are identical apart from id, description and seed (o
 seeds of one configuration: E2b, E3a and E4b are E0b's in the plan, and a seed that two of them ran is
 counted once (the others repeat it bit for bit and are no further evidence). Every figure of a
 configuration is an `Estimate` over its seeds: mean, 95 % t interval and n.
+
+Only finished runs are seeds. A run in progress, interrupted or failed stops short of its planned steps, so
+its "final" figures are not final: it is listed as pending and enters no mean, interval or decision.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ class Configuration:
     label: str  # "E0b", or "E0b = E2b" when several experiments share the configuration
     exp_ids: tuple[str, ...]
     config_hash: str
-    seeds: dict[int, RunRow]  # seed -> the run counted for it
+    seeds: dict[int, RunRow]  # seed -> the finished run counted for it
     repeats: tuple[str, ...]  # runs that repeat a seed already counted ("E2b s0"), left out
+    pending: tuple[RunRow, ...] = ()  # unfinished runs of seeds not counted, left out until they finish
 
     @property
     def first(self) -> RunRow:
-        return next(iter(self.seeds.values()))
+        """A run of this configuration (the first counted, else the first pending): its settings."""
+        return next(iter(self.seeds.values())) if self.seeds else self.pending[0]
 
     @property
     def n(self) -> int:
@@ -58,11 +63,13 @@ def group_configurations(rows: Sequence[RunRow]) -> list[Configuration]:
     for config_hash, members in by_hash.items():
         seeds: dict[int, RunRow] = {}
         repeats = []
-        for row in members:
+        for row in sorted(members, key=lambda r: not r.finished):  # a finished run of a seed is the one counted
             if row.seed in seeds:
                 repeats.append(row.label if row.seed_axis else f"{row.exp_id} s{row.seed}")
-            else:
+            elif row.finished:
                 seeds[row.seed] = row
+        pending = tuple(r for r in members if not r.finished and r.seed not in seeds)
         ids = tuple(dict.fromkeys(r.exp_id for r in members))
-        out.append(Configuration(" = ".join(ids), ids, config_hash, dict(sorted(seeds.items())), tuple(repeats)))
+        out.append(Configuration(" = ".join(ids), ids, config_hash, dict(sorted(seeds.items())), tuple(repeats),
+                                 pending))
     return out

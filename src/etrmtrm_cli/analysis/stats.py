@@ -5,8 +5,9 @@ band (scenario) a difference's interval falls in, and the area under a step -> v
 Pure functions, no printing and no I/O. Units are the caller's: a figure's mean, sd, interval and a difference
 are all in the unit of the values passed in (e.g. accuracy in percentage points), and bands must use that unit.
 
-scipy is needed at run time for one thing only, the Student-t quantile (`scipy.special.stdtrit`, the function
-behind `scipy.stats.t.ppf`); it is imported on first use, so importing this module costs nothing.
+scipy is needed at run time for the Student-t quantile (`scipy.special.stdtrit`, the function behind
+`scipy.stats.t.ppf`) and the noncentral t of `detectable_difference`; it is imported on first use, so importing
+this module costs nothing.
 """
 
 from __future__ import annotations
@@ -161,14 +162,14 @@ def paired_difference(a: Mapping[int, float | None], b: Mapping[int, float | Non
 
 
 def detectable_difference(sd: float | None, n: int, level: float = 0.95, power: float = 0.8) -> float | None:
-    """The smallest true paired difference that n seeds detect with probability `power` in a two-sided paired t
-    test at significance α = 1 - level, given the sd of the per-seed differences:
+    """The smallest true paired difference δ that n seeds detect with probability `power` in a two-sided paired t
+    test at significance α = 1 - level, given the sd of the per-seed differences. Exact: under δ the t statistic
+    follows a noncentral t (n - 1 degrees of freedom, noncentrality δ·sqrt(n)/sd), and δ solves
 
-        δ = (t_{1-α/2, n-1} + t_{power, n-1}) · sd / sqrt(n)
+        P(|T| > t_{1-α/2, n-1}) = power.
 
-    This is the usual approximation (the test statistic's noncentral t distribution is not used, and the chance
-    of rejecting in the wrong direction is ignored); it is slightly optimistic for very small n. Same unit as
-    sd. None when n < 2 or sd is None (no spread to scale by).
+    (The common shortcut (t_{1-α/2} + t_{power})·sd/sqrt(n) overstates the power at small n: 73 % instead of 80 %
+    at n = 2.) sd is the observed one, so δ is itself an estimate. Same unit as sd. None when n < 2 or sd is None.
     """
     _check_level(level)
     _check_level(power, "power")
@@ -176,8 +177,21 @@ def detectable_difference(sd: float | None, n: int, level: float = 0.95, power: 
         return None
     if sd < 0:
         raise ValueError(f"sd must be >= 0, got {sd}")
-    df = n - 1
-    return (t_quantile(1.0 - (1.0 - level) / 2.0, df) + t_quantile(power, df)) * sd / math.sqrt(n)
+    if power <= 1.0 - level:  # even δ = 0 rejects with probability α
+        return 0.0
+    from scipy import optimize
+    from scipy.stats import nct
+
+    df, critical = n - 1, t_quantile(1.0 - (1.0 - level) / 2.0, n - 1)
+
+    def shortfall(noncentrality: float) -> float:
+        # P(T > t) + P(T < -t), the second as P(-T > t) with -T ~ nct(-nc): scipy's cdf far in the left tail is NaN
+        return float(nct.sf(critical, df, noncentrality) + nct.sf(critical, df, -noncentrality)) - power
+
+    hi = 1.0
+    while shortfall(hi) < 0:  # power rises with the noncentrality: bracket the root
+        hi *= 2
+    return optimize.brentq(shortfall, 0.0, hi, xtol=1e-12) * sd / math.sqrt(n)
 
 
 def classify(interval: tuple[float, float], bands: Sequence[Band]) -> Band | None:

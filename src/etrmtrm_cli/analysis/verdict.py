@@ -148,7 +148,7 @@ def describe(e: Estimate, unit: str = "points") -> str:
     if e.interval is None:
         return f"{e.mean:+.2f} {unit}, n = {e.n}, no interval"
     lo, hi = e.interval
-    return f"{e.mean:+.2f} {unit}, 95% CI [{lo:+.2f}, {hi:+.2f}], n = {e.n}"
+    return f"{e.mean:+.2f} {unit}, {100 * e.level:g}% CI [{lo:+.2f}, {hi:+.2f}], n = {e.n}"
 
 
 def level(e: Estimate) -> str:
@@ -157,9 +157,14 @@ def level(e: Estimate) -> str:
 
 
 def unfinished(*configs: Configuration) -> list[str]:
-    """A caveat for each counted run that has not finished."""
-    return [f"{r.label} is {r.status_text}: the verdict may still change"
-            for c in configs for r in c.seeds.values() if not r.finished]
+    """A caveat for each run left out because it has not finished (configs.py: only finished runs count)."""
+    return [f"{r.label} is {r.status_text}: left out until it finishes" for c in configs for r in c.pending]
+
+
+def unpaired(base: Configuration, run: Configuration, diff: Estimate) -> list[str]:
+    """A caveat naming the seeds of either arm that the paired difference left out (the other arm lacks them)."""
+    left = [f"{c.label} s{s}" for c in (base, run) for s in c.seeds if s not in diff.seeds]
+    return [f"seeds without a partner, left out of the difference: {', '.join(left)}"] if left else []
 
 
 def room_figures(base: Configuration, run: Configuration) -> list[str]:
@@ -168,7 +173,12 @@ def room_figures(base: Configuration, run: Configuration) -> list[str]:
     for figure, what, unit, scale in CEILING_FIGURES:
         fa, fb = points(base, figure, scale), points(run, figure, scale)
         if set(fa) & set(fb):
-            out.append(f"{what}: {describe(paired_difference(fa, fb), unit)}")
+            line = f"{what}: {describe(paired_difference(fa, fb), unit)}"
+            never = [(c.label, c.n - len(f), c.n) for c, f in ((base, fa), (run, fb)) if len(f) < c.n]
+            if never:  # a seed that never got there has no value: the difference is over the seeds that did
+                line += " over the seeds that got there; never: " + ", ".join(f"{k} of {n} {label}"
+                                                                              for label, k, n in never)
+            out.append(line)
     return out
 
 
@@ -207,7 +217,7 @@ def scenario(run: Configuration, base: Configuration) -> Scenario | None:
     if base_acc.mean is not None and base_acc.mean < BASELINE_REFERENCE_ACC:
         caveats.append(f"{base.label} is at {pct(base_acc.mean)}, below the plan's ~90% reference: the "
                        "scenarios assume a converged baseline")
-    caveats += unfinished(run, base)
+    caveats += unpaired(base, run, diff) + unfinished(run, base)
     if run.repeats or base.repeats:
         caveats.append(f"left out as repeats of a seed already counted: {', '.join(base.repeats + run.repeats)}")
     return Scenario(run.label, base.label, diff.mean, letter, title, evidence, caveats, diff)
@@ -215,6 +225,9 @@ def scenario(run: Configuration, base: Configuration) -> Scenario | None:
 
 def red_flags(rows: Sequence[RunRow], configs: Sequence[Configuration], base: Configuration | None
               ) -> list[RedFlag]:
+    # A run stopped short has no final figures: red flags 1-2 judge finished runs and name the others.
+    not_judged = [f"not judged until it finishes: {r.label} ({r.status_text})" for r in rows if not r.finished]
+    rows = [r for r in rows if r.finished]
     encoders = [r for r in rows if r.model != "TRM"]
     bug = []
     for r in encoders:
@@ -226,8 +239,7 @@ def red_flags(rows: Sequence[RunRow], configs: Sequence[Configuration], base: Co
         if r.grad_share_sq is not None and r.grad_share_sq < STARVED_GRAD_SHARE_SQ:
             reasons.append(f"grad encoder share² {num(r.grad_share_sq)} < {STARVED_GRAD_SHARE_SQ:g} (starved)")
         if reasons:
-            note = "" if r.finished else f" ({r.status_text})"
-            bug.append(f"{r.label}{note}: " + "; ".join(reasons))
+            bug.append(f"{r.label}: " + "; ".join(reasons))
     unstable = []
     for r in rows:
         reasons = []
@@ -242,9 +254,9 @@ def red_flags(rows: Sequence[RunRow], configs: Sequence[Configuration], base: Co
         if reasons:
             unstable.append(f"{r.label}: " + "; ".join(reasons))
     flags = [
-        RedFlag(1, "implementation bug", bool(encoders), bool(bug), bug,
+        RedFlag(1, "implementation bug", bool(encoders), bool(bug), bug + not_judged,
                 "debug carry management, gradient flow, reset logic (`etrmtrm diagnose --run runs/<ID>`)"),
-        RedFlag(2, "instability", bool(rows), bool(unstable), unstable,
+        RedFlag(2, "instability", bool(rows), bool(unstable), unstable + not_judged,
                 "check initialization, learning rate, gradient clipping"),
     ]
     flags.append(red_flag_3(configs, base))
@@ -259,22 +271,10 @@ def red_flag_3(configs: Sequence[Configuration], base: Configuration | None) -> 
     if base is None or base.first.encoder != "static" or not points(base, "train_acc") or not recurrent:
         return RedFlag(3, "no improvement", False, False,
                        ["needs a static-encoder baseline and at least one recurrent run"], "")
-    evidence, intervals = [], []
-    for c in recurrent:
-        try:
-            diff = paired_difference(points(base, "train_acc"), points(c, "train_acc"))
-        except ValueError:
-            evidence.append(f"{c.label}: no seed in common with {base.label}")
-            intervals.append(None)
-            continue
-        evidence.append(f"{c.label}: {describe(diff)} vs {base.label}")
-        intervals.append(diff.interval)
-    gain = any(i is not None and i[0] >= NO_GAIN_PTS for i in intervals)
-    no_gain = all(i is not None and i[1] < NO_GAIN_PTS for i in intervals)
-    if not (gain or no_gain):
-        evidence.append(f"the intervals cannot tell whether any recurrent configuration gains {NO_GAIN_PTS:g} "
-                        f"points (one seed cannot; more seeds narrow the intervals: `--seeds N`)")
-    return RedFlag(3, "no improvement", gain or no_gain, no_gain, evidence,
+    shown = gains(recurrent, base)
+    evidence = shown.evidence + ([f"the intervals cannot tell whether any recurrent configuration gains "
+                                  f"{NO_GAIN_PTS:g} points: {shown.undecided}"] if shown.undecided else [])
+    return RedFlag(3, "no improvement", not shown.undecided, shown.none_gain, evidence,
                    "document the null result, reconsider the hypothesis")
 
 
@@ -283,7 +283,9 @@ def best_configuration(configs: Sequence[Configuration], base: Configuration | N
     ranked = [c for c in configs if c.first.model != "TRM" and c.estimate("train_acc").mean is not None]
     if not ranked:
         return None
-    best = max(ranked, key=lambda c: (c.estimate("train_acc").mean or 0.0, c.estimate("train_em").mean or 0.0))
+    ranked.sort(key=lambda c: (c.estimate("train_acc").mean or 0.0, c.estimate("train_em").mean or 0.0),
+                reverse=True)
+    best = ranked[0]
     evidence = [f"{best.label}: train acc {level(best.estimate('train_acc'))}, "
                 f"train EM {level(best.estimate('train_em'))}"]
     if base is not None and base is not best:
@@ -294,6 +296,15 @@ def best_configuration(configs: Sequence[Configuration], base: Configuration | N
             evidence.append(f"no seed in common with {base.label}")
     elif base is best:
         evidence.append(f"the baseline {base.label} is the best configuration")
+    if len(ranked) > 1:  # a highest mean is a ranking only when it is separated from the next one
+        second = ranked[1]
+        try:
+            lead = paired_difference(points(second, "train_acc"), points(best, "train_acc"))
+            separated = lead.interval is not None and lead.interval[0] > 0
+            evidence.append(f"over the runner-up {second.label}: {describe(lead)} train acc"
+                            + ("" if separated else ": not separated, either may be the best"))
+        except ValueError:
+            evidence.append(f"no seed in common with the runner-up {second.label}: not separated")
     if best.n < 2:
         evidence.append(f"{ONE_SEED}: the ranking may change with more seeds")
     return Best(best.label, base.label if base else None, evidence)
@@ -358,28 +369,52 @@ def after_e0b(e0b: Configuration, base: Configuration | None) -> Decision:
     return Decision("After E0b", taken, decision, evidence + unfinished(e0b))
 
 
-def _gain(run: Configuration, base: Configuration) -> Estimate | None:
-    """The paired difference run - base of train accuracy in points, None when no seed is shared."""
-    try:
-        return paired_difference(points(base, "train_acc"), points(run, "train_acc"))
-    except ValueError:
-        return None
+@dataclass(frozen=True)
+class Gains:
+    """The paired train-accuracy gains of k configurations over one baseline against +NO_GAIN_PTS, each interval
+    at level 1 - 0.05 / k (Bonferroni: 95 % for the family, so k chances do not inflate a false "gain")."""
+
+    evidence: list[str]
+    gaining: list[str]  # the configurations whose whole interval lies at or above +NO_GAIN_PTS
+    none_gain: bool  # every interval lies below +NO_GAIN_PTS
+    undecided: str  # why neither holds; "" when one does
+
+
+def gains(runs: Sequence[Configuration], base: Configuration) -> Gains:
+    family = 1 - 0.05 / len(runs)
+    evidence, intervals = [], []
+    for run in runs:
+        try:
+            diff = paired_difference(points(base, "train_acc"), points(run, "train_acc"), level=family)
+        except ValueError:
+            evidence.append(f"{run.label} - {base.label}: no seed in common")
+            intervals.append(None)
+            continue
+        evidence.append(f"{run.label} - {base.label}: {describe(diff)}")
+        intervals.append(diff.interval)
+    if len(runs) > 1:
+        evidence.append(f"{len(runs)} comparisons: each interval at {100 * family:g}% (Bonferroni), 95% for all")
+    evidence += unfinished(base, *runs)
+    gaining = [run.label for run, i in zip(runs, intervals, strict=True) if i and i[0] >= NO_GAIN_PTS]
+    none_gain = all(i and i[1] < NO_GAIN_PTS for i in intervals)
+    undecided = "" if gaining or none_gain else (
+        "no seed in common with the baseline" if None in intervals and all(
+            i is None or i[1] < NO_GAIN_PTS for i in intervals)
+        else ONE_SEED if any(i is None for i in intervals) or base.n < 2
+        else f"an interval reaches across +{NO_GAIN_PTS:g} points")
+    return Gains(evidence, gaining, none_gain, undecided)
 
 
 def after_week(point: str, runs: Sequence[Configuration], base: Configuration, gain: str, no_gain: str) -> Decision:
     """`gain` when one of `runs` gains at least +NO_GAIN_PTS over `base` by its whole interval, `no_gain` when
     every run's interval lies below it, else not decided."""
-    diffs = [(run, _gain(run, base)) for run in runs]
-    evidence = [f"{run.label} - {base.label}: " + (describe(d) if d else "no seed in common") for run, d in diffs]
-    evidence += unfinished(base, *runs)
-    gaining = [run.label for run, d in diffs if d and d.interval and d.interval[0] >= NO_GAIN_PTS]
-    if gaining:
-        return Decision(point, True, f"{gain} ({', '.join(gaining)}: at least +{NO_GAIN_PTS:g} points)", evidence)
-    if all(d and d.interval and d.interval[1] < NO_GAIN_PTS for _, d in diffs):
-        return Decision(point, True, f"{no_gain} (every interval lies below +{NO_GAIN_PTS:g} points)", evidence)
-    why = (ONE_SEED if any(d and d.interval is None for _, d in diffs)
-           else f"an interval reaches across +{NO_GAIN_PTS:g} points")
-    return Decision(point, False, f"not decided: {why}", evidence)
+    shown = gains(runs, base)
+    if shown.gaining:
+        return Decision(point, True, f"{gain} ({', '.join(shown.gaining)}: at least +{NO_GAIN_PTS:g} points)",
+                        shown.evidence)
+    if shown.none_gain:
+        return Decision(point, True, f"{no_gain} (every interval lies below +{NO_GAIN_PTS:g} points)", shown.evidence)
+    return Decision(point, False, f"not decided: {shown.undecided}", shown.evidence)
 
 
 def decision_points(configs: Sequence[Configuration], base: Configuration | None) -> list[Decision]:
