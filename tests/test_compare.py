@@ -346,6 +346,14 @@ def test_unfinished_runs_are_marked_and_left_out_of_every_figure_over_seeds(tmp_
     assert "not judged until it finishes: E0b s2 (interrupted at step 30 of 100)" in flag1.evidence
 
 
+def test_steps_to_90_names_the_seeds_that_never_got_there(tmp_path: Path) -> None:
+    seeded(tmp_path, "E0a", [0.95, 0.95, 0.95])
+    seeded(tmp_path, "E0b", [0.95, 0.85, 0.85])  # seeds 1 and 2 never reach 90%
+    (parent,) = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict.parents
+    (line,) = [e for e in parent.evidence if e.startswith("steps to 90%")]
+    assert "n = 1" in line and line.endswith("over the seeds that got there; never: 2 of 3 E0b")
+
+
 def test_a_figure_that_fewer_seeds_have_states_its_own_n(tmp_path: Path) -> None:
     write_run(tmp_path, "E0a", flat(0.90, 20), seed=0)  # evals at steps 10 and 20
     write_run(tmp_path, "E0a", flat(0.92, 5), seed=1)  # no eval logged
