@@ -156,7 +156,7 @@ def test_second_sweep_skips_finished_runs_and_fails_the_broken_again(swept: Swep
 
 
 def test_status_table(swept: Swept) -> None:
-    out = cli_proc("status", "runs", cwd=swept.project)
+    out = cli_proc("status", "--runs-dir", "runs", cwd=swept.project)
     assert out.code == 0, out.text
     rows = {(m[1], m[2]): m[3] for m in re.finditer(r"│ (\w+)\s+│\s+(\d+) │ (\w+)", out.text)}
     assert rows == {("Broken", "0"): "failed", ("Broken", "1"): "failed", ("E0a", "0"): "finished",

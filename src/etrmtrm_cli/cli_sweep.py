@@ -192,7 +192,7 @@ def _print_rows(runs_dir: Path, folder: Path | None, only: set[str] | None, titl
 @app.command()
 @handles_errors
 def status(
-    runs_dir: Annotated[Path, typer.Argument(help="The runs directory.")] = Path("runs"),
+    runs_dir: Annotated[Path, typer.Option(help="Where runs/<ID>/ live (as train, sweep and compare).")] = Path("runs"),
     folder: Annotated[Path | None, typer.Option(
         help="A sweep's submitit folder, if not <runs-dir>/.submitit.", file_okay=False, show_default=False)] = None,
 ) -> None:
