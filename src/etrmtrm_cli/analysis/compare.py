@@ -27,6 +27,7 @@ class Comparison:
     config_diff: dict[str, list[Any]]  # key -> each configuration's value
     baselines: list[TrivialBaselines]
     verdict: Verdict
+    runs_dir: Path = Path("runs")
     per_task: list[TaskScore] = field(default_factory=list)
 
 
@@ -42,4 +43,4 @@ def compare_runs(runs_dir: Path, exp_ids: Sequence[str], *, with_baselines: bool
     firsts = [next(run for run, row in zip(runs, rows, strict=True) if row is c.first) for c in configs]
     differences = config_differences(firsts)
     return Comparison(runs, rows, configs, differences, trivial_baselines(runs) if with_baselines else [],
-                      verdict(rows, configs, differences))
+                      verdict(rows, configs, differences), runs_dir)

@@ -99,7 +99,7 @@ class ParentComparison:
     run: str
     parent: str
     difference: Estimate | None  # train accuracy, points; None when no seed is shared
-    finding: str  # "better" | "worse" | "no difference shown" | ONE_SEED | "no seed in common"
+    finding: str  # "better" | "worse" | "no difference shown" | ONE_SEED | "no seed in common" | "no finished run yet"
     settings: list[str]  # "train.lr: 0.0003 -> 0.00015"
     evidence: list[str]
 
@@ -311,6 +311,9 @@ def best_configuration(configs: Sequence[Configuration], base: Configuration | N
 
 
 def parent_comparison(run: Configuration, parent: Configuration, settings: list[str]) -> ParentComparison:
+    if not (run.n and parent.n):
+        return ParentComparison(run.label, parent.label, None, "no finished run yet", settings,
+                                unfinished(parent, run))
     a, b = points(parent, "train_acc"), points(run, "train_acc")
     try:
         diff = paired_difference(a, b)
