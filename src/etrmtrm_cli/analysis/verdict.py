@@ -385,26 +385,29 @@ class Gains:
 
 def gains(runs: Sequence[Configuration], base: Configuration) -> Gains:
     family = 1 - 0.05 / len(runs)
-    evidence, intervals = [], []
+    diffs: list[Estimate | None] = []
     for run in runs:
         try:
-            diff = paired_difference(points(base, "train_acc"), points(run, "train_acc"), level=family)
-        except ValueError:
-            evidence.append(f"{run.label} - {base.label}: no seed in common")
-            intervals.append(None)
-            continue
-        evidence.append(f"{run.label} - {base.label}: {describe(diff)}")
-        intervals.append(diff.interval)
+            diffs.append(paired_difference(points(base, "train_acc"), points(run, "train_acc"), level=family))
+        except ValueError:  # no seed in common
+            diffs.append(None)
+    evidence = [f"{run.label} - {base.label}: {describe(d) if d else 'no seed in common'}"
+                for run, d in zip(runs, diffs, strict=True)]
     if len(runs) > 1:
         evidence.append(f"{len(runs)} comparisons: each interval at {100 * family:g}% (Bonferroni), 95% for all")
     evidence += unfinished(base, *runs)
+    intervals = [d.interval if d else None for d in diffs]
     gaining = [run.label for run, i in zip(runs, intervals, strict=True) if i and i[0] >= NO_GAIN_PTS]
     none_gain = all(i and i[1] < NO_GAIN_PTS for i in intervals)
-    undecided = "" if gaining or none_gain else (
-        "no seed in common with the baseline" if None in intervals and all(
-            i is None or i[1] < NO_GAIN_PTS for i in intervals)
-        else ONE_SEED if any(i is None for i in intervals) or base.n < 2
-        else f"an interval reaches across +{NO_GAIN_PTS:g} points")
+    if gaining or none_gain:
+        undecided = ""
+    elif None in diffs:
+        undecided = "no seed in common with the baseline: " + ", ".join(
+            run.label for run, d in zip(runs, diffs, strict=True) if d is None)
+    elif None in intervals:
+        undecided = ONE_SEED
+    else:
+        undecided = f"an interval reaches across +{NO_GAIN_PTS:g} points"
     return Gains(evidence, gaining, none_gain, undecided)
 
 
