@@ -308,8 +308,8 @@ def test_red_flag_3_no_improvement_and_the_best_configuration(tmp_path: Path) ->
     assert not {f.number: f for f in result.verdict.red_flags}[3].holds
     best = result.verdict.best
     assert best is not None and best.run == "E2d"  # ties E2c on train acc, wins on EM
-    assert best.evidence[1].startswith("over E0a: +5.00 points")
-    assert best.evidence[2] == ("over the runner-up E2c: +0.00 points, 95% CI [+0.00, +0.00], n = 5 train acc: "
+    assert best.evidence[1].startswith("train acc over E0a: +5.00 points")
+    assert best.evidence[2] == ("train acc over the runner-up E2c: +0.00 points, 95% CI [+0.00, +0.00], n = 5; "
                                 "not separated, either may be the best")
     assert [s.letter for s in result.verdict.scenarios] == ["C", "C/D", "A", "A"]
 

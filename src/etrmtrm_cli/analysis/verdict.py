@@ -291,7 +291,7 @@ def best_configuration(configs: Sequence[Configuration], base: Configuration | N
     if base is not None and base is not best:
         try:
             gain = paired_difference(points(base, "train_acc"), points(best, "train_acc"))
-            evidence.append(f"over {base.label}: {describe(gain)} train acc")
+            evidence.append(f"train acc over {base.label}: {describe(gain)}")
         except ValueError:
             evidence.append(f"no seed in common with {base.label}")
     elif base is best:
@@ -301,8 +301,8 @@ def best_configuration(configs: Sequence[Configuration], base: Configuration | N
         try:
             lead = paired_difference(points(second, "train_acc"), points(best, "train_acc"))
             separated = lead.interval is not None and lead.interval[0] > 0
-            evidence.append(f"over the runner-up {second.label}: {describe(lead)} train acc"
-                            + ("" if separated else ": not separated, either may be the best"))
+            evidence.append(f"train acc over the runner-up {second.label}: {describe(lead)}"
+                            + ("" if separated else "; not separated, either may be the best"))
         except ValueError:
             evidence.append(f"no seed in common with the runner-up {second.label}: not separated")
     if best.n < 2:
@@ -353,6 +353,10 @@ def after_e0b(e0b: Configuration, base: Configuration | None) -> Decision:
     """E0b's train accuracy against the plan's success (>90%) and failure (<80%) lines, by its interval."""
     acc = e0b.estimate("train_acc")
     evidence = [f"{e0b.label} train acc {level(acc)}"]
+    base_acc = base.estimate("train_acc") if base is not None and base is not e0b else None
+    if base is not None and base_acc is not None and base_acc.mean is not None and base_acc.mean < E0B_SUCCESS_ACC:
+        evidence.append(f"the plan's lines assume E0a near 90%; {base.label} is at {level(base_acc)} here")
+    evidence += unfinished(e0b)
     if acc.interval is None:
         return Decision("After E0b", False, f"not decided: {ONE_SEED} (no interval)", evidence)
     lo, hi = acc.interval
@@ -366,10 +370,7 @@ def after_e0b(e0b: Configuration, base: Configuration | None) -> Decision:
     else:
         edge = E0B_SUCCESS_ACC if lo <= E0B_SUCCESS_ACC < hi else E0B_FAILURE_ACC
         taken, decision = False, f"not decided: the 95% interval [{pct(lo)}, {pct(hi)}] straddles {pct(edge)}"
-    base_acc = base.estimate("train_acc") if base is not None and base is not e0b else None
-    if base_acc is not None and base_acc.mean is not None and base_acc.mean < E0B_SUCCESS_ACC:
-        evidence.append(f"the plan's lines assume E0a near 90%; {base.label} is at {level(base_acc)} here")
-    return Decision("After E0b", taken, decision, evidence + unfinished(e0b))
+    return Decision("After E0b", taken, decision, evidence)
 
 
 @dataclass(frozen=True)
