@@ -105,7 +105,7 @@ def sweep(
             return made
 
         sw.submit_slurm(planned, executor_for, _print_event)
-        console.print(f"submitted; watch with: etrmtrm status {runs_dir}", highlight=False)
+        console.print(f"submitted; watch with: etrmtrm status --runs-dir {runs_dir}", highlight=False)
         return
     try:
         outcome = sw.run_local(planned, sw.make_executor(kind, folder, config, threads), config.jobs, _print_event)
