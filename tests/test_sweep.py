@@ -216,8 +216,8 @@ def test_dry_run_lists_jobs_steps_and_compute_per_profile(tmp_path: Path) -> Non
               "--experiments", _two_tiny_profiles(tmp_path), "--runs-dir", tmp_path / "runs")
     assert out.code == 0, out.text
     jobs = re.findall(r"│ (P0|E\w+/seed-\d) +│ new +│ start +│ (P0)? *│ +([\d,]+) │ +([\d.]+ MFLOP)", out.text)
-    assert [j[0] for j in jobs] == ["P0", "E0a/seed-0", "E0a/seed-1", "E0b/seed-0", "E0b/seed-1", "E2b/seed-0",
-                                    "E2b/seed-1"], out.text
+    assert [j[0] for j in jobs] == ["P0", "E0a/seed-0", "E0b/seed-0", "E2b/seed-0", "E0a/seed-1", "E0b/seed-1",
+                                    "E2b/seed-1"], out.text  # P0 first, then seed-major
     assert [j[1] for j in jobs] == ["", *["P0"] * 6]  # P0 once, every other run waits for it
     assert re.search(r"│ tiny +│ +[\d,]+ │ +[\d.]+ GFLOP │ +unknown │ unknown: no tiny run", out.text), out.text
     assert re.search(r"│ mini +│", out.text), out.text
@@ -279,7 +279,7 @@ def test_bad_sweep_settings_are_one_line_naming_the_key(tmp_path: Path, table: s
 
 
 def test_status_of_a_missing_runs_directory(tmp_path: Path) -> None:
-    out = cli("status", tmp_path / "nowhere")
+    out = cli("status", "--runs-dir", tmp_path / "nowhere")
     assert out.code == 1 and "nowhere: no such runs directory" in out.text, out.text
 
 
