@@ -112,7 +112,7 @@ def test_slurm_sweep_and_a_requeued_job_resumes(tmp_path: Path) -> None:
                          for k in keys if (project / "runs" / k / "summary.json").is_file())
              and all((project / "runs" / k / "summary.json").is_file() for k in keys),
              420, "every run finished", tuple(ids.values()))
-    status = cli("status", "runs", cwd=project)
+    status = cli("status", "--runs-dir", "runs", cwd=project)
     assert status.count("finished") >= 5 and "300 / 300" in status, status  # P0 and the 4 runs
     run = project / "runs" / target
     assert steps_logged(run) == list(range(1, 301))  # continued from its checkpoint, each step once
@@ -161,4 +161,4 @@ def test_slurm_job_at_its_time_limit_checkpoints_requeues_and_resumes(tmp_path: 
     assert steps == list(range(1, len(steps) + 1)), "the resumed run did not continue where it stopped"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["resumes"] >= 1, summary
-    cli("status", "runs", cwd=project)
+    cli("status", "--runs-dir", "runs", cwd=project)
