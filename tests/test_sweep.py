@@ -278,6 +278,14 @@ def test_bad_sweep_settings_are_one_line_naming_the_key(tmp_path: Path, table: s
     assert not (tmp_path / "runs").exists()
 
 
+def test_several_targets_run_seed_major_too(tmp_path: Path) -> None:
+    out = cli("sweep", "E0b", "E0a", "--seeds", "2", "--dry-run", "--profile", "tiny", "--executor", "local",
+              "--experiments", _two_tiny_profiles(tmp_path), "--runs-dir", tmp_path / "runs")
+    assert out.code == 0, out.text
+    jobs = re.findall(r"│ (P0|E\w+/seed-\d) +│ new", out.text)
+    assert jobs == ["P0", "E0b/seed-0", "E0a/seed-0", "E0b/seed-1", "E0a/seed-1"], out.text
+
+
 def test_status_of_a_missing_runs_directory(tmp_path: Path) -> None:
     out = cli("status", "--runs-dir", tmp_path / "nowhere")
     assert out.code == 1 and "nowhere: no such runs directory" in out.text, out.text

@@ -75,6 +75,7 @@ def plan_sweep(file: ExperimentsFile, req: SweepRequest, folder: Path, threads: 
     runs: list[tuple[Experiment, bool]] = []
     for target in req.targets:
         runs += file.jobs(target, req.profile, req.overrides, req.seeds)
+    runs.sort(key=lambda run: run[0].seed if run[1] else -1)  # seed-major across targets too (stable)
     while missing := [exp.decoder for exp, _ in runs if exp.decoder in file.experiments
                       and all(other.id != exp.decoder for other, _ in runs)]:
         runs = [*file.jobs(missing[0], req.profile, req.overrides, None), *runs]  # each decoder once, first
