@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from unittest import mock
@@ -17,6 +18,9 @@ EXPERIMENTS = REPO / "experiments.toml"
 CPU = torch.device("cpu")
 # Tiny models run fastest on one thread, and a busy 2-core machine makes a second thread cost 10-20x.
 torch.set_num_threads(1)
+# The CLI's Rich consoles take their width from COLUMNS once, at import; each test passes the width it needs
+# with its invocation (env={"COLUMNS": ...}), which an inherited COLUMNS (xdist's workers have 80) would fix.
+os.environ.pop("COLUMNS", None)
 
 
 def tiny(exp_id: str = "E0b", overrides: Sequence[str] = (), world_size: int = 1) -> Experiment:
