@@ -17,15 +17,23 @@ SPOOL=/var/spool/slurmd
 LOGS=/var/log/slurm
 HOST=$(hostname -s)
 
+stop_pid() {  # name pidfile: SIGTERM, then wait up to 20 s for it to exit
+    local pid
+    [ -f "$2" ] && pid=$(cat "$2") && kill -0 "$pid" 2>/dev/null || return 0
+    kill "$pid"
+    for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    echo "stopped $1"
+}
+
 stop() {
-    for daemon in slurmd slurmctld munged; do
-        if [ -f "/run/$daemon.pid" ] && kill -0 "$(cat "/run/$daemon.pid")" 2>/dev/null; then
-            kill "$(cat "/run/$daemon.pid")" && echo "stopped $daemon"
-        fi
-    done
-    if [ -f /run/munge/munged.pid ] && kill -0 "$(cat /run/munge/munged.pid)" 2>/dev/null; then
-        kill "$(cat /run/munge/munged.pid)" && echo "stopped munged"
+    # Jobs first: a job's step (slurmstepd, srun) outlives the daemons otherwise.
+    if squeue -h >/dev/null 2>&1; then
+        squeue -h -o %A | xargs -r scancel
+        for _ in $(seq 60); do [ -z "$(squeue -h 2>/dev/null)" ] && break; sleep 0.5; done
     fi
+    stop_pid slurmd /run/slurmd.pid
+    stop_pid slurmctld /run/slurmctld.pid
+    stop_pid munged /run/munge/munged.pid
 }
 
 if [ "${1:-start}" = stop ]; then
@@ -42,9 +50,14 @@ NODE=$(slurmd -C | head -n 1)
 MEM=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$NODE")
 NODE=$(sed "s/RealMemory=[0-9]*/RealMemory=$((MEM * 9 / 10))/" <<<"$NODE")
 
+MARK="# Written by scripts/slurm-single-node.sh"
+if [ -s "$CONF" ] && ! head -n 1 "$CONF" | grep -qF "$MARK"; then
+    echo "$CONF exists and this script did not write it: a real cluster's configuration is left alone" >&2
+    exit 1
+fi
 mkdir -p /etc/slurm "$STATE" "$SPOOL" "$LOGS"
 cat >"$CONF" <<CONFIG
-# Written by scripts/slurm-single-node.sh: one node ($HOST), one partition, no accounting, no cgroups.
+$MARK: one node ($HOST), one partition, no accounting, no cgroups.
 ClusterName=etrmtrm
 SlurmctldHost=$HOST
 SlurmUser=root

@@ -1,5 +1,7 @@
 """`etrmtrm sweep --executor slurm` on a real SLURM cluster: scripts/slurm-single-node.sh starts one on this
-machine (as root, after `apt-get install slurm-wlm munge`). Skipped, saying why, when `sinfo` does not answer.
+machine (as root, after `apt-get install slurm-wlm munge`). Where no cluster answers `sinfo`, the module starts one
+with that script and stops it afterwards; where it cannot (not installed, not root, a configuration the script did
+not write), the tests skip, saying why.
 
 - a tiny sweep: P0 as one job, then 2 experiments x 2 seeds as a job array that waits for it (afterok); one
   running job is requeued with `scontrol requeue` (what preemption does): SLURM sends SIGTERM, the run saves a
@@ -19,6 +21,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,14 +30,25 @@ from etrmtrm_cli.sweep import slurm_answers
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "slurm-single-node.sh"
 TINY = ["--profile", "tiny", "--set", "decoder=none", "--executor", "slurm", "--cpus-per-job", "1"]
 
 
-@pytest.fixture(autouse=True)
-def slurm() -> None:
+@pytest.fixture(scope="module", autouse=True)
+def slurm() -> Iterator[None]:
+    """The cluster that answers `sinfo`, else a single-node one started here (and stopped after the module)."""
     answers, why = slurm_answers()
+    started = False
     if not answers:
-        pytest.skip(f"no SLURM cluster answers here ({why}); start one with scripts/slurm-single-node.sh")
+        out = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=300)
+        print(f"$ {SCRIPT.name}\n{out.stdout}{out.stderr}")
+        started, reason = out.returncode == 0, (out.stderr.strip().splitlines() or ["no output"])[-1]
+        answers, why = slurm_answers() if started else (False, f"{why}; {SCRIPT.name}: {reason}")
+    if not answers:
+        pytest.skip(f"no SLURM cluster answers here ({why})")
+    yield
+    if started:
+        subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, timeout=60)
 
 
 def cli(*args: object, cwd: Path) -> str:
