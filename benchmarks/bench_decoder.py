@@ -173,12 +173,14 @@ def reference_step(args: argparse.Namespace, mode: str, path: Path) -> Callable[
     return step
 
 
-def time_steps(steps_by_name: dict[str, Callable[[], None]], warmup: int, steps: int) -> dict[str, list[float]]:
+def time_steps(steps_by_name: dict[str, Callable[[], None]], warmup: int, steps: int,
+               after_warmup: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
     """Milliseconds of each step of each callable, timed in alternation so that a change in machine load
     (a shared CPU) hits all of them alike."""
     for step in steps_by_name.values():
         for _ in range(warmup):
             step()
+    after_warmup()
     times: dict[str, list[float]] = {name: [] for name in steps_by_name}
     for _ in range(steps):
         for name, step in steps_by_name.items():

@@ -12,12 +12,17 @@ Grids are random valid ARC grids of random sizes inside the canvas (EOS row and 
 the public ETRM code's step on the same batches (ETRM for `static`, ETRMTRM for `recurrent_standard`), in
 alternation with ours so that a change in machine load hits both alike; `--reference-only` times it alone, for
 its own peak RSS. Both models use torch's AdamW; `--compile` compiles both.
+`--memory-budget B` (with `--compile`) sets torch's activation_memory_budget: below 1, the compiled backward
+recomputes activations instead of keeping them, for less memory and more time. Peak RSS is reported twice: over
+the whole process (imports, compile, warmup) and over the timed steps only (the kernel's high-water mark, reset
+after the warmup).
 The last line is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import resource
@@ -147,6 +152,21 @@ def reference_step(args: argparse.Namespace, batches: list[dict]) -> Step:
     return step, sum(p.numel() for p in head.model.encoder.parameters()), sum(p.numel() for p in head.parameters())
 
 
+def reset_peak_rss() -> None:
+    """Restart the kernel's high-water mark of this process's RSS (Linux), so it covers only what follows."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def steps_peak_rss_mb() -> float | None:
+    """VmHWM since reset_peak_rss (Linux; None elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The encoder, sizes, dtype and seed (shared with bench_memory.py); defaults are the encoder issue's."""
     parser.add_argument("--encoder", default="static", help="a registered encoder, or 'trm' for no encoder")
@@ -168,29 +188,36 @@ def main() -> None:
     parser.add_argument("--reference-path", type=Path, default=None,
                         help="a checkout of the public ETRM code, to time its step too (static, recurrent_standard)")
     parser.add_argument("--reference-only", action="store_true", help="time only the public ETRM code")
+    parser.add_argument("--memory-budget", type=float, default=None,
+                        help="torch._functorch.config.activation_memory_budget for --compile (torch's default: 1)")
     args = parser.parse_args()
     if args.reference_path is not None and args.encoder not in ("static", "recurrent_standard"):
         parser.error("--reference-path compares the public code with `static` and `recurrent_standard` only")
     if args.reference_only and args.reference_path is None:
         parser.error("--reference-only needs --reference-path")
     torch.set_num_threads(args.threads)
+    if args.memory_budget is not None:
+        torch._functorch.config.activation_memory_budget = args.memory_budget
     batches, counts = seeded_batches(args)
     steps = {} if args.reference_only else {"ours": our_step(args, batches)}
     if args.reference_path is not None:
         steps["reference"] = reference_step(args, batches)
-    times = time_steps({key: step for key, (step, _, _) in steps.items()}, args.warmup, args.steps)  # ms
+    times = time_steps({key: step for key, (step, _, _) in steps.items()}, args.warmup, args.steps,
+                       after_warmup=reset_peak_rss)  # ms
     _, params_encoder, params_all = steps[name := "reference" if args.reference_only else "ours"]
     ms = statistics.median(times[name])
     result = {
         "encoder": args.encoder, "ms_median": round(ms, 2), "ms_min": round(min(times[name]), 2),
         "samples_per_s": round(1000 * args.batch / ms, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "steps_peak_rss_mb": steps_peak_rss_mb(), "memory_budget": args.memory_budget,
         "params_encoder": params_encoder, "params_decoder": params_all - params_encoder,
         "demos_used": "arc" if counts else args.demos_used, "dtype": args.dtype, "threads": args.threads,
         "compile": args.compile, "timed": name,
     }
     line = (f"{args.encoder} ({name}): {result['ms_median']} ms/step median ({result['ms_min']} min), "
-            f"{result['samples_per_s']} samples/s, peak RSS {result['peak_rss_mb']} MB")
+            f"{result['samples_per_s']} samples/s, peak RSS {result['peak_rss_mb']} MB "
+            f"({result['steps_peak_rss_mb']} MB over the timed steps)")
     if len(steps) == 2:
         ref_ms = statistics.median(times["reference"])
         result.update(reference_ms_median=round(ref_ms, 2), speedup_over_reference=round(ref_ms / ms, 3))
