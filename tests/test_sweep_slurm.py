@@ -74,18 +74,14 @@ def squeue(job_id: str) -> str:
 HELD_BEFORE_RELEASE_S = 3.0
 
 
-def release_when_held(job_id: str, held_since: dict[str, float]) -> bool:
-    """A requeued job waits ~2 min (BeginTime): let it start now, once held for HELD_BEFORE_RELEASE_S.
-    True if it was released."""
+def release_when_held(job_id: str, held_since: dict[str, float]) -> None:
+    """A requeued job waits ~2 min (BeginTime): let it start now, once held for HELD_BEFORE_RELEASE_S."""
     if "BeginTime" not in squeue(job_id):
         held_since.pop(job_id, None)
-        return False
-    if time.monotonic() - held_since.setdefault(job_id, time.monotonic()) < HELD_BEFORE_RELEASE_S:
-        return False
-    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
-    print(f"$ scontrol update jobid={job_id} StartTime=now  (a requeued job is held ~2 min)")
-    held_since.pop(job_id)
-    return True
+    elif time.monotonic() - held_since.setdefault(job_id, time.monotonic()) >= HELD_BEFORE_RELEASE_S:
+        subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
+        print(f"$ scontrol update jobid={job_id} StartTime=now  (a requeued job is held ~2 min)")
+        held_since.pop(job_id)
 
 
 def wait_for(condition, timeout: float, what: str, job_ids: tuple[str, ...] = ()) -> None:  # noqa: ANN001
