@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--experiments", type=Path, default=Path("experiments.toml"))
     parser.add_argument("--steps", type=int, default=40, help="timed steps of each, after the first WARM")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--mode", default="default", help="torch.compile mode: default | max-autotune | ...")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     exp = load_experiments(args.experiments).resolve(args.experiment, args.profile, ["decoder=none"])
@@ -50,7 +51,7 @@ def main() -> None:
     runs = {
         "eager": (Trainable(eager_model, eager_model, build_optimizers(eager_model, exp)),
                   fresh_state(eager_model, first, exp.seed)),
-        "compiled": (Trainable(compiled_model, torch.compile(compiled_model), build_optimizers(compiled_model, exp)),
+        "compiled": (Trainable(compiled_model, torch.compile(compiled_model, mode=args.mode), build_optimizers(compiled_model, exp)),
                      fresh_state(compiled_model, first, exp.seed)),
     }
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -65,7 +66,7 @@ def main() -> None:
     saved = eager - compiled
     steps = total_steps(exp, data, TrainOptions())
     result = {
-        "experiment": exp.id, "profile": args.profile, "threads": args.threads, "steps_timed": args.steps,
+        "experiment": exp.id, "profile": args.profile, "threads": args.threads, "mode": args.mode, "steps_timed": args.steps,
         "eager_ms": round(1000 * eager, 1), "compiled_ms": round(1000 * compiled, 1),
         "speedup": round(eager / compiled, 3), "compile_s": round(compile_s, 1),
         "break_even_steps": round(compile_s / saved) if saved > 0 else None, "run_steps": steps,
