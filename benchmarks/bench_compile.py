@@ -51,7 +51,8 @@ def main() -> None:
     runs = {
         "eager": (Trainable(eager_model, eager_model, build_optimizers(eager_model, exp)),
                   fresh_state(eager_model, first, exp.seed)),
-        "compiled": (Trainable(compiled_model, torch.compile(compiled_model, mode=args.mode), build_optimizers(compiled_model, exp)),
+        "compiled": (Trainable(compiled_model, torch.compile(compiled_model, mode=args.mode),
+                               build_optimizers(compiled_model, exp)),
                      fresh_state(compiled_model, first, exp.seed)),
     }
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -66,7 +67,8 @@ def main() -> None:
     saved = eager - compiled
     steps = total_steps(exp, data, TrainOptions())
     result = {
-        "experiment": exp.id, "profile": args.profile, "threads": args.threads, "mode": args.mode, "steps_timed": args.steps,
+        "experiment": exp.id, "profile": args.profile, "threads": args.threads, "mode": args.mode,
+        "steps_timed": args.steps,
         "eager_ms": round(1000 * eager, 1), "compiled_ms": round(1000 * compiled, 1),
         "speedup": round(eager / compiled, 3), "compile_s": round(compile_s, 1),
         "break_even_steps": round(compile_s / saved) if saved > 0 else None, "run_steps": steps,
