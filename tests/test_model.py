@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,9 @@ def load_p0_into_a_fresh_e0b(exp: Experiment, runs: Path) -> None:
     assert report is not None
     assert set(report.loaded) == decoder_keys and len(report.loaded) == len(decoder_keys)
     assert set(report.missing) == encoder_keys and report.unexpected == ()
+    weights = Path(report.source or "")
+    assert weights.samefile(runs / "P0" / rundir.FINAL_WEIGHTS)  # meta.json records which file, and its hash
+    assert report.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     state = model.state_dict()
     for key in decoder_keys:  # every decoder tensor is P0's, bit for bit
         assert torch.equal(state[key], saved[key]), key

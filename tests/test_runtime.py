@@ -37,6 +37,12 @@ def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path: Path, flags: str, 
     assert cpu_has_native_bfloat16(tmp_path / "missing") is False  # an unknown CPU counts as emulated
 
 
+def test_meta_names_the_cpu_with_the_extensions_that_decide_its_float_speed(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx2 fma avx512f avx512_bf16\n")
+    assert runtime.cpu_description(cpuinfo) == "AMD EPYC (avx2, avx512f, avx512_bf16)"
+
+
 def test_bfloat16_on_a_cpu_without_it_runs_in_float32_and_says_why() -> None:
     exp = tiny("E0b", ["arch.forward_dtype=bfloat16"])
     ran, note = choose_dtype(exp, CPU, native_bf16=False)

@@ -373,6 +373,27 @@ def compare(
         console.print(f"[green]wrote[/] {markdown}", highlight=False)
 
 
+@app.command("export")
+@handles_errors
+def export(
+    runs: Annotated[list[str], typer.Argument(help="The experiments whose finished runs to export: P0 E0a ...")],
+    to: Annotated[Path, typer.Option("--to", help="Where the records go (e.g. results/runs/cpu).", file_okay=False)],
+    runs_dir: Annotated[Path, typer.Option(help="Where runs/<ID>/ live.")] = Path("runs"),
+    weights: Annotated[bool, typer.Option(
+        "--weights", help="Also export the final weights (for a decoder later runs start from, e.g. P0).")] = False,
+) -> None:
+    """Export finished runs as records: config, meta, summary and gzipped metrics, no checkpoints.
+
+    `compare --runs-dir DIR` and `status --runs-dir DIR` read the records as they read runs; copied into another
+    machine's runs directory, they let a sweep skip the runs they hold. Unfinished runs are left out.
+    """
+    from etrmtrm_cli.run_export import export_runs
+
+    for item in export_runs(runs_dir, runs, to, weights=weights):
+        style = "yellow" if item.action == "not finished" else "green"
+        console.print(f"[{style}]{item.action}[/] {item.source} -> {item.dest}", highlight=False)
+
+
 def main() -> None:
     app()
 

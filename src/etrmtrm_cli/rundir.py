@@ -3,9 +3,10 @@
 runs/<ID>/            one seed: the run itself; several seeds (`train --seeds`): runs/<ID>/seed-<N>/ each
   config.json        the resolved experiment (the sidecar of model.safetensors)
   meta.json          seed, code version, torch version, device, world size
-  metrics.jsonl      one JSON object per logged step
+  metrics.jsonl      one JSON object per logged step (metrics.jsonl.gz in an exported record: run_export.py)
   summary.json       status (running | interrupted | failed | finished), final metrics, wall time, resumes
-  model.safetensors  the final weights (the EMA weights when EMA is on): what `decoder = "<ID>"` loads
+  model.safetensors  the final weights (the EMA weights when EMA is on): what `decoder = "<ID>"` loads;
+                     written before summary.json says finished, absent from a record exported without it
   checkpoints/step_<N>/
     model.safetensors, ema.safetensors (EMA on), state.rank<r>.pt (optimizer, RNG, ACT carry, ...)
 
@@ -17,6 +18,7 @@ in progress the latest checkpoint's EMA weights (its model weights without EMA).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -40,6 +42,7 @@ if TYPE_CHECKING:  # torch and safetensors are imported where weights are read o
 CONFIG = "config.json"
 META = "meta.json"
 METRICS = "metrics.jsonl"
+METRICS_GZ = "metrics.jsonl.gz"
 SUMMARY = "summary.json"
 FINAL_WEIGHTS = "model.safetensors"
 CHECKPOINTS = "checkpoints"
@@ -92,6 +95,15 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(same, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def file_sha256(path: Path) -> str:
+    """The first 16 hex digits of a file's sha256: identifies a decoder's weights across machines."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> RunLock:
     """Lock the run for this process: refuse to overwrite a run; --force moves the old one aside (never
     deletes it, and never while another process writes it)."""
@@ -137,10 +149,11 @@ def _rename(src: Path, dst: Path) -> None:
 
 
 def run_status(run_dir: Path) -> str:
-    """'finished' (says so and has its final weights), 'resumable' (a checkpoint to continue from),
-    'unsaved' (started, stopped before its first checkpoint) or 'new' (no run directory)."""
+    """'finished' (says so: its final weights were saved first, though an exported record may leave them out),
+    'resumable' (a checkpoint to continue from), 'unsaved' (started, stopped before its first checkpoint) or
+    'new' (no run directory)."""
     summary = run_dir / SUMMARY
-    if summary.is_file() and read_json(summary).get("status") == "finished" and (run_dir / FINAL_WEIGHTS).is_file():
+    if summary.is_file() and read_json(summary).get("status") == "finished":
         return "finished"
     if latest_checkpoint(run_dir) is not None:
         return "resumable"
@@ -231,7 +244,13 @@ def load_run(run_dir: Path) -> RunFiles:
     meta = read_json(meta_path) if meta_path.is_file() else {}
     summary = read_json(summary_path) if summary_path.is_file() else {"status": "running"}
     return RunFiles(str(config.get("id", run_dir.name)), run_dir, config, meta, summary,
-                    read_metrics(run_dir / METRICS, strict=True))
+                    read_metrics(metrics_path(run_dir), strict=True))
+
+
+def metrics_path(run_dir: Path) -> Path:
+    """metrics.jsonl, or an exported record's metrics.jsonl.gz."""
+    plain = run_dir / METRICS
+    return run_dir / METRICS_GZ if not plain.is_file() and (run_dir / METRICS_GZ).is_file() else plain
 
 
 def read_metrics(path: Path, *, strict: bool = False, tail_bytes: int | None = None) -> list[Row]:
@@ -243,12 +262,15 @@ def read_metrics(path: Path, *, strict: bool = False, tail_bytes: int | None = N
     if not path.is_file():
         return []
     try:
-        with path.open("rb") as fh:
-            start = max(0, path.stat().st_size - tail_bytes) if tail_bytes is not None else 0
-            fh.seek(start)
-            lines = fh.read().decode("utf-8", "replace").splitlines()[1 if start else 0:]  # the first may be cut
-    except OSError as err:
-        raise RunError(f"{path}: cannot read ({err.strerror})") from None
+        if path.suffix == ".gz":  # a record: small, read whole
+            lines = gzip.decompress(path.read_bytes()).decode("utf-8", "replace").splitlines()
+        else:
+            with path.open("rb") as fh:
+                start = max(0, path.stat().st_size - tail_bytes) if tail_bytes is not None else 0
+                fh.seek(start)
+                lines = fh.read().decode("utf-8", "replace").splitlines()[1 if start else 0:]  # the first may be cut
+    except (OSError, EOFError) as err:  # EOFError: a truncated .gz
+        raise RunError(f"{path}: cannot read ({getattr(err, 'strerror', None) or err})") from None
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():

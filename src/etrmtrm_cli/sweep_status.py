@@ -21,7 +21,7 @@ from typing import Any
 
 from etrmtrm_cli.errors import RunError
 from etrmtrm_cli.run_lock import LOCK
-from etrmtrm_cli.rundir import CONFIG, METRICS, SEED_PREFIX, SUMMARY, read_json, read_metrics, run_status
+from etrmtrm_cli.rundir import CONFIG, SEED_PREFIX, SUMMARY, metrics_path, read_json, read_metrics, run_status
 from etrmtrm_cli.sweep_job import RECORDS
 
 SWEEP_FOLDER = ".submitit"  # in the runs directory, unless `sweep --folder` says otherwise
@@ -188,7 +188,7 @@ def _progress(run_dir: Path, summary: dict[str, Any]) -> tuple[int | None, float
     step = summary.get("step") if isinstance(summary.get("step"), int) else None
     accuracy = None
     try:
-        rows = read_metrics(run_dir / METRICS, tail_bytes=1 << 16)
+        rows = read_metrics(metrics_path(run_dir), tail_bytes=1 << 16)
     except RunError:  # unreadable: the summary's step, no accuracy
         rows = []
     for row in reversed(rows):

@@ -4,6 +4,7 @@ and start its decoder from the experiment's `decoder` setting."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from torch import nn
@@ -63,11 +64,13 @@ def load_decoder(model: ACTModel, exp: Experiment, seq_len: int, runs_dir: Path,
     if not path.is_file():
         raise CheckpointError(f"{exp.id}: decoder = {exp.decoder!r}: no such file")
     if path.suffix == ".safetensors":
-        return _load_our_decoder(model, exp, path)
-    return load_trm_checkpoint(
-        model, path, exp.arch, seq_len=seq_len, keep_puzzle_emb=exp.model == "trm",
-        allow_cycle_mismatch=exp.allow_decoder_mismatch,
-    )
+        report = _load_our_decoder(model, exp, path)
+    else:
+        report = load_trm_checkpoint(
+            model, path, exp.arch, seq_len=seq_len, keep_puzzle_emb=exp.model == "trm",
+            allow_cycle_mismatch=exp.allow_decoder_mismatch,
+        )
+    return replace(report, source=str(path), sha256=rundir.file_sha256(path))
 
 
 def _check_same_tasks(exp: Experiment, run: Path, train_tasks: Sequence[str]) -> None:

@@ -68,6 +68,8 @@ class ImportReport:
     dropped: tuple[str, ...] = ()  # checkpoint keys left out on purpose (the puzzle embedding)
     shapes: TRMShapes | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)  # what could not be checked
+    source: str | None = None  # the file the decoder came from, and its sha256 (prefix): runs that compare
+    sha256: str | None = None  # as one setting must have started from the same decoder
 
 
 def read_trm_state_dict(path: Path | str) -> dict[str, Tensor]:

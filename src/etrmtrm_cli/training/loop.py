@@ -36,7 +36,7 @@ from etrmtrm_cli.training.evaluate import evaluate
 from etrmtrm_cli.training.optim import build_optimizers
 from etrmtrm_cli.training.preflight import check_memory
 from etrmtrm_cli.training.run_log import MetricsLog, require_loggers
-from etrmtrm_cli.training.runtime import choose_compile, choose_dtype
+from etrmtrm_cli.training.runtime import choose_compile, choose_dtype, cpu_description
 from etrmtrm_cli.training.step import NonFiniteError, StepState, Trainable, fresh_state, train_step
 
 EventFn = Callable[[str, dict[str, Any]], None]
@@ -125,7 +125,7 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     log = MetricsLog(run_dir, resume_from=state.step, tensorboard=options.tensorboard, wandb=options.wandb,
                      exp=exp) if ctx.is_main else None
     if ctx.is_main and not options.resume:
-        meta = _meta(exp, ctx, data, total, options.command) | {"runtime": runtime}
+        meta = _meta(exp, ctx, data, total, options.command) | {"runtime": runtime, "decoder": _decoder_meta(report)}
         rundir.write_run_files(run_dir, exp.model_dump(mode="json"), meta, total)
     if ctx.is_main and changed:
         rundir.record_resume_changes(run_dir, exp.model_dump(mode="json"), changed, state.step)
@@ -199,6 +199,11 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}
 
 
+def _decoder_meta(report: ImportReport | None) -> dict[str, str | None] | None:
+    """Which weights the decoder started from (None: from scratch)."""
+    return None if report is None else {"source": report.source, "sha256": report.sha256}
+
+
 def _meta(exp: Experiment, ctx: DistContext, data: ArcData, total: int, command: str) -> dict[str, Any]:
     """meta.json: what produced the run (code, versions, machine) and which tasks it trains and evaluates on."""
     return {
@@ -206,7 +211,7 @@ def _meta(exp: Experiment, ctx: DistContext, data: ArcData, total: int, command:
         "config_hash": rundir.config_hash(exp.model_dump(mode="json")),
         "etrmtrm": __version__,
         "git_sha": _git_sha(), "torch": torch.__version__, "python": platform.python_version(),
-        "device": str(ctx.device), "world_size": ctx.world_size, "cpu": platform.processor() or platform.machine(),
+        "device": str(ctx.device), "world_size": ctx.world_size, "cpu": cpu_description(),
         "total_steps": total, "examples_per_epoch": data.examples_per_epoch,
         "train_tasks": [g.task.id for g in data.groups[: data.num_train_groups]],
         "eval_tasks": [g.task.id for g in data.groups[data.num_train_groups :]],

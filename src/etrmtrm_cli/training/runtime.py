@@ -51,6 +51,15 @@ def cpu_has_native_bfloat16(cpuinfo: Path = CPUINFO) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_description(cpuinfo: Path = CPUINFO) -> str:
+    """The CPU for meta.json: model name and the vector/matrix extensions that decide its float speed, e.g.
+    'AMD EPYC (avx2, avx512f, avx512_bf16)'. Runs of one seed differ in their last bits across these."""
+    name = _cpuinfo("model name", cpuinfo) or platform.processor() or platform.machine()
+    flags = set((_cpuinfo("flags", cpuinfo) or "").split())
+    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({', '.join(wanted)})" if wanted else name
+
+
 def choose_dtype(exp: Experiment, device: torch.device, native_bf16: bool | None = None
                  ) -> tuple[Experiment, str | None]:
     """`exp` as it will compute on `device`, and why its dtype differs from the requested one (None: it does not)."""

@@ -1,0 +1,83 @@
+"""Export finished runs as records: what `compare` and `status` read, without checkpoints.
+
+A record is a run directory holding config.json, meta.json, summary.json and metrics.jsonl.gz (gzip, no
+timestamp: exporting one run twice gives the same bytes), plus model.safetensors only when asked (the
+weights of a decoder that later runs start from, e.g. P0). It is small enough to commit beside a published
+report, so the report can be regenerated from it, and a sweep continued on another machine (copy the records
+into its runs directory) skips the runs it holds as finished.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from etrmtrm_cli.errors import RunError
+from etrmtrm_cli.rundir import CONFIG, FINAL_WEIGHTS, META, METRICS, METRICS_GZ, SUMMARY, read_json, seed_runs
+
+
+@dataclass(frozen=True)
+class Exported:
+    source: Path
+    dest: Path
+    action: str  # exported | updated | unchanged | not finished (left out)
+
+
+def export_runs(runs_dir: Path, exp_ids: Sequence[str], to: Path, *, weights: bool = False) -> list[Exported]:
+    """Export every finished run (each seed) of the named experiments from `runs_dir` into `to`, keeping the
+    layout (<ID>/ or <ID>/seed-<N>/). A record already there of another run (its meta.json differs) is an error
+    and is left as it is."""
+    found = {exp_id: seed_runs(runs_dir, exp_id) for exp_id in exp_ids}
+    missing = [exp_id for exp_id, runs in found.items() if not runs]
+    if missing:
+        raise RunError("\n".join(f"{runs_dir / e}: no such run to export" for e in missing))
+    if to.resolve() == runs_dir.resolve():
+        raise RunError(f"--to {to}: that is the runs directory itself; export into another directory")
+    return [export_run(run, to / run.relative_to(runs_dir), weights=weights)
+            for runs in found.values() for run in runs]
+
+
+def export_run(run_dir: Path, dest: Path, *, weights: bool = False) -> Exported:
+    summary = read_json(run_dir / SUMMARY) if (run_dir / SUMMARY).is_file() else {}
+    if summary.get("status") != "finished":
+        return Exported(run_dir, dest, "not finished")
+    record = _record_files(run_dir, weights)
+    if dest.exists():
+        if (dest / META).is_file() and (dest / META).read_bytes() != record[META]:
+            raise RunError(f"{dest}: holds a record of another run (its {META} differs from {run_dir / META}); "
+                           "export into another directory or move it away")
+        held = {p.name: p.read_bytes() for p in dest.iterdir() if p.is_file()}
+        if all(held.get(name) == data for name, data in record.items()):
+            return Exported(run_dir, dest, "unchanged")
+    tmp = dest.with_name(dest.name + ".export-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, data in record.items():
+        (tmp / name).write_bytes(data)
+    action = "updated" if dest.exists() else "exported"
+    if dest.exists():  # the same run: its old record goes only once the new one is complete
+        old = dest.with_name(dest.name + ".export-old")
+        shutil.rmtree(old, ignore_errors=True)
+        dest.rename(old)
+        tmp.rename(dest)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(dest)
+    return Exported(run_dir, dest, action)
+
+
+def _record_files(run_dir: Path, weights: bool) -> dict[str, bytes]:
+    """name -> content of the record of a finished run."""
+    files = {name: (run_dir / name).read_bytes() for name in (CONFIG, META, SUMMARY) if (run_dir / name).is_file()}
+    if (run_dir / METRICS).is_file():
+        files[METRICS_GZ] = gzip.compress((run_dir / METRICS).read_bytes(), compresslevel=9, mtime=0)
+    elif (run_dir / METRICS_GZ).is_file():  # a record exported again
+        files[METRICS_GZ] = (run_dir / METRICS_GZ).read_bytes()
+    if weights:
+        if not (run_dir / FINAL_WEIGHTS).is_file():
+            raise RunError(f"{run_dir}: --weights, but the run has no {FINAL_WEIGHTS}")
+        files[FINAL_WEIGHTS] = (run_dir / FINAL_WEIGHTS).read_bytes()
+    return files

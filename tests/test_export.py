@@ -1,0 +1,96 @@
+"""`etrmtrm export`: records of finished runs read as the runs themselves, and a sweep skips them."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from test_compare import write_run
+from typer.testing import CliRunner
+
+from etrmtrm_cli import rundir
+from etrmtrm_cli.cli import app
+
+runner = CliRunner()
+ENV = {"COLUMNS": "250"}
+
+
+def cli(*args: object) -> tuple[int, str]:
+    result = runner.invoke(app, [str(a) for a in args], env=ENV)
+    return result.exit_code, result.output
+
+
+def seeded_runs(runs: Path) -> None:
+    for seed in (0, 1, 2):
+        write_run(runs, "E0a", [0.5 + 0.01 * i + 0.02 * seed for i in range(30)], seed=seed)
+        write_run(runs, "E0b", [0.5 + 0.012 * i + 0.03 * seed for i in range(30)], seed=seed)
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_record_compares_as_its_run_and_exports_to_the_same_bytes(tmp_path: Path) -> None:
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    seeded_runs(runs)
+    running = write_run(runs, "E0b", [0.4] * 10, seed=3, status="running", total=30)
+    code, out = cli("export", "E0a", "E0b", "--runs-dir", runs, "--to", records)
+    assert code == 0, out
+    assert len(re.findall(r"^exported ", out, re.M)) == 6, out
+    assert re.search(r"^not finished .*E0b/seed-3 ", out, re.M), out
+    assert not (records / "E0b/seed-3").exists()  # an unfinished run is no record
+    assert sorted(p.name for p in (records / "E0a/seed-0").iterdir()) == [
+        "config.json", "meta.json", "metrics.jsonl.gz", "summary.json"]  # no weights unless asked
+
+    shutil.rmtree(running)  # compared below: the finished runs against their records
+    reports = {}
+    for name, where in (("run", runs), ("record", records)):
+        code, out = cli("compare", "E0a", "E0b", "--runs-dir", where, "--markdown", tmp_path / f"{name}.md")
+        assert code == 0, out
+        text = (tmp_path / f"{name}.md").read_text()
+        reports[name] = text.replace(str(where), "DIR")  # the "Runs:" line names the directory
+    assert reports["run"] == reports["record"]
+    assert "E0b - E0a: +6.60 points" in reports["record"]  # the paired figure over 3 seeds, read from the records
+
+    before = files(records)
+    code, out = cli("export", "E0a", "E0b", "--runs-dir", runs, "--to", records)
+    assert code == 0 and len(re.findall(r"^unchanged ", out, re.M)) == 6, out
+    assert files(records) == before  # gzip without a timestamp: the same run gives the same record
+
+
+def test_a_sweep_skips_the_runs_a_copied_record_holds(tmp_path: Path) -> None:
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    seeded_runs(runs)
+    (runs / "P0").mkdir()  # the decoder E0a starts from, exported with its weights
+    for name in ("config.json", "meta.json", "summary.json", "metrics.jsonl"):
+        shutil.copy(runs / "E0a/seed-0" / name, runs / "P0" / name)
+    (runs / "P0/model.safetensors").write_bytes(b"weights")
+    assert cli("export", "P0", "--runs-dir", runs, "--to", records, "--weights")[0] == 0
+    assert cli("export", "E0a", "--runs-dir", runs, "--to", records)[0] == 0
+    assert (records / "P0/model.safetensors").read_bytes() == b"weights"
+    assert rundir.run_status(records / "E0a/seed-1") == "finished"
+    assert rundir.run_status(records / "E0a/seed-3") == "new"
+
+    code, out = cli("sweep", "E0a", "--seeds", "4", "--dry-run", "--profile", "tiny", "--executor", "local",
+                    "--runs-dir", records)
+    assert code == 0, out
+    states = dict(re.findall(r"│ (P0|E0a/seed-\d) +│ (\w+) ", out))
+    assert states == {"P0": "finished", "E0a/seed-0": "finished", "E0a/seed-1": "finished",
+                      "E0a/seed-2": "finished", "E0a/seed-3": "new"}, out
+
+
+def test_a_record_of_another_run_is_left_as_it_is(tmp_path: Path) -> None:
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    write_run(runs, "E0a", [0.5] * 20)
+    write_run(records, "E0a", [0.7] * 20)
+    meta = json.loads((records / "E0a/meta.json").read_text())
+    (records / "E0a/meta.json").write_text(json.dumps({**meta, "git_sha": "another"}))
+    before = files(records)
+    code, out = cli("export", "E0a", "--runs-dir", runs, "--to", records)
+    assert code == 1 and "holds a record of another run" in out and "Traceback" not in out, out
+    assert files(records) == before
+
+    code, out = cli("export", "E9z", "--runs-dir", runs, "--to", records)
+    assert code == 1 and "E9z: no such run to export" in out, out
