@@ -377,7 +377,7 @@ def compare(
 @handles_errors
 def export(
     runs: Annotated[list[str], typer.Argument(help="The experiments whose finished runs to export: P0 E0a ...")],
-    to: Annotated[Path, typer.Option("--to", help="Where the records go (e.g. results/runs/cpu).", file_okay=False)],
+    to: Annotated[Path, typer.Option("--to", help="Where the records go (e.g. results/records/cpu).", file_okay=False)],
     runs_dir: Annotated[Path, typer.Option(help="Where runs/<ID>/ live.")] = Path("runs"),
     weights: Annotated[bool, typer.Option(
         "--weights", help="Also export the final weights (for a decoder later runs start from, e.g. P0).")] = False,
