@@ -67,7 +67,10 @@ def test_a_sweep_skips_the_runs_a_copied_record_holds(tmp_path: Path) -> None:
     for name in ("config.json", "meta.json", "summary.json", "metrics.jsonl"):
         shutil.copy(runs / "E0a/seed-0" / name, runs / "P0" / name)
     (runs / "P0/model.safetensors").write_bytes(b"weights")
-    assert cli("export", "P0", "--runs-dir", runs, "--to", records, "--weights")[0] == 0
+    assert cli("export", "P0", "--runs-dir", runs, "--to", records)[0] == 0
+    assert not (records / "P0/model.safetensors").exists()
+    code, out = cli("export", "P0", "--runs-dir", runs, "--to", records, "--weights")
+    assert code == 0 and out.startswith("updated "), out  # the same run, now with its weights
     assert cli("export", "E0a", "--runs-dir", runs, "--to", records)[0] == 0
     assert (records / "P0/model.safetensors").read_bytes() == b"weights"
     assert rundir.run_status(records / "E0a/seed-1") == "finished"

@@ -57,16 +57,15 @@ def export_run(run_dir: Path, dest: Path, *, weights: bool = False) -> Exported:
     tmp.mkdir(parents=True)
     for name, data in record.items():
         (tmp / name).write_bytes(data)
-    action = "updated" if dest.exists() else "exported"
-    if dest.exists():  # the same run: its old record goes only once the new one is complete
-        old = dest.with_name(dest.name + ".export-old")
-        shutil.rmtree(old, ignore_errors=True)
-        dest.rename(old)
+    if not dest.exists():
         tmp.rename(dest)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(dest)
-    return Exported(run_dir, dest, action)
+        return Exported(run_dir, dest, "exported")
+    old = dest.with_name(dest.name + ".export-old")  # the same run: its old record goes once the new is complete
+    shutil.rmtree(old, ignore_errors=True)
+    dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old)
+    return Exported(run_dir, dest, "updated")
 
 
 def _record_files(run_dir: Path, weights: bool) -> dict[str, bytes]:
