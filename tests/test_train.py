@@ -15,10 +15,13 @@ from typing import Any
 import pytest
 import torch
 from conftest import CPU, EXPERIMENTS, tiny
+from rich.console import Console
 
 from etrmtrm_cli import rundir
 from etrmtrm_cli.errors import RunError
 from etrmtrm_cli.models.build import build_model
+from etrmtrm_cli.models.trm_import import ImportReport
+from etrmtrm_cli.render import TrainProgress
 from etrmtrm_cli.training.distributed import DistContext
 from etrmtrm_cli.training.loop import StopFlag, TrainOptions, train
 from etrmtrm_cli.training.optim import build_optimizers, lr_at, set_lr
@@ -316,3 +319,18 @@ def test_tensorboard_and_offline_wandb_log_the_run(tmp_path: Path, monkeypatch: 
     run = tmp_path / "E0b"
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert list((run / "wandb").glob("offline-run-*"))
+
+
+def test_the_start_line_says_where_the_decoder_comes_from() -> None:
+    def start_line(start_step: int, report: ImportReport | None) -> str:
+        console = Console(record=True, width=300, force_terminal=False)
+        runtime = {"forward_dtype": "float32", "dtype_note": None, "compile": False, "compile_note": "off"}
+        TrainProgress(console, quiet=False).on_event("start", {
+            "exp": tiny("E0b", ["decoder=P0"]), "total_steps": 10, "start_step": start_step, "decoder_report": report,
+            "run_dir": Path("runs/E0b"), "device": "cpu", "world_size": 1, "runtime": runtime})
+        return console.export_text()
+
+    loaded = ImportReport(loaded=("decoder.a", "decoder.b"), missing=("provider.c",), unexpected=(), sha256="6e7f8c")
+    assert "10 steps from 0; decoder P0 (sha256 6e7f8c): 2 tensors loaded, 1 new, 0 unused" in start_line(0, loaded)
+    assert "10 steps from 4; decoder from step 4's checkpoint" in start_line(4, None)  # a resume loads no decoder
+    assert "decoder from scratch" in start_line(0, None)

@@ -103,13 +103,15 @@ class TrainProgress:
     def _start(self, payload: dict[str, Any]) -> None:
         exp, total = payload["exp"], payload["total_steps"]
         self.every = max(1, total // 20)
-        report = payload["decoder_report"]
-        decoder = "from scratch" if report is None else (
-            f"{exp.decoder}: {len(report.loaded)} tensors loaded, {len(report.missing)} new, "
-            f"{len(report.unexpected)} unused")
+        report, start = payload["decoder_report"], payload["start_step"]
+        if report is not None:
+            decoder = (f"{exp.decoder} (sha256 {report.sha256}): {len(report.loaded)} tensors loaded, "
+                       f"{len(report.missing)} new, {len(report.unexpected)} unused")
+        else:  # a resumed run restores every weight from its checkpoint
+            decoder = f"from step {start}'s checkpoint" if start else "from scratch"
         self.console.print(
             f"[bold]{exp.id}[/] ({exp.profile} profile, {payload['device']} x{payload['world_size']}) -> "
-            f"{payload['run_dir']}; {total} steps from {payload['start_step']}; decoder {decoder}", highlight=False)
+            f"{payload['run_dir']}; {total} steps from {start}; decoder {decoder}", highlight=False)
         runtime = payload["runtime"]
         compiled = "compiled" if runtime["compile"] else "eager"
         self.console.print(f"[dim]{runtime['forward_dtype']}, {compiled} ({runtime['compile_note']})[/]",
