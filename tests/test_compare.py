@@ -31,7 +31,7 @@ def write_run(runs_dir: Path, exp_id: str, acc: Sequence[float | None], *, statu
               loss: Sequence[float] | None = None, var: float = 0.5, share: float = 0.4, carry_norm: float = 4.0,
               update_ratio: float = 0.6,
               em: float | None = None, total: int | None = None, overrides: Sequence[str] = (),
-              seed: int | None = None) -> Path:
+              seed: int | None = None, meta: dict[str, Any] | None = None) -> Path:
     """A run directory as train.py writes it: config.json of the real tiny experiment, one metrics line per
     step with train/accuracy = acc[i], an eval every 10 steps. E0a-like IDs get no carry metrics. With a
     seed: runs/<ID>/seed-<N>/, as `train --seeds` writes it."""
@@ -41,7 +41,8 @@ def write_run(runs_dir: Path, exp_id: str, acc: Sequence[float | None], *, statu
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps(exp.model_dump(mode="json")))
     steps = len(acc)
-    (run / "meta.json").write_text(json.dumps({"experiment": exp_id, "seed": exp.seed, "total_steps": total or steps}))
+    (run / "meta.json").write_text(json.dumps({"experiment": exp_id, "seed": exp.seed, "total_steps": total or steps,
+                                               **(meta or {})}))
     lines = []
     for i, a in enumerate(acc, 1):
         row: dict[str, Any] = {
@@ -117,6 +118,27 @@ def test_matrix_row_from_a_hand_written_run(tmp_path: Path) -> None:
     assert row.loss_cv == pytest.approx(0.5)  # std 0.5 / mean 1.0 over the last 40 steps
     assert row.carry_rms == pytest.approx(1.0)  # 4 / sqrt(hidden 16)
     assert (row.eval_step, row.eval_acc, row.eval_pass2, row.wall_time_s) == (200, 0.5, 0.2, 90.0)
+
+
+def test_the_report_names_each_runs_decoder_and_warns_when_arms_started_from_different_ones(tmp_path: Path) -> None:
+    write_run(tmp_path, "P0", flat(0.8), meta={"decoder": None, "cpu": "EPYC (avx2)"})
+    write_run(tmp_path, "E0a", flat(0.9), seed=0, meta={"decoder": {"sha256": "aaaa"}, "cpu": "EPYC (avx2)"})
+    write_run(tmp_path, "E0b", flat(0.9), seed=0, meta={"decoder": {"sha256": "aaaa"}, "cpu": "EPYC (avx2)"})
+    one = compare.compare_runs(tmp_path, ["P0", "E0a", "E0b"], with_baselines=False)
+    assert [(o.decoder, o.cpu, o.runs) for o in one.origins] == [
+        ("from scratch", "EPYC (avx2)", ("P0",)), ("aaaa", "EPYC (avx2)", ("E0a s0", "E0b s0"))]
+    assert invoke("P0", "E0a", "E0b", "--runs-dir", str(tmp_path), "--markdown", str(tmp_path / "one.md")
+                  ).exit_code == 0
+    assert "The runs that load a decoder started from one: aaaa." in (tmp_path / "one.md").read_text()
+
+    write_run(tmp_path, "E0b", flat(0.9), seed=1, meta={"decoder": {"sha256": "bbbb"}, "cpu": "Xeon (avx512f)"})
+    write_run(tmp_path, "E0a", flat(0.9), seed=1, overrides=["decoder=P0"])  # older than the record: no decoder, CPU
+    assert invoke("P0", "E0a", "E0b", "--runs-dir", str(tmp_path), "--markdown", str(tmp_path / "two.md")
+                  ).exit_code == 0
+    report = (tmp_path / "two.md").read_text()
+    assert "| bbbb | Xeon (avx512f) | E0b s1 |" in report and "| not recorded | not recorded | E0a s1 |" in report
+    assert "Warning: the runs started from 2 different decoders (aaaa, bbbb)" in report
+    assert "may have started from any decoder" in report and "3 kinds of CPU" in report
 
 
 # --- the verdict --------------------------------------------------------------------------------------------------

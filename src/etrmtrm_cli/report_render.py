@@ -12,12 +12,13 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from etrmtrm_cli.analysis.compare import Comparison
+from etrmtrm_cli.analysis.compare import Comparison, loaded_decoders, loading_cpus
 from etrmtrm_cli.analysis.configs import Configuration
 from etrmtrm_cli.analysis.diagnose.subject import CheckResult, Status
 from etrmtrm_cli.analysis.matrix import (
     CONVERGENCE_LEVELS,
     FINAL_FRACTION,
+    NOT_RECORDED,
     SMOOTH_EXAMPLES,
     STABILITY_FRACTION,
     RunRow,
@@ -172,6 +173,7 @@ def comparison_renderables(cmp: Comparison) -> list[Any]:
     if cmp.baselines:
         out.append(baselines_table(cmp))
     out.append(config_table(cmp))
+    out.append(origin_table(cmp))
     out.append(verdict_text(cmp.verdict))
     return out
 
@@ -193,6 +195,43 @@ BASELINES_NOTE = (
     "Copy input: the query's input tokens as the answer. Both on the label positions of every query of the "
     "original (unaugmented) train / eval tasks, averaged as train/accuracy is."
 )
+
+
+ORIGIN_HEADERS = ("Decoder (sha256 of its start weights)", "CPU", "Runs")
+
+
+def origin_rows(cmp: Comparison) -> list[list[str]]:
+    return [[o.decoder, o.cpu, ", ".join(o.runs)] for o in cmp.origins]
+
+
+def origin_note(cmp: Comparison) -> str:
+    """What the provenance means for the comparison: one decoder, or a warning that arms may differ by it."""
+    decoders, cpus = loaded_decoders(cmp.origins), loading_cpus(cmp.origins)
+    if len(decoders) > 1:
+        text = (f"Warning: the runs started from {len(decoders)} different decoders ({', '.join(decoders)}), so a "
+                "difference between them can be the decoders' as well as the encoders'. Compare runs of one decoder "
+                "to judge the encoders alone.")
+    elif decoders:
+        text = f"The runs that load a decoder started from one: {decoders[0]}."
+    else:
+        text = "No run records a decoder it loaded."
+    if any(o.decoder == NOT_RECORDED for o in cmp.origins):
+        text += " Runs older than the record (\"not recorded\") may have started from any decoder."
+    if len(cpus) > 1:
+        text += (f" They ran on {len(cpus)} kinds of CPU; a seed computed with other vector instructions differs in "
+                 "its last bits.")
+    return text
+
+
+def origin_table(cmp: Comparison) -> Table:
+    decoders = loaded_decoders(cmp.origins)
+    table = Table(title="Provenance (meta.json)", title_justify="left", caption=origin_note(cmp),
+                  caption_justify="left", caption_style="bold yellow" if len(decoders) > 1 else None)
+    for header in ORIGIN_HEADERS:
+        table.add_column(header, justify="left")
+    for row in origin_rows(cmp):
+        table.add_row(*row)
+    return table
 
 
 def config_table(cmp: Comparison) -> Table | Text:
@@ -325,6 +364,7 @@ def comparison_markdown(cmp: Comparison, markdown_path: Path, plot: Path | None 
                                              for k, vals in cmp.config_diff.items()]))
     else:
         out.append("The runs' config.json files agree on every setting.")
+    out += ["", "## Provenance", "", _md_table(ORIGIN_HEADERS, origin_rows(cmp)), "", origin_note(cmp)]
     out += ["", "## Verdict", ""]
     for indent, _, text in verdict_lines(cmp.verdict):
         if indent == 0:

@@ -12,11 +12,38 @@ from typing import Any
 from etrmtrm_cli import rundir
 from etrmtrm_cli.analysis.baselines import TrivialBaselines, trivial_baselines
 from etrmtrm_cli.analysis.configs import Configuration, group_configurations
-from etrmtrm_cli.analysis.matrix import RunRow, config_differences, run_row
+from etrmtrm_cli.analysis.matrix import FROM_SCRATCH, NOT_RECORDED, RunRow, config_differences, run_row
 from etrmtrm_cli.analysis.per_task import TaskScore
 from etrmtrm_cli.analysis.verdict import Verdict, verdict
 from etrmtrm_cli.errors import ConfigError
 from etrmtrm_cli.rundir import RunFiles
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The compared runs that started from one decoder (the sha256 of its weights) on one kind of CPU."""
+
+    decoder: str
+    cpu: str
+    runs: tuple[str, ...]  # run labels ("E0b s2")
+
+
+def origins(rows: Sequence[RunRow]) -> list[Origin]:
+    """The runs grouped by (decoder, CPU), in the order their first run was named."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        groups.setdefault((row.decoder, row.cpu), []).append(row.label)
+    return [Origin(decoder, cpu, tuple(labels)) for (decoder, cpu), labels in groups.items()]
+
+
+def loaded_decoders(found: Sequence[Origin]) -> list[str]:
+    """The distinct recorded decoders the runs loaded: more than one means arms may differ by their decoder too."""
+    return list(dict.fromkeys(o.decoder for o in found if o.decoder not in (FROM_SCRATCH, NOT_RECORDED)))
+
+
+def loading_cpus(found: Sequence[Origin]) -> list[str]:
+    """The distinct CPUs of the runs that loaded a decoder (the arms; a pretraining run is their origin)."""
+    return list(dict.fromkeys(o.cpu for o in found if o.decoder != FROM_SCRATCH))
 
 
 @dataclass(frozen=True)
@@ -27,6 +54,7 @@ class Comparison:
     config_diff: dict[str, list[Any]]  # key -> each configuration's value
     baselines: list[TrivialBaselines]
     verdict: Verdict
+    origins: list[Origin]
     runs_dir: Path = Path("runs")
     per_task: list[TaskScore] = field(default_factory=list)
 
@@ -43,4 +71,4 @@ def compare_runs(runs_dir: Path, exp_ids: Sequence[str], *, with_baselines: bool
     firsts = [next(run for run, row in zip(runs, rows, strict=True) if row is c.first) for c in configs]
     differences = config_differences(firsts)
     return Comparison(runs, rows, configs, differences, trivial_baselines(runs) if with_baselines else [],
-                      verdict(rows, configs, differences), runs_dir)
+                      verdict(rows, configs, differences), origins(rows), runs_dir)

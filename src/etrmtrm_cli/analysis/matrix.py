@@ -34,6 +34,8 @@ SMOOTH_EXAMPLES = 256  # trailing window of train/accuracy for "steps to X%": th
 HALTED_METRICS = frozenset({"train/accuracy", "train/exact_accuracy", "train/q_halt_accuracy", "train/steps",
                             "train/encoder_convergence_steps", "train/encoder_converged_fraction"})
 CONVERGENCE_LEVELS = (0.80, 0.90)  # plan, "Analysis Questions / Convergence": "Steps to reach 80%? 90%?"
+NOT_RECORDED = "not recorded"  # a run older than the meta.json field
+FROM_SCRATCH = "from scratch"
 LEVEL_TOL = 1e-9  # a run that sits at exactly 90% reaches 90%, whatever the float sum says
 
 
@@ -84,6 +86,8 @@ class RunRow:
         return f"{self.exp_id} s{self.seed}" if self.seed_axis else self.exp_id
 
     seed_axis: bool = False  # one of several seeds (runs/<ID>/seed-<N>/)
+    decoder: str = NOT_RECORDED  # what the decoder started from: the sha256 of its weights, or FROM_SCRATCH
+    cpu: str = NOT_RECORDED  # meta.json's CPU ("AMD EPYC (avx2)"): one seed differs in its last bits across CPUs
 
 
 def series(rows: Sequence[Row], key: str) -> list[tuple[int, float, float]]:
@@ -190,7 +194,16 @@ def run_row(run: RunFiles) -> RunRow:
         eval_pass2=last_eval.get("eval/pass@2"), loss_cv=cv, diverged=diverged,
         wall_time_s=float(wall) if isinstance(wall, int | float) else None,
         seed_axis=run.run_dir.name.startswith(SEED_PREFIX),
+        decoder=decoder_origin(run), cpu=str(run.meta.get("cpu", NOT_RECORDED)),
     )
+
+
+def decoder_origin(run: RunFiles) -> str:
+    """The sha256 of the weights the run's decoder started from (meta.json "decoder"; null: from scratch)."""
+    if "decoder" in run.meta:
+        loaded = run.meta["decoder"]
+        return FROM_SCRATCH if loaded is None else str(loaded.get("sha256") or NOT_RECORDED)
+    return FROM_SCRATCH if run.config.get("decoder") == "none" else NOT_RECORDED  # a run older than the field
 
 
 def _first(*values: float | None) -> float | None:
