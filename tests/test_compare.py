@@ -202,8 +202,13 @@ def test_each_run_is_judged_against_its_parent_naming_the_settings_that_differ(t
     seeded(tmp_path, "E0b", BASE)
     seeded(tmp_path, "E3b", [b - 0.03 for b in BASE])  # parent E0b; differs in train.lr
     seeded(tmp_path, "E2d", [b + 0.001 * (-1) ** i for i, b in enumerate(BASE)])  # parent E0b
-    result = compare.compare_runs(tmp_path, ["E0b", "E3b", "E2d"], with_baselines=False)
+    seeded(tmp_path, "E2c", BASE)  # parent E0b; the same train accuracy at every seed
+    result = compare.compare_runs(tmp_path, ["E0b", "E3b", "E2d", "E2c"], with_baselines=False)
     found = {p.run: p for p in result.verdict.parents}
+    assert found["E2c"].finding == "no difference shown"
+    identical = "every paired seed's difference is exactly 0: the runs' train accuracies are identical"
+    assert identical in found["E2c"].evidence
+    assert any("would be detected (80% power)" in e for e in found["E2d"].evidence)
     assert (found["E3b"].parent, found["E3b"].finding) == ("E0b", "worse")
     assert [s for s in found["E3b"].settings if s.startswith("train.lr:")] == ["train.lr: 0.0001 -> 5e-05"]
     assert found["E2d"].finding == "no difference shown"
@@ -226,7 +231,8 @@ def decisions(tmp_path: Path, ids: Sequence[str]) -> dict[str, verdict.Decision]
     ([0.95, 0.96, 0.94], True, "E0b succeeds"),
     ([0.70, 0.72, 0.71], True, "E0b fails"),
     ([0.85, 0.86, 0.84], True, "neither branch"),
-    ([0.88, 0.93, 0.90], False, "not decided: the 95% interval"),  # straddles 90 %
+    ([0.88, 0.93, 0.90], False, "not decided: the 95% interval [84.1%, 96.6%] reaches 90.0%"),
+    ([0.70, 0.99, 0.85], False, "not decided: the 95% interval [48.6%, 120.7%] reaches 80.0% and 90.0%"),
     ([0.95], False, f"not decided: {verdict.ONE_SEED}"),
 ])
 def test_after_e0b_takes_the_plans_branch_only_by_the_whole_interval(
@@ -361,7 +367,7 @@ def test_unfinished_runs_are_marked_and_left_out_of_every_figure_over_seeds(tmp_
     assert e0b.estimate("train_acc").mean == pytest.approx(0.93)  # the unfinished seeds' 50% and 40% are not in it
     (scenario,) = cmp.verdict.scenarios
     assert scenario.difference.seeds == (0,)
-    assert "seeds without a partner, left out of the difference: E0a s1" in scenario.caveats
+    assert "seeds left out of the paired difference (a value missing in one arm): E0a s1" in scenario.caveats
     assert "E0b s1 is in progress at step 40 of 100: left out until it finishes" in scenario.caveats
     flag1 = {f.number: f for f in cmp.verdict.red_flags}[1]
     assert not flag1.holds  # 40% < 50% would be a red flag, but the run has not finished

@@ -162,9 +162,9 @@ def unfinished(*configs: Configuration) -> list[str]:
 
 
 def unpaired(base: Configuration, run: Configuration, diff: Estimate) -> list[str]:
-    """A caveat naming the seeds of either arm that the paired difference left out (the other arm lacks them)."""
+    """A caveat naming the seeds of either arm that the paired difference left out (no value in one arm or both)."""
     left = [f"{c.label} s{s}" for c in (base, run) for s in c.seeds if s not in diff.seeds]
-    return [f"seeds without a partner, left out of the difference: {', '.join(left)}"] if left else []
+    return [f"seeds left out of the paired difference (a value missing in one arm): {', '.join(left)}"] if left else []
 
 
 def room_figures(base: Configuration, run: Configuration) -> list[str]:
@@ -208,8 +208,9 @@ def scenario(run: Configuration, base: Configuration) -> Scenario | None:
     if letter == INCONCLUSIVE:
         sd = None if base_acc.sd is None else 100 * base_acc.sd
         mde = detectable_difference(diff.sd, diff.n)
-        evidence.append(f"with n = {diff.n}, a true difference of about {num(mde)} points would be detected "
-                        f"(80% power; from the paired spread; {base.label}'s seed-to-seed sd is {num(sd)} points)")
+        evidence.append(f"with n = {diff.n}, a true difference of about {num(mde)} points from zero would be "
+                        f"detected (80% power; from the paired spread; {base.label}'s seed-to-seed sd is {num(sd)} "
+                        "points); naming a band takes more: its whole interval inside the band")
     if base_acc.mean is not None and 100 * base_acc.mean + SIGNIFICANT_GAIN_PTS > 100:
         caveats.append(f"ceiling: {base.label} is at {pct(base_acc.mean)}, so train accuracy has no room for "
                        f"scenario A (+{SIGNIFICANT_GAIN_PTS:g} points); judge by the figures that still have room")
@@ -325,7 +326,9 @@ def parent_comparison(run: Configuration, parent: Configuration, settings: list[
     else:
         finding = "better" if diff.interval[0] > 0 else "worse" if diff.interval[1] < 0 else "no difference shown"
     evidence = [f"train acc: {describe(diff)}"]
-    if finding == "no difference shown":
+    if finding == "no difference shown" and diff.sd == 0:  # an interval [0, 0]: no spread to size a test by
+        evidence.append("every paired seed's difference is exactly 0: the runs' train accuracies are identical")
+    elif finding == "no difference shown":
         evidence.append(f"with n = {diff.n}, a true difference of about "
                         f"{num(detectable_difference(diff.sd, diff.n))} points would be detected (80% power)")
     evidence += room_figures(parent, run)
@@ -367,9 +370,9 @@ def after_e0b(e0b: Configuration, base: Configuration | None) -> Decision:
                                  "encoder variance (`etrmtrm diagnose`)")
     elif lo >= E0B_FAILURE_ACC and hi <= E0B_SUCCESS_ACC:
         taken, decision = True, "neither branch: E0b lies between 80% and 90% train acc, where the plan names no action"
-    else:
-        edge = E0B_SUCCESS_ACC if lo <= E0B_SUCCESS_ACC < hi else E0B_FAILURE_ACC
-        taken, decision = False, f"not decided: the 95% interval [{pct(lo)}, {pct(hi)}] straddles {pct(edge)}"
+    else:  # the interval reaches a line (touching it is reaching it: a branch needs the whole interval past it)
+        edges = " and ".join(pct(line) for line in (E0B_FAILURE_ACC, E0B_SUCCESS_ACC) if lo <= line <= hi)
+        taken, decision = False, f"not decided: the 95% interval [{pct(lo)}, {pct(hi)}] reaches {edges}"
     return Decision("After E0b", taken, decision, evidence)
 
 
