@@ -12,8 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from etrmtrm_cli.errors import ConfigError
 
-PROFILES = ("paper", "cpu", "tiny")
-
 # A profile may change only how big things are, never what an experiment compares.
 PROFILE_KEYS: dict[str, frozenset[str]] = {
     "arch": frozenset(
