@@ -42,8 +42,8 @@ ExperimentsPath = Annotated[
     Path, typer.Option("--experiments", "-e", help="The experiments file.", dir_okay=False)
 ]
 ProfileOpt = Annotated[
-    str, typer.Option("--profile", "-p", help="A [profiles.<name>] of the experiments file (paper, cpu, headroom, "
-                                           "tiny) or auto: paper on CUDA, cpu otherwise.")
+    str, typer.Option("--profile", "-p", help="A profile of the experiments file (paper, cpu, headroom, tiny) or "
+                                           "auto: paper on CUDA, cpu otherwise.")
 ]
 SetOpt = Annotated[
     list[str] | None,
