@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from etrmtrm_cli.analysis.diagnose import (
     CheckResult,
     Measurement,
     Subject,
+    context_use,
     determinism,
     encoder_variance,
     gradient_flow,
@@ -162,6 +164,34 @@ def test_os_seeded_noise_fails_determinism(data: ArcData) -> None:
     assert "differ" in result.message
 
 
+def test_a_model_that_ignores_its_demos_warns_context_use(data: ArcData) -> None:
+    ignoring = subject(data, "test_diag_constant", SHORT)
+    weights = diagnose.subject.build(ignoring, trained=False).state_dict()
+    result = diagnose.check_context_use(replace(ignoring, weights=weights))
+    assert result.status == "warn" and "barely depend on the demos" in result.message
+    assert row(result, "drop with the wrong demos").value == "0.0 points"
+    assert float(row(result, "predicted tokens that change").value) == 0.0
+
+
+def test_a_model_that_reads_its_demos_answers_otherwise_with_another_tasks(data: ArcData) -> None:
+    reading = subject(data, "static", SHORT)
+    weights = diagnose.subject.build(reading, trained=False).state_dict()
+    result = diagnose.check_context_use(replace(reading, weights=weights))
+    assert float(row(result, "predicted tokens that change").value) > 0  # a fresh model's answers follow its demos
+    drop = float(row(result, "drop with the wrong demos").value.split()[0])
+    assert row(result, "drop with the wrong demos").verdict == ("pass" if drop >= thresholds.DEMO_USE_DROP_PTS
+                                                                else "warn")
+
+
+@pytest.mark.parametrize("groups", [[0, 0, 1, 1, 2, 3], [3, 1, 0, 1, 2, 2, 0, 1], [5, 5, 5, 4, 4, 4]])
+def test_every_query_gets_another_tasks_demos(groups: list[int]) -> None:
+    ids = torch.tensor(groups)
+    donors = context_use.other_task_rows(ids)
+    assert donors is not None and sorted(donors.tolist()) == list(range(len(groups)))  # each row gives once
+    assert bool((ids[donors] != ids).all())
+    assert context_use.other_task_rows(torch.tensor([1, 1, 1, 2])) is None  # one task holds more than half
+
+
 def test_thresholds_and_exit_codes() -> None:
     assert [gradient_flow.share_verdict(s) for s in (0.0, 0.049, 0.05, 0.19, 0.2, 0.4, float("nan"))] == \
         ["fail", "fail", "warn", "warn", "pass", "pass", "fail"]
@@ -205,7 +235,7 @@ def test_cli_exit_3_on_warnings_only(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cli_unknown_check_names_the_valid_ones() -> None:
     result = invoke("E0b", "--check", "carry")
     assert result.exit_code == 1
-    assert "carry-reset, gradient-flow, encoder-variance, determinism, all" in result.output
+    assert "carry-reset, gradient-flow, encoder-variance, determinism, context-use, all" in result.output
 
 
 def test_cli_diagnoses_a_trained_run(tmp_path: Path) -> None:
@@ -221,3 +251,14 @@ def test_cli_diagnoses_a_trained_run(tmp_path: Path) -> None:
     assert any(w.startswith("run's metrics.jsonl") for w in whats)
     refused = runner.invoke(app, ["diagnose", "--run", str(tmp_path / "E0b"), "--set", "seed=1"])
     assert refused.exit_code == 1 and "--set cannot be combined with --run" in refused.output
+    used = runner.invoke(app, ["diagnose", "--run", str(tmp_path / "E0b"), "--check", "context-use"],
+                         env={"COLUMNS": "200"})
+    assert used.exit_code in (0, 3) and "context-use" in used.output and "another task's demos" in used.output
+
+
+def test_cli_context_use_needs_a_run_and_all_leaves_it_out_without_one() -> None:
+    result = invoke("E0b", "--check", "context-use")
+    assert result.exit_code == 1 and "give the run, --run runs/<ID>" in result.output
+    assert diagnose.parse_checks("all", with_run=False) == ("carry-reset", "gradient-flow", "encoder-variance",
+                                                            "determinism")
+    assert "context-use" in diagnose.parse_checks("all", with_run=True)

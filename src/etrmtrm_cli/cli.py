@@ -291,7 +291,8 @@ def stop_on_signals(stop: StopFlag) -> Iterator[None]:
 def diagnose(
     experiment: Annotated[str, typer.Argument(help="The experiment whose model to check.")] = "E0b",
     check: Annotated[str, typer.Option(
-        "--check", "-c", help="carry-reset | gradient-flow | encoder-variance | determinism | all")] = "all",
+        "--check", "-c", help="carry-reset | gradient-flow | encoder-variance | determinism | context-use (with "
+                              "--run) | all")] = "all",
     run: Annotated[Path | None, typer.Option(
         "--run", help="Check this run (its config.json and latest checkpoint) instead of a fresh model.",
         file_okay=False)] = None,
@@ -303,6 +304,7 @@ def diagnose(
     """Check a model for the plan's failure modes: carry not reset, encoder without gradient, collapse, nondeterminism.
 
     Without --run: a fresh model of EXPERIMENT at --profile (tiny takes seconds), without decoder weights.
+    With --run, also context-use: whether the run's answers change when its queries read another task's demos.
 
     Exit code 0 when every check passes, 1 when one fails, 3 when there are only warnings.
     """
@@ -310,7 +312,7 @@ def diagnose(
     from etrmtrm_cli.analysis.diagnose import exit_code, fresh_subject, parse_checks, run_checks, run_subject
     from etrmtrm_cli.training.distributed import pick_device
 
-    checks = parse_checks(check)
+    checks = parse_checks(check, with_run=run is not None)
     chosen = pick_device(device)
     if run is not None:
         if overrides:

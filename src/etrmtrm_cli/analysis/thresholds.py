@@ -39,3 +39,9 @@ UPDATE_RATIO_VANISHING = 0.01
 # Exploding: an update 10x the carry leaves the previous carry under a tenth of the normalised result per
 # sublayer, i.e. forgotten within one ACT step (a planted 1e4 update reads ~6e3). 10x above healthy.
 UPDATE_RATIO_EXPLODING = 10.0
+# diagnose's context-use: train accuracy lost when every query reads another task's demos. Measured at the cpu
+# profile (32 train queries, the eval rollout of 16 ACT steps, 2,000-step runs from one P0): E0a seeds 0-1 lose
+# 24.8 and 29.2 points, E0b seeds 0-1 25.3 and 21.8, E0c seed 1 8.4, E0c seed 0 0.1 (its context had
+# collapsed, and the answers did not need it). A model that reads its demos falls towards the mode-colour
+# baseline (~73 %); under a fifth of that ~25-point fall, the answers barely depend on the demos.
+DEMO_USE_DROP_PTS = 5.0
