@@ -256,7 +256,9 @@ def red_flags(rows: Sequence[RunRow], configs: Sequence[Configuration], base: Co
             unstable.append(f"{r.label}: " + "; ".join(reasons))
     flags = [
         RedFlag(1, "implementation bug", bool(encoders), bool(bug), bug + not_judged,
-                "debug carry management, gradient flow, reset logic (`etrmtrm diagnose --run runs/<ID>`)"),
+                "debug carry management, gradient flow, reset logic (`etrmtrm diagnose --run runs/<ID>`); a "
+                "collapse at high train accuracy may be a model that answers without its demos (its context-use "
+                "check says)"),
         RedFlag(2, "instability", bool(rows), bool(unstable), unstable + not_judged,
                 "check initialization, learning rate, gradient clipping"),
     ]
