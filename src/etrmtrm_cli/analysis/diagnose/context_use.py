@@ -42,7 +42,7 @@ def check_context_use(subject: Subject) -> CheckResult:
     own = answer(model, batch)
     swapped = answer(model, {**batch, **{key: batch[key][donors] for key in DEMO_KEYS}})
     drop = 100 * (own[0] - swapped[0])
-    changed = float((own[2] != swapped[2])[batch["labels"] != IGNORE_LABEL].float().mean())
+    changed = float((own[1] != swapped[1])[batch["labels"] != IGNORE_LABEL].float().mean())
     status: Status = "pass" if drop >= DEMO_USE_DROP_PTS else "warn"
     tasks = int(batch["group_ids"].unique().numel())
     rows = [
@@ -75,8 +75,8 @@ def other_task_rows(group_ids: Tensor) -> Tensor | None:
 
 
 @torch.inference_mode()
-def answer(model: ACTModel, batch: dict[str, Tensor]) -> tuple[float, float, Tensor]:
-    """(token accuracy, exact accuracy, predictions (B, S)) of the full eval rollout on `batch`."""
+def answer(model: ACTModel, batch: dict[str, Tensor]) -> tuple[float, Tensor]:
+    """(token accuracy, predictions (B, S)) of the full eval rollout on `batch`."""
     model.eval()
-    preds, token_acc, exact = scores(final_outputs(model, batch)["logits"], batch["labels"])
-    return float(token_acc.mean()), float(exact.float().mean()), preds
+    preds, token_acc, _ = scores(final_outputs(model, batch)["logits"], batch["labels"])
+    return float(token_acc.mean()), preds
