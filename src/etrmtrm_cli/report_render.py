@@ -197,11 +197,8 @@ BASELINES_NOTE = (
 )
 
 
-ORIGIN_HEADERS = ("Decoder (sha256 of its start weights)", "CPU", "Runs")
-
-
-def origin_rows(cmp: Comparison) -> list[list[str]]:
-    return [[o.decoder, o.cpu, ", ".join(o.runs)] for o in cmp.origins]
+ORIGIN_COLUMNS = [("Decoder (sha256 of its start weights)", lambda o: o.decoder), ("CPU", lambda o: o.cpu),
+                  ("Runs", lambda o: ", ".join(o.runs))]
 
 
 def origin_note(cmp: Comparison) -> str:
@@ -224,13 +221,9 @@ def origin_note(cmp: Comparison) -> str:
 
 
 def origin_table(cmp: Comparison) -> Table:
-    decoders = loaded_decoders(cmp.origins)
-    table = Table(title="Provenance (meta.json)", title_justify="left", caption=origin_note(cmp),
-                  caption_justify="left", caption_style="bold yellow" if len(decoders) > 1 else None)
-    for header in ORIGIN_HEADERS:
-        table.add_column(header, justify="left")
-    for row in origin_rows(cmp):
-        table.add_row(*row)
+    table = _table("Provenance (meta.json)", ORIGIN_COLUMNS, cmp.origins, origin_note(cmp))
+    if len(loaded_decoders(cmp.origins)) > 1:
+        table.caption_style = "bold yellow"
     return table
 
 
@@ -364,7 +357,7 @@ def comparison_markdown(cmp: Comparison, markdown_path: Path, plot: Path | None 
                                              for k, vals in cmp.config_diff.items()]))
     else:
         out.append("The runs' config.json files agree on every setting.")
-    out += ["", "## Provenance", "", _md_table(ORIGIN_HEADERS, origin_rows(cmp)), "", origin_note(cmp)]
+    out += ["", "## Provenance", "", _md_columns(ORIGIN_COLUMNS, cmp.origins), "", origin_note(cmp)]
     out += ["", "## Verdict", ""]
     for indent, _, text in verdict_lines(cmp.verdict):
         if indent == 0:
