@@ -273,7 +273,9 @@ def verdict_lines(v: Verdict) -> list[tuple[int, str, str]]:
         if f.holds and f.action:
             lines.append((1, "yellow", f"action: {f.action}"))
     if v.best is not None:
-        lines.append((0, "bold", f"Best configuration: {v.best.run}"))
+        best = v.best.run if v.best.runner_up is None else (
+            f"not separated ({v.best.run} has the highest mean, then {v.best.runner_up})")
+        lines.append((0, "bold", f"Best configuration: {best}"))
         lines.extend((1, "", e) for e in v.best.evidence)
     for d in v.decisions:
         lines.append((0, "bold" if d.decided else "dim", f"Decision point {d.point}: {d.decision}"))

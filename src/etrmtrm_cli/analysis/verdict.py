@@ -89,6 +89,7 @@ class Best:
     run: str
     baseline: str | None
     evidence: list[str]
+    runner_up: str | None = None  # the next configuration, when its interval does not separate it from `run`
 
 
 @dataclass(frozen=True)
@@ -298,7 +299,8 @@ def best_configuration(configs: Sequence[Configuration], base: Configuration | N
         except ValueError:
             evidence.append(f"no seed in common with {base.label}")
     elif base is best:
-        evidence.append(f"the baseline {base.label} is the best configuration")
+        evidence.append(f"the baseline {base.label} has the highest mean")
+    runner_up = None
     if len(ranked) > 1:  # a highest mean is a ranking only when it is separated from the next one
         second = ranked[1]
         try:
@@ -307,10 +309,12 @@ def best_configuration(configs: Sequence[Configuration], base: Configuration | N
             evidence.append(f"train acc over the runner-up {second.label}: {describe(lead)}"
                             + ("" if separated else "; not separated, either may be the best"))
         except ValueError:
+            separated = False
             evidence.append(f"no seed in common with the runner-up {second.label}: not separated")
+        runner_up = None if separated else second.label
     if best.n < 2:
         evidence.append(f"{ONE_SEED}: the ranking may change with more seeds")
-    return Best(best.label, base.label if base else None, evidence)
+    return Best(best.label, base.label if base else None, evidence, runner_up)
 
 
 def parent_comparison(run: Configuration, parent: Configuration, settings: list[str]) -> ParentComparison:
