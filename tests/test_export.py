@@ -96,4 +96,17 @@ def test_a_record_of_another_run_is_left_as_it_is(tmp_path: Path) -> None:
     assert files(records) == before
 
     code, out = cli("export", "E9z", "--runs-dir", runs, "--to", records)
-    assert code == 1 and "E9z: no such run to export" in out, out
+    assert code == 1 and "unknown experiment or queue 'E9z'" in out and "Traceback" not in out, out
+    code, out = cli("export", "E0a", "--runs-dir", tmp_path / "elsewhere", "--to", records)
+    assert code == 1 and "no run of E0a to export" in out, out
+    assert files(records) == before
+
+
+def test_a_queue_exports_the_runs_its_sweep_has_so_far(tmp_path: Path) -> None:
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    write_run(runs, "E1a", [0.5] * 20, seed=0)  # week 2's first run; E2c, E2d, E3b have none yet
+    code, out = cli("export", "week2", "--runs-dir", runs, "--to", records)
+    assert code == 0, out
+    assert re.search(r"^exported .*E1a/seed-0 ", out, re.M), out
+    assert sorted(re.findall(r"^no run yet \S+/(\w+) ", out, re.M)) == ["E2c", "E2d", "E3b"], out
+    assert sorted(p.name for p in records.iterdir()) == ["E1a"]

@@ -379,21 +379,26 @@ def compare(
 @app.command("export")
 @handles_errors
 def export(
-    runs: Annotated[list[str], typer.Argument(help="The experiments whose finished runs to export: P0 E0a ...")],
+    runs: Annotated[list[str], typer.Argument(
+        help="The experiments or queues whose finished runs to export: P0 E0a week2 ... (as `sweep` takes them).")],
     to: Annotated[Path, typer.Option("--to", help="Where the records go (e.g. results/records/cpu).", file_okay=False)],
     runs_dir: Annotated[Path, typer.Option(help="Where runs/<ID>/ live.")] = Path("runs"),
     weights: Annotated[bool, typer.Option(
         "--weights", help="Also export the final weights (for a decoder later runs start from, e.g. P0).")] = False,
+    experiments: ExperimentsPath = Path("experiments.toml"),
 ) -> None:
     """Export finished runs as records: config, meta, summary and gzipped metrics, no checkpoints.
 
     `compare --runs-dir DIR` and `status --runs-dir DIR` read the records as they read runs; copied into another
-    machine's runs directory, they let a sweep skip the runs they hold. Unfinished runs are left out.
+    machine's runs directory, they let a sweep skip the runs they hold. Unfinished runs are left out, and so are
+    experiments without a run yet: the sweep's own targets export what it has finished so far.
     """
     from etrmtrm_cli.run_export import export_runs
 
-    for item in export_runs(runs_dir, runs, to, weights=weights):
-        style = "yellow" if item.action == "not finished" else "green"
+    file = load_experiments(experiments)
+    exp_ids = list(dict.fromkeys(exp_id for name in runs for exp_id in file.targets(name)))
+    for item in export_runs(runs_dir, exp_ids, to, weights=weights):
+        style = {"not finished": "yellow", "no run yet": "dim"}.get(item.action, "green")
         console.print(f"[{style}]{item.action}[/] {item.source} -> {item.dest}", highlight=False)
 
 

@@ -23,21 +23,25 @@ from etrmtrm_cli.rundir import CONFIG, FINAL_WEIGHTS, META, METRICS, METRICS_GZ,
 class Exported:
     source: Path
     dest: Path
-    action: str  # exported | updated | unchanged | not finished (left out)
+    action: str  # exported | updated | unchanged | not finished (left out) | no run yet
 
 
 def export_runs(runs_dir: Path, exp_ids: Sequence[str], to: Path, *, weights: bool = False) -> list[Exported]:
     """Export every finished run (each seed) of the named experiments from `runs_dir` into `to`, keeping the
-    layout (<ID>/ or <ID>/seed-<N>/). A record already there of another run (its meta.json differs) is an error
-    and is left as it is."""
+    layout (<ID>/ or <ID>/seed-<N>/). An experiment without a run yet is reported, so that one command exports a
+    sweep while it runs; none with a run at all is an error (a wrong --runs-dir). A record already there of
+    another run (its meta.json differs) is an error and is left as it is."""
     found = {exp_id: seed_runs(runs_dir, exp_id) for exp_id in exp_ids}
-    missing = [exp_id for exp_id, runs in found.items() if not runs]
-    if missing:
-        raise RunError("\n".join(f"{runs_dir / e}: no such run to export" for e in missing))
+    if not any(found.values()):
+        raise RunError(f"{runs_dir}: no run of {', '.join(exp_ids)} to export")
     if to.resolve() == runs_dir.resolve():
         raise RunError(f"--to {to}: that is the runs directory itself; export into another directory")
-    return [export_run(run, to / run.relative_to(runs_dir), weights=weights)
-            for runs in found.values() for run in runs]
+    exported = []
+    for exp_id, runs in found.items():
+        if not runs:
+            exported.append(Exported(runs_dir / exp_id, to / exp_id, "no run yet"))
+        exported += [export_run(run, to / run.relative_to(runs_dir), weights=weights) for run in runs]
+    return exported
 
 
 def export_run(run_dir: Path, dest: Path, *, weights: bool = False) -> Exported:
