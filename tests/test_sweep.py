@@ -192,6 +192,38 @@ def test_status_tells_running_stopped_and_queued_apart(tmp_path: Path) -> None:
     assert re.search(r"E0a .* stopped", stopped.text), stopped.text
 
 
+@pytest.mark.parametrize("whom", ["terminal", "sweep"])
+def test_ctrl_c_stops_a_sweep_with_checkpoints_and_without_a_traceback(tmp_path: Path, whom: str) -> None:
+    """Ctrl-C in a terminal (SIGINT to the sweep's whole process group) or `kill -INT` (the sweep alone): each
+    running run saves a checkpoint and is interrupted, the sweep exits 130 saying how to resume, and no process
+    of it prints a traceback."""
+    project = tmp_path
+    (project / "experiments.toml").write_text((REPO / "experiments.toml").read_text())
+    env = {**os.environ, "COLUMNS": "250", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "etrmtrm_cli", "sweep", "E0a", "E0b", *TINY, "--jobs", "2",
+                             "--max-steps", "100000", "--no-compile"], cwd=project, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    runs = [project / "runs/E0a", project / "runs/E0b"]
+    try:
+        deadline = time.monotonic() + 180
+        while not all((r / "checkpoints/step_00000010").is_dir() for r in runs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if whom == "terminal":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out
+    assert "stopped. The same command resumes the sweep." in out and "Traceback" not in out, out
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "interrupted", (run, summary)
+        assert (run / f"checkpoints/step_{summary['step']:08d}").is_dir(), (run, summary)
+
+
 def test_runs_waiting_for_a_failed_p0_are_not_started(tmp_path: Path) -> None:
     """P0 is trained once, first; when it fails, the runs that start from it fail without running."""
     text = (REPO / "experiments.toml").read_text()

@@ -15,11 +15,14 @@ second sweep resumes what stopped. Each job leaves records beside submitit's fil
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,18 +204,31 @@ def run_local(planned: Sequence[PlannedJob], executor: Any, jobs: int, on_event:
                     _submit_record(job, "failed", executor="local", error=why)
                     on_event("end", job, f"failed: {why}")
                     continue
-                handle = executor.submit(TrainJob(job.spec))
+                with _sigint_ignored_by_children():
+                    handle = executor.submit(TrainJob(job.spec))
                 running[job.key] = (job, handle)
                 _submit_record(job, "submitted", executor="local", **_job_logs(handle))
                 on_event("start", job, f"job {handle.job_id}, {job.spec.threads} threads, log {handle.paths.stdout}")
             time.sleep(poll_s)
     except KeyboardInterrupt:  # a terminal's Ctrl-C reached the jobs too; a signal to this process alone did not
         time.sleep(1.5)
-        for _, handle in running.values():  # a job passes one SIGTERM on to its run, which saves and stops
-            if not handle.done():
-                handle.cancel(check=False)
+        for _, handle in running.values():  # the controller passes SIGTERM to its job, the job once to its run
+            with contextlib.suppress(ProcessLookupError):  # (submitit's cancel() sends SIGINT, ignored: see below)
+                os.kill(int(handle.job_id), signal.SIGTERM)  # a local job's id is its controller's pid
         raise
     return outcome
+
+
+@contextlib.contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """Processes started in the block begin with SIGINT ignored, which Python then keeps. Otherwise a Ctrl-C
+    makes submitit's job controller print a KeyboardInterrupt traceback and kill its job a second later. The
+    job still hears the terminal's Ctrl-C: it installs its own handler (sweep_job.TrainJob) while its run runs."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _local_outcome(job: PlannedJob, handle: Any) -> tuple[str, str]:

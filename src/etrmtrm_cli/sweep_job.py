@@ -13,7 +13,9 @@ exactly):
 - preemption, `scontrol requeue`, `scancel` (SLURM): SLURM sends SIGTERM to every process of the job, the
   child included; the job waits for the child and reports the run stopped. A requeued job starts here again
   and resumes.
-- a local cancel or Ctrl-C: the job forwards one SIGTERM to the child (which runs in its own session, so a
+- a stopped local sweep (Ctrl-C, or SIGINT to the sweep alone): the sweep sends SIGTERM to submitit's controller
+  of each running job, which passes it on (the controller itself ignores SIGINT: sweep.run_local); the job, on
+  that or on the terminal's SIGINT, forwards one SIGTERM to the child (which runs in its own session, so a
   terminal's Ctrl-C does not reach it twice).
 
 What happened is written to a record beside submitit's files (`records/<key>.run.json`): `etrmtrm status`
