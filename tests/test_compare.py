@@ -332,6 +332,7 @@ def test_red_flag_3_no_improvement_and_the_best_configuration(tmp_path: Path) ->
     assert flag.evidence[0].startswith("E0b - E0a: +0.20 points, 97.5% CI [+0.20, +0.20], n = 5")
     separated = compare.compare_runs(tmp_path, ["E0a", "E0b", "E1a"], with_baselines=False).verdict.best
     assert separated is not None and (separated.run, separated.runner_up) == ("E0b", None)  # above E0a in every seed
+    assert separated.evidence[1:] == ["train acc over the runner-up E0a: +0.20 points, 95% CI [+0.20, +0.20], n = 5"]
     seeded(tmp_path, "E2c", [b + 0.05 for b in BASE], em=0.6)
     seeded(tmp_path, "E2d", [b + 0.05 for b in BASE], em=0.7)
     result = compare.compare_runs(tmp_path, ["E0a", "E0b", "E1a", "E2c", "E2d"], with_baselines=False)

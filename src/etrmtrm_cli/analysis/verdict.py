@@ -292,7 +292,8 @@ def best_configuration(configs: Sequence[Configuration], base: Configuration | N
     best = ranked[0]
     evidence = [f"{best.label}: train acc {level(best.estimate('train_acc'))}, "
                 f"train EM {level(best.estimate('train_em'))}"]
-    if base is not None and base is not best:
+    runner_up = ranked[1] if len(ranked) > 1 else None
+    if base is not None and base is not best and base is not runner_up:  # the runner-up's line covers the baseline
         try:
             gain = paired_difference(points(base, "train_acc"), points(best, "train_acc"))
             evidence.append(f"train acc over {base.label}: {describe(gain)}")
@@ -300,21 +301,20 @@ def best_configuration(configs: Sequence[Configuration], base: Configuration | N
             evidence.append(f"no seed in common with {base.label}")
     elif base is best:
         evidence.append(f"the baseline {base.label} has the highest mean")
-    runner_up = None
-    if len(ranked) > 1:  # a highest mean is a ranking only when it is separated from the next one
-        second = ranked[1]
+    separated = True
+    if runner_up is not None:  # a highest mean is a ranking only when it is separated from the next one
         try:
-            lead = paired_difference(points(second, "train_acc"), points(best, "train_acc"))
+            lead = paired_difference(points(runner_up, "train_acc"), points(best, "train_acc"))
             separated = lead.interval is not None and lead.interval[0] > 0
-            evidence.append(f"train acc over the runner-up {second.label}: {describe(lead)}"
+            evidence.append(f"train acc over the runner-up {runner_up.label}: {describe(lead)}"
                             + ("" if separated else "; not separated, either may be the best"))
         except ValueError:
             separated = False
-            evidence.append(f"no seed in common with the runner-up {second.label}: not separated")
-        runner_up = None if separated else second.label
+            evidence.append(f"no seed in common with the runner-up {runner_up.label}: not separated")
     if best.n < 2:
         evidence.append(f"{ONE_SEED}: the ranking may change with more seeds")
-    return Best(best.label, base.label if base else None, evidence, runner_up)
+    return Best(best.label, base.label if base else None, evidence,
+                None if separated or runner_up is None else runner_up.label)
 
 
 def parent_comparison(run: Configuration, parent: Configuration, settings: list[str]) -> ParentComparison:
