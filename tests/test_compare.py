@@ -469,6 +469,25 @@ def test_terminal_markdown_and_plot(tmp_path: Path) -> None:
     assert "**Best configuration: E0b**" in report  # above E0a in every seed: separated
 
 
+def test_the_plot_draws_one_colour_per_configuration_with_its_seeds_and_their_mean(tmp_path: Path) -> None:
+    from etrmtrm_cli import report_plot
+
+    for seed in (0, 1, 2):
+        write_run(tmp_path, "E0a", [0.5 + 0.1 * seed] * 60, loss=[1.0 + seed] * 60, seed=seed)
+    write_run(tmp_path, "E0b", [0.9] * 60, seed=0)
+    cmp = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False)
+    loss = report_plot.configuration_curves(cmp, lambda rows: report_plot.smoothed(rows, "train/loss"))
+    assert [(c.label, c.colour, len(c.runs)) for c in loss] == [("E0a (3 seeds)", "C0", 3), ("E0b (s0)", "C1", 1)]
+    # a per-step metric: trailing mean over 50 steps, from the 50th step on; E0a's mean is that of 1, 2 and 3
+    assert [x for x, _ in loss[0].mean] == [float(step) for step in range(50, 61)]
+    assert all(y == pytest.approx(2.0) for _, y in loss[0].mean)
+    assert loss[1].mean == loss[1].runs[0]  # one run: its own curve
+    carry = report_plot.configuration_curves(cmp, report_plot.by_act_step, lambda row: row.recurrent)
+    assert [c.label for c in carry] == ["E0b (s0)"]  # the static runs have no carry
+    assert [x for x, _ in carry[0].mean] == [1.0, 2.0, 3.0, 4.0]
+    assert report_plot.mean_curve([[(1.0, 2.0), (2.0, 4.0)], [(2.0, 6.0), (3.0, 1.0)]]) == [(2.0, 5.0)]
+
+
 def test_plot_without_matplotlib_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 

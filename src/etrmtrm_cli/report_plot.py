@@ -1,17 +1,45 @@
-"""`compare --plot`: the training curves of the compared runs, one panel per metric (matplotlib, optional)."""
+"""`compare --plot`: the training curves of the compared configurations, one panel per metric (matplotlib, optional).
+
+One colour per configuration: its seeds' curves thin, their mean over seeds thick. Five seeds of three arms in
+per-run colours would be fifteen indistinguishable lines, and the arms are what the figure compares.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from etrmtrm_cli.analysis.compare import Comparison
-from etrmtrm_cli.analysis.matrix import HALTED_METRICS, SMOOTH_EXAMPLES, final_value, series, trailing_means
+from etrmtrm_cli.analysis.matrix import (
+    HALTED_METRICS,
+    SMOOTH_EXAMPLES,
+    Row,
+    RunRow,
+    final_value,
+    series,
+    trailing_means,
+)
 from etrmtrm_cli.errors import ConfigError
 
 PLOTTED = (("train/accuracy", "train accuracy"), ("train/exact_accuracy", "train exact accuracy"),
            ("train/loss", "train loss"), ("train/steps", "mean ACT steps at halt"))
 CARRY_PLOT = ("train/encoder_carry_change", "encoder carry change (recurrent runs)")
+SMOOTH_STEPS = 50  # plot: trailing mean of the per-step metrics (loss, grad share, ...)
+ACT_CHANGE_PREFIX = "act/encoder_carry_change_"  # train.py logs one key per ACT step k
+
+Curve = list[tuple[float, float]]  # (x, y)
+
+
+@dataclass(frozen=True)
+class ConfigCurves:
+    """One configuration's curves of one metric: each run's, and their mean where the runs overlap."""
+
+    label: str  # "E0b (5 seeds)"
+    colour: str
+    runs: list[Curve]
+    mean: Curve  # the runs' mean at the x values all of them have; the run itself when there is one
 
 
 def require_matplotlib() -> None:
@@ -21,66 +49,89 @@ def require_matplotlib() -> None:
         raise ConfigError("--plot needs matplotlib: pip install 'etrmtrm[plot]'") from None
 
 
-SMOOTH_STEPS = 50  # plot: trailing mean of the per-step metrics (loss, grad share, ...)
-ACT_CHANGE_PREFIX = "act/encoder_carry_change_"  # train.py logs one key per ACT step k
+def smoothed(rows: Sequence[Row], key: str) -> Curve:
+    """The metric vs step as the report reads it: a trailing mean (over halted examples, or steps)."""
+    points = series(rows, key)
+    window = SMOOTH_EXAMPLES if key in HALTED_METRICS else SMOOTH_STEPS
+    return [(float(step), value) for step, value in trailing_means(points, window)]
+
+
+def by_act_step(rows: Sequence[Row]) -> Curve:
+    """Mean encoder carry change at each ACT step k, over the last 10 % of the run's training."""
+    keys = sorted({k for r in rows for k in r if k.startswith(ACT_CHANGE_PREFIX)})
+    points = [(float(k.removeprefix(ACT_CHANGE_PREFIX)), final_value(rows, k)) for k in keys]
+    return [(k, v) for k, v in points if v is not None]
+
+
+def mean_curve(curves: Sequence[Curve]) -> Curve:
+    """The pointwise mean of the curves at the x values every one of them has."""
+    if len(curves) == 1:
+        return list(curves[0])
+    maps = [dict(curve) for curve in curves]
+    shared = sorted(set.intersection(*(set(m) for m in maps)))
+    return [(x, sum(m[x] for m in maps) / len(maps)) for x in shared]
+
+
+def configuration_curves(cmp: Comparison, curve_of: Callable[[Sequence[Row]], Curve],
+                         only: Callable[[RunRow], bool] = lambda row: True) -> list[ConfigCurves]:
+    """Per configuration (its colour fixed by its place in the comparison): the curve of each of its runs
+    (counted seeds, then unfinished ones), and their mean. Runs that repeat a counted seed are left out."""
+    rows_of = {id(row): run.rows for run, row in zip(cmp.runs, cmp.rows, strict=True)}
+    out = []
+    for i, config in enumerate(cmp.configs):
+        members = [row for row in [*config.seeds.values(), *config.pending] if only(row)]
+        curves = [curve for curve in (curve_of(rows_of[id(row)]) for row in members) if curve]
+        if curves:
+            seeds = f"{len(curves)} seeds" if len(curves) > 1 else f"s{members[0].seed}"
+            out.append(ConfigCurves(f"{config.label} ({seeds})", f"C{i % 10}", curves, mean_curve(curves)))
+    return out
 
 
 def plot_curves(cmp: Comparison, path: Path) -> None:
-    """Every run's curves vs step (raw, faint; trailing mean, solid) into a PNG."""
+    """Every configuration's curves vs step into a PNG."""
     require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed; must precede pyplot's import
     import matplotlib.pyplot as plt
 
-    panels = list(PLOTTED) + ([CARRY_PLOT] if any(r.recurrent for r in cmp.rows) else [])
-    slots = len(panels) + any(r.recurrent for r in cmp.rows)  # + carry change vs ACT step
-    cols = 3 if slots > 4 else 2
-    rows = -(-slots // cols)
+    recurrent = any(r.recurrent for r in cmp.rows)
+    panels: list[tuple[str, str, list[ConfigCurves]]] = [
+        (title, "step", configuration_curves(cmp, lambda rows, key=key: smoothed(rows, key)))
+        for key, title in PLOTTED]
+    if recurrent:
+        def is_recurrent(row: RunRow) -> bool:
+            return row.recurrent
+
+        panels += [(CARRY_PLOT[1], "step", configuration_curves(
+                        cmp, lambda rows: smoothed(rows, CARRY_PLOT[0]), is_recurrent)),
+                   ("encoder carry change vs ACT step (last 10 %)", "ACT step",
+                    configuration_curves(cmp, by_act_step, is_recurrent))]
+    cols = 3 if len(panels) > 4 else 2
+    rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.6 * rows), squeeze=False)
-    for ax, (key, title) in zip(axes.flat, panels, strict=False):
-        for i, (run, row) in enumerate(zip(cmp.runs, cmp.rows, strict=True)):
-            if key == CARRY_PLOT[0] and not row.recurrent:
-                continue
-            points = series(run.rows, key)
-            if not points:
-                continue
-            xs, ys = [p[0] for p in points], [p[1] for p in points]
-            colour = f"C{i % 10}"
-            marker = "o" if len(xs) < 20 else None  # a sparse series (few halts logged) stays visible
-            ax.plot(xs, ys, color=colour, alpha=0.25, linewidth=0.8)
-            smooth = trailing_means(points, SMOOTH_EXAMPLES if key in HALTED_METRICS else SMOOTH_STEPS)
-            ax.plot([p[0] for p in smooth], [p[1] for p in smooth], color=colour, linewidth=1.6, marker=marker,
-                    markersize=3, label=row.label)
+    for ax, (title, xlabel, configs) in zip(axes.flat, panels, strict=False):
+        _draw(ax, configs, markers=xlabel == "ACT step")
         ax.set_title(title)
-        ax.set_xlabel("step")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize="small")
-    if any(r.recurrent for r in cmp.rows):
-        _plot_carry_by_act_step(axes.flat[len(panels)], cmp)
-        panels = [*panels, ("", "")]
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(f"{' vs '.join(c.label for c in cmp.configs)} (solid: trailing mean over "
-                 f"{SMOOTH_EXAMPLES} halted examples, or {SMOOTH_STEPS} steps)")
+    fig.suptitle(f"{' vs '.join(c.label for c in cmp.configs)}: each seed thin, the mean over seeds thick "
+                 f"(trailing mean over {SMOOTH_EXAMPLES} halted examples, or {SMOOTH_STEPS} steps)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=110)
     plt.close(fig)
 
 
-def _plot_carry_by_act_step(ax: Any, cmp: Comparison) -> None:
-    """Mean encoder carry change at each ACT step k, over the last 10 % of each recurrent run's training."""
-    for i, (run, row) in enumerate(zip(cmp.runs, cmp.rows, strict=True)):
-        keys = sorted({k for r in run.rows for k in r if k.startswith(ACT_CHANGE_PREFIX)})
-        points = [(int(k.removeprefix(ACT_CHANGE_PREFIX)), final_value(run.rows, k)) for k in keys]
-        points = [(k, v) for k, v in points if v is not None]
-        if row.recurrent and points:
-            ax.plot([k for k, _ in points], [v for _, v in points], color=f"C{i % 10}", marker="o", markersize=3,
-                    label=row.label)
-    ax.set_title("encoder carry change vs ACT step (last 10 %)")
-    ax.set_xlabel("ACT step")
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize="small")
+def _draw(ax: Any, configs: Sequence[ConfigCurves], *, markers: bool) -> None:
+    for c in configs:
+        marker = "o" if markers or len(c.mean) < 20 else None  # a sparse series (few halts logged) stays visible
+        if len(c.runs) > 1:
+            for run in c.runs:
+                ax.plot([x for x, _ in run], [y for _, y in run], color=c.colour, alpha=0.3, linewidth=0.7)
+        ax.plot([x for x, _ in c.mean], [y for _, y in c.mean], color=c.colour, linewidth=1.8, marker=marker,
+                markersize=3, label=c.label)
