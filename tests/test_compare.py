@@ -486,6 +486,9 @@ def test_the_plot_draws_one_colour_per_configuration_with_its_seeds_and_their_me
     assert [c.label for c in carry] == ["E0b (s0)"]  # the static runs have no carry
     assert [x for x, _ in carry[0].mean] == [1.0, 2.0, 3.0, 4.0]
     assert report_plot.mean_curve([[(1.0, 2.0), (2.0, 4.0)], [(2.0, 6.0), (3.0, 1.0)]]) == [(2.0, 5.0)]
+    # a step one seed did not log (no slot halted there) is read from its neighbours, not dropped
+    assert report_plot.mean_curve([[(1.0, 0.0), (3.0, 2.0)], [(1.0, 2.0), (2.0, 2.0), (3.0, 2.0)]]) == [
+        (1.0, 1.0), (2.0, 1.5), (3.0, 2.0)]
 
 
 def test_plot_without_matplotlib_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

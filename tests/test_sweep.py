@@ -212,16 +212,45 @@ def test_ctrl_c_stops_a_sweep_with_checkpoints_and_without_a_traceback(tmp_path:
             os.killpg(proc.pid, signal.SIGINT)
         else:
             proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=180)
+        out, _ = proc.communicate(timeout=180)  # until every job's controller ends: they hold the pipe too
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-TERM", "-f", f"{project}/"], check=False)  # runs left by a failure (own sessions)
     assert proc.returncode == 130, out
     assert "stopped. The same command resumes the sweep." in out and "Traceback" not in out, out
     for run in runs:
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "interrupted", (run, summary)
         assert (run / f"checkpoints/step_{summary['step']:08d}").is_dir(), (run, summary)
+
+
+def test_a_job_stopped_before_its_run_starts_does_not_start_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    """A SIGTERM that reaches the job while it prepares (a sweep stopped just after it submitted the job) stops
+    the job: the run is not started behind the sweep's back, and the job's record says stopped."""
+    from etrmtrm_cli import rundir, sweep_job
+
+    for name, value in {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_FOLDER": str(tmp_path), "SUBMITIT_LOCAL_JOB_ID": "1",
+                        "SUBMITIT_LOCAL_GLOBALID": "0", "SUBMITIT_LOCAL_LOCALID": "0"}.items():
+        monkeypatch.setenv(name, value)
+    started = tmp_path / "started"
+    spec = sweep_job.JobSpec(key="E0a", exp_id="E0a", seed=None, run_dir=str(tmp_path / "runs/E0a"),
+                             argv=(sys.executable, "-c", f"open({str(started)!r}, 'w')"), cwd=str(tmp_path),
+                             threads=1, folder=str(tmp_path), sweep_id="s1")
+
+    def status_then_stopped(run_dir: Path) -> str:
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered to the job's handler before this returns
+        return "new"
+
+    monkeypatch.setattr(rundir, "run_status", status_then_stopped)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RuntimeError, match=r"E0a: stopped \(SIGTERM\)"):
+        sweep_job.TrainJob(spec)()
+    assert not started.exists()
+    record = json.loads(sweep_job.record_path(tmp_path, "E0a", "run").read_text())
+    assert record["state"] == "stopped" and record["exit_code"] is None, record
+    assert signal.getsignal(signal.SIGTERM) is before  # the job's handler is gone again
 
 
 def test_runs_waiting_for_a_failed_p0_are_not_started(tmp_path: Path) -> None:

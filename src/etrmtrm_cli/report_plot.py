@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from etrmtrm_cli.analysis.compare import Comparison
 from etrmtrm_cli.analysis.matrix import (
     HALTED_METRICS,
@@ -39,7 +41,7 @@ class ConfigCurves:
     label: str  # "E0b (5 seeds)"
     colour: str
     runs: list[Curve]
-    mean: Curve  # the runs' mean at the x values all of them have; the run itself when there is one
+    mean: Curve  # the runs' mean where all of them have values (mean_curve); the run itself when there is one
 
 
 def require_matplotlib() -> None:
@@ -64,25 +66,28 @@ def by_act_step(rows: Sequence[Row]) -> Curve:
 
 
 def mean_curve(curves: Sequence[Curve]) -> Curve:
-    """The pointwise mean of the curves at the x values every one of them has."""
+    """The mean of the curves over the x range all of them cover, at every x any of them has there (each curve
+    interpolated linearly: a metric of halted slots is not logged at a step where none halted)."""
     if len(curves) == 1:
         return list(curves[0])
-    maps = [dict(curve) for curve in curves]
-    shared = sorted(set.intersection(*(set(m) for m in maps)))
-    return [(x, sum(m[x] for m in maps) / len(maps)) for x in shared]
+    lo, hi = max(c[0][0] for c in curves), min(c[-1][0] for c in curves)
+    xs = sorted({x for c in curves for x, _ in c if lo <= x <= hi})
+    ys = np.mean([np.interp(xs, [x for x, _ in c], [y for _, y in c]) for c in curves], axis=0)
+    return [(x, float(y)) for x, y in zip(xs, ys, strict=True)]
 
 
 def configuration_curves(cmp: Comparison, curve_of: Callable[[Sequence[Row]], Curve],
                          only: Callable[[RunRow], bool] = lambda row: True) -> list[ConfigCurves]:
-    """Per configuration (its colour fixed by its place in the comparison): the curve of each of its runs
-    (counted seeds, then unfinished ones), and their mean. Runs that repeat a counted seed are left out."""
+    """Per configuration (its colour fixed by its place in the comparison): the curve of each of its counted
+    seeds (its unfinished runs only while it has none, as the report counts them) and their mean."""
     rows_of = {id(row): run.rows for run, row in zip(cmp.runs, cmp.rows, strict=True)}
     out = []
     for i, config in enumerate(cmp.configs):
-        members = [row for row in [*config.seeds.values(), *config.pending] if only(row)]
-        curves = [curve for curve in (curve_of(rows_of[id(row)]) for row in members) if curve]
-        if curves:
-            seeds = f"{len(curves)} seeds" if len(curves) > 1 else f"s{members[0].seed}"
+        members = [row for row in config.seeds.values() if only(row)] or [row for row in config.pending if only(row)]
+        curved = [(row, curve) for row in members if (curve := curve_of(rows_of[id(row)]))]
+        if curved:
+            seeds = f"{len(curved)} seeds" if len(curved) > 1 else f"s{curved[0][0].seed}"
+            curves = [curve for _, curve in curved]
             out.append(ConfigCurves(f"{config.label} ({seeds})", f"C{i % 10}", curves, mean_curve(curves)))
     return out
 

@@ -223,7 +223,8 @@ def run_local(planned: Sequence[PlannedJob], executor: Any, jobs: int, on_event:
 def _sigint_ignored_by_children() -> Iterator[None]:
     """Processes started in the block begin with SIGINT ignored, which Python then keeps. Otherwise a Ctrl-C
     makes submitit's job controller print a KeyboardInterrupt traceback and kill its job a second later. The
-    job still hears the terminal's Ctrl-C: it installs its own handler (sweep_job.TrainJob) while its run runs."""
+    job still hears the terminal's Ctrl-C: it installs its own handler (sweep_job.TrainJob). The sweep ignores
+    SIGINT for the moment a submit takes too; a Ctrl-C in that moment is lost (press it again)."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield

@@ -89,6 +89,10 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.__init__(state["spec"])  # type: ignore[misc]
 
     def __call__(self) -> dict[str, Any]:
+        with self._signals():  # from the start: a stop that comes before the child exists must still stop the job
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         from etrmtrm_cli.rundir import run_status
 
         spec, env = self.spec, submitit.JobEnvironment()
@@ -108,10 +112,13 @@ class TrainJob(submitit.helpers.Checkpointable):
         started = time.time()
         write_record(spec.folder, spec.key, "run", {**record, "state": "running", "started": started,
                                                     "threads": threads, "action": status})
+        code: int | None = None  # stays None when a stop came before the child would start: it is not started
         try:
-            with self._signals():
+            if self._signalled is None:
                 self._proc = subprocess.Popen(argv, cwd=spec.cwd, env=_child_env(threads), preexec_fn=_ignore_usr2,
                                               start_new_session=logs["executor"] == "local")
+                if self._signalled is not None and logs["executor"] != "slurm":  # came while it started: pass it on
+                    self._stop_child(wait=False)
                 while (code := self._proc.poll()) is None:
                     time.sleep(0.5)
         except UncompletedJobError as err:  # raised by submitit's time-limit handler: no requeue left
@@ -129,7 +136,7 @@ class TrainJob(submitit.helpers.Checkpointable):
             write_record(spec.folder, spec.key, "run", {**record, **ended, "state": "stopped", "reason": why})
             raise RuntimeError(f"{spec.key}: stopped ({why}); the run resumes from its checkpoint when the job runs "
                                "again")
-        if code < 0:  # killed without a chance to say why: SIGKILL is often the kernel out of memory
+        if code is not None and code < 0:  # killed without a chance to say why: SIGKILL is often the kernel's OOM
             error = f"etrmtrm train was killed by {signal.Signals(-code).name}"
         else:
             error = last_error(Path(logs["log_err"])) or f"etrmtrm train exited with code {code}"
