@@ -213,8 +213,9 @@ def run_local(planned: Sequence[PlannedJob], executor: Any, jobs: int, on_event:
     except KeyboardInterrupt:  # a terminal's Ctrl-C reached the jobs too; a signal to this process alone did not
         time.sleep(1.5)
         for _, handle in running.values():  # the controller passes SIGTERM to its job, the job once to its run
-            with contextlib.suppress(ProcessLookupError):  # (submitit's cancel() sends SIGINT, ignored: see below)
-                os.kill(int(handle.job_id), signal.SIGTERM)  # a local job's id is its controller's pid
+            if not handle.done():  # (an ended controller's pid may already be another process's)
+                with contextlib.suppress(ProcessLookupError):  # submitit's cancel() sends SIGINT: ignored, see below
+                    os.kill(int(handle.job_id), signal.SIGTERM)  # a local job's id is its controller's pid
         raise
     return outcome
 
