@@ -17,15 +17,14 @@ from etrmtrm_cli.cli import app
 PUBLISHING = re.compile(r"^etrmtrm (compare .*--runs-dir results/records/.*--markdown (results/\S+\.md).*)$", re.M)
 
 
-def publishing_commands() -> list[tuple[str, str]]:
-    return PUBLISHING.findall((REPO / "README.md").read_text())
+PUBLISHED: list[tuple[str, str]] = PUBLISHING.findall((REPO / "README.md").read_text())  # (command, report)
 
 
 def test_the_readme_publishes_at_least_one_report_from_records() -> None:
-    assert publishing_commands(), "no README command writes a results/*.md from results/records/"
+    assert PUBLISHED, "no README command writes a results/*.md from results/records/"
 
 
-@pytest.mark.parametrize(("command", "report"), publishing_commands(), ids=[r for _, r in publishing_commands()])
+@pytest.mark.parametrize(("command", "report"), PUBLISHED, ids=[report for _, report in PUBLISHED])
 def test_a_published_report_regenerates_from_its_records(
     command: str, report: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -41,7 +41,7 @@ class ConfigCurves:
     label: str  # "E0b (5 seeds)"
     colour: str
     runs: list[Curve]
-    mean: Curve  # the runs' mean where all of them have values (mean_curve); the run itself when there is one
+    mean: Curve  # the runs' mean over the steps all of them cover (mean_curve); the run itself when there is one
 
 
 def require_matplotlib() -> None:
@@ -105,13 +105,10 @@ def plot_curves(cmp: Comparison, path: Path) -> None:
         (title, "step", configuration_curves(cmp, lambda rows, key=key: smoothed(rows, key)))
         for key, title in PLOTTED]
     if recurrent:
-        def is_recurrent(row: RunRow) -> bool:
-            return row.recurrent
-
         panels += [(CARRY_PLOT[1], "step", configuration_curves(
-                        cmp, lambda rows: smoothed(rows, CARRY_PLOT[0]), is_recurrent)),
+                        cmp, lambda rows: smoothed(rows, CARRY_PLOT[0]), lambda row: row.recurrent)),
                    ("encoder carry change vs ACT step (last 10 %)", "ACT step",
-                    configuration_curves(cmp, by_act_step, is_recurrent))]
+                    configuration_curves(cmp, by_act_step, lambda row: row.recurrent))]
     cols = 3 if len(panels) > 4 else 2
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.6 * rows), squeeze=False)
