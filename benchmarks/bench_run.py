@@ -45,11 +45,13 @@ def main() -> None:
     parser.add_argument("experiment")
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--src", type=Path, action="append", required=True, help="a source tree (its src/ dir)")
-    parser.add_argument("extra", nargs="*", help="arguments for every `train`, after --")
-    args = parser.parse_args()
+    # Everything after `--` goes to `train` (an argparse remainder would swallow it along with the experiment).
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]
     results = []
     for src in args.src:
-        results.append(one_run(src, args.experiment, args.profile, args.extra))
+        results.append(one_run(src, args.experiment, args.profile, extra))
         r = results[-1]
         print(f"{r['src']} ({(r['git_sha'] or '?')[:7]}): {r['wall_s']:.0f} s for {r['steps']} steps, "
               f"median step {r['step_ms_median']} ms, {r['wall_s'] / results[0]['wall_s']:.2f}x the first's time",
