@@ -5,7 +5,7 @@ run through `encoder_num_layers` transformer blocks with RoPE, attending only to
 and mean-pooled over those cells. Only real data costs compute:
 - only the valid demos are encoded (packed from (B, K) slots into N rows), and each distinct demo once:
   batch slots that hold queries of the same task hold the same demos (at the `cpu` profile, 32 slots over
-  32 tasks hold about 21 distinct tasks at a time), and their copies take the one encoding, so its gradient
+  32 tasks, once their halting has desynchronised), and their copies take the one encoding, so its gradient
   is the sum over the slots that read it, as if each had been encoded apart;
 - of each demo only its real cells are kept, packed back to back with their canvas positions for RoPE;
   linears, norms and MLPs run on the packed cells, and attention per bucket of demos of similar length
