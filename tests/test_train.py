@@ -18,6 +18,7 @@ from conftest import CPU, EXPERIMENTS, tiny
 from rich.console import Console
 
 from etrmtrm_cli import rundir
+from etrmtrm_cli.analysis.diagnose.determinism import IGNORED_METRICS
 from etrmtrm_cli.errors import RunError
 from etrmtrm_cli.models.build import build_model
 from etrmtrm_cli.models.trm_import import ImportReport
@@ -30,7 +31,7 @@ SINGLE = DistContext(0, 1, CPU)
 FAST = ["train.eval_interval=4", "train.checkpoint_interval=4", "data.eval_groups=1", "data.eval_num_aug=1"]
 
 
-def read_metrics(run_dir: Path, drop: tuple[str, ...] = ("time/step_s",)) -> list[dict[str, Any]]:
+def read_metrics(run_dir: Path, drop: tuple[str, ...] = IGNORED_METRICS) -> list[dict[str, Any]]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in lines]
 

@@ -146,12 +146,14 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
                 except NonFiniteError as err:
                     raise _non_finite(err, exp, state.step + 1, options.command) from None
             if state.step % exp.train.eval_interval == 0 or state.step == total:
+                eval_started = time.perf_counter()
                 results = evaluate(ema or model, data, eval_batch, ctx.device, ctx.rank, ctx.world_size,
                                    should_stop=lambda: ctx.any_rank(stop.requested))
                 if results is None:  # a signal during the eval: checkpoint the step with its eval still to do
                     pending = metrics
                     break
                 metrics.update(results)
+                metrics["time/eval_s"] = time.perf_counter() - eval_started
                 emit("eval", {"step": state.step, "metrics": metrics})
             if log is not None:
                 log.write(state.step, metrics)
