@@ -47,8 +47,8 @@ def attention_ms(attend: Callable[[Tensor, Tensor, Tensor], Tensor], shape: tupl
                  reps: int) -> float:
     q, k, v = (torch.randn(shape, requires_grad=backward) for _ in range(3))
     grad = torch.randn(shape)
-    if backward:
-        return best_ms(lambda: attend(q, k, v).backward(grad), reps)
+    if backward:  # gradients returned, not accumulated into .grad
+        return best_ms(lambda: torch.autograd.grad(attend(q, k, v), (q, k, v), grad), reps)
     with torch.no_grad():
         return best_ms(lambda: attend(q, k, v), reps)
 
@@ -73,12 +73,16 @@ def main() -> None:
         print(f"  linear {name:8s} ({m} x {k}) @ ({k} x {n}): {rate} GFLOP/s")
     shape = (args.batch, args.heads, args.seq, d // args.heads)
     result["attention_shape"] = list(shape)
+    forward_flop = 4 * args.batch * args.seq**2 * d  # q @ k^T and p @ v over all heads
     for backward in (False, True):
         label = "forward+backward" if backward else "forward"
         flash = attention_ms(F.scaled_dot_product_attention, shape, backward, args.reps)
         math = attention_ms(math_attention, shape, backward, args.reps)
         result[f"attention_{label}_ms"] = {"sdpa": round(flash, 2), "math": round(math, 2)}
-        print(f"  attention {shape} {label}: sdpa {flash:.2f} ms, math {math:.2f} ms (sdpa/math {flash / math:.2f})")
+        rates = f" ({forward_flop / flash / 1e6:.0f} and {forward_flop / math / 1e6:.0f} GFLOP/s)"
+        rate = "" if backward else rates
+        print(f"  attention {shape} {label}: sdpa {flash:.2f} ms, math {math:.2f} ms{rate} "
+              f"(sdpa/math {flash / math:.2f})")
     print(json.dumps(result))
 
 

@@ -7,7 +7,6 @@ backward, clip, AdamW, the step's metrics).
 
 Grids are random valid ARC grids of random sizes inside the canvas (EOS row and column included).
 `--demos-used arc` draws each example's demo count from ARC-AGI-1's training tasks (most have 2-4).
-`--tasks N` draws each slot's demos from N random tasks, so that slots share demos as at the cpu profile.
 `--encoder trm` times TRM itself (a learned puzzle embedding, no encoder): the decoder's share of a step.
 `--reference-path /path/to/etrm` (a checkout of github.com/bdsaglam/etrm, imported at runtime) also times
 the public ETRM code's step on the same batches (ETRM for `static`, ETRMTRM for `recurrent_standard`), in
@@ -57,19 +56,14 @@ def random_batch(args: argparse.Namespace, rng: np.random.Generator, counts: lis
         h, w = rng.integers(1, side + 1, size=2)
         return rng.integers(0, 10, size=(h, w)).astype(np.uint8)
 
-    tasks = args.tasks or args.batch  # demo sets to draw from
-    demo_inputs = np.zeros((tasks, k, side * side), dtype=np.int64)
+    demo_inputs = np.zeros((args.batch, k, side * side), dtype=np.int64)
     demo_labels = np.zeros_like(demo_inputs)
-    demo_mask = np.zeros((tasks, k), dtype=bool)
-    for t in range(tasks):
+    demo_mask = np.zeros((args.batch, k), dtype=bool)
+    for b in range(args.batch):
         used = min(k, int(rng.choice(counts)) if counts else args.demos_used)
-        demo_mask[t, :used] = True
+        demo_mask[b, :used] = True
         for d in range(used):
-            demo_inputs[t, d], demo_labels[t, d] = encode_grid(grid(), side), encode_grid(grid(), side)
-    # Each slot its own task, or with --tasks N a task drawn at random, so that slots share demos as they do
-    # at the cpu profile (32 slots over 32 tasks: about 20 distinct at a time).
-    task_of = rng.integers(0, tasks, size=args.batch) if args.tasks else np.arange(args.batch)
-    demo_inputs, demo_labels, demo_mask = demo_inputs[task_of], demo_labels[task_of], demo_mask[task_of]
+            demo_inputs[b, d], demo_labels[b, d] = encode_grid(grid(), side), encode_grid(grid(), side)
     inputs = np.stack([encode_grid(grid(), side) for _ in range(args.batch)])
     labels = np.stack([encode_labels(grid(), side) for _ in range(args.batch)])
     tensors = {"inputs": inputs, "labels": labels, "demo_inputs": demo_inputs, "demo_labels": demo_labels,
@@ -180,8 +174,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                           ("l-cycles", 4), ("canvas", 10), ("batch", 32), ("max-demos", 10), ("prefix", 16),
                           ("halt-max-steps", 16), ("seed", 0)):
         parser.add_argument(f"--{name}", type=int, default=default)
-    parser.add_argument("--tasks", type=int, default=0,
-                        help="draw each slot's demos from this many tasks (0: every slot its own task)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 
 

@@ -15,7 +15,6 @@ from torch import nn
 
 from etrmtrm_cli.config import ArchConfig
 from etrmtrm_cli.encoders import build_encoder, get_encoder, list_encoders
-from etrmtrm_cli.encoders.grid import _pack
 from etrmtrm_cli.encoders.registry import register_encoder, validate_encoder_params
 from etrmtrm_cli.errors import ConfigError
 from etrmtrm_cli.models.build import build_model, encoder_parameters
@@ -163,26 +162,6 @@ def test_packed_cropped_grid_encoder_equals_the_full_masked_computation(shifted:
     full = (x * real.unsqueeze(-1)).sum(1) / real.sum(1, keepdim=True).clamp_min(1)
     full = full.view(6, K, -1) * batch["demo_mask"].unsqueeze(-1)
     torch.testing.assert_close(packed, full, rtol=1e-5, atol=1e-5)
-
-
-def test_slots_with_the_same_demos_share_one_encoding_and_its_gradient_sums_theirs() -> None:
-    enc, batch = encoder("static"), demo_batch(batch=3, seed=5)
-    dup = {k: v[[0, 1, 0, 2, 1]] for k, v in batch.items()}  # slots 0 and 2, 1 and 4 hold the same task
-    demos = (dup["demo_inputs"], dup["demo_labels"], dup["demo_mask"])
-    *_, packing = _pack(*demos)
-    distinct = {tuple(torch.cat([i[m], o[m]], 1).flatten().tolist()) for i, o, m in zip(*demos, strict=True)}
-    assert len(distinct) == 3
-    assert packing.counts.numel() == int(batch["demo_mask"].sum())  # the 3 tasks' demos, each once
-
-    weights = torch.randn(5, K, ARCH.hidden_size, generator=torch.Generator().manual_seed(6))
-    params = list(enc.grid.parameters())
-    shared = enc.grid(*demos)  # (5, K, D)
-    apart = torch.cat([enc.grid(*(t[b : b + 1] for t in demos)) for b in range(5)])  # each slot alone
-    torch.testing.assert_close(shared, apart, rtol=1e-5, atol=1e-5)
-    grads_shared = torch.autograd.grad((shared * weights).sum(), params)
-    grads_apart = torch.autograd.grad((apart * weights).sum(), params)
-    for g_shared, g_apart in zip(grads_shared, grads_apart, strict=True):
-        torch.testing.assert_close(g_shared, g_apart, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -3,10 +3,7 @@
 Each pair (input grid, output grid) is embedded as input-token + output-token embeddings on the canvas,
 run through `encoder_num_layers` transformer blocks with RoPE, attending only to real (non-PAD) cells,
 and mean-pooled over those cells. Only real data costs compute:
-- only the valid demos are encoded (packed from (B, K) slots into N rows), and each distinct demo once:
-  batch slots that hold queries of the same task hold the same demos (at the `cpu` profile, 32 slots over
-  32 tasks, once their halting has desynchronised), and their copies take the one encoding, so its gradient
-  is the sum over the slots that read it, as if each had been encoded apart;
+- only the valid demos are encoded (packed from (B, K) slots into N rows);
 - of each demo only its real cells are kept, packed back to back with their canvas positions for RoPE;
   linears, norms and MLPs run on the packed cells, and attention per bucket of demos of similar length
   (layers.Packing). The result equals the masked computation over the full padded canvas
@@ -49,7 +46,7 @@ class DemoGridEncoder(nn.Module):
     def forward(self, demo_inputs: Tensor, demo_labels: Tensor, demo_mask: Tensor) -> Tensor:
         # demo_inputs, demo_labels: (B, K, S²) long; demo_mask: (B, K) bool -> demo vectors (B, K, D)
         b, k, _ = demo_inputs.shape
-        cells, positions, slots, copy_of, packing = _pack(demo_inputs, demo_labels, demo_mask)
+        cells, positions, slots, packing = _pack(demo_inputs, demo_labels, demo_mask)
         is_output = (positions >= self.seq_len).unsqueeze(-1)  # (T, 1)
         x = self.embed_scale * torch.where(is_output, self.output_embed(cells), self.input_embed(cells))  # (T, D)
         cos, sin = self.rotary()
@@ -58,20 +55,16 @@ class DemoGridEncoder(nn.Module):
             x = block(x, rope=rope, packing=packing)
         if self.norm_style == "pre":  # pre-norm leaves the residual stream unnormalised
             x = rms_norm(x, self.eps)
-        pooled = packing.mean(x)[copy_of]  # (U, D) distinct demos -> (N, D) valid demos
-        out = x.new_zeros(b * k, self.hidden).index_copy(0, slots, pooled)  # (N, D) into valid slots
+        out = x.new_zeros(b * k, self.hidden).index_copy(0, slots, packing.mean(x))  # (N, D) into valid slots
         return out.view(b, k, self.hidden)  # zeros in empty slots
 
 
 @torch.compiler.disable  # nonzero and mask indexing have data-dependent sizes: eager, outside compiled graphs
-def _pack(demo_inputs: Tensor, demo_labels: Tensor, demo_mask: Tensor
-          ) -> tuple[Tensor, Tensor, Tensor, Tensor, Packing]:
-    """The real cells of the distinct valid demos, demo by demo -> cells (T,), their canvas positions (T,),
-    the flat (B * K) slot of each valid demo (N,), the distinct demo each valid demo is a copy of (N,), and
-    the packing of the U distinct demos."""
+def _pack(demo_inputs: Tensor, demo_labels: Tensor, demo_mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Packing]:
+    """The real cells of the valid demos, demo by demo -> cells (T,), their canvas positions (T,), the
+    flat (B * K) slot of each valid demo (N,), and their packing."""
     # Input cells at positions [0, S²) and output cells at [S², 2S²), as on the canvas.
     tokens = torch.cat([demo_inputs[demo_mask], demo_labels[demo_mask]], dim=1)  # (N, 2S²)
-    tokens, copy_of = torch.unique(tokens, dim=0, return_inverse=True)  # (U, 2S²), (N,)
     demo_of, positions = (tokens != PAD).nonzero(as_tuple=True)  # (T,) each
     slots = demo_mask.flatten().nonzero().squeeze(1)  # (N,)
-    return tokens[demo_of, positions], positions, slots, copy_of, Packing(demo_of, tokens.shape[0])
+    return tokens[demo_of, positions], positions, slots, Packing(demo_of, tokens.shape[0])

@@ -168,9 +168,8 @@ class Packing:
         self.counts = torch.bincount(seq_of, minlength=num_seqs)  # (N,) tokens per sequence
         starts = self.counts.cumsum(0) - self.counts  # (N,) each sequence's first token
         order = torch.argsort(self.counts)
-        self.buckets: list[tuple[int, int, Tensor]] = []  # sequences n, padded length L, key mask (n, L)
-        rows = []  # per bucket (n * L,): the token each padded row reads
-        padded_start = torch.zeros_like(self.counts)  # each sequence's first row in the padded layout
+        self.buckets: list[tuple[Tensor, Tensor]] = []  # token index (n, L), key mask (n, L)
+        padded_start = torch.zeros_like(self.counts)  # each sequence's first row in the padded outputs
         offset = 0
         for bucket in torch.tensor_split(order, min(max_buckets, max(1, num_seqs // min_bucket))):
             length = int(self.counts[bucket].max()) if bucket.numel() else 0
@@ -179,13 +178,9 @@ class Packing:
             rank = torch.arange(length, device=seq_of.device)
             mask = rank < self.counts[bucket, None]  # (n, L)
             # Padding slots read token 0: masked as keys, and their query rows are never read back.
-            rows.append(torch.where(mask, starts[bucket, None] + rank, 0).flatten())
-            self.buckets.append((bucket.numel(), length, mask))
+            self.buckets.append((torch.where(mask, starts[bucket, None] + rank, 0), mask))
             padded_start[bucket] = offset + length * torch.arange(bucket.numel(), device=seq_of.device)
             offset += bucket.numel() * length
-        # One gather for every bucket at once (R = sum of n * L rows): its backward is one scatter into one
-        # zeroed (T, ...) gradient, where a gather per bucket costs a zeroed copy of the whole input each.
-        self.gather = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=seq_of.device)  # (R,)
         token = torch.arange(seq_of.numel(), device=seq_of.device)
         self.unpad = padded_start[seq_of] + token - starts[seq_of]  # (T,) each token's padded row
 
@@ -196,11 +191,9 @@ class Packing:
         """Attention within each sequence: q, k, v (T, H, hd) -> (T, H, hd)."""
         if not self.buckets:
             return torch.zeros_like(q)
-        sizes = [n * length for n, length, _ in self.buckets]
-        per_bucket = zip(*(t[self.gather].split(sizes) for t in (q, k, v)), strict=True)  # (n * L, H, hd) each
         outs = []
-        for (n, length, mask), qkv in zip(self.buckets, per_bucket, strict=True):
-            qb, kb, vb = (t.view(n, length, *t.shape[1:]).transpose(1, 2) for t in qkv)  # (n, H, L, hd)
+        for index, mask in self.buckets:
+            qb, kb, vb = (t[index].transpose(1, 2) for t in (q, k, v))  # (n, H, L, hd)
             outs.append(_attend(qb, kb, vb, mask).transpose(1, 2).flatten(0, 1))  # (n * L, H, hd)
         return torch.cat(outs)[self.unpad]
 
