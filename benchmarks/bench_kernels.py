@@ -66,11 +66,10 @@ def main() -> None:
     print(f"{args.threads} threads; matmul 1024³: {result['peak_gflops']} GFLOP/s")
     linears = {"qkv": (t, d, 3 * d), "out": (t, d, d), "gate_up": (t, d, 2 * args.mlp_width),
                "down": (t, args.mlp_width, d)}
-    result["linears_gflops"] = {}
+    rates = {name: round(matmul_gflops(m, k, n, args.reps), 1) for name, (m, k, n) in linears.items()}
     for name, (m, k, n) in linears.items():
-        rate = round(matmul_gflops(m, k, n, args.reps), 1)
-        result["linears_gflops"][name] = rate
-        print(f"  linear {name:8s} ({m} x {k}) @ ({k} x {n}): {rate} GFLOP/s")
+        print(f"  linear {name:8s} ({m} x {k}) @ ({k} x {n}): {rates[name]} GFLOP/s")
+    result["linears_gflops"] = rates
     shape = (args.batch, args.heads, args.seq, d // args.heads)
     result["attention_shape"] = list(shape)
     forward_flop = 4 * args.batch * args.seq**2 * d  # q @ k^T and p @ v over all heads
@@ -79,9 +78,8 @@ def main() -> None:
         flash = attention_ms(F.scaled_dot_product_attention, shape, backward, args.reps)
         math = attention_ms(math_attention, shape, backward, args.reps)
         result[f"attention_{label}_ms"] = {"sdpa": round(flash, 2), "math": round(math, 2)}
-        rates = f" ({forward_flop / flash / 1e6:.0f} and {forward_flop / math / 1e6:.0f} GFLOP/s)"
-        rate = "" if backward else rates
-        print(f"  attention {shape} {label}: sdpa {flash:.2f} ms, math {math:.2f} ms{rate} "
+        gflops = "" if backward else f" ({forward_flop / flash / 1e6:.0f} and {forward_flop / math / 1e6:.0f} GFLOP/s)"
+        print(f"  attention {shape} {label}: sdpa {flash:.2f} ms, math {math:.2f} ms{gflops} "
               f"(sdpa/math {flash / math:.2f})")
     print(json.dumps(result))
 
