@@ -58,6 +58,9 @@ def test_run_directory_is_complete(tmp_path: Path) -> None:
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert "eval/pass@2" in rows[3] and "eval/pass@2" in rows[5] and "eval/pass@2" not in rows[0]
+    timed = read_metrics(run, drop=())  # wall times: every step's, and each eval's on the steps that evaluate
+    assert all(r["time/step_s"] > 0 for r in timed)
+    assert [r["step"] for r in timed if "time/eval_s" in r] == [4, 6] and timed[3]["time/eval_s"] > 0
     for key in ("train/loss", "grad/encoder_share", "train/encoder_cross_sample_var", "train/encoder_carry_norm",
                 "train/encoder_carry_change", "train/lr", "act/encoder_carry_change_01"):
         assert key in rows[0]
