@@ -48,6 +48,19 @@ def test_encoders_lists_the_registry() -> None:
         assert name in result.output
 
 
+@pytest.mark.parametrize("columns", [None, "80"])
+def test_output_into_a_pipe_keeps_its_tables_whole_unless_columns_says_otherwise(columns: str | None) -> None:
+    env = {"PATH": ""} | ({"COLUMNS": columns} if columns else {})
+    result = subprocess.run([sys.executable, "-m", "etrmtrm_cli", "experiments", "--experiments", REAL],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    widest = max(len(line) for line in result.stdout.splitlines())
+    if columns is None:  # no terminal, no COLUMNS: room for the whole table, nothing cut short with an ellipsis
+        assert 80 < widest <= 200 and "…" not in result.stdout
+    else:
+        assert widest <= 80 and "…" in result.stdout
+
+
 def test_bad_file_is_one_line_exit_1_no_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "experiments.toml"
     bad.write_text("[experiments.E0a]\narch = { halt_max_step = 3 }\n[profiles.cpu]\n")

@@ -402,7 +402,14 @@ def export(
         console.print(f"[{style}]{item.action}[/] {item.source} -> {item.dest}", highlight=False)
 
 
+# Output into a pipe or a file has no terminal width, and rich would fit it into 80 columns, cutting the
+# figures of a comparison short ("81…"); it gets room for the widest report instead. COLUMNS still decides.
+PIPE_WIDTH = 200
+
+
 def main() -> None:
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPE_WIDTH
     app()
 
 
