@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from bench_decoder import matmul_peak_gflops
 from torch import Tensor
 
 
@@ -62,7 +63,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     d, t = args.hidden, args.tokens
-    result: dict[str, object] = {"threads": args.threads, "peak_gflops": round(matmul_gflops(1024, 1024, 1024, 5), 1)}
+    result: dict[str, object] = {"threads": args.threads, "peak_gflops": round(matmul_peak_gflops(), 1)}
     print(f"{args.threads} threads; matmul 1024³: {result['peak_gflops']} GFLOP/s")
     linears = {"qkv": (t, d, 3 * d), "out": (t, d, d), "gate_up": (t, d, 2 * args.mlp_width),
                "down": (t, args.mlp_width, d)}
