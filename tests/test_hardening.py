@@ -391,7 +391,8 @@ def test_one_writer_per_run(project: Path) -> None:
         time.sleep(0.05)
     assert first.poll() is None, first.communicate()[0]
     try:
-        assert max(metric_steps_tolerant(metrics), default=0) >= FIXTURE_STEPS + 3, "the first run took no step in 180 s"
+        reached = max(metric_steps_tolerant(metrics), default=0)
+        assert reached >= FIXTURE_STEPS + 3, f"the first run reached step {reached} in 180 s"
         second = cli_proc("train", "E0b", "--resume", *TINY, "--max-steps", 100000, cwd=project, timeout=180)
     finally:
         first.send_signal(signal.SIGTERM)
