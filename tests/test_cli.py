@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from etrmtrm_cli import __version__
-from etrmtrm_cli.cli import app
+from etrmtrm_cli.cli import PIPE_WIDTH, app
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = str(REPO / "experiments.toml")
@@ -56,7 +56,7 @@ def test_output_into_a_pipe_keeps_its_tables_whole_unless_columns_says_otherwise
     assert result.returncode == 0, result.stderr
     widest = max(len(line) for line in result.stdout.splitlines())
     if columns is None:  # no terminal, no COLUMNS: room for the whole table, nothing cut short with an ellipsis
-        assert 80 < widest <= 200 and "…" not in result.stdout
+        assert 80 < widest <= PIPE_WIDTH and "…" not in result.stdout
     else:
         assert widest <= 80 and "…" in result.stdout
 

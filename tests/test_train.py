@@ -18,7 +18,7 @@ from conftest import CPU, EXPERIMENTS, tiny
 from rich.console import Console
 
 from etrmtrm_cli import rundir
-from etrmtrm_cli.analysis.diagnose.determinism import WALL_CLOCK
+from etrmtrm_cli.analysis.diagnose.determinism import without_wall_clock
 from etrmtrm_cli.errors import RunError
 from etrmtrm_cli.models.build import build_model
 from etrmtrm_cli.models.trm_import import ImportReport
@@ -33,9 +33,8 @@ FAST = ["train.eval_interval=4", "train.checkpoint_interval=4", "data.eval_group
 
 def read_metrics(run_dir: Path, wall_clock: bool = False) -> list[dict[str, Any]]:
     """metrics.jsonl, without its wall-clock metrics unless asked for (they differ between any two runs)."""
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if wall_clock or not k.startswith(WALL_CLOCK)}
-            for line in lines]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return rows if wall_clock else [without_wall_clock(row) for row in rows]
 
 
 class Crash(Exception):

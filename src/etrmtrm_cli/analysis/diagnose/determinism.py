@@ -50,8 +50,13 @@ def check_determinism(subject: Subject, steps: int = DETERMINISM_STEPS) -> Check
     return CheckResult("determinism", status, rows, message)
 
 
+def without_wall_clock(row: dict[str, Any]) -> dict[str, Any]:
+    """A metrics row without its WALL_CLOCK metrics: what two runs with one seed must agree on."""
+    return {k: v for k, v in row.items() if not k.startswith(WALL_CLOCK)}
+
+
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [{k: v for k, v in row.items() if not k.startswith(WALL_CLOCK)} for row in rundir.read_metrics(path)]
+    return [without_wall_clock(row) for row in rundir.read_metrics(path)]
 
 
 def first_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> str | None:
