@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from etrmtrm_cli import __version__, rundir
+from etrmtrm_cli.allocator import loaded_allocator
 from etrmtrm_cli.config import Experiment, dict_differences
 from etrmtrm_cli.data.dataset import ArcData, build_arc_data
 from etrmtrm_cli.errors import CheckpointError, RunError, first_line
@@ -121,7 +122,7 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     if compiled:
         parts = replace(parts, forward=torch.compile(model))
     runtime = {"forward_dtype": exp.arch.forward_dtype, "dtype_note": dtype_note, "compile": compiled,
-               "compile_note": compile_note}
+               "compile_note": compile_note, "allocator": loaded_allocator()}
     log = MetricsLog(run_dir, resume_from=state.step, tensorboard=options.tensorboard, wandb=options.wandb,
                      exp=exp) if ctx.is_main else None
     if ctx.is_main and not options.resume:
