@@ -421,6 +421,18 @@ def test_missing_run_names_the_command_that_makes_it(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
+def test_a_queue_name_stands_for_its_experiments(tmp_path: Path) -> None:
+    for exp_id in ("E0a", "E1a", "E2c", "E2d", "E3b"):  # E0a and the queue week2 of the real experiments file
+        write_run(tmp_path, exp_id, flat(0.90))
+    result = invoke("E0a", "week2", "--runs-dir", str(tmp_path), "--experiments", str(EXPERIMENTS))
+    assert result.exit_code == 0, result.output
+    assert all(f"│ {exp_id} " in result.output for exp_id in ("E0a", "E1a", "E2c", "E2d", "E3b"))
+    missing = invoke("week3", "--runs-dir", str(tmp_path), "--experiments", str(EXPERIMENTS))
+    assert missing.exit_code == 1 and "E2a: no such run" in missing.output  # week3's first experiment
+    no_file = invoke("week2", "--runs-dir", str(tmp_path), "--experiments", str(tmp_path / "none.toml"))
+    assert no_file.exit_code == 1 and "week2: no such run" in no_file.output  # without the file, a name is a run's
+
+
 def test_config_differences(tmp_path: Path) -> None:
     write_run(tmp_path, "E0a", flat(0.90))
     write_run(tmp_path, "E2c", flat(0.90))

@@ -332,8 +332,12 @@ def diagnose(
 @app.command()
 @handles_errors
 def compare(
-    runs: Annotated[list[str], typer.Argument(help="The experiments whose runs to compare: E0a E0b ...")],
+    runs: Annotated[list[str], typer.Argument(
+        help="The experiments whose runs to compare, or queues of the experiments file: E0a E0b week2 ...")],
     runs_dir: Annotated[Path, typer.Option(help="Where runs/<ID>/ live.")] = Path("runs"),
+    experiments: Annotated[Path, typer.Option(
+        "--experiments", "-e", help="The experiments file whose queues expand (where it exists).",
+        dir_okay=False)] = Path("experiments.toml"),
     markdown: Annotated[Path | None, typer.Option(
         "--markdown", help="Also write the report as Markdown (e.g. results/overfit-cpu.md).", dir_okay=False)] = None,
     plot: Annotated[Path | None, typer.Option(
@@ -346,7 +350,8 @@ def compare(
 ) -> None:
     """The plan's comparison matrix, trivial baselines, config differences and verdict (scenarios A-D, red flags).
 
-    Reads only the runs' files (config.json, meta.json, metrics.jsonl, summary.json).
+    Reads only the runs' files (config.json, meta.json, metrics.jsonl, summary.json). A name that is a queue of
+    the experiments file stands for its experiments; any other name is a run directory's.
 
     --per-puzzle is the one option that runs the models: it evaluates both runs' final weights.
     """
@@ -357,6 +362,9 @@ def compare(
 
     if plot is not None:
         report_plot.require_matplotlib()
+    if experiments.is_file():
+        queues = load_experiments(experiments).queues
+        runs = list(dict.fromkeys(exp_id for name in runs for exp_id in queues.get(name, (name,))))
     if per_puzzle and len(runs) != 2:
         raise ConfigError(f"--per-puzzle shows two experiments side by side; got {len(runs)}: {' '.join(runs)}")
     result = compare_runs(runs_dir, runs)
