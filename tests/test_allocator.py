@@ -15,6 +15,7 @@ from etrmtrm_cli.allocator import (
     ENV,
     AllocatorChoiceError,
     find_tcmalloc,
+    is_etrmtrm_program,
     library_dirs,
     loaded_allocator,
     preload_env,
@@ -34,6 +35,14 @@ def test_preload_env_adds_tcmalloc_once_and_only_where_it_should() -> None:
     assert preload_env({}, "darwin", TCMALLOC) is None  # LD_PRELOAD is Linux's
     assert preload_env({ENV: "system"}, "linux", TCMALLOC) is None
     assert preload_env({ENV: "auto"}, "linux", TCMALLOC) is not None
+
+
+def test_only_etrmtrm_itself_is_re_executed() -> None:
+    assert is_etrmtrm_program("/home/me/.venv/bin/etrmtrm")  # the console script
+    assert is_etrmtrm_program("/home/me/src/etrmtrm_cli/__main__.py")  # python -m etrmtrm_cli (and torchrun -m)
+    assert not is_etrmtrm_program("/home/me/.venv/bin/pytest")  # a program calling main() in its own process
+    assert not is_etrmtrm_program("-c")
+    assert not is_etrmtrm_program("/usr/lib/python3.11/site-packages/pip/__main__.py")
 
 
 def test_a_wrong_allocator_choice_names_the_variable_and_the_choices() -> None:

@@ -62,10 +62,17 @@ def preload_env(environ: Mapping[str, str], platform: str, library: Path | None)
     return {**environ, "LD_PRELOAD": " ".join([*preloaded, str(library)])}
 
 
+def is_etrmtrm_program(argv0: str) -> bool:
+    """Whether the process is etrmtrm itself (its console script or `python -m etrmtrm_cli`), not another
+    program that calls its main(): re-executing that one would run the other program again."""
+    path = Path(argv0)
+    return path.name == "etrmtrm" or (path.name == "__main__.py" and path.parent.name == "etrmtrm_cli")
+
+
 def reexec_with_tcmalloc() -> None:
     """Replace this process by itself with tcmalloc preloaded, where preload_env says to; else return."""
     env = preload_env(os.environ, sys.platform, find_tcmalloc(library_dirs()))
-    if env is not None:
+    if env is not None and is_etrmtrm_program(sys.argv[0]):
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
