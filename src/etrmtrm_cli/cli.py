@@ -364,7 +364,7 @@ def compare(
         report_plot.require_matplotlib()
     if experiments.is_file():
         queues = load_experiments(experiments).queues
-        runs = list(dict.fromkeys(exp_id for name in runs for exp_id in queues.get(name, (name,))))
+        runs = [exp_id for name in runs for exp_id in queues.get(name, (name,))]
     if per_puzzle and len(runs) != 2:
         raise ConfigError(f"--per-puzzle shows two experiments side by side; got {len(runs)}: {' '.join(runs)}")
     result = compare_runs(runs_dir, runs)
