@@ -9,7 +9,8 @@ returns large ones to the kernel and takes them back (page faults) every step. t
 The allocator must be chosen before the process starts (LD_PRELOAD), so the CLI's entry point re-executes
 itself once with tcmalloc preloaded (`preload_env`), as torch's own CPU launcher does. The same process id
 carries on, so torchrun and sweep jobs see nothing of it. `ETRMTRM_ALLOCATOR=system` keeps glibc's malloc.
-The run's start line and meta.json (`runtime.allocator`) say which one ran.
+The run's start line and meta.json (`runtime.allocator`) say which one ran. Measured on the CPU only; with
+CUDA the host allocator matters less, and no gain there is shown.
 
 Linux only: elsewhere, or where no tcmalloc library is installed (Debian/Ubuntu: `apt-get install
 libtcmalloc-minimal4`), nothing changes.
