@@ -20,6 +20,7 @@ from etrmtrm_cli.allocator import (
     loaded_allocator,
     preload_env,
 )
+from etrmtrm_cli.analysis.diagnose.determinism import without_wall_clock
 
 REAL = str(Path(__file__).resolve().parents[1] / "experiments.toml")
 TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
@@ -97,6 +98,14 @@ def test_a_run_uses_tcmalloc_where_the_machine_has_it_and_says_so(tmp_path: Path
     done = train(tmp_path / "system", "system")
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "system" / "E0b" / "meta.json").read_text())["runtime"]["allocator"] == "system"
+
+    # The allocator changes no number: the same metrics and the same weights, bit for bit.
+    def metrics(run: Path) -> list[dict]:
+        return [without_wall_clock(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    auto, system = tmp_path / "auto" / "E0b", tmp_path / "system" / "E0b"
+    assert metrics(auto) == metrics(system)
+    assert (auto / "model.safetensors").read_bytes() == (system / "model.safetensors").read_bytes()
 
 
 def test_a_wrong_allocator_choice_exits_1_before_anything_is_written(tmp_path: Path) -> None:
