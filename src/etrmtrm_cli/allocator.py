@@ -2,9 +2,10 @@
 
 Why: a training step frees and reallocates the same activation buffers thousands of times, and glibc's malloc
 returns large ones to the kernel and takes them back (page faults) every step. tcmalloc keeps them. On the
-2-core AVX2 EPYC this tool was tuned on, with bit-identical results (`benchmarks/bench_alloc.py`):
-- a cpu-profile E0b step, eager, 2 threads: 1.16x faster, and 18 % less peak memory;
-- two compiled cpu-profile runs side by side at one thread each (how `sweep --jobs 2` runs them): 1.17x.
+2-core AVX2 EPYC this tool was tuned on, with bit-identical results (`benchmarks/bench_alloc.py`, README
+"Performance"): a cpu-profile E0b step at 2 threads 1.13x faster eager and 1.18x compiled, at about 100 MB
+less peak memory; two compiled runs side by side at one thread each (as `sweep --jobs 2` runs them) 1.10x; a
+500-step run 1.13x.
 
 The allocator must be chosen before the process starts (LD_PRELOAD), so the CLI's entry point re-executes
 itself once with tcmalloc preloaded (`preload_env`), as torch's own CPU launcher does. The same process id
