@@ -91,6 +91,20 @@ def test_pass_at_k_votes_then_confidence() -> None:
     assert pass_at_k(votes, truths) == {"pass@1": pytest.approx(0.25), "pass@2": pytest.approx(0.5)}
 
 
+def test_an_exact_tie_ranks_the_same_whatever_order_the_answers_arrived_in() -> None:
+    """With two processes, rank 0's answers come first after the merge; with one, they interleave."""
+    first, second = grid([1, 2]), grid([2, 1])
+    one, rank0, rank1 = Votes(), Votes(), Votes()
+    one.add((0, 0), second, 1.0)
+    one.add((0, 0), first, 1.0)
+    rank0.add((0, 0), first, 1.0)
+    rank1.add((0, 0), second, 1.0)
+    rank0.merge(rank1)
+    assert one.ranked((0, 0)) == rank0.ranked((0, 0))
+    truth = {(0, 0): one.ranked((0, 0))[0]}
+    assert pass_at_k(one, truth)["pass@1"] == pass_at_k(rank0, truth)["pass@1"] == 1.0
+
+
 def test_votes_merge_like_one_table() -> None:
     a, b, both = Votes(), Votes(), Votes()
     for table in (a, both):

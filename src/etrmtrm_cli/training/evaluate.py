@@ -47,8 +47,11 @@ class Votes:
                 self.add(key, answer, conf, count)
 
     def ranked(self, key: tuple[int, int]) -> list[Answer]:
+        """Most votes first, then the highest mean confidence. An exact tie of both (sigmoid is exactly 1.0 in
+        float32 from logit 17) falls to the answer itself: the order in which answers arrived depends on how
+        many processes evaluated, and a ranking must not."""
         answers = self.table.get(key, {})
-        return sorted(answers, key=lambda a: (answers[a][0], answers[a][1] / answers[a][0]), reverse=True)
+        return sorted(answers, key=lambda a: (answers[a][0], answers[a][1] / answers[a][0], a), reverse=True)
 
 
 def pass_at_k(votes: Votes, truths: dict[tuple[int, int], Answer], ks: tuple[int, ...] = PASS_KS) -> dict[str, float]:
