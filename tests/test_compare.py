@@ -120,6 +120,18 @@ def test_matrix_row_from_a_hand_written_run(tmp_path: Path) -> None:
     assert (row.eval_step, row.eval_acc, row.eval_pass2, row.wall_time_s) == (200, 0.5, 0.2, 90.0)
 
 
+def test_the_auc_counts_each_step_by_the_slots_that_halted_in_it(tmp_path: Path) -> None:
+    run = write_run(tmp_path, "E0a", [1.0, 0.0] * 100)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:  # 1 slot halts (right) at every other step, 31 (wrong) at the others: 1 right in 32
+        row["train/count"] = 1 if row["train/accuracy"] == 1.0 else 31
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert matrix.run_row(rundir.load_run(run)).auc == pytest.approx(1 / 32)  # not 0.5, the mean over steps
+    # Chunks of at least `window` weight, each at its weighted mean step; the last takes what is left.
+    assert matrix.chunk_means([(1, 1.0, 1.0), (2, 0.0, 3.0), (3, 0.5, 4.0), (4, 1.0, 1.0)], 4) == [
+        (2, 0.25), (3, 0.5), (4, 1.0)]
+
+
 def test_the_report_names_each_runs_decoder_and_warns_when_arms_started_from_different_ones(tmp_path: Path) -> None:
     write_run(tmp_path, "P0", flat(0.8), meta={"decoder": None, "cpu": "EPYC (avx2)"})
     write_run(tmp_path, "E0a", flat(0.9), seed=0, meta={"decoder": {"sha256": "aaaa"}, "cpu": "EPYC (avx2)"})

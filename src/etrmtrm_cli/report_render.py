@@ -150,7 +150,8 @@ SEEDS_NOTE = (
     "them ran counts once. Only finished runs are seeds: one in progress, interrupted or failed is left out until "
     "it finishes. Each figure: mean over seeds ± the half-width of its 95% Student-t interval (none with one "
     "seed), with its own n where fewer seeds have it. Train Acc AUC: the mean train accuracy over the run's steps "
-    "(the area under its curve), which still separates runs at a ceiling. Steps to 90%: over the seeds that "
+    "(the area under its curve, each step counted by the slots that halted in it), which still separates runs at "
+    "a ceiling. Steps to 90%: over the seeds that "
     "reached it."
 )
 

@@ -211,10 +211,25 @@ def _first(*values: float | None) -> float | None:
     return next((v for v in values if v is not None), None)
 
 
+def chunk_means(points: Sequence[tuple[int, float, float]], window: float) -> list[tuple[int, float]]:
+    """(weighted mean step, weighted mean value) of consecutive chunks of at least `window` weight each, the
+    last chunk whatever is left: a curve in which a step where 1 slot halted weighs 1/32 of one where 32 did."""
+    out, chunk = [], []
+    for i, point in enumerate(points):
+        chunk.append(point)
+        weight = sum(w for _, _, w in chunk)
+        if weight >= window or i == len(points) - 1:
+            out.append((round(sum(s * w for s, _, w in chunk) / weight), sum(v * w for _, v, w in chunk) / weight))
+            chunk = []
+    return out
+
+
 def train_auc(run: RunFiles) -> float | None:
     """Mean train accuracy over the whole run (the area under its curve per step): it still separates runs
-    whose final accuracy sits at a ceiling, by how fast they got there."""
-    points = [(step, value) for step, value, _ in series(run.rows, "train/accuracy")]
+    whose final accuracy sits at a ceiling, by how fast they got there. The curve runs through the means of
+    consecutive chunks of SMOOTH_EXAMPLES halted examples, so each step counts by the slots that halted in it
+    (a step where 1 slot halted, most early steps, must not weigh as much as one where 32 did)."""
+    points = chunk_means(series(run.rows, "train/accuracy"), SMOOTH_EXAMPLES)
     total = run.summary.get("total_steps") or run.meta.get("total_steps") or (points[-1][0] if points else 0)
     return auc(points, int(total)) if points and isinstance(total, int | float) and total > 0 else None
 
