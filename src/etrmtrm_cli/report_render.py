@@ -113,7 +113,10 @@ DEFINITIONS = (
     "recurrent update's size before the normalisation / the carry's (red flag 2 outside [0.01, 10]). Grad enc "
     "share (²): ||g_enc|| / ||g|| and, in brackets, the plan's share ||g_enc||² / ||g||² (~0.4). Carry conv. "
     "steps: censored at halting (a slot that never converged counts its halting step); in brackets, the "
-    "fraction of halted slots whose carry converged. Encoder Var: across puzzles at one ACT step."
+    "fraction of halted slots whose carry converged. Encoder Var: across puzzles at one ACT step. Carry change: "
+    "||new - previous|| / ||previous|| of each slot's carry, the mean over every slot of a step, slots at their "
+    "first ACT step included: their jump from the initial state is far larger than a later step's change, so the "
+    "figure also follows how often slots halt (metrics.jsonl has it per ACT step: act/encoder_carry_change_<k>)."
 )
 
 
