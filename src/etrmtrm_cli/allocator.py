@@ -8,7 +8,8 @@ less peak memory; two compiled runs side by side at one thread each (as `sweep -
 faults them in again, where tcmalloc keeps them for the next step.
 
 The allocator must be chosen before the process starts (LD_PRELOAD), so the CLI's entry point re-executes
-itself once with tcmalloc preloaded (`preload_env`), as torch's own CPU launcher does. The same process id
+itself once with tcmalloc preloaded (`preload_env`); torch's own CPU launcher (`python -m
+torch.backends.xeon.run_cpu`) preloads it by LD_PRELOAD too. The same process id
 carries on, so torchrun and sweep jobs see nothing of it. `ETRMTRM_ALLOCATOR=system` keeps glibc's malloc.
 The run's start line and meta.json (`runtime.allocator`) say which one ran. Measured on the CPU only; with
 CUDA the host allocator matters less, and no gain there is shown.
