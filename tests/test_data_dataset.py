@@ -27,15 +27,19 @@ def pair_grids(p: int) -> dict[str, list[list[int]]]:
     return {"input": grid_in.tolist(), "output": grid_out.tolist()}
 
 
-def write_task(folder: Path, name: str, n_train: int, n_test: int) -> None:
+def write_task(folder: Path, name: str, n_train: int, n_test: int, swapped: bool = False) -> None:
+    """`swapped`: each pair's input and output exchanged, so that an eval task shares no pair with a train task
+    (an eval task whose test pair a train task holds is left out as trained on)."""
     folder.mkdir(parents=True, exist_ok=True)
     pairs = [pair_grids(p) for p in range(n_train + n_test)]
+    if swapped:
+        pairs = [{"input": pair["output"], "output": pair["input"]} for pair in pairs]
     (folder / f"{name}.json").write_text(json.dumps({"train": pairs[:n_train], "test": pairs[n_train:]}))
 
 
 def folder_data(tmp_path: Path, **kw: Any) -> ArcData:
     write_task(tmp_path / "train", "t1", n_train=3, n_test=1)
-    write_task(tmp_path / "eval", "e1", n_train=2, n_test=2)
+    write_task(tmp_path / "eval", "e1", n_train=2, n_test=2, swapped=True)
     cfg = DataConfig(train_sources=(str(tmp_path / "train"),), eval_sources=(str(tmp_path / "eval"),),
                      train_groups="all", eval_groups="all", num_aug=0, eval_num_aug=0, max_grid_size=8,
                      translate=False, **kw)

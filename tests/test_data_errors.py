@@ -11,6 +11,8 @@ from etrmtrm_cli.errors import DataError
 
 SMALL = [[1, 2], [3, 4]]
 GOOD_TASK = {"train": [{"input": SMALL, "output": SMALL}], "test": [{"input": SMALL, "output": SMALL}]}
+# An eval task shares no pair with GOOD_TASK: one whose test pair a train task holds is left out as trained on.
+EVAL_TASK = {"train": [{"input": SMALL, "output": SMALL}], "test": [{"input": SMALL, "output": [[4, 3], [2, 1]]}]}
 
 
 def write(folder: Path, name: str, body: Any) -> Path:
@@ -43,7 +45,7 @@ BAD_TASKS = {
 def test_bad_task_names_file_and_task(tmp_path: Path, name: str) -> None:
     body, problem = BAD_TASKS[name]
     path = write(tmp_path / "train", name, body)
-    write(tmp_path / "eval", "good", GOOD_TASK)
+    write(tmp_path / "eval", "good", EVAL_TASK)
     with pytest.raises(DataError) as err:
         build_arc_data(folder_config(tmp_path / "train", tmp_path / "eval"), seed=0)
     assert str(err.value).startswith(f"{path}: task {name}: ")
@@ -55,7 +57,7 @@ def test_skip_leaves_bad_tasks_out_and_counts_them(tmp_path: Path) -> None:
         write(tmp_path / "train", name, body)
     write(tmp_path / "train", "good1", GOOD_TASK)
     write(tmp_path / "train", "good2", GOOD_TASK)
-    write(tmp_path / "eval", "good3", GOOD_TASK)
+    write(tmp_path / "eval", "good3", EVAL_TASK)
     write(tmp_path / "eval", "ragged_eval", with_grid([[1], [2, 3]]))
     data = build_arc_data(folder_config(tmp_path / "train", tmp_path / "eval", on_bad_task="skip"), seed=0)
     summary = summarize(data)
@@ -80,7 +82,7 @@ def test_an_arc_agi_1_eval_task_in_a_train_folder_is_an_error(tmp_path: Path) ->
 def test_the_same_task_twice_on_one_side_is_an_error(tmp_path: Path) -> None:
     write(tmp_path / "train" / "a", "twice", GOOD_TASK)
     path = write(tmp_path / "train" / "b", "twice", GOOD_TASK)
-    write(tmp_path / "eval", "other", GOOD_TASK)
+    write(tmp_path / "eval", "other", EVAL_TASK)
     with pytest.raises(DataError, match=re.escape(f"{path}: task twice: the same task id is in")):
         build_arc_data(folder_config(tmp_path / "train", tmp_path / "eval"), seed=0)
 
@@ -89,17 +91,34 @@ def test_the_same_task_twice_on_one_side_is_an_error(tmp_path: Path) -> None:
 def test_asking_for_too_many_groups_names_the_key_and_the_count(tmp_path: Path, side: str) -> None:
     for name in ("a", "b", "c"):
         write(tmp_path / "train", name, GOOD_TASK)
-        write(tmp_path / "eval", f"e{name}", GOOD_TASK)
+        write(tmp_path / "eval", f"e{name}", EVAL_TASK)
     cfg = folder_config(tmp_path / "train", tmp_path / "eval").model_copy(update={f"{side}_groups": 4})
     expected = f"data.{side}_groups = 4, but the {side} sources have only 3 usable tasks"
     with pytest.raises(DataError, match=expected):
         build_arc_data(cfg, seed=0)
 
 
+def test_an_eval_task_whose_answer_a_train_task_holds_is_left_out(tmp_path: Path) -> None:
+    """ARC-AGI-1's evaluation task 070dd51e has its test pair in training task 40853293: not an unseen task."""
+    write(tmp_path / "train", "t", GOOD_TASK)
+    write(tmp_path / "eval", "unseen", EVAL_TASK)  # shares its demo pair with t, not its answer: kept
+    write(tmp_path / "eval", "copy", {"train": EVAL_TASK["test"], "test": GOOD_TASK["train"]})
+    summary = summarize(build_arc_data(folder_config(tmp_path / "train", tmp_path / "eval"), seed=0))
+    assert summary.eval.task_ids == ("unseen",) and summary.eval.trained_on == 1 and summary.train.trained_on == 0
+
+
+def test_arc_agi_1_evaluation_task_070dd51e_is_never_an_eval_task() -> None:
+    cfg = DataConfig(train_groups="all", eval_groups="all", num_aug=0, eval_num_aug=0)
+    data = build_arc_data(cfg, seed=0)
+    summary = summarize(data)
+    assert "070dd51e" not in summary.eval.task_ids and summary.eval.trained_on == 1
+    assert "40853293" in summary.train.task_ids
+
+
 def test_too_large_tasks_are_filtered_not_errors(tmp_path: Path) -> None:
     write(tmp_path / "train", "big", with_grid([[1] * 12] * 12))
     write(tmp_path / "train", "small", GOOD_TASK)
-    write(tmp_path / "eval", "e", GOOD_TASK)
+    write(tmp_path / "eval", "e", EVAL_TASK)
     data = build_arc_data(folder_config(tmp_path / "train", tmp_path / "eval", max_grid_size=10), seed=0)
     summary = summarize(data)
     assert summary.train.task_ids == ("small",) and summary.train.too_large == 1
@@ -111,7 +130,7 @@ def test_too_large_tasks_are_filtered_not_errors(tmp_path: Path) -> None:
 
 
 def test_unknown_source_and_empty_folder(tmp_path: Path) -> None:
-    write(tmp_path / "eval", "e", GOOD_TASK)
+    write(tmp_path / "eval", "e", EVAL_TASK)
     with pytest.raises(DataError, match="not a folder of ARC task JSON files"):
         build_arc_data(folder_config(tmp_path / "missing", tmp_path / "eval"), seed=0)
     (tmp_path / "empty").mkdir()

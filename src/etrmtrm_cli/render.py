@@ -179,6 +179,7 @@ def data_table(exp: Experiment, summary: DataSummary) -> Table:
         ("grid width min-max", lambda s: f"{s.width[0]}-{s.width[1]}"),
         ("left out: larger than canvas", lambda s: str(s.too_large)),
         ("left out: bad task files", lambda s: str(s.skipped)),
+        ("left out: answer is in a train task", lambda s: str(s.trained_on)),
     )
     for label, value in rows:
         table.add_row(label, value(summary.train), value(summary.eval))

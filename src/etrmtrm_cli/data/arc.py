@@ -51,6 +51,7 @@ class Split:
     tasks: tuple[Task, ...]  # the selected groups, sorted by id
     skipped: int  # bad tasks left out by on_bad_task="skip"
     too_large: int  # good tasks left out for a grid larger than max_grid_size
+    trained_on: int = 0  # eval tasks left out because a test pair of theirs is a pair of a train task
 
 
 def load_splits(cfg: DataConfig) -> tuple[Split, Split]:
@@ -65,15 +66,26 @@ def load_splits(cfg: DataConfig) -> tuple[Split, Split]:
                 f"{task.source}: task {task.id}: is also a train task (from {trained[task.id].source}); "
                 "eval tasks are never trained on, so remove it from data.train_sources or data.eval_sources"
             )
+    # An eval task whose answer a train task holds is no unseen task (ARC-AGI-1's evaluation task 070dd51e has its
+    # test pair in training task 40853293). It leaves the pool before the draw, whatever train_groups picks, so
+    # the eval subset does not depend on the train subset.
+    train_pairs = {_pair_key(pair) for task in train for pair in task.pairs}
+    unseen = [t for t in evals if not any(_pair_key(pair) in train_pairs for pair in t.test_pairs)]
     sides = []
-    for split, tasks, skipped, sources, wanted in (
-        ("train", train, train_skipped, cfg.train_sources, cfg.train_groups),
-        ("eval", evals, eval_skipped, cfg.eval_sources, cfg.eval_groups),
+    for split, tasks, skipped, sources, wanted, trained_on in (
+        ("train", train, train_skipped, cfg.train_sources, cfg.train_groups, 0),
+        ("eval", unseen, eval_skipped, cfg.eval_sources, cfg.eval_groups, len(evals) - len(unseen)),
     ):
         fitting = [t for t in tasks if max(max(g.shape) for g in t.grids) <= cfg.max_grid_size]
         chosen = select_groups(fitting, wanted, cfg.subset_seed, split, cfg.max_grid_size)
-        sides.append(Split(tuple(sources), chosen, skipped, len(tasks) - len(fitting)))
+        sides.append(Split(tuple(sources), chosen, skipped, len(tasks) - len(fitting), trained_on))
     return sides[0], sides[1]
+
+
+def _pair_key(pair: Pair) -> tuple[tuple[int, ...], bytes, tuple[int, ...], bytes]:
+    """A pair as hashable content: both grids' shapes and cells."""
+    grid_in, grid_out = pair
+    return grid_in.shape, grid_in.tobytes(), grid_out.shape, grid_out.tobytes()
 
 
 def select_groups(

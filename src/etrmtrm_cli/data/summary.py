@@ -24,6 +24,7 @@ class SplitSummary:
     width: tuple[int, int]  # (min, max) grid width
     skipped: int  # bad tasks left out by on_bad_task="skip"
     too_large: int  # tasks left out for a grid larger than max_grid_size
+    trained_on: int  # eval tasks left out because a train task holds one of their test pairs
     task_ids: tuple[str, ...]
 
 
@@ -60,5 +61,6 @@ def _summarize_split(split: Split, groups: tuple[Group, ...], num_aug: int, exam
         width=(int(shapes[:, 1].min()), int(shapes[:, 1].max())),
         skipped=split.skipped,
         too_large=split.too_large,
+        trained_on=split.trained_on,
         task_ids=tuple(g.task.id for g in groups),
     )
