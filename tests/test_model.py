@@ -95,8 +95,12 @@ def test_p0_trained_on_other_tasks_is_refused_and_seeds_of_p0_resolve_to_one_run
     other = tiny("E0b", ["decoder=P0", "data.subset_seed=7"])  # another draw of the tasks
     theirs = train_tasks(other)
     assert set(theirs) != set(ours)
-    with pytest.raises(CheckpointError, match=r"was trained on other tasks \(\d+ of this experiment's \d+ train"):
+    with pytest.raises(CheckpointError, match=r"was trained on other tasks \(4 against this experiment's 4: "
+                                              r"\d of ours not among them, \d of its not ours\)"):
         load_decoder(build_model(other, 36, 10), other, 36, p0_runs, theirs)
+    by_path = other.model_copy(update={"decoder": str(p0_runs / "P0" / "model.safetensors")})
+    with pytest.raises(CheckpointError, match="was trained on other tasks"):  # named by its path: checked too
+        load_decoder(build_model(by_path, 36, 10), by_path, 36, p0_runs, theirs)
     # P0 trained with --seeds: runs/P0/seed-<N>/ -> the lowest finished seed is the one every user loads
     for seed in (3, 1):
         train(tiny("P0", ["train.eval_interval=100", "train.checkpoint_interval=100", f"seed={seed}"]),

@@ -44,8 +44,10 @@ def load_decoder(model: ACTModel, exp: Experiment, seq_len: int, runs_dir: Path,
     """Load the pretrained decoder named by ``exp.decoder`` into `model` (None when it is 'none').
 
     'P0' (or any experiment ID) is one finished run of it in `runs_dir` (rundir.decoder_run: runs/P0/, else
-    its lowest seed), refused when it was trained on other tasks than `train_tasks` or another canvas; a
-    path is a TRM `step_N` file or one of our model.safetensors files (with its config.json beside it).
+    its lowest seed); a path is a TRM `step_N` file or one of our model.safetensors files (with its config.json
+    beside it). Ours are refused when trained on another canvas, or on other tasks than `train_tasks` where
+    their meta.json names them. A TRM file names no tasks, so nothing checks them: TRM's public ARC
+    checkpoints also trained on the evaluation tasks' demo pairs.
     """
     if exp.decoder == "none":
         return None
@@ -59,10 +61,10 @@ def load_decoder(model: ACTModel, exp: Experiment, seq_len: int, runs_dir: Path,
                 f"`etrmtrm train {exp.decoder} --profile {exp.profile}`"
             )
         path = found / rundir.FINAL_WEIGHTS
-        if train_tasks is not None:
-            _check_same_tasks(exp, found, train_tasks)
     if not path.is_file():
         raise CheckpointError(f"{exp.id}: decoder = {exp.decoder!r}: no such file")
+    if train_tasks is not None and path.suffix == ".safetensors":  # a TRM step_N file has no task list to check
+        _check_same_tasks(exp, path.parent, train_tasks)
     if path.suffix == ".safetensors":
         report = _load_our_decoder(model, exp, path)
     else:
@@ -78,11 +80,11 @@ def _check_same_tasks(exp: Experiment, run: Path, train_tasks: Sequence[str]) ->
     meta = rundir.read_json(run / rundir.META) if (run / rundir.META).is_file() else {}
     theirs = meta.get("train_tasks")
     if isinstance(theirs, list) and sorted(theirs) != sorted(train_tasks):
-        differ = len(set(train_tasks) - set(theirs))
+        missing, extra = len(set(train_tasks) - set(theirs)), len(set(theirs) - set(train_tasks))
         raise CheckpointError(
-            f"{exp.id}: decoder {run} was trained on other tasks ({differ} of this experiment's "
-            f"{len(train_tasks)} train tasks are not among its {len(theirs)}): train it with this experiment's "
-            "data settings (data.train_groups, data.subset_seed, data.max_grid_size, sources)")
+            f"{exp.id}: decoder {run} was trained on other tasks ({len(theirs)} against this experiment's "
+            f"{len(train_tasks)}: {missing} of ours not among them, {extra} of its not ours): train it with this "
+            "experiment's data settings (data.train_groups, data.subset_seed, data.max_grid_size, sources)")
 
 
 def _load_our_decoder(model: ACTModel, exp: Experiment, path: Path) -> ImportReport:
