@@ -147,34 +147,6 @@ def test_attention_key_mask_hides_keys_and_empty_rows_give_zeros() -> None:
     torch.testing.assert_close(attn(x, key_mask=torch.ones(2, 5, dtype=torch.bool)), attn(x))
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_compiled_attention_is_the_flash_kernels_softmax_as_two_matmuls(masked: bool) -> None:
-    """Compiled on the CPU, small attention runs as matmuls and a softmax (layers._sdpa): the same numbers and
-    gradients as the flash kernel of an eager step, an empty row still all zeros."""
-    torch.manual_seed(0)
-    attn = Attention(8, 2)
-    mask = torch.tensor([[True, True, True, False, False], [False] * 5]) if masked else None
-    graphs: list[torch.fx.GraphModule] = []
-
-    def recording_backend(gm: torch.fx.GraphModule, _inputs: list) -> object:
-        graphs.append(gm)
-        return gm.forward
-
-    torch._dynamo.reset()
-    compiled = torch.compile(attn, backend=recording_backend)
-    x = torch.randn(2, 5, 8, requires_grad=True)
-    x2 = x.detach().clone().requires_grad_()
-    out, out2 = attn(x, key_mask=mask), compiled(x2, key_mask=mask)
-    torch.testing.assert_close(out2, out)
-    out.square().sum().backward()
-    out2.square().sum().backward()
-    torch.testing.assert_close(x2.grad, x.grad)
-    traced = [node.target for gm in graphs for node in gm.graph.nodes]
-    assert torch.softmax in traced and torch._C._nn.scaled_dot_product_attention not in traced
-    if masked:
-        assert out2[1].eq(0).all()
-
-
 def test_cross_attention_mask_and_empty_rows() -> None:
     torch.manual_seed(0)
     cross = CrossAttention(8, 2)

@@ -142,24 +142,6 @@ def apply_rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor
     return q_rot.to(dtype), k_rot.to(dtype)
 
 
-# Compiled on the CPU, attention whose score matrix has at most this many elements runs as two matmuls and a
-# softmax that inductor fuses, instead of torch's flash kernel (which inductor can only call as it is): at the
-# cpu profile's sizes that made a compiled training step 1.13x faster (README "Performance"), for the memory of
-# the saved probabilities. Bigger ones (the paper's canvas) keep the flash kernel, whose memory is linear in T.
-COMPILED_MATH_ATTENTION_MAX = 1 << 24
-
-
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    """softmax(q kᵀ / √hd + mask) v on (B, H, T, hd); mask (B, 1, 1, Tk) bool, True = may be attended."""
-    small = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= COMPILED_MATH_ATTENTION_MAX
-    if not (torch.compiler.is_compiling() and q.device.type == "cpu" and small):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (B, H, Tq, Tk)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v
-
-
 def _attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
     """Non-causal SDPA on (B, H, T, hd); key_mask (B, Tk) True = may be attended.
 
@@ -167,10 +149,10 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
     every key instead and its output is set to zero afterwards.
     """
     if key_mask is None:
-        return _sdpa(q, k, v, None)
+        return F.scaled_dot_product_attention(q, k, v)
     has_key = key_mask.any(dim=-1)  # (B,)
     safe_mask = key_mask | ~has_key[:, None]
-    out = _sdpa(q, k, v, safe_mask[:, None, None, :])
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe_mask[:, None, None, :])
     return torch.where(has_key[:, None, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
