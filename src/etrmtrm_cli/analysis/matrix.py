@@ -214,13 +214,13 @@ def _first(*values: float | None) -> float | None:
 def chunk_means(points: Sequence[tuple[int, float, float]], window: float) -> list[tuple[int, float]]:
     """(weighted mean step, weighted mean value) of consecutive chunks of at least `window` weight each, the
     last chunk whatever is left: a curve in which a step where 1 slot halted weighs 1/32 of one where 32 did."""
-    out, chunk = [], []
-    for i, point in enumerate(points):
-        chunk.append(point)
-        weight = sum(w for _, _, w in chunk)
+    out = []
+    steps = values = weight = 0.0
+    for i, (step, value, w) in enumerate(points):
+        steps, values, weight = steps + step * w, values + value * w, weight + w
         if weight >= window or i == len(points) - 1:
-            out.append((round(sum(s * w for s, _, w in chunk) / weight), sum(v * w for _, v, w in chunk) / weight))
-            chunk = []
+            out.append((round(steps / weight), values / weight))
+            steps = values = weight = 0.0
     return out
 
 

@@ -63,9 +63,9 @@ def load_decoder(model: ACTModel, exp: Experiment, seq_len: int, runs_dir: Path,
         path = found / rundir.FINAL_WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"{exp.id}: decoder = {exp.decoder!r}: no such file")
-    if train_tasks is not None and path.suffix == ".safetensors":  # a TRM step_N file has no task list to check
-        _check_same_tasks(exp, path.parent, train_tasks)
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":  # ours; a TRM step_N file has no task list to check
+        if train_tasks is not None:
+            _check_same_tasks(exp, path.parent, train_tasks)
         report = _load_our_decoder(model, exp, path)
     else:
         report = load_trm_checkpoint(
