@@ -1,6 +1,6 @@
 """Activation memory of one training step: what autograd keeps from the forward for the backward.
 
-    python benchmarks/bench_memory.py --encoder static    (the sizes and flags of bench_step.py)
+    python benchmarks/bench_memory.py --encoder static    (the model sizes of bench_step.py; --demos-used a number)
 
 Counts each saved tensor's storage once, so a tensor kept by two layers (a norm's output, which the next
 linear also needs) counts once. This is the allocator-independent part of a step's memory; peak RSS

@@ -155,6 +155,9 @@ def test_unknown_experiment_suggests_the_closest(tmp_path: Path) -> None:
         ("[experiments.E0a]\n[queues]\nweek1 = ['E0a', 'E0x']\n", "queues.week1: unknown experiment 'E0x'"),
         ("[experiments.E0a]\n[profiles.cpu]\narch = { halt_max_steps = 4 }\n",
          "profiles.cpu.arch.halt_max_steps: a profile changes sizes, never what an experiment compares"),
+        # P0 reads its queries leave-one-out, the E arms from the test pairs: a profile may not change either
+        ("[experiments.E0a]\n[profiles.cpu]\ndata = { query_mode = 'test' }\n",
+         "profiles.cpu.data.query_mode: a profile changes sizes, never what an experiment compares"),
         ("[experiment.E0a]\n", "unknown top-level table(s) experiment"),
         ("[base]\n", "defines no [experiments.<ID>] table"),
     ],

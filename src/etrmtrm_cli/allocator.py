@@ -3,9 +3,9 @@
 Why: a training step frees and reallocates the same activation buffers thousands of times. Measured on the
 2-core AVX2 EPYC this tool was tuned on, with bit-identical results (`benchmarks/bench_alloc.py`, README
 "Performance"): a cpu-profile E0b step at 2 threads 1.13x faster eager and 1.18x compiled, at about 100 MB
-less peak memory; two compiled runs side by side at one thread each (as `sweep --jobs 2` runs them) 1.10x; a
-500-step run 1.13x. The likely cause (not profiled): glibc hands large freed blocks back to the kernel and
-faults them in again, where tcmalloc keeps them for the next step.
+(eager) and 40 MB (compiled) less peak memory; two compiled runs side by side at one thread each (as
+`sweep --jobs 2` runs them) 1.10x; a 500-step run 1.13x. The likely cause (not profiled): glibc hands large
+freed blocks back to the kernel and faults them in again, where tcmalloc keeps them for the next step.
 
 The allocator must be chosen before the process starts (LD_PRELOAD), so the CLI's entry point re-executes
 itself once with tcmalloc preloaded (`preload_env`); torch's own CPU launcher (`python -m

@@ -1,5 +1,6 @@
 """The `etrmtrm` command line: parse, load the config, call one library function, render, map errors to
-exit codes (0 success, 1 a handled error, 2 a usage error)."""
+exit codes: 0 success, 1 a handled error (or a failed diagnose check), 2 a usage error, 3 a diagnose warning,
+130 a training run interrupted (it saved a checkpoint to resume from, unless stopped a second time)."""
 
 from __future__ import annotations
 
@@ -295,7 +296,8 @@ def diagnose(
         "--check", "-c", help="carry-reset | gradient-flow | encoder-variance | determinism | context-use (with "
                               "--run) | all")] = "all",
     run: Annotated[Path | None, typer.Option(
-        "--run", help="Check this run (its config.json and latest checkpoint) instead of a fresh model.",
+        "--run", help="Check this run (its config.json and final weights, else its latest checkpoint's) "
+        "instead of a fresh model.",
         file_okay=False)] = None,
     experiments: ExperimentsPath = Path("experiments.toml"),
     profile: ProfileOpt = "auto",

@@ -19,7 +19,7 @@ PROFILE_KEYS: dict[str, frozenset[str]] = {
          "context_tokens", "forward_dtype"}
     ),
     "data": frozenset(
-        {"max_grid_size", "max_demos", "num_aug", "eval_num_aug", "train_groups", "eval_groups", "query_mode"}
+        {"max_grid_size", "max_demos", "num_aug", "eval_num_aug", "train_groups", "eval_groups"}
     ),
     "train": frozenset(
         {"epochs", "max_steps", "eval_interval", "checkpoint_interval", "lr_warmup_steps", "batch_divisor",

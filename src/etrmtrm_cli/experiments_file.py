@@ -1,7 +1,7 @@
 """experiments.toml: read, check and resolve experiments.
 
 A resolved experiment is built in four layers, later ones winning:
-``[base]`` -> ``[experiments.<ID>]`` -> ``[profiles.<name>]`` (sizes only) -> ``--set`` overrides.
+``[base]`` -> ``[experiments.<ID>]`` -> ``[profiles.<name>]`` (size and length only) -> ``--set`` overrides.
 It is validated once, as a whole, and every error names the file, the experiment, the key path and
 the layer that set the bad value.
 """

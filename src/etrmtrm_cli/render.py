@@ -1,4 +1,5 @@
-"""Rich renderings of the library's return values. Only this module and cli.py print."""
+"""Rich renderings of the library's return values. Only the render modules (this one, report_render.py,
+sweep_render.py) and the commands (cli.py, cli_sweep.py) print."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Renderings of `diagnose` and `compare` results: Rich tables, a Markdown report, training-curve plots.
-Only this module and cli.py print; the library returns dataclasses."""
+Only the render modules and the commands print (see render.py); the library returns dataclasses."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rich renderings for `etrmtrm sweep` and `etrmtrm status` (only the CLI prints)."""
+"""Rich renderings for `etrmtrm sweep` and `etrmtrm status` (only the render modules and the commands print)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One training step, written once: `train`, `diagnose` and every benchmark call these.
+"""One training step, written once: `train`, `diagnose` and every benchmark that times a step call these.
 
 `forward_backward` is one ACT step for every batch slot, its loss (act_loss) and the backward of that loss
 divided by the global batch (TRM's normalisation). `train_step` adds what an optimizer step does around it
