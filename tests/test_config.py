@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from etrmtrm_cli.encoders import list_encoders
 from etrmtrm_cli.errors import ConfigError
 from etrmtrm_cli.experiments_file import load_experiments
 
@@ -101,6 +102,20 @@ def test_override_goes_through_validation(tmp_path: Path) -> None:
     assert "E0b: arch.halt_exploration_prob" in message and "(set in --set)" in message
 
 
+def test_encoder_errors_name_the_layer_and_a_near_name(tmp_path: Path) -> None:
+    message = resolve_error(tmp_path, "", overrides=("arch.recurrent_encoder_type=recurent_standard",))
+    assert "E0b: arch.recurrent_encoder_type: unknown encoder 'recurent_standard'; did you mean " \
+           "'recurrent_standard'?" in message and message.endswith("(set in --set)"), message
+    # settings the experiment gives one encoder, judged by another that --set chose: both layers are named
+    body = "arch = { recurrent_encoder_type = 'static', encoder_params = { set_layer = 1 } }"
+    message = resolve_error(tmp_path, body)
+    assert "arch.encoder_params.set_layer: Extra inputs are not permitted; did you mean 'set_layers'?" in message
+    assert message.endswith("(set in experiments.E0b; arch.recurrent_encoder_type set in experiments.E0b)")
+    message = resolve_error(tmp_path, "arch = { encoder_params = { set_layers = 1 } }",
+                            overrides=("arch.recurrent_encoder_type=trm_style",))
+    assert message.endswith("(set in experiments.E0b; arch.recurrent_encoder_type set in --set)"), message
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
@@ -114,7 +129,7 @@ def test_override_goes_through_validation(tmp_path: Path) -> None:
         ("data = { query_mode = 'all' }", "data.query_mode: Input should be 'test' or 'leave_one_out'"),
         ("train = { global_batch_size = 100 }", "not divisible by the profile's batch_divisor 64"),
         ("arch = { recurrent_encoder_type = 'lstm' }",
-         "unknown encoder 'lstm'; valid: recurrent_standard, static, trm_style"),
+         f"unknown encoder 'lstm' (valid: {', '.join(spec.name for spec in list_encoders())};"),
         ("arch = { encoder_params = { encoder_h_cycles = 2 } }", "arch.encoder_params.encoder_h_cycles"),
         ("arch = { hidden_size = 30, num_heads = 4 }", "hidden_size 30 is not divisible by num_heads 4"),
         ("learning_rate = 1e-3", "learning_rate: unknown key"),

@@ -29,6 +29,7 @@ from etrmtrm_cli.analysis.diagnose import (
 from etrmtrm_cli.analysis.diagnose.subject import Status
 from etrmtrm_cli.cli import app
 from etrmtrm_cli.data.dataset import ArcData, build_arc_data
+from etrmtrm_cli.encoders import list_encoders
 from etrmtrm_cli.encoders.base import Carry
 from etrmtrm_cli.encoders.recurrent_standard import RecurrentStandardConfig, RecurrentStandardEncoder
 from etrmtrm_cli.encoders.static import StaticConfig, StaticEncoder
@@ -36,7 +37,7 @@ from etrmtrm_cli.training.distributed import DistContext
 from etrmtrm_cli.training.loop import TrainOptions, train
 
 runner = CliRunner()
-REAL_ENCODERS = ["static", "recurrent_standard", "trm_style"]
+REAL_ENCODERS = [spec.name for spec in list_encoders()]  # every registered encoder (the planted ones come later)
 SHORT = ["arch.halt_max_steps=4"]  # encoder-variance runs halt_max_steps ACT steps
 SMALL_EVAL = ["data.eval_groups=1", "data.eval_num_aug=0"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from etrmtrm_cli.config import ArchConfig
-from etrmtrm_cli.encoders import build_encoder, get_encoder, list_encoders
+from etrmtrm_cli.encoders import build_encoder, get_encoder, list_encoders, registry
 from etrmtrm_cli.encoders.registry import register_encoder, validate_encoder_params
 from etrmtrm_cli.errors import ConfigError
 from etrmtrm_cli.models.build import build_model, encoder_parameters
@@ -64,7 +65,7 @@ def test_context_shape_and_carry(name: str) -> None:
     assert context.shape == (3, ARCH.context_tokens, ARCH.hidden_size)
     assert torch.isfinite(context).all()
     assert set(new_carry) == set(carry)
-    assert bool(carry) == get_encoder(name).recurrent
+    assert bool(carry) == get_encoder(name).recurrent == (enc.state_key in carry)  # what the metrics log
     for key, value in new_carry.items():
         assert value.shape == carry[key].shape
     assert len(stats) <= 1  # optional per-slot diagnostics, handed out with the context (act.py)
@@ -223,7 +224,7 @@ def test_carry_reset_touches_exactly_the_halted_slots(name: str) -> None:
 
 
 def test_unknown_and_duplicate_names() -> None:
-    with pytest.raises(ConfigError, match=r"unknown encoder 'gru'; valid: recurrent_standard, static, trm_style"):
+    with pytest.raises(ConfigError, match=re.escape(f"unknown encoder 'gru' (valid: {', '.join(NAMES)};")):
         get_encoder("gru")
     duplicate = (r"'static' is registered twice: by etrmtrm_cli.encoders.static:StaticEncoder and by "
                  r"test_encoders:test_unknown_and_duplicate_names.<locals>.Impostor")
@@ -233,6 +234,47 @@ def test_unknown_and_duplicate_names() -> None:
             pass
     with pytest.raises(ConfigError, match=r"arch.encoder_params.bogus: .*encoder 'static' takes: set_layers"):
         validate_encoder_params("static", {"bogus": 1})
+
+
+def test_a_read_that_breaks_its_contract_is_named() -> None:
+    """A (B, D) context or a bare tensor fails at the encoder, not later as a prefix-length error."""
+    enc, batch = encoder("static"), demo_batch()
+    enc.read = lambda carry, demos, mask: (demos.mean(1), carry)  # (B, D): no context-token axis
+    with pytest.raises(ValueError, match=r"StaticEncoder.read returned a context of shape \(3, 16\); expected "
+                                         r"\(B, C, D\) = \(3, 3, 16\)"):
+        enc({}, batch)
+    enc.read = lambda carry, demos, mask: demos[:, :3]  # a context without its carry
+    with pytest.raises(TypeError, match=r"must return \(context, carry\) or \(context, carry, stats\), not Tensor"):
+        enc({}, batch)
+
+
+def test_registration_requires_a_state_key_exactly_for_recurrent_encoders() -> None:
+    """compare and the carry metrics tell a recurrent run by its state_key: a mismatch is refused at import."""
+    with pytest.raises(ConfigError, match=r"'carryless' .* recurrent=True but its class sets no state_key"):
+        @register_encoder("carryless", BaseModel, recurrent=True)
+        class Carryless(nn.Module):
+            pass
+    with pytest.raises(ConfigError, match=r"recurrent=False but its class sets state_key = 'z'"):
+        @register_encoder("stateful", BaseModel, recurrent=False)
+        class Stateful(nn.Module):
+            state_key = "z"
+    assert [spec.name for spec in list_encoders()] == NAMES  # neither was registered
+
+
+def test_a_constructor_with_the_wrong_signature_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    class TwoArguments(nn.Module):
+        def __init__(self, arch: ArchConfig, params: BaseModel) -> None:
+            super().__init__()
+
+    class NoSettings(BaseModel):
+        pass
+
+    spec = registry.EncoderSpec("two_arguments", NoSettings, TwoArguments, False, "test:TwoArguments")
+    monkeypatch.setitem(registry._ENCODERS, spec.name, spec)
+    arch = ArchConfig(recurrent_encoder_type="two_arguments")
+    with pytest.raises(ConfigError, match=r"'two_arguments' \(test:TwoArguments\): its constructor must take "
+                                          r"\(arch, params, seq_len\)"):
+        build_encoder(arch, 16)
 
 
 PLUGIN = '''

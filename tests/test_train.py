@@ -221,7 +221,8 @@ def test_missing_decoder_fails_before_touching_the_run(tmp_path: Path) -> None:
     from etrmtrm_cli.experiments_file import load_experiments
 
     exp = load_experiments(EXPERIMENTS).resolve("E0b", "tiny")  # decoder = "P0", never trained here
-    with pytest.raises(CheckpointError, match=r"produce it with `etrmtrm train P0 --profile tiny`"):
+    with pytest.raises(CheckpointError, match=re.escape(f"produce it with `etrmtrm train P0 --profile tiny --runs-dir "
+                                                        f"{tmp_path}`")):
         train(exp, TrainOptions(runs_dir=tmp_path, max_steps=2), SINGLE)
     assert not (tmp_path / "E0b").exists()
 

@@ -15,6 +15,16 @@ class ConfigError(EtrmtrmError):
     """experiments.toml or a --set override is wrong."""
 
 
+class ConfigKeyError(ConfigError):
+    """One key's value is wrong where a pydantic error does not carry the key (an encoder's name or settings,
+    checked by the encoder registry); `key` is its dotted path, so the experiments file can name the layer
+    that set it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
 class DataError(EtrmtrmError):
     """A task file or data source is wrong or missing."""
 

@@ -18,7 +18,7 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from etrmtrm_cli.config import BOUND_REASONS, PROFILE_KEYS, Experiment, SweepConfig, check_name
-from etrmtrm_cli.errors import ConfigError
+from etrmtrm_cli.errors import ConfigError, ConfigKeyError
 
 
 class ExperimentsFile(BaseModel):
@@ -70,7 +70,7 @@ class ExperimentsFile(BaseModel):
         except ValidationError as err:
             raise ConfigError(_describe(err, self.path, exp_id, layers)) from None
         except ConfigError as err:  # from the encoder registry
-            raise ConfigError(f"{self.path}: {exp_id}: {err}") from None
+            raise ConfigError(f"{self.path}: {exp_id}: {err}{_encoder_origin(err, layers)}") from None
         if exp.train.batch_size % world_size:
             raise ConfigError(
                 f"{self.path}: {exp_id}: train.global_batch_size: batch {exp.train.batch_size} is not "
@@ -285,6 +285,22 @@ def _describe(err: ValidationError, path: Path, exp_id: str, layers: Mapping[str
             msg = f"unknown key{f'; did you mean {hint[0]!r}?' if hint else ''} (valid: {valid})"
         lines.append(f"{path}: {exp_id}: {key}: {msg}{where}")
     return "\n".join(lines)
+
+
+def _encoder_origin(err: ConfigError, layers: Mapping[str, Mapping[str, Any]]) -> str:
+    """Which layers set the encoder key an error is about, and the encoder type that judged its settings."""
+    if not isinstance(err, ConfigKeyError):
+        return ""
+    keys = [err.key] + (["arch.recurrent_encoder_type"] if err.key.startswith("arch.encoder_params") else [])
+    found = []
+    for key in keys:
+        loc = key.split(".")
+        # an encoder setting may sit deeper than the layer set it (arch.encoder_params = {...} vs ...params.x)
+        origin = next((name for name, tree in reversed(layers.items())
+                       if any(_has_path(tree, loc[:n]) for n in range(len(loc), 1, -1))), None)
+        if origin:
+            found.append(f"{key} set in {origin}" if found or key != err.key else f"set in {origin}")
+    return f" ({'; '.join(found)})" if found else ""
 
 
 def _section_model(loc: Sequence[str]) -> type[BaseModel] | None:

@@ -59,7 +59,7 @@ Column = tuple[str, Callable[[RunRow], str]]
 def _notes(baseline: str | None) -> Callable[[RunRow], str]:
     def note(r: RunRow) -> str:
         is_base = baseline is not None and r.exp_id in baseline.split(" = ")
-        kind = "baseline" if is_base else "recurrent" if r.recurrent else "static"
+        kind = "baseline" if is_base else "recurrent" if r.recurrent else "stateless"
         return kind if r.model != "TRM" else "decoder pretraining"
 
     return note

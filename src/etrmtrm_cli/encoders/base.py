@@ -74,7 +74,21 @@ class DemoEncoder(nn.Module):
 
     def forward(self, carry: Carry, batch: dict[str, Tensor]) -> ReadResult:
         demos = self.grid(batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"])  # (B, K, D)
-        return self.read(carry, demos, batch["demo_mask"])
+        result = self.read(carry, demos, batch["demo_mask"])
+        self._check_read(result, demos.shape[0])
+        return result
+
+    def _check_read(self, result: object, batch_size: int) -> None:
+        """A read's contract, checked here: a wrong return would otherwise fail later, in the decoder, as
+        something else (a (B, D) context reads as D context tokens)."""
+        name = type(self).__name__
+        if not isinstance(result, tuple) or len(result) not in (2, 3):
+            raise TypeError(f"{name}.read must return (context, carry) or (context, carry, stats), "
+                            f"not {type(result).__name__}")
+        expected = (batch_size, self.context_tokens, self.hidden_size)
+        if tuple(result[0].shape) != expected:
+            raise ValueError(f"{name}.read returned a context of shape {tuple(result[0].shape)}; expected (B, C, D) = "
+                             f"{expected}, C = arch.context_tokens")
 
     def read(self, carry: Carry, demos: Tensor, demo_mask: Tensor) -> ReadResult:
         """-> (context (B, C, D), new carry) or (context, new carry, stats); see the module docstring."""

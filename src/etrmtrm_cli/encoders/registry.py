@@ -8,7 +8,9 @@ own keys (``arch.encoder_params`` in experiments.toml), validated when the exper
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -17,7 +19,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from etrmtrm_cli.errors import ConfigError
+from etrmtrm_cli.errors import ConfigError, ConfigKeyError
 
 ENTRY_POINT_GROUP = "etrmtrm.encoders"
 M = TypeVar("M", bound=type[nn.Module])
@@ -47,6 +49,13 @@ def register_encoder(name: str, config_cls: type[BaseModel], *, recurrent: bool)
         if name in _ENCODERS:
             raise ConfigError(
                 f"encoder name {name!r} is registered twice: by {_ENCODERS[name].origin} and by {origin}"
+            )
+        # compare and the logged metrics tell a recurrent run by the carry entry named by state_key
+        if recurrent != (getattr(cls, "state_key", None) is not None):
+            raise ConfigError(
+                f"encoder {name!r} ({origin}) is registered with recurrent={recurrent} but its class sets "
+                + ("no state_key: name the carry entry whose norm and change are logged (state_key = '<key>')"
+                   if recurrent else f"state_key = {cls.state_key!r}: a stateless encoder keeps it None")
             )
         _ENCODERS[name] = EncoderSpec(name, config_cls, cls, recurrent, origin)
         return cls
@@ -81,8 +90,12 @@ def list_encoders() -> list[EncoderSpec]:
 def get_encoder(name: str) -> EncoderSpec:
     _ensure_loaded()
     if name not in _ENCODERS:
-        raise ConfigError(
-            f"arch.recurrent_encoder_type: unknown encoder {name!r}; valid: {', '.join(sorted(_ENCODERS))}"
+        hint = difflib.get_close_matches(name, list(_ENCODERS), n=1)
+        raise ConfigKeyError(
+            "arch.recurrent_encoder_type",
+            f"unknown encoder {name!r}{f'; did you mean {hint[0]!r}?' if hint else ''} (valid: "
+            f"{', '.join(sorted(_ENCODERS))}; a new encoder registers when its module is imported: in-tree from "
+            f"encoders/__init__.py, from a package by an entry point in {ENTRY_POINT_GROUP})",
         )
     return _ENCODERS[name]
 
@@ -94,9 +107,12 @@ def validate_encoder_params(name: str, params: Mapping[str, Any]) -> BaseModel:
     except ValidationError as err:
         first = err.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
-        valid = ", ".join(spec.config_cls.model_fields) or "none"
-        raise ConfigError(
-            f"arch.encoder_params.{key}: {first['msg']} (encoder {name!r} takes: {valid})"
+        fields = list(spec.config_cls.model_fields)
+        hint = difflib.get_close_matches(key, fields, n=1) if first["type"] == "extra_forbidden" else []
+        raise ConfigKeyError(
+            f"arch.encoder_params.{key}",
+            f"{first['msg']}{f'; did you mean {hint[0]!r}?' if hint else ''} "
+            f"(encoder {name!r} takes: {', '.join(fields) or 'none'})",
         ) from None
 
 
@@ -109,4 +125,10 @@ def build_encoder(arch: Any, seq_len: int) -> nn.Module:
     """The context provider named by ``arch.recurrent_encoder_type`` (ArchConfig), for a canvas of seq_len."""
     spec = get_encoder(arch.recurrent_encoder_type)
     params = validate_encoder_params(spec.name, arch.encoder_params)
+    try:  # checked before the call, so a TypeError raised inside a constructor keeps its traceback
+        inspect.signature(spec.module_cls).bind(arch, params, seq_len)
+    except TypeError as err:
+        raise ConfigError(
+            f"encoder {spec.name!r} ({spec.origin}): its constructor must take (arch, params, seq_len): {err}"
+        ) from None
     return spec.module_cls(arch, params, seq_len)

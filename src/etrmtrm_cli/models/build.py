@@ -58,7 +58,8 @@ def load_decoder(model: ACTModel, exp: Experiment, seq_len: int, runs_dir: Path,
             raise CheckpointError(
                 f"{exp.id}: decoder = {exp.decoder!r}: no finished run of it in {runs_dir} (no "
                 f"{runs_dir / exp.decoder / rundir.FINAL_WEIGHTS}); produce it with "
-                f"`etrmtrm train {exp.decoder} --profile {exp.profile}`"
+                f"`etrmtrm train {exp.decoder} --profile {exp.profile} --runs-dir {runs_dir}` (and the same "
+                "--experiments file), or start from an untrained decoder with `--set decoder=none`"
             )
         path = found / rundir.FINAL_WEIGHTS
     if not path.is_file():
