@@ -279,13 +279,14 @@ def test_after_week_1_is_not_decided_when_the_interval_reaches_across_the_gain_l
     assert week1.evidence[0].startswith("E0b - E0a: +0.90 points, 95% CI [")
 
 
-def test_after_week_2_names_a_variant_better_than_etrm_and_ignores_e0b_repeats(tmp_path: Path) -> None:
+def test_after_week_2_names_a_week_2_variant_better_than_etrm_and_ignores_e0b_repeats(tmp_path: Path) -> None:
     seeded(tmp_path, "E0a", BASE)
     seeded(tmp_path, "E0b", BASE)
     seeded(tmp_path, "E2b", BASE)  # E0b's configuration: pooled with it, no week-2 variant
     seeded(tmp_path, "E3b", [b + 0.03 for b in BASE])  # parent E0b, 3 points above E0a on every seed
     seeded(tmp_path, "E2d", BASE)
-    week2 = decisions(tmp_path, ["E0a", "E0b", "E2b", "E3b", "E2d"])["After Week 2"]
+    seeded(tmp_path, "E3c", [b + 0.05 for b in BASE])  # week 3: after the decision point, not in its family
+    week2 = decisions(tmp_path, ["E0a", "E0b", "E2b", "E3b", "E2d", "E3c"])["After Week 2"]
     assert week2.decided and week2.decision.startswith("a configuration significantly better than ETRM")
     assert "(E3b: at least +0.5 points)" in week2.decision
     assert [e.split(":")[0] for e in week2.evidence] == ["E3b - E0a", "E2d - E0a", "2 comparisons"]
