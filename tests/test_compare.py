@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,22 @@ def test_a_ceiling_is_named_and_judged_on_figures_with_room(tmp_path: Path) -> N
     (scenario,) = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict.scenarios
     assert any(c.startswith("ceiling: E0a is at 98.5%") for c in scenario.caveats)
     assert any(e.startswith("train exact accuracy:") for e in scenario.evidence)
+
+
+def test_several_scenarios_each_give_the_interval_that_holds_for_all_of_them(tmp_path: Path) -> None:
+    seeded(tmp_path, "E0a", BASE)
+    seeded(tmp_path, "E0b", [b + 0.03 + 0.001 * (-1) ** i for i, b in enumerate(BASE)])  # +3 points, tight
+    (alone,) = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict.scenarios
+    assert alone.letter == "A" and not any(c.startswith("one of") for c in alone.caveats)
+    seeded(tmp_path, "E3c", [b + 0.01 for b in BASE])
+    seeded(tmp_path, "E2d", BASE)
+    found = {s.run: s for s in compare.compare_runs(tmp_path, ["E0a", "E0b", "E3c", "E2d"],
+                                                    with_baselines=False).verdict.scenarios}
+    assert found["E0b"].letter == "A"  # each scenario's own interval stays at 95%
+    (family,) = [c for c in found["E0b"].caveats if c.startswith("one of 3 configurations judged against E0a")]
+    wide = re.search(r"\(Bonferroni, 98.3333% each\) it is \[([-+.\d]+), ([-+.\d]+)\], still scenario A$", family)
+    lo, hi = found["E0b"].difference.interval
+    assert wide and float(wide[1]) < lo and float(wide[2]) > hi, family  # wider than the 95% one, still in A
 
 
 def decisions(tmp_path: Path, ids: Sequence[str]) -> dict[str, verdict.Decision]:

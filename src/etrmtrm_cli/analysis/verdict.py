@@ -186,7 +186,9 @@ def room_figures(base: Configuration, run: Configuration) -> list[str]:
     return out
 
 
-def scenario(run: Configuration, base: Configuration) -> Scenario | None:
+def scenario(run: Configuration, base: Configuration, family: int = 1) -> Scenario | None:
+    """`run` against the static baseline in the plan's bands; `family`: how many configurations are judged
+    against it in the same verdict (each interval stays at 95%; a caveat gives the one that holds for all)."""
     a, b = points(base, "train_acc"), points(run, "train_acc")
     if not a or not b:
         return None
@@ -222,6 +224,14 @@ def scenario(run: Configuration, base: Configuration) -> Scenario | None:
     if base_acc.mean is not None and base_acc.mean < BASELINE_REFERENCE_ACC:
         caveats.append(f"{base.label} is at {pct(base_acc.mean)}, below the plan's ~90% reference: the "
                        "scenarios assume a converged baseline")
+    if family > 1 and diff.interval is not None:
+        wide = paired_difference(a, b, level=1 - 0.05 / family)
+        assert wide.interval is not None
+        band = classify(wide.interval, BANDS)
+        caveats.append(f"one of {family} configurations judged against {base.label}, each interval at 95%, so one "
+                       f"of them may miss by chance; for all {family} at once at 95% (Bonferroni, "
+                       f"{100 * wide.level:g}% each) it is [{wide.interval[0]:+.2f}, {wide.interval[1]:+.2f}], "
+                       + (f"still scenario {band.name}" if band else "which spans more than one band"))
     caveats += unpaired(base, run, diff) + unfinished(run, base)
     if run.repeats or base.repeats:
         caveats.append(f"left out as repeats of a seed already counted: {', '.join(base.repeats + run.repeats)}")
@@ -461,11 +471,11 @@ def verdict(rows: Sequence[RunRow], configs: Sequence[Configuration],
     base, why = pick_baseline(configs)
     scenarios = []
     if base is not None and base.first.encoder == "static":
-        for c in configs:
-            if c.first.recurrent and c is not base:
-                found = scenario(c, base)
-                if found is not None:
-                    scenarios.append(found)
+        judged = [c for c in configs if c.first.recurrent and c is not base and points(c, "train_acc")]
+        for c in judged:
+            found = scenario(c, base, family=len(judged))
+            if found is not None:
+                scenarios.append(found)
     return Verdict(base.label if base else None, why, scenarios, red_flags(rows, configs, base),
                    best_configuration(configs, base), parent_comparisons(configs, differences or {}),
                    decision_points(configs, base))
