@@ -164,6 +164,10 @@ def test_status_table(swept: Swept) -> None:
     assert f"{STEPS} / {STEPS}" in out.text
     assert re.search(r"Broken .* failed .*\.submitit/\d+_0_log\.err", out.text), out.text
     assert "4 finished, 2 failed" in out.text
+    only = cli_proc("status", "E0b", "--runs-dir", "runs", cwd=swept.project)  # a queue name works the same way
+    assert set(re.findall(r"│ (\w+)\s+│\s+\d+ │", only.text)) == {"E0b"} and "2 finished" in only.text, only.text
+    wrong = cli_proc("status", "E0x", "--runs-dir", "runs", cwd=swept.project)
+    assert wrong.code == 1 and "E0x" in wrong.text and "Traceback" not in wrong.text, wrong.text
 
 
 def test_status_tells_running_stopped_and_queued_apart(tmp_path: Path) -> None:

@@ -181,10 +181,12 @@ def _estimate_device(device: str, kind: str, config: SweepConfig) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _print_rows(runs_dir: Path, folder: Path | None, only: set[str] | None, title: str) -> None:
+def _print_rows(runs_dir: Path, folder: Path | None, only: set[str] | None, title: str,
+                experiment_ids: set[str] | None = None) -> None:
     from etrmtrm_cli.sweep_status import run_rows
 
-    rows = [row for row in run_rows(runs_dir, folder) if only is None or str(row.run_dir) in only]
+    rows = [row for row in run_rows(runs_dir, folder) if (only is None or str(row.run_dir) in only)
+            and (experiment_ids is None or row.exp_id in experiment_ids)]
     console.print(sweep_render.status_table(rows, title))
     console.print(sweep_render.status_counts(rows), highlight=False)
 
@@ -192,9 +194,13 @@ def _print_rows(runs_dir: Path, folder: Path | None, only: set[str] | None, titl
 @app.command()
 @handles_errors
 def status(
+    runs: Annotated[list[str] | None, typer.Argument(
+        help="Only these experiments or queues (as `sweep` takes them); every run when none.",
+        show_default=False)] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where runs/<ID>/ live (as train, sweep and compare).")] = Path("runs"),
     folder: Annotated[Path | None, typer.Option(
         help="A sweep's submitit folder, if not <runs-dir>/.submitit.", file_okay=False, show_default=False)] = None,
+    experiments: ExperimentsPath = Path("experiments.toml"),
 ) -> None:
     """Every run: experiment, seed, state (queued, running, finished, failed, stopped), step, train accuracy, wall
     time, and for a failed one the log to read. Reads only files: works while a sweep runs and after."""
@@ -202,4 +208,8 @@ def status(
         raise RunError(f"{runs_dir}: no such runs directory" + (" (it is a file)" if runs_dir.exists() else ""))
     if folder is not None and not folder.is_dir():
         raise ConfigError(f"--folder {folder}: no such directory")
-    _print_rows(runs_dir, folder, None, f"Runs in {runs_dir}")
+    wanted = None  # the experiments file is read only to expand names: status of a records directory needs none
+    if runs:
+        file = load_experiments(experiments)
+        wanted = {exp_id for name in runs for exp_id in file.targets(name)}
+    _print_rows(runs_dir, folder, None, f"Runs in {runs_dir}", wanted)
