@@ -306,7 +306,7 @@ def diagnose(
 ) -> None:
     """Check a model for the plan's failure modes: carry not reset, encoder without gradient, collapse, nondeterminism.
 
-    Without --run: a fresh model of EXPERIMENT at --profile (tiny takes seconds), without decoder weights.
+    Without --run: a fresh model of EXPERIMENT at --profile (tiny takes about 10-20 s), without decoder weights.
     With --run, also context-use: whether the run's answers change when its queries read another task's demos.
 
     Exit code 0 when every check passes, 1 when one fails, 3 when there are only warnings.
