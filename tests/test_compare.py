@@ -310,6 +310,19 @@ def test_after_week_2_names_a_week_2_variant_better_than_etrm_and_ignores_e0b_re
     assert "97.5% CI" in week2.evidence[0]  # Bonferroni: 95% for the pair
 
 
+def test_no_gain_is_not_said_while_a_configuration_has_no_finished_run(tmp_path: Path) -> None:
+    seeded(tmp_path, "E0a", BASE)
+    seeded(tmp_path, "E0b", BASE)
+    seeded(tmp_path, "E1a", [b - 0.02 for b in BASE])  # finished, below E0a on every seed
+    write_run(tmp_path, "E2c", flat(0.99)[:5], status="running", seed=0)  # week 2, nothing finished yet
+    result = compare.compare_runs(tmp_path, ["E0a", "E0b", "E1a", "E2c"], with_baselines=False).verdict
+    week2 = {d.point: d for d in result.decisions}["After Week 2"]
+    assert not week2.decided and week2.decision == "not decided: no finished run yet of E2c", week2
+    assert "E2c s0 is in progress at step 5 of 5: left out until it finishes" in week2.evidence, week2.evidence
+    flag = {f.number: f for f in result.red_flags}[3]
+    assert not flag.assessed and "no finished run yet of E2c" in flag.evidence[-1], flag
+
+
 def flags(tmp_path: Path, ids: Sequence[str]) -> dict[int, verdict.RedFlag]:
     return {f.number: f for f in compare.compare_runs(tmp_path, ids, with_baselines=False).verdict.red_flags}
 
@@ -361,18 +374,37 @@ def test_red_flag_3_no_improvement_and_the_best_configuration(tmp_path: Path) ->
     assert flag.assessed and flag.holds
     assert flag.evidence[0].startswith("E0b - E0a: +0.20 points, 97.5% CI [+0.20, +0.20], n = 5")
     separated = compare.compare_runs(tmp_path, ["E0a", "E0b", "E1a"], with_baselines=False).verdict.best
-    assert separated is not None and (separated.run, separated.runner_up) == ("E0b", None)  # above E0a in every seed
+    assert separated is not None and (separated.run, separated.not_separated) == ("E0b", ())  # above both everywhere
     assert separated.evidence[1:] == ["train acc over the runner-up E0a: +0.20 points, 95% CI [+0.20, +0.20], n = 5"]
     seeded(tmp_path, "E2c", [b + 0.05 for b in BASE], em=0.6)
     seeded(tmp_path, "E2d", [b + 0.05 for b in BASE], em=0.7)
     result = compare.compare_runs(tmp_path, ["E0a", "E0b", "E1a", "E2c", "E2d"], with_baselines=False)
     assert not {f.number: f for f in result.verdict.red_flags}[3].holds
     best = result.verdict.best
-    assert best is not None and best.run == "E2d" and best.runner_up == "E2c"  # ties E2c on train acc, wins on EM
-    assert best.evidence[1].startswith("train acc over E0a: +5.00 points")
-    assert best.evidence[2] == ("train acc over the runner-up E2c: +0.00 points, 95% CI [+0.00, +0.00], n = 5; "
+    assert best is not None and best.run == "E2d" and best.not_separated == ("E2c",)  # ties E2c, wins on EM
+    assert best.evidence[1] == ("train acc over the runner-up E2c: +0.00 points, 95% CI [+0.00, +0.00], n = 5; "
                                 "not separated, either may be the best")
+    assert best.evidence[2].startswith("train acc over E0a: +5.00 points")
     assert [s.letter for s in result.verdict.scenarios] == ["C", "C/D", "A", "A"]
+
+
+def test_the_best_configuration_is_separated_from_every_other_not_only_the_runner_up(tmp_path: Path) -> None:
+    seeded(tmp_path, "E0a", [b + 0.05 for b in BASE])
+    seeded(tmp_path, "E0b", [b + 0.048 for b in BASE])  # the runner-up, 0.2 points below on every seed
+    seeded(tmp_path, "E1a", [0.96, 0.90])  # third by its mean, but two seeds that disagree
+    best = compare.compare_runs(tmp_path, ["E0a", "E0b", "E1a"], with_baselines=False).verdict.best
+    assert best is not None and best.run == "E0a" and best.not_separated == ("E1a",), best
+    assert best.evidence[1:3] == ["the baseline E0a has the highest mean",
+                                  "train acc over the runner-up E0b: +0.20 points, 95% CI [+0.20, +0.20], n = 5"]
+    assert best.evidence[3].startswith("train acc over E1a: ") and best.evidence[3].endswith("either may be the best")
+
+
+def test_a_best_mean_behind_on_the_shared_seeds_says_so(tmp_path: Path) -> None:
+    seeded(tmp_path, "E2c", [0.90, 0.90, 0.99, 0.99, 0.99])  # the highest mean, from seeds 2-4
+    seeded(tmp_path, "E2d", [0.93, 0.931])  # above E2c on both seeds they share
+    best = compare.compare_runs(tmp_path, ["E2c", "E2d"], with_baselines=False).verdict.best
+    assert best is not None and best.run == "E2c" and best.not_separated == ("E2d",)
+    assert best.evidence[2].endswith("; E2d is ahead on the seeds both have"), best.evidence
 
 
 def test_the_decoder_pretraining_is_no_candidate_and_has_no_encoder_gradient(tmp_path: Path) -> None:

@@ -281,8 +281,8 @@ def verdict_lines(v: Verdict) -> list[tuple[int, str, str]]:
         if f.holds and f.action:
             lines.append((1, "yellow", f"action: {f.action}"))
     if v.best is not None:
-        best = v.best.run if v.best.runner_up is None else (
-            f"not separated ({v.best.run} has the highest mean, then {v.best.runner_up})")
+        best = v.best.run if not v.best.not_separated else (
+            f"not separated ({v.best.run} has the highest mean; not separated from {', '.join(v.best.not_separated)})")
         lines.append((0, "bold", f"Best configuration: {best}"))
         lines.extend((1, "", e) for e in v.best.evidence)
     for d in v.decisions:

@@ -92,7 +92,7 @@ class Best:
     run: str
     baseline: str | None
     evidence: list[str]
-    runner_up: str | None = None  # the next configuration, when its interval does not separate it from `run`
+    not_separated: tuple[str, ...] = ()  # the configurations whose paired lead interval does not put `run` above
 
 
 @dataclass(frozen=True)
@@ -288,7 +288,8 @@ def red_flag_3(configs: Sequence[Configuration], base: Configuration | None) -> 
     if base is None or base.first.encoder != "static" or not points(base, "train_acc") or not recurrent:
         return RedFlag(3, "no improvement", False, False,
                        ["needs a static-encoder baseline and at least one recurrent run"], "")
-    shown = gains(recurrent, base)
+    waiting = [c for c in configs if c.first.recurrent and c.pending and not points(c, "train_acc")]
+    shown = gains(recurrent, base, waiting)
     evidence = shown.evidence + ([f"the intervals cannot tell whether any recurrent configuration gains "
                                   f"{NO_GAIN_PTS:g} points: {shown.undecided}"] if shown.undecided else [])
     return RedFlag(3, "no improvement", not shown.undecided, shown.none_gain, evidence,
@@ -296,7 +297,10 @@ def red_flag_3(configs: Sequence[Configuration], base: Configuration | None) -> 
 
 
 def best_configuration(configs: Sequence[Configuration], base: Configuration | None) -> Best | None:
-    """Of the encoder configurations: highest mean train accuracy, then train EM (means over seeds)."""
+    """Of the encoder configurations: highest mean train accuracy, then train EM (means over seeds). It is a
+    ranking only where its paired lead over every other configuration lies above zero: the runner-up's lead says
+    nothing of a third with other seeds or more spread. Evidence: the lead over the runner-up, over the
+    baseline, and over each configuration not separated from it."""
     ranked = [c for c in configs if c.first.model != "TRM" and c.estimate("train_acc").mean is not None]
     if not ranked:
         return None
@@ -305,29 +309,31 @@ def best_configuration(configs: Sequence[Configuration], base: Configuration | N
     best = ranked[0]
     evidence = [f"{best.label}: train acc {level(best.estimate('train_acc'))}, "
                 f"train EM {level(best.estimate('train_em'))}"]
-    runner_up = ranked[1] if len(ranked) > 1 else None
-    if base is not None and base is not best and base is not runner_up:  # the runner-up's line covers the baseline
-        try:
-            gain = paired_difference(points(base, "train_acc"), points(best, "train_acc"))
-            evidence.append(f"train acc over {base.label}: {describe(gain)}")
-        except ValueError:
-            evidence.append(f"no seed in common with {base.label}")
-    elif base is best:
+    if base is best:
         evidence.append(f"the baseline {base.label} has the highest mean")
-    separated = True
-    if runner_up is not None:  # a highest mean is a ranking only when it is separated from the next one
+    close = []
+    for i, other in enumerate(ranked[1:]):
+        name = f"the runner-up {other.label}" if i == 0 else other.label
         try:
-            lead = paired_difference(points(runner_up, "train_acc"), points(best, "train_acc"))
-            separated = lead.interval is not None and lead.interval[0] > 0
-            evidence.append(f"train acc over the runner-up {runner_up.label}: {describe(lead)}"
-                            + ("" if separated else "; not separated, either may be the best"))
+            lead = paired_difference(points(other, "train_acc"), points(best, "train_acc"))
         except ValueError:
-            separated = False
-            evidence.append(f"no seed in common with the runner-up {runner_up.label}: not separated")
+            close.append(other.label)
+            evidence.append(f"no seed in common with {name}: not separated")
+            continue
+        separated = lead.interval is not None and lead.interval[0] > 0
+        if not separated:
+            close.append(other.label)
+        if separated and i > 0 and other is not base:
+            continue
+        line = f"train acc over {name}: {describe(lead)}"
+        if lead.interval is not None and lead.interval[1] < 0:  # its mean over other seeds ranked it lower
+            line += f"; {other.label} is ahead on the seeds both have"
+        elif not separated:
+            line += "; not separated, either may be the best"
+        evidence.append(line)
     if best.n < 2:
         evidence.append(f"{ONE_SEED}: the ranking may change with more seeds")
-    return Best(best.label, base.label if base else None, evidence,
-                None if separated or runner_up is None else runner_up.label)
+    return Best(best.label, base.label if base else None, evidence, tuple(close))
 
 
 def parent_comparison(run: Configuration, parent: Configuration, settings: list[str]) -> ParentComparison:
@@ -406,7 +412,9 @@ class Gains:
     undecided: str  # why neither holds; "" when one does
 
 
-def gains(runs: Sequence[Configuration], base: Configuration) -> Gains:
+def gains(runs: Sequence[Configuration], base: Configuration, waiting: Sequence[Configuration] = ()) -> Gains:
+    """`waiting`: configurations of the same family with no finished run yet; while there are any, "none
+    gains" cannot be said (one of them may), "one gains" still can."""
     family = 1 - 0.05 / len(runs)
     diffs: list[Estimate | None] = []
     for run in runs:
@@ -418,26 +426,30 @@ def gains(runs: Sequence[Configuration], base: Configuration) -> Gains:
                 for run, d in zip(runs, diffs, strict=True)]
     if len(runs) > 1:
         evidence.append(f"{len(runs)} comparisons: each interval at {100 * family:g}% (Bonferroni), 95% for all")
-    evidence += unfinished(base, *runs)
+    evidence += unfinished(base, *runs, *waiting)
     intervals = [d.interval if d else None for d in diffs]
     gaining = [run.label for run, i in zip(runs, intervals, strict=True) if i and i[0] >= NO_GAIN_PTS]
-    none_gain = all(i and i[1] < NO_GAIN_PTS for i in intervals)
-    if gaining or none_gain:
-        undecided = ""
-    elif None in diffs:
-        undecided = "no seed in common with the baseline: " + ", ".join(
-            run.label for run, d in zip(runs, diffs, strict=True) if d is None)
-    elif None in intervals:
-        undecided = ONE_SEED
-    else:
-        undecided = f"an interval reaches across +{NO_GAIN_PTS:g} points"
-    return Gains(evidence, gaining, none_gain, undecided)
+    below = all(i and i[1] < NO_GAIN_PTS for i in intervals)
+    none_gain = below and not waiting
+    reasons = []
+    if not (gaining or none_gain):
+        if None in diffs:
+            reasons.append("no seed in common with the baseline: " + ", ".join(
+                run.label for run, d in zip(runs, diffs, strict=True) if d is None))
+        elif None in intervals:
+            reasons.append(ONE_SEED)
+        elif not below:
+            reasons.append(f"an interval reaches across +{NO_GAIN_PTS:g} points")
+        if waiting:
+            reasons.append("no finished run yet of " + ", ".join(c.label for c in waiting))
+    return Gains(evidence, gaining, none_gain, "; ".join(reasons))
 
 
-def after_week(point: str, runs: Sequence[Configuration], base: Configuration, gain: str, no_gain: str) -> Decision:
+def after_week(point: str, runs: Sequence[Configuration], base: Configuration, gain: str, no_gain: str,
+               waiting: Sequence[Configuration] = ()) -> Decision:
     """`gain` when one of `runs` gains at least +NO_GAIN_PTS over `base` by its whole interval, `no_gain` when
-    every run's interval lies below it, else not decided."""
-    shown = gains(runs, base)
+    every run's interval lies below it and none is `waiting` for a finished run, else not decided."""
+    shown = gains(runs, base, waiting)
     if shown.gaining:
         return Decision(point, True, f"{gain} ({', '.join(shown.gaining)}: at least +{NO_GAIN_PTS:g} points)",
                         shown.evidence)
@@ -458,11 +470,13 @@ def decision_points(configs: Sequence[Configuration], base: Configuration | None
         out.append(after_week("After Week 1", [e0b], base,
                               "recurrence shows improvement: proceed with E1-E4, consider Variant B",
                               "recurrence shows no improvement: may not be worth the added complexity"))
-    variants = [c for c in configs if WEEK_2 & set(c.exp_ids) and c is not e0b and points(c, "train_acc")]
+    week_2 = [c for c in configs if WEEK_2 & set(c.exp_ids) and c is not e0b]
+    variants = [c for c in week_2 if points(c, "train_acc")]
     if variants:
         out.append(after_week("After Week 2", variants, base,
                               "a configuration significantly better than ETRM: document it, proceed to the full "
-                              "dataset", "all ETRMTRM configurations similar to ETRM: recurrence may not matter here"))
+                              "dataset", "no ETRMTRM configuration significantly better than ETRM: recurrence may "
+                              "not matter here", waiting=[c for c in week_2 if c.pending and not points(c, "train_acc")]))
     return out
 
 
