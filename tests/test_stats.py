@@ -118,6 +118,15 @@ def test_paired_difference_matches_ttest_rel() -> None:
     assert p.interval == pytest.approx((ci.low, ci.high))
 
 
+def test_a_difference_exactly_on_a_band_edge_lands_in_the_band_that_owns_the_edge() -> None:
+    # accuracies 0.8987 and 0.9037 in points: 100 * 0.9037 - 100 * 0.8987 is 0.4999999999999858 in floats, and
+    # without rounding this +0.5 would fall in C instead of B
+    diff = paired_difference({0: 100 * 0.8987, 1: 100 * 0.8987}, {0: 100 * 0.9037, 1: 100 * 0.9037})
+    assert diff.interval == (0.5, 0.5)
+    band = classify(diff.interval, SCENARIOS)
+    assert band is not None and band.name == "B"
+
+
 def test_paired_difference_sign_is_b_minus_a() -> None:
     a, b = {1: 1.0, 2: 2.0}, {1: 4.0, 2: 6.0}
     assert paired_difference(a, b).mean == pytest.approx(3.5)

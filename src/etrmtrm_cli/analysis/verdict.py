@@ -472,11 +472,12 @@ def decision_points(configs: Sequence[Configuration], base: Configuration | None
                               "recurrence shows no improvement: may not be worth the added complexity"))
     week_2 = [c for c in configs if WEEK_2 & set(c.exp_ids) and c is not e0b]
     variants = [c for c in week_2 if points(c, "train_acc")]
+    waiting = [c for c in week_2 if c.pending and not points(c, "train_acc")]
     if variants:
         out.append(after_week("After Week 2", variants, base,
                               "a configuration significantly better than ETRM: document it, proceed to the full "
                               "dataset", "no ETRMTRM configuration significantly better than ETRM: recurrence may "
-                              "not matter here", waiting=[c for c in week_2 if c.pending and not points(c, "train_acc")]))
+                              "not matter here", waiting))
     return out
 
 
