@@ -228,6 +228,14 @@ def test_each_run_is_judged_against_its_parent_naming_the_settings_that_differ(t
     assert any(s.startswith("arch.halt_exploration_prob:") for s in found["E2d"].settings)
 
 
+def test_a_pooled_configuration_is_judged_against_the_parent_of_its_first_named_experiment(tmp_path: Path) -> None:
+    seeded(tmp_path, "E0a", BASE)
+    write_run(tmp_path, "E2b", flat(0.95), seed=0)  # E0b's configuration; E2b's own parent is E0b
+    write_run(tmp_path, "E0b", flat(0.95), seed=1)
+    parents = compare.compare_runs(tmp_path, ["E0a", "E0b", "E2b"], with_baselines=False).verdict.parents
+    assert [(p.run, p.parent) for p in parents] == [("E0b = E2b", "E0a")], parents
+
+
 def test_a_ceiling_is_named_and_judged_on_figures_with_room(tmp_path: Path) -> None:
     seeded(tmp_path, "E0a", [0.985, 0.99, 0.98])
     seeded(tmp_path, "E0b", [0.985, 0.99, 0.98], em=0.3)

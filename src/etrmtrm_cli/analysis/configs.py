@@ -29,8 +29,10 @@ class Configuration:
 
     @property
     def first(self) -> RunRow:
-        """A run of this configuration (the first counted, else the first pending): its settings."""
-        return next(iter(self.seeds.values())) if self.seeds else self.pending[0]
+        """A run of this configuration (counted, else pending), of its first-named experiment where it has one:
+        the settings are the same in every run but `parent` (E2b's is E0b, E0b's E0a)."""
+        runs = (*self.seeds.values(), *self.pending)
+        return next((r for r in runs if r.exp_id == self.exp_ids[0]), runs[0])
 
     @property
     def n(self) -> int:

@@ -104,6 +104,7 @@ class ParentComparison:
     parent: str
     difference: Estimate | None  # train accuracy, points; None when no seed is shared
     finding: str  # "better" | "worse" | "no difference shown" | ONE_SEED | "no seed in common" | "no finished run yet"
+    #               | "no train accuracy logged"
     settings: list[str]  # "train.lr: 0.0003 -> 0.00015"
     evidence: list[str]
 
@@ -341,6 +342,10 @@ def parent_comparison(run: Configuration, parent: Configuration, settings: list[
         return ParentComparison(run.label, parent.label, None, "no finished run yet", settings,
                                 unfinished(parent, run))
     a, b = points(parent, "train_acc"), points(run, "train_acc")
+    if not (a and b):
+        return ParentComparison(run.label, parent.label, None, "no train accuracy logged", settings,
+                                [f"{c.label}: no train accuracy logged by a finished run" for c in (parent, run)
+                                 if not points(c, "train_acc")])
     try:
         diff = paired_difference(a, b)
     except ValueError:
