@@ -87,6 +87,12 @@ def test_steps_to_uses_a_trailing_window_of_halted_examples() -> None:
     assert steps_to(short, 0.85) == 5  # 4 halted examples in all: (0.5 + 0.9 + 1 + 1) / 4 = 0.85
 
 
+def test_the_trailing_window_holds_exactly_its_examples() -> None:
+    # Steps of 3 slots: the window of 4 holds the 3 of the last step and 1 of the step before, not all 6.
+    assert matrix.trailing_means([(1, 1.0, 3.0), (2, 0.0, 3.0)], 4) == [(2, 0.25)]
+    assert matrix.trailing_means([(1, 1.0, 3.0), (2, 0.0, 3.0), (3, 1.0, 3.0)], 4) == [(2, 0.25), (3, 0.75)]
+
+
 def test_steps_to_weights_each_step_by_its_halted_slots() -> None:
     # Each pair of steps: 31 slots halt at 100 %, then 1 slot at 0 %. Per example that is 31/32 = 96.9 %;
     # an unweighted mean over steps would say 50 %.

@@ -153,10 +153,10 @@ SEEDS_NOTE = (
     "A configuration is every compared run with one resolved config (whatever its experiment ID); a seed two of "
     "them ran counts once. Only finished runs are seeds: one in progress, interrupted or failed is left out until "
     "it finishes. Each figure: mean over seeds ± the half-width of its 95% Student-t interval (none with one "
-    "seed), with its own n where fewer seeds have it. Train Acc AUC: the mean train accuracy over the run's steps "
-    "(the area under its curve, each step counted by the slots that halted in it), which still separates runs at "
-    "a ceiling. Steps to 90%: over the seeds that "
-    "reached it."
+    "seed), with its own n where fewer seeds have it. Train Acc AUC: the area under the train-accuracy curve "
+    "divided by the run's steps (a mean over steps, not over examples), the curve drawn through the means of "
+    f"consecutive chunks of at least {SMOOTH_EXAMPLES} halted examples; it still separates runs at a ceiling, by how "
+    "fast they got there. Steps to 90%: over the seeds that reached it."
 )
 
 

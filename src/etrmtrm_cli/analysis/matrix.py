@@ -116,8 +116,9 @@ def final_value(rows: Sequence[Row], key: str, fraction: float = FINAL_FRACTION)
 
 
 def trailing_means(points: Sequence[tuple[int, float, float]], window: float) -> list[tuple[int, float]]:
-    """(step, weighted mean over the trailing `window` of weight) for every point from the first at which
-    the window is full; a series lighter than `window` in all gets one window of all of it."""
+    """(step, weighted mean over exactly the trailing `window` of weight) for every point from the first at
+    which the window is full; the oldest step in the window counts with the part of its weight that fits (its
+    value is a mean over its halted slots). A series lighter than `window` in all gets one window of all of it."""
     needed = min(window, sum(w for _, _, w in points))
     trail: deque[tuple[float, float]] = deque()
     total = weight = 0.0
@@ -129,7 +130,8 @@ def trailing_means(points: Sequence[tuple[int, float, float]], window: float) ->
             old_value, old_weight = trail.popleft()
             total, weight = total - old_value * old_weight, weight - old_weight
         if weight >= needed > 0:
-            out.append((step, total / weight))
+            outside = weight - needed  # the part of the oldest step's weight beyond the window
+            out.append((step, (total - trail[0][0] * outside) / needed))
     return out
 
 
@@ -225,10 +227,11 @@ def chunk_means(points: Sequence[tuple[int, float, float]], window: float) -> li
 
 
 def train_auc(run: RunFiles) -> float | None:
-    """Mean train accuracy over the whole run (the area under its curve per step): it still separates runs
-    whose final accuracy sits at a ceiling, by how fast they got there. The curve runs through the means of
-    consecutive chunks of SMOOTH_EXAMPLES halted examples, so each step counts by the slots that halted in it
-    (a step where 1 slot halted, most early steps, must not weigh as much as one where 32 did)."""
+    """Mean train accuracy over the run's steps (the area under its curve, divided by the steps): it still
+    separates runs whose final accuracy sits at a ceiling, by how fast they got there. The curve runs through
+    the means of consecutive chunks of at least SMOOTH_EXAMPLES halted examples, so within a chunk each step
+    counts by the slots that halted in it (a step where 1 slot halted, most early steps, must not weigh as much
+    as one where 32 did); between chunks the area weighs each by the steps it spans."""
     points = chunk_means(series(run.rows, "train/accuracy"), SMOOTH_EXAMPLES)
     total = run.summary.get("total_steps") or run.meta.get("total_steps") or (points[-1][0] if points else 0)
     return auc(points, int(total)) if points and isinstance(total, int | float) and total > 0 else None
