@@ -21,6 +21,7 @@ from etrmtrm_cli.analysis.baselines import pair_baselines
 from etrmtrm_cli.analysis.matrix import steps_to
 from etrmtrm_cli.analysis.per_task import TaskScore, per_task_table, pool_seeds
 from etrmtrm_cli.cli import app
+from etrmtrm_cli.experiments_file import load_experiments
 from etrmtrm_cli.training.distributed import DistContext
 from etrmtrm_cli.training.loop import TrainOptions, train
 
@@ -238,8 +239,10 @@ def test_a_pooled_configuration_is_judged_against_the_parent_of_its_first_named_
     seeded(tmp_path, "E0a", BASE)
     write_run(tmp_path, "E2b", flat(0.95), seed=0)  # E0b's configuration; E2b's own parent is E0b
     write_run(tmp_path, "E0b", flat(0.95), seed=1)
-    parents = compare.compare_runs(tmp_path, ["E0a", "E0b", "E2b"], with_baselines=False).verdict.parents
-    assert [(p.run, p.parent) for p in parents] == [("E0b = E2b", "E0a")], parents
+    for order, label in ((["E0a", "E0b", "E2b"], "E0b = E2b"), (["E0a", "E2b", "E0b"], "E2b = E0b")):
+        parents = compare.compare_runs(tmp_path, order, with_baselines=False).verdict.parents
+        assert [(p.run, p.parent, p.settings) for p in parents] == [
+            (label, "E0a", ["arch.recurrent_encoder_type: static -> recurrent_standard"])], parents
 
 
 def test_a_ceiling_is_named_and_judged_on_figures_with_room(tmp_path: Path) -> None:
@@ -335,6 +338,21 @@ def test_no_gain_is_not_said_while_a_configuration_has_no_finished_run(tmp_path:
     assert "E2c s0 is in progress at step 5 of 5: left out until it finishes" in week2.evidence, week2.evidence
     flag = {f.number: f for f in result.red_flags}[3]
     assert not flag.assessed and "no finished run yet of E2c" in flag.evidence[-1], flag
+
+
+def test_the_bonferroni_family_counts_the_configurations_still_running(tmp_path: Path) -> None:
+    """A gain shown among 1 of 4 planned comparisons must hold at the level of all 4, not at 95%."""
+    seeded(tmp_path, "E0a", BASE)
+    seeded(tmp_path, "E1a", [b + 0.008 + 0.001 * (-1) ** i for i, b in enumerate(BASE)])  # about +0.8, tight
+    for exp_id in ("E2c", "E2d", "E3b"):
+        write_run(tmp_path, exp_id, flat(0.99)[:5], status="running", seed=0)
+    week2 = decisions(tmp_path, ["E0a", "E1a", "E2c", "E2d", "E3b"])["After Week 2"]
+    assert week2.evidence[0].startswith("E1a - E0a: +0.82 points, 98.75% CI"), week2.evidence
+    assert "4 comparisons: each interval at 98.75% (Bonferroni), 95% for all" in week2.evidence
+
+
+def test_after_week_2_is_the_plans_week_2_queue() -> None:
+    assert verdict.WEEK_2 == set(load_experiments(EXPERIMENTS).queues["week2"])
 
 
 def flags(tmp_path: Path, ids: Sequence[str]) -> dict[int, verdict.RedFlag]:

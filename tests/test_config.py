@@ -106,11 +106,12 @@ def test_encoder_errors_name_the_layer_and_a_near_name(tmp_path: Path) -> None:
     message = resolve_error(tmp_path, "", overrides=("arch.recurrent_encoder_type=recurent_standard",))
     assert "E0b: arch.recurrent_encoder_type: unknown encoder 'recurent_standard'; did you mean " \
            "'recurrent_standard'?" in message and message.endswith("(set in --set)"), message
-    # settings the experiment gives one encoder, judged by another that --set chose: both layers are named
+    # a misspelt setting: its layer, the encoder type's layer, and the near name
     body = "arch = { recurrent_encoder_type = 'static', encoder_params = { set_layer = 1 } }"
     message = resolve_error(tmp_path, body)
     assert "arch.encoder_params.set_layer: Extra inputs are not permitted; did you mean 'set_layers'?" in message
     assert message.endswith("(set in experiments.E0b; arch.recurrent_encoder_type set in experiments.E0b)")
+    # settings the experiment gives one encoder, judged by another that --set chose: both layers are named
     message = resolve_error(tmp_path, "arch = { encoder_params = { set_layers = 1 } }",
                             overrides=("arch.recurrent_encoder_type=trm_style",))
     assert message.endswith("(set in experiments.E0b; arch.recurrent_encoder_type set in --set)"), message

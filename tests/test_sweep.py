@@ -164,8 +164,10 @@ def test_status_table(swept: Swept) -> None:
     assert f"{STEPS} / {STEPS}" in out.text
     assert re.search(r"Broken .* failed .*\.submitit/\d+_0_log\.err", out.text), out.text
     assert "4 finished, 2 failed" in out.text
-    only = cli_proc("status", "E0b", "--runs-dir", "runs", cwd=swept.project)  # a queue name works the same way
+    only = cli_proc("status", "E0b", "--runs-dir", "runs", cwd=swept.project)
     assert set(re.findall(r"│ (\w+)\s+│\s+\d+ │", only.text)) == {"E0b"} and "2 finished" in only.text, only.text
+    queue = cli_proc("status", "week1", "--runs-dir", "runs", cwd=swept.project)  # E0a, E0b, E2b (none ran)
+    assert set(re.findall(r"│ (\w+)\s+│\s+\d+ │", queue.text)) == {"E0a", "E0b"}, queue.text
     wrong = cli_proc("status", "E0x", "--runs-dir", "runs", cwd=swept.project)
     assert wrong.code == 1 and "E0x" in wrong.text and "Traceback" not in wrong.text, wrong.text
 

@@ -288,19 +288,23 @@ def _describe(err: ValidationError, path: Path, exp_id: str, layers: Mapping[str
 
 
 def _encoder_origin(err: ConfigError, layers: Mapping[str, Mapping[str, Any]]) -> str:
-    """Which layers set the encoder key an error is about, and the encoder type that judged its settings."""
+    """" (set in <layer>)" for the encoder key an error is about; for an encoder setting, also where the encoder
+    type that judged it was set (a setting from one layer may be wrong only for a type from another)."""
     if not isinstance(err, ConfigKeyError):
         return ""
-    keys = [err.key] + (["arch.recurrent_encoder_type"] if err.key.startswith("arch.encoder_params") else [])
     found = []
-    for key in keys:
-        loc = key.split(".")
-        # an encoder setting may sit deeper than the layer set it (arch.encoder_params = {...} vs ...params.x)
-        origin = next((name for name, tree in reversed(layers.items())
-                       if any(_has_path(tree, loc[:n]) for n in range(len(loc), 1, -1))), None)
-        if origin:
-            found.append(f"{key} set in {origin}" if found or key != err.key else f"set in {origin}")
+    if origin := _setting_layer(err.key, layers):
+        found.append(f"set in {origin}")
+    if err.key.startswith("arch.encoder_params") and (origin := _setting_layer("arch.recurrent_encoder_type", layers)):
+        found.append(f"arch.recurrent_encoder_type set in {origin}")
     return f" ({'; '.join(found)})" if found else ""
+
+
+def _setting_layer(key: str, layers: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The last layer that sets `key` or a table above it (arch.encoder_params = {...} sets ...params.x)."""
+    loc = key.split(".")
+    return next((name for name, tree in reversed(layers.items())
+                 if any(_has_path(tree, loc[:n]) for n in range(len(loc), 1, -1))), None)
 
 
 def _section_model(loc: Sequence[str]) -> type[BaseModel] | None:

@@ -282,7 +282,8 @@ def verdict_lines(v: Verdict) -> list[tuple[int, str, str]]:
             lines.append((1, "yellow", f"action: {f.action}"))
     if v.best is not None:
         best = v.best.run if not v.best.not_separated else (
-            f"not separated ({v.best.run} has the highest mean; not separated from {', '.join(v.best.not_separated)})")
+            f"none shown ({v.best.run} has the highest mean, but not above {', '.join(v.best.not_separated)} "
+            "by a paired interval)")
         lines.append((0, "bold", f"Best configuration: {best}"))
         lines.extend((1, "", e) for e in v.best.evidence)
     for d in v.decisions:

@@ -29,10 +29,15 @@ class Configuration:
 
     @property
     def first(self) -> RunRow:
-        """A run of this configuration (counted, else pending), of its first-named experiment where it has one:
-        the settings are the same in every run but `parent` (E2b's is E0b, E0b's E0a)."""
+        """A run of this configuration (the first counted, else the first pending): its settings."""
+        return next(iter(self.seeds.values())) if self.seeds else self.pending[0]
+
+    @property
+    def parent(self) -> str | None:
+        """The experiment this configuration is judged against: a parent of one of its runs that is not itself
+        (E0b = E2b: E2b's parent is E0b, the configuration itself, and E0b's is E0a)."""
         runs = (*self.seeds.values(), *self.pending)
-        return next((r for r in runs if r.exp_id == self.exp_ids[0]), runs[0])
+        return next((r.parent for r in runs if r.parent and r.parent not in self.exp_ids), None)
 
     @property
     def n(self) -> int:

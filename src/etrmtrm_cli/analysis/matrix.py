@@ -273,9 +273,11 @@ UNREAD_BY_TRM = ("arch.recurrent_encoder_type", "arch.encoder_", "arch.context_t
 
 
 def config_differences(runs: Sequence[RunFiles]) -> dict[str, list[Any]]:
-    """Dotted key -> each run's value, for the keys where the runs' config.json files disagree.
+    """Dotted key -> each run's value, for the keys where the runs' config.json files disagree, apart from what
+    names a run (id, description, parent) and its seed (the axis its configuration pools over).
     A TRM run's encoder settings are left out (None) and compared with nothing: it has no encoder."""
-    flat = [flatten({k: v for k, v in r.config.items() if k not in ("id", "description", "parent")}) for r in runs]
+    flat = [flatten({k: v for k, v in r.config.items() if k not in ("id", "description", "parent", "seed")})
+            for r in runs]
     keys = sorted(set().union(*flat)) if flat else []
     trm = [is_trm(r) for r in runs]
     missing, unread = object(), object()

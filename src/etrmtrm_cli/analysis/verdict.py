@@ -372,8 +372,8 @@ def parent_comparisons(configs: Sequence[Configuration], differences: Mapping[st
     by_id = {exp_id: c for c in configs for exp_id in c.exp_ids}
     out = []
     for c in configs:
-        parent = by_id.get(c.first.parent or "")
-        if parent is None or parent is c:
+        parent = by_id.get(c.parent or "")
+        if parent is None:
             continue
         i, j = index[parent.label], index[c.label]
         settings = [f"{key}: {values[i]} -> {values[j]}" for key, values in differences.items()
@@ -420,7 +420,7 @@ class Gains:
 def gains(runs: Sequence[Configuration], base: Configuration, waiting: Sequence[Configuration] = ()) -> Gains:
     """`waiting`: configurations of the same family with no finished run yet; while there are any, "none
     gains" cannot be said (one of them may), "one gains" still can."""
-    family = 1 - 0.05 / len(runs)
+    family = 1 - 0.05 / (len(runs) + len(waiting))  # the whole family: those still running will count too
     diffs: list[Estimate | None] = []
     for run in runs:
         try:
@@ -429,8 +429,9 @@ def gains(runs: Sequence[Configuration], base: Configuration, waiting: Sequence[
             diffs.append(None)
     evidence = [f"{run.label} - {base.label}: {describe(d) if d else 'no seed in common'}"
                 for run, d in zip(runs, diffs, strict=True)]
-    if len(runs) > 1:
-        evidence.append(f"{len(runs)} comparisons: each interval at {100 * family:g}% (Bonferroni), 95% for all")
+    if len(runs) + len(waiting) > 1:
+        evidence.append(f"{len(runs) + len(waiting)} comparisons: each interval at {100 * family:g}% (Bonferroni), "
+                        "95% for all")
     evidence += unfinished(base, *runs, *waiting)
     intervals = [d.interval if d else None for d in diffs]
     gaining = [run.label for run, i in zip(runs, intervals, strict=True) if i and i[0] >= NO_GAIN_PTS]
