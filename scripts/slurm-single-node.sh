@@ -10,6 +10,7 @@
 # not bound to cores (task/none), there is no accounting database (so no sacct), and every daemon runs as
 # root. It is a test bed, not a production setup. Logs: /var/log/slurm/.
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"  # the daemons live in sbin, which a non-login or CI shell may leave out
 
 CONF=/etc/slurm/slurm.conf
 STATE=/var/spool/slurmctld
