@@ -4,9 +4,10 @@ where every run stands. Registered on cli.py's app."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -25,6 +26,9 @@ from etrmtrm_cli.cli import (
 from etrmtrm_cli.config import SweepConfig
 from etrmtrm_cli.errors import ConfigError, RunError
 from etrmtrm_cli.experiments_file import ExperimentsFile, load_experiments, sweep_config
+
+if TYPE_CHECKING:
+    from etrmtrm_cli.sweep_status import RunRow
 
 _SLURM = "SLURM settings (also from the \\[sweep] table of experiments.toml)"
 
@@ -117,7 +121,8 @@ def sweep(
         still = f"; still saving: {', '.join(map(str, held))}" if held else ""
         err_console.print(f"stopped{still}. The same command resumes the sweep.", highlight=False)
         raise typer.Exit(130) from None
-    _print_rows(runs_dir, folder, {job.spec.run_dir for job in planned}, "The sweep's runs")
+    planned_dirs = {job.spec.run_dir for job in planned}
+    _print_rows(runs_dir, folder, "The sweep's runs", lambda row: str(row.run_dir) in planned_dirs)
     failed = [key for key, state in outcome.items() if state not in ("finished", "skipped")]
     if failed:
         err_console.print(f"[bold red]{len(failed)} of {len(planned)} runs did not finish:[/] {', '.join(failed)}",
@@ -181,12 +186,10 @@ def _estimate_device(device: str, kind: str, config: SweepConfig) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _print_rows(runs_dir: Path, folder: Path | None, only: set[str] | None, title: str,
-                experiment_ids: set[str] | None = None) -> None:
+def _print_rows(runs_dir: Path, folder: Path | None, title: str, keep: Callable[[RunRow], bool]) -> None:
     from etrmtrm_cli.sweep_status import run_rows
 
-    rows = [row for row in run_rows(runs_dir, folder) if (only is None or str(row.run_dir) in only)
-            and (experiment_ids is None or row.exp_id in experiment_ids)]
+    rows = [row for row in run_rows(runs_dir, folder) if keep(row)]
     console.print(sweep_render.status_table(rows, title))
     console.print(sweep_render.status_counts(rows), highlight=False)
 
@@ -208,8 +211,8 @@ def status(
         raise RunError(f"{runs_dir}: no such runs directory" + (" (it is a file)" if runs_dir.exists() else ""))
     if folder is not None and not folder.is_dir():
         raise ConfigError(f"--folder {folder}: no such directory")
-    wanted = None  # the experiments file is read only to expand names: status of a records directory needs none
+    wanted: set[str] = set()  # read only to expand names: status of a records directory needs no experiments file
     if runs:
         file = load_experiments(experiments)
         wanted = {exp_id for name in runs for exp_id in file.targets(name)}
-    _print_rows(runs_dir, folder, None, f"Runs in {runs_dir}", wanted)
+    _print_rows(runs_dir, folder, f"Runs in {runs_dir}", lambda row: not wanted or row.exp_id in wanted)

@@ -420,7 +420,8 @@ class Gains:
 def gains(runs: Sequence[Configuration], base: Configuration, waiting: Sequence[Configuration] = ()) -> Gains:
     """`waiting`: configurations of the same family with no finished run yet; while there are any, "none
     gains" cannot be said (one of them may), "one gains" still can."""
-    family = 1 - 0.05 / (len(runs) + len(waiting))  # the whole family: those still running will count too
+    k = len(runs) + len(waiting)  # the whole family: those still running will count too
+    family = 1 - 0.05 / k
     diffs: list[Estimate | None] = []
     for run in runs:
         try:
@@ -429,9 +430,8 @@ def gains(runs: Sequence[Configuration], base: Configuration, waiting: Sequence[
             diffs.append(None)
     evidence = [f"{run.label} - {base.label}: {describe(d) if d else 'no seed in common'}"
                 for run, d in zip(runs, diffs, strict=True)]
-    if len(runs) + len(waiting) > 1:
-        evidence.append(f"{len(runs) + len(waiting)} comparisons: each interval at {100 * family:g}% (Bonferroni), "
-                        "95% for all")
+    if k > 1:
+        evidence.append(f"{k} comparisons: each interval at {100 * family:g}% (Bonferroni), 95% for all")
     evidence += unfinished(base, *runs, *waiting)
     intervals = [d.interval if d else None for d in diffs]
     gaining = [run.label for run, i in zip(runs, intervals, strict=True) if i and i[0] >= NO_GAIN_PTS]
