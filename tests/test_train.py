@@ -227,6 +227,22 @@ def test_missing_decoder_fails_before_touching_the_run(tmp_path: Path) -> None:
     assert not (tmp_path / "E0b").exists()
 
 
+def test_runs_from_a_retrained_decoder_are_refused_beside_runs_from_the_first(tmp_path: Path) -> None:
+    from etrmtrm_cli.errors import CheckpointError
+
+    options = TrainOptions(runs_dir=tmp_path, max_steps=2)
+    train(tiny("P0", FAST), options, SINGLE)
+    train(tiny("E0b", [*FAST, "decoder=P0"]), options, SINGLE)
+    train(tiny("E0a", [*FAST, "decoder=P0"]), options, SINGLE)  # the same P0: fine
+    first = json.loads((tmp_path / "E0b" / "meta.json").read_text())["decoder"]["sha256"]
+    train(tiny("P0", [*FAST, "train.lr=3e-3"]), TrainOptions(runs_dir=tmp_path, max_steps=2, force=True), SINGLE)
+    assert rundir.file_sha256(tmp_path / "P0" / "model.safetensors") != first  # P0 again: other weights
+    with pytest.raises(CheckpointError, match=re.escape(f"started from (E0a, E0b: sha256 {first}); runs from two "
+                                                        "decoders do not compare")):
+        train(tiny("E0c", [*FAST, "decoder=P0"]), options, SINGLE)
+    assert not (tmp_path / "E0c").exists()
+
+
 def test_encoder_lr_scale_makes_its_own_group() -> None:
     exp = tiny("E3d")  # encoder_lr_scale = 0.5
     model = build_model(exp, 36, 10)

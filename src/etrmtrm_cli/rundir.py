@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from etrmtrm_cli.config import check_name
+from etrmtrm_cli.config import SAFE_NAME, check_name
 from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError, first_line
 from etrmtrm_cli.run_lock import RunLock
 
@@ -86,6 +86,23 @@ def decoder_run(runs_dir: Path, exp_id: str) -> Path | None:
     """The one finished run a `decoder = "<ID>"` loads: runs/<ID>/ if it is one, else its lowest seed."""
     finished = [run for run in seed_runs(runs_dir, exp_id) if (run / FINAL_WEIGHTS).is_file()]
     return finished[0] if finished else None
+
+
+def decoder_starts(runs_dir: Path, decoder: str) -> dict[str, list[Path]]:
+    """The runs in `runs_dir` whose config names `decoder` (e.g. "P0"), by the sha256 of the weights they started
+    from (meta.json "decoder"). Runs whose files cannot be read are left out: they decide nothing here."""
+    starts: dict[str, list[Path]] = {}
+    for exp_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []:
+        if not SAFE_NAME.fullmatch(exp_dir.name):
+            continue
+        for run in seed_runs(runs_dir, exp_dir.name):
+            try:
+                named, started = read_json(run / CONFIG).get("decoder"), read_json(run / META).get("decoder")
+            except RunError:
+                continue
+            if named == decoder and isinstance(started, dict) and started.get("sha256"):
+                starts.setdefault(started["sha256"], []).append(run)
+    return starts
 
 
 def config_hash(config: dict[str, Any]) -> str:

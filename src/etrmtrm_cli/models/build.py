@@ -47,12 +47,14 @@ def load_decoder(model: ACTModel, exp: Experiment, seq_len: int, runs_dir: Path,
     its lowest seed); a path is a TRM `step_N` file or one of our model.safetensors files (with its config.json
     beside it). Ours are refused when trained on another canvas, or on other tasks than `train_tasks` where
     their meta.json names them. A TRM file names no tasks, so nothing checks them: TRM's public ARC
-    checkpoints also trained on the evaluation tasks' demo pairs.
+    checkpoints also trained on the evaluation tasks' demo pairs. A named run is refused where runs in `runs_dir`
+    that name it started from other weights (`_check_same_start`).
     """
     if exp.decoder == "none":
         return None
     path = Path(exp.decoder)
-    if not path.exists() and "/" not in exp.decoder and not path.suffix:
+    named = not path.exists() and "/" not in exp.decoder and not path.suffix
+    if named:
         found = rundir.decoder_run(runs_dir, exp.decoder)
         if found is None:
             raise CheckpointError(
@@ -64,6 +66,9 @@ def load_decoder(model: ACTModel, exp: Experiment, seq_len: int, runs_dir: Path,
         path = found / rundir.FINAL_WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"{exp.id}: decoder = {exp.decoder!r}: no such file")
+    sha = rundir.file_sha256(path)
+    if named:
+        _check_same_start(exp, runs_dir, path, sha)
     if path.suffix == ".safetensors":  # ours; a TRM step_N file has no task list to check
         if train_tasks is not None:
             _check_same_tasks(exp, path.parent, train_tasks)
@@ -73,7 +78,22 @@ def load_decoder(model: ACTModel, exp: Experiment, seq_len: int, runs_dir: Path,
             model, path, exp.arch, seq_len=seq_len, keep_puzzle_emb=exp.model == "trm",
             allow_cycle_mismatch=exp.allow_decoder_mismatch,
         )
-    return replace(report, source=str(path), sha256=rundir.file_sha256(path))
+    return replace(report, source=str(path), sha256=sha)
+
+
+def _check_same_start(exp: Experiment, runs_dir: Path, path: Path, sha: str) -> None:
+    """Runs of one runs directory compare only if they started from one decoder. A decoder trained again (after
+    its run was lost with a machine, say) is another one: it differs from the first in more than its last bits,
+    so runs from it are refused beside runs from the first."""
+    starts = rundir.decoder_starts(runs_dir, exp.decoder)
+    if starts and sha not in starts:
+        other, runs = next(iter(starts.items()))
+        named = ", ".join(str(run.relative_to(runs_dir)) for run in runs[:3]) + (" ..." if len(runs) > 3 else "")
+        raise CheckpointError(
+            f"{exp.id}: decoder = {exp.decoder!r}: {path} (sha256 {sha}) is not the decoder the runs in {runs_dir} "
+            f"started from ({named}: sha256 {other}); runs from two decoders do not compare. Start from the "
+            f"decoder they used, or train in another --runs-dir"
+        )
 
 
 def _check_same_tasks(exp: Experiment, run: Path, train_tasks: Sequence[str]) -> None:
