@@ -241,6 +241,9 @@ def test_runs_from_a_retrained_decoder_are_refused_beside_runs_from_the_first(tm
                                                         "decoders do not compare")):
         train(tiny("E0c", [*FAST, "decoder=P0"]), options, SINGLE)
     assert not (tmp_path / "E0c").exists()
+    for old in ("E0a", "E0b"):  # moved aside, as --force does: no longer runs of this directory
+        (tmp_path / old).rename(tmp_path / f"{old}{rundir.ASIDE}1")
+    assert train(tiny("E0c", [*FAST, "decoder=P0"]), options, SINGLE).status == "finished"
 
 
 def test_encoder_lr_scale_makes_its_own_group() -> None:

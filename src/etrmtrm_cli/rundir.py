@@ -63,6 +63,7 @@ class RunFiles:
 
 
 SEED_PREFIX = "seed-"
+ASIDE = ".old-"  # runs/<ID>.old-<time>/: a run --force moved aside, kept but no longer the experiment's
 
 
 def run_path(runs_dir: Path, exp_id: str, seed: int | None = None) -> Path:
@@ -90,10 +91,10 @@ def decoder_run(runs_dir: Path, exp_id: str) -> Path | None:
 
 def decoder_starts(runs_dir: Path, decoder: str) -> dict[str, list[Path]]:
     """The runs in `runs_dir` whose config names `decoder` (e.g. "P0"), by the sha256 of the weights they started
-    from (meta.json "decoder"). Runs whose files cannot be read are left out: they decide nothing here."""
+    from (meta.json "decoder"). Runs moved aside and runs whose files cannot be read are left out."""
     starts: dict[str, list[Path]] = {}
     for exp_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []:
-        if not SAFE_NAME.fullmatch(exp_dir.name):
+        if not SAFE_NAME.fullmatch(exp_dir.name) or ASIDE in exp_dir.name:
             continue
         for run in seed_runs(runs_dir, exp_dir.name):
             try:
@@ -154,7 +155,7 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> RunLock:
 
 def _aside_name(run_dir: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    candidates = (run_dir.with_name(f"{run_dir.name}.old-{stamp}{f'-{n}' if n else ''}") for n in range(1000))
+    candidates = (run_dir.with_name(f"{run_dir.name}{ASIDE}{stamp}{f'-{n}' if n else ''}") for n in range(1000))
     return next(c for c in candidates if not c.exists())
 
 
