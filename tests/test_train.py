@@ -242,7 +242,7 @@ def test_runs_from_a_retrained_decoder_are_refused_beside_runs_from_the_first(tm
         train(tiny("E0c", [*FAST, "decoder=P0"]), options, SINGLE)
     assert not (tmp_path / "E0c").exists()
     for old in ("E0a", "E0b"):  # moved aside, as --force does: no longer runs of this directory
-        (tmp_path / old).rename(tmp_path / f"{old}{rundir.ASIDE}1")
+        (tmp_path / old).rename(tmp_path / f"{old}.old-20261205-000000")
     assert train(tiny("E0c", [*FAST, "decoder=P0"]), options, SINGLE).status == "finished"
 
 

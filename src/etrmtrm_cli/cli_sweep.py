@@ -158,7 +158,7 @@ def _dry_run(file: ExperimentsFile, request: Any, planned: list[Any], folder: Pa
              config: SweepConfig) -> None:
     from etrmtrm_cli import sweep as sw
     from etrmtrm_cli import sweep_cost
-    from etrmtrm_cli.sweep_status import run_dirs
+    from etrmtrm_cli.rundir import run_dirs
 
     device = _estimate_device(request.device, kind, config)
     measured = sweep_cost.measured_runs(run_dirs(request.runs_dir))

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from etrmtrm_cli.config import SAFE_NAME, check_name
+from etrmtrm_cli.config import check_name
 from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError, first_line
 from etrmtrm_cli.run_lock import RunLock
 
@@ -63,7 +63,7 @@ class RunFiles:
 
 
 SEED_PREFIX = "seed-"
-ASIDE = ".old-"  # runs/<ID>.old-<time>/: a run --force moved aside, kept but no longer the experiment's
+ASIDE = re.compile(r"\.old-\d{8}-\d{6}(-\d+)?$")  # runs/<ID>.old-<time>[-<n>]/: moved aside by --force (_aside_name)
 
 
 def run_path(runs_dir: Path, exp_id: str, seed: int | None = None) -> Path:
@@ -89,20 +89,32 @@ def decoder_run(runs_dir: Path, exp_id: str) -> Path | None:
     return finished[0] if finished else None
 
 
+def run_dirs(runs_dir: Path) -> list[Path]:
+    """Every run in `runs_dir`: runs/<ID>/ and runs/<ID>/seed-<N>/, not runs moved aside nor hidden folders."""
+    if not runs_dir.is_dir():
+        return []
+    found = []
+    for child in sorted(runs_dir.iterdir()):
+        if not child.is_dir() or child.name.startswith(".") or ASIDE.search(child.name):
+            continue
+        if (child / CONFIG).is_file():
+            found.append(child)
+        found += [p for p in sorted(child.iterdir()) if p.is_dir() and p.name.startswith(SEED_PREFIX)
+                  and p.name[len(SEED_PREFIX):].isdigit() and (p / CONFIG).is_file()]
+    return found
+
+
 def decoder_starts(runs_dir: Path, decoder: str) -> dict[str, list[Path]]:
     """The runs in `runs_dir` whose config names `decoder` (e.g. "P0"), by the sha256 of the weights they started
-    from (meta.json "decoder"). Runs moved aside and runs whose files cannot be read are left out."""
+    from (meta.json "decoder"). Runs whose files cannot be read are left out."""
     starts: dict[str, list[Path]] = {}
-    for exp_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []:
-        if not SAFE_NAME.fullmatch(exp_dir.name) or ASIDE in exp_dir.name:
+    for run in run_dirs(runs_dir):
+        try:
+            named, started = read_json(run / CONFIG).get("decoder"), read_json(run / META).get("decoder")
+        except RunError:
             continue
-        for run in seed_runs(runs_dir, exp_dir.name):
-            try:
-                named, started = read_json(run / CONFIG).get("decoder"), read_json(run / META).get("decoder")
-            except RunError:
-                continue
-            if named == decoder and isinstance(started, dict) and started.get("sha256"):
-                starts.setdefault(started["sha256"], []).append(run)
+        if named == decoder and isinstance(started, dict) and started.get("sha256"):
+            starts.setdefault(started["sha256"], []).append(run)
     return starts
 
 
@@ -155,7 +167,7 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> RunLock:
 
 def _aside_name(run_dir: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    candidates = (run_dir.with_name(f"{run_dir.name}{ASIDE}{stamp}{f'-{n}' if n else ''}") for n in range(1000))
+    candidates = (run_dir.with_name(f"{run_dir.name}.old-{stamp}{f'-{n}' if n else ''}") for n in range(1000))
     return next(c for c in candidates if not c.exists())
 
 

@@ -21,11 +21,10 @@ from typing import Any
 
 from etrmtrm_cli.errors import RunError
 from etrmtrm_cli.run_lock import LOCK
-from etrmtrm_cli.rundir import CONFIG, SEED_PREFIX, SUMMARY, metrics_path, read_json, read_metrics, run_status
+from etrmtrm_cli.rundir import CONFIG, SEED_PREFIX, SUMMARY, metrics_path, read_json, read_metrics, run_dirs, run_status
 from etrmtrm_cli.sweep_job import RECORDS
 
 SWEEP_FOLDER = ".submitit"  # in the runs directory, unless `sweep --folder` says otherwise
-_ASIDE = re.compile(r"\.old-\d{8}-\d{6}(-\d+)?$")  # runs moved aside by --force
 
 
 @dataclass(frozen=True)
@@ -69,20 +68,6 @@ def read_records(folder: Path) -> dict[str, dict[str, Any]]:
         if kind in ("submit", "run") and isinstance(rec.get("run_dir"), str):
             out.setdefault(str(Path(rec["run_dir"]).resolve()), {})[kind] = rec
     return out
-
-
-def run_dirs(runs_dir: Path) -> list[Path]:
-    if not runs_dir.is_dir():
-        return []
-    found = []
-    for child in sorted(runs_dir.iterdir()):
-        if not child.is_dir() or child.name.startswith(".") or _ASIDE.search(child.name):
-            continue
-        if (child / CONFIG).is_file():
-            found.append(child)
-        found += [p for p in sorted(child.iterdir()) if p.is_dir() and p.name.startswith(SEED_PREFIX)
-                  and p.name[len(SEED_PREFIX):].isdigit() and (p / CONFIG).is_file()]
-    return found
 
 
 def _row(run_dir: Path, rec: dict[str, Any]) -> RunRow:
