@@ -591,6 +591,9 @@ def test_the_plot_draws_one_colour_per_configuration_with_its_seeds_and_their_me
     carry = report_plot.configuration_curves(cmp, report_plot.by_act_step, lambda row: row.recurrent)
     assert [c.label for c in carry] == ["E0b (s0)"]  # the static runs have no carry
     assert [x for x, _ in carry[0].mean] == [1.0, 2.0, 3.0, 4.0]
+    # past matplotlib's ten default colours (week 2, week 3 and the rest in one figure), still one colour each
+    assert report_plot.palette(3) == ["C0", "C1", "C2"]
+    assert len(set(report_plot.palette(15))) == 15
     assert report_plot.mean_curve([[(1.0, 2.0), (2.0, 4.0)], [(2.0, 6.0), (3.0, 1.0)]]) == [(2.0, 5.0)]
     # a step one seed did not log (no slot halted there) is read from its neighbours, not dropped
     assert report_plot.mean_curve([[(1.0, 0.0), (3.0, 2.0)], [(1.0, 2.0), (2.0, 2.0), (3.0, 2.0)]]) == [

@@ -1,7 +1,9 @@
 """`compare --plot`: the training curves of the compared configurations, one panel per metric (matplotlib, optional).
 
 One colour per configuration: its seeds' curves thin, their mean over seeds thick. Five seeds of three arms in
-per-run colours would be fifteen indistinguishable lines, and the arms are what the figure compares.
+per-run colours would be fifteen indistinguishable lines, and the arms are what the figure compares. One legend
+beside the panels serves them all (a colour means the same configuration in each), so no panel's curves hide
+behind a legend of fifteen entries.
 """
 
 from __future__ import annotations
@@ -76,19 +78,32 @@ def mean_curve(curves: Sequence[Curve]) -> Curve:
     return [(x, float(y)) for x, y in zip(xs, ys, strict=True)]
 
 
+def palette(n: int) -> list[str]:
+    """n distinct colours: matplotlib's ten default ones, or beyond ten tab20's twenty, its ten dark shades first
+    (tab20 pairs each dark shade with a light one of its hue; in their own order neighbours would look alike)."""
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    shades = [to_hex(c) for c in colormaps["tab20"].colors]
+    return [(shades[0::2] + shades[1::2])[i % 20] for i in range(n)]
+
+
 def configuration_curves(cmp: Comparison, curve_of: Callable[[Sequence[Row]], Curve],
                          only: Callable[[RunRow], bool] = lambda row: True) -> list[ConfigCurves]:
     """Per configuration (its colour fixed by its place in the comparison): the curve of each of its counted
     seeds (its unfinished runs only while it has none, as the report counts them) and their mean."""
     rows_of = {id(row): run.rows for run, row in zip(cmp.runs, cmp.rows, strict=True)}
     out = []
-    for i, config in enumerate(cmp.configs):
+    colours = palette(len(cmp.configs))
+    for config, colour in zip(cmp.configs, colours, strict=True):
         members = [row for row in config.seeds.values() if only(row)] or [row for row in config.pending if only(row)]
         curved = [(row, curve) for row in members if (curve := curve_of(rows_of[id(row)]))]
         if curved:
             seeds = f"{len(curved)} seeds" if len(curved) > 1 else f"s{curved[0][0].seed}"
             curves = [curve for _, curve in curved]
-            out.append(ConfigCurves(f"{config.label} ({seeds})", f"C{i % 10}", curves, mean_curve(curves)))
+            out.append(ConfigCurves(f"{config.label} ({seeds})", colour, curves, mean_curve(curves)))
     return out
 
 
@@ -111,29 +126,36 @@ def plot_curves(cmp: Comparison, path: Path) -> None:
                     configuration_curves(cmp, by_act_step, lambda row: row.recurrent))]
     cols = 3 if len(panels) > 4 else 2
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols + 1.5, 3.6 * rows), squeeze=False, layout="constrained")
+    legend: dict[str, Any] = {}  # label -> the line of its mean, over all panels (the carry panels lack static runs)
     for ax, (title, xlabel, configs) in zip(axes.flat, panels, strict=False):
-        _draw(ax, configs, markers=xlabel == "ACT step")
+        for c, line in zip(configs, _draw(ax, configs, markers=xlabel == "ACT step"), strict=True):
+            legend.setdefault(c.label, line)
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize="small")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(f"{' vs '.join(c.label for c in cmp.configs)}: each seed thin, the mean over seeds thick "
+    if legend:
+        fig.legend(list(legend.values()), list(legend), loc="outside right upper", fontsize="small")
+    names = [c.label for c in cmp.configs]
+    compared = " vs ".join(names) if len(names) <= 4 else f"{len(names)} configurations"
+    fig.suptitle(f"{compared}: each seed thin, the mean over seeds thick "
                  f"(trailing mean over {SMOOTH_EXAMPLES} halted examples, or {SMOOTH_STEPS} steps)")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=110)
     plt.close(fig)
 
 
-def _draw(ax: Any, configs: Sequence[ConfigCurves], *, markers: bool) -> None:
+def _draw(ax: Any, configs: Sequence[ConfigCurves], *, markers: bool) -> list[Any]:
+    """Each configuration's seeds and mean into ax; returns the line of each mean, in the order of configs."""
+    means = []
     for c in configs:
         marker = "o" if markers or len(c.mean) < 20 else None  # a sparse series (few halts logged) stays visible
         if len(c.runs) > 1:
             for run in c.runs:
                 ax.plot([x for x, _ in run], [y for _, y in run], color=c.colour, alpha=0.3, linewidth=0.7)
-        ax.plot([x for x, _ in c.mean], [y for _, y in c.mean], color=c.colour, linewidth=1.8, marker=marker,
-                markersize=3, label=c.label)
+        (line,) = ax.plot([x for x, _ in c.mean], [y for _, y in c.mean], color=c.colour, linewidth=1.8,
+                          marker=marker, markersize=3)
+        means.append(line)
+    return means
