@@ -235,6 +235,24 @@ def test_each_run_is_judged_against_its_parent_naming_the_settings_that_differ(t
     assert any(s.startswith("arch.halt_exploration_prob:") for s in found["E2d"].settings)
 
 
+def test_a_parent_finding_gives_the_interval_that_holds_for_all_parent_comparisons_at_once(tmp_path: Path) -> None:
+    seeded(tmp_path, "E0b", BASE)
+    seeded(tmp_path, "E3b", [b - 0.03 for b in BASE])  # 3 points below E0b on every seed: worse at any level
+    seeded(tmp_path, "E4c", [b + d for b, d in zip(BASE, (0.004, 0.012, 0.002, 0.010, 0.007), strict=True)])
+    seeded(tmp_path, "E2c", [b + d for b, d in zip(BASE, (0.004, -0.003, 0.002, 0.001, -0.002), strict=True)])
+    found = {p.run: p for p in compare.compare_runs(tmp_path, ["E0b", "E3b", "E4c", "E2c"],
+                                                    with_baselines=False).verdict.parents}
+    # 3 comparisons with a parent: each finding at 95 %, the family's at 1 - 0.05 / 3 each
+    assert found["E3b"].finding == "worse"
+    assert any(e.startswith("one of 3 comparisons with a parent") and e.endswith("it is [-3.00, -3.00]: still worse")
+               for e in found["E3b"].evidence), found["E3b"].evidence
+    # E4c: +0.70 points, sd 0.41: its 95 % interval [+0.19, +1.21] excludes 0; at 98.33 % ([-0.03, +1.43]) not
+    assert found["E4c"].finding == "better"
+    assert any(e.endswith("98.3333% each) it is [-0.03, +1.43]: no difference shown") for e in found["E4c"].evidence), (
+        found["E4c"].evidence)
+    assert not any(e.startswith("one of 3") for e in found["E2c"].evidence)  # nothing shown, nothing to correct
+
+
 def test_a_pooled_configuration_is_judged_against_the_parent_of_its_first_named_experiment(tmp_path: Path) -> None:
     seeded(tmp_path, "E0a", BASE)
     write_run(tmp_path, "E2b", flat(0.95), seed=0)  # E0b's configuration; E2b's own parent is E0b

@@ -337,7 +337,10 @@ def best_configuration(configs: Sequence[Configuration], base: Configuration | N
     return Best(best.label, base.label if base else None, evidence, tuple(close))
 
 
-def parent_comparison(run: Configuration, parent: Configuration, settings: list[str]) -> ParentComparison:
+def parent_comparison(run: Configuration, parent: Configuration, settings: list[str], family: int = 1
+                      ) -> ParentComparison:
+    """`run` against `parent` on the paired train accuracy; `family`: how many parent comparisons the verdict
+    makes (each finding stays at 95%; a line gives the interval that holds for all of them at once)."""
     if not (run.n and parent.n):
         return ParentComparison(run.label, parent.label, None, "no finished run yet", settings,
                                 unfinished(parent, run))
@@ -351,11 +354,15 @@ def parent_comparison(run: Configuration, parent: Configuration, settings: list[
     except ValueError:
         return ParentComparison(run.label, parent.label, None, "no seed in common", settings,
                                 [f"{parent.label} has seeds {sorted(a)}, {run.label} has seeds {sorted(b)}"])
-    if diff.interval is None:
-        finding = ONE_SEED
-    else:
-        finding = "better" if diff.interval[0] > 0 else "worse" if diff.interval[1] < 0 else "no difference shown"
+    finding = ONE_SEED if diff.interval is None else _direction(diff.interval)
     evidence = [f"train acc: {describe(diff)}"]
+    if family > 1 and diff.interval is not None and finding != "no difference shown":
+        wide = paired_difference(a, b, level=1 - 0.05 / family)
+        assert wide.interval is not None
+        held = _direction(wide.interval)
+        evidence.append(f"one of {family} comparisons with a parent, each at 95%; for all {family} at once at 95% "
+                        f"(Bonferroni, {100 * wide.level:g}% each) it is [{wide.interval[0]:+.2f}, "
+                        f"{wide.interval[1]:+.2f}]: " + (f"still {held}" if held == finding else held))
     if finding == "no difference shown" and diff.sd == 0:  # an interval [0, 0]: no spread to size a test by
         evidence.append("every paired seed's difference is exactly 0: the runs' train accuracies are identical")
     elif finding == "no difference shown":
@@ -370,16 +377,19 @@ def parent_comparisons(configs: Sequence[Configuration], differences: Mapping[st
     """Each configuration whose parent (config "parent") is among the compared, against it."""
     index = {c.label: i for i, c in enumerate(configs)}
     by_id = {exp_id: c for c in configs for exp_id in c.exp_ids}
+    pairs = [(c, by_id[c.parent]) for c in configs if c.parent in by_id]
     out = []
-    for c in configs:
-        parent = by_id.get(c.parent or "")
-        if parent is None:
-            continue
+    for c, parent in pairs:
         i, j = index[parent.label], index[c.label]
         settings = [f"{key}: {values[i]} -> {values[j]}" for key, values in differences.items()
                     if values[i] != values[j]]
-        out.append(parent_comparison(c, parent, settings))
+        out.append(parent_comparison(c, parent, settings, family=len(pairs)))
     return out
+
+
+def _direction(interval: tuple[float, float]) -> str:
+    """What a paired interval of `run - parent` shows: "better", "worse" or "no difference shown"."""
+    return "better" if interval[0] > 0 else "worse" if interval[1] < 0 else "no difference shown"
 
 
 def after_e0b(e0b: Configuration, base: Configuration | None) -> Decision:
