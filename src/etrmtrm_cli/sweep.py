@@ -186,6 +186,9 @@ def run_local(planned: Sequence[PlannedJob], executor: Any, jobs: int, on_event:
             _submit_record(job, "queued", executor="local")
             waiting.append(job)
     running: dict[str, tuple[PlannedJob, Any]] = {}
+    # Python ignores SIGINT for good when it starts ignored (a script's `etrmtrm sweep ... &`): `kill -INT` must
+    # stop such a sweep too, as it stops `etrmtrm train`.
+    interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while waiting or running:
             for key, (job, handle) in list(running.items()):
@@ -217,6 +220,8 @@ def run_local(planned: Sequence[PlannedJob], executor: Any, jobs: int, on_event:
                 with contextlib.suppress(ProcessLookupError):  # submitit's cancel() sends SIGINT: ignored, see below
                     os.kill(int(handle.job_id), signal.SIGTERM)  # a local job's id is its controller's pid
         raise
+    finally:
+        signal.signal(signal.SIGINT, interrupt)
     return outcome
 
 
