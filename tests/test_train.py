@@ -91,6 +91,25 @@ def test_resume_after_a_kill_logs_identical_metrics(tmp_path: Path, exp_id: str)
     assert read_metrics(tmp_path / "b" / exp_id) == read_metrics(tmp_path / "a" / exp_id)
 
 
+def test_a_run_killed_without_a_summary_still_counts_the_wall_time_up_to_its_checkpoint(tmp_path: Path) -> None:
+    """A SIGKILL (a session that ends) writes no summary: the resumed run takes its earlier sessions' wall time
+    from the checkpoint it resumes."""
+    exp = tiny("E0b", FAST)
+    with pytest.raises(Crash):  # dies after step 6: the latest checkpoint is step 4
+        train(exp, TrainOptions(runs_dir=tmp_path, max_steps=10), SINGLE, crash_at(6))
+    run = tmp_path / "E0b"
+    state_path = rundir.latest_checkpoint(run) / "state.rank0.pt"
+    state = rundir.load_state(state_path)
+    assert 0 < state["wall_time_s"] < 600
+    rundir.save_state(state_path, {**state, "wall_time_s": 1000.0})  # as if its first session took 1000 s
+    rundir.write_json(run / "summary.json", {"status": "running", "step": 0, "total_steps": 10})  # what a kill leaves
+    started = time.perf_counter()
+    train(exp, TrainOptions(runs_dir=tmp_path, max_steps=10, resume=True), SINGLE)
+    summary = json.loads((run / "summary.json").read_text())
+    assert 1000.0 < summary["wall_time_s"] <= 1000.0 + time.perf_counter() - started, summary
+    assert summary["resumes"] == 1
+
+
 class StopOnRead(StopFlag):
     """A stop request that arrives on the n-th time the loop asks (the loop asks before each step, the eval
     before each of its batches): a signal at a chosen moment, without a signal."""

@@ -209,13 +209,16 @@ def record_resume_changes(run_dir: Path, config: dict[str, Any], changed: dict[s
 
 
 def write_summary(run_dir: Path, *, status: str, step: int, total_steps: int, wall_time_s: float,
-                  last: dict[str, float], error: str | None, resumed: bool) -> None:
+                  earlier_s: float | None, last: dict[str, float], error: str | None, resumed: bool) -> None:
     """summary.json: status (finished | interrupted | failed, with the error), the wall time of all sessions and
-    how many of them resumed the run (`resumes`, absent for a run never resumed)."""
+    how many of them resumed the run (`resumes`, absent for a run never resumed). `wall_time_s` is this
+    session's; `earlier_s` the earlier sessions' as the resumed checkpoint recorded them (a killed session writes
+    no summary), or None from an older checkpoint: then the previous summary's."""
     previous = read_json(run_dir / SUMMARY) if resumed and (run_dir / SUMMARY).is_file() else {}
+    earlier = float(previous.get("wall_time_s", 0.0)) if earlier_s is None else earlier_s
     write_json(run_dir / SUMMARY, {
         "status": status, "step": step, "total_steps": total_steps,
-        "wall_time_s": wall_time_s + float(previous.get("wall_time_s", 0.0)), "last": last,
+        "wall_time_s": wall_time_s + earlier, "last": last,
         **({"error": error} if error else {}), **({"resumes": int(previous.get("resumes", 0)) + 1} if resumed else {}),
     })
 

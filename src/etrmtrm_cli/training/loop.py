@@ -115,9 +115,9 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     parts = Trainable(model, model, build_optimizers(model, exp), ema)
     total = total_steps(exp, data, options)
     if options.resume:
-        state, pending = _restore(run_dir, parts, ctx)
+        state, pending, earlier_s = _restore(run_dir, parts, ctx)
     else:
-        state, pending = fresh_state(model, _batch(data, 0, exp, ctx), exp.seed, ctx.rank), None
+        state, pending, earlier_s = fresh_state(model, _batch(data, 0, exp, ctx), exp.seed, ctx.rank), None, 0.0
     compiled, compile_note = choose_compile(ctx.device, total - state.step, options.compile)
     if compiled:
         parts = replace(parts, forward=torch.compile(model))
@@ -136,6 +136,8 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     # The status is written from what happened: "finished" only once the final weights are saved; any
     # exception is "failed"; a stop request, or a signal that interrupts anything, is "interrupted".
     started, status, error, last = time.perf_counter(), "interrupted", None, {}
+    # The run's wall time so far: its earlier sessions' (as its checkpoint recorded them) and this one's
+    wall_s = lambda: (earlier_s or 0.0) + time.perf_counter() - started  # noqa: E731
     eval_batch = exp.train.eval_batch_size or exp.train.batch_size
     try:
         while (state.step < total or pending is not None) and not stop.requested:
@@ -161,9 +163,9 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
             last = metrics
             emit("step", {"step": state.step, "total_steps": total, "metrics": metrics})
             if state.step % exp.train.checkpoint_interval == 0 and state.step < total:
-                _save_checkpoint(run_dir, exp, parts, state, ctx)
+                _save_checkpoint(run_dir, exp, parts, state, ctx, wall_s())
                 emit("checkpoint", {"step": state.step})
-        _save_checkpoint(run_dir, exp, parts, state, ctx, pending)
+        _save_checkpoint(run_dir, exp, parts, state, ctx, wall_s(), pending)
         if state.step >= total and pending is None:
             if ctx.is_main:
                 rundir.save_weights(run_dir / rundir.FINAL_WEIGHTS, (ema or model).state_dict())
@@ -178,8 +180,8 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
                              _finite(last))
         if ctx.is_main:
             rundir.write_summary(run_dir, status=status, step=state.step, total_steps=total,
-                                 wall_time_s=summary.wall_time_s, last=summary.last, error=error,
-                                 resumed=options.resume)
+                                 wall_time_s=summary.wall_time_s, earlier_s=earlier_s, last=summary.last,
+                                 error=error, resumed=options.resume)
     return summary
 
 
@@ -245,7 +247,7 @@ def _carry_from_state(flat: dict[str, Tensor], device: torch.device) -> ACTCarry
 
 
 def _save_checkpoint(run_dir: Path, exp: Experiment, parts: Trainable, state: StepState, ctx: DistContext,
-                     pending: dict[str, float] | None = None) -> None:
+                     wall_time_s: float, pending: dict[str, float] | None = None) -> None:
     model, ema, optimizers = parts.model, parts.ema, parts.optimizers
     tmp = rundir.temp_checkpoint_dir(run_dir, state.step)
     try:
@@ -260,6 +262,7 @@ def _save_checkpoint(run_dir: Path, exp: Experiment, parts: Trainable, state: St
             "optimizers": [opt.state_dict() for opt in optimizers],
             "halt_rng": state.halt_rng.get_state(), "carry": _carry_state(state.carry),
             "converged_at": state.converged_at.cpu(), "pending_metrics": pending,
+            "wall_time_s": wall_time_s,  # so a run killed without a summary still counts the time it took
         })
     except RunError:  # a full disk: drop the half-written one, so the summary can still say "failed"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -270,8 +273,10 @@ def _save_checkpoint(run_dir: Path, exp: Experiment, parts: Trainable, state: St
     ctx.barrier()
 
 
-def _restore(run_dir: Path, parts: Trainable, ctx: DistContext) -> tuple[StepState, dict[str, float] | None]:
-    """The latest checkpoint into `parts` -> (its step state, the train metrics of a step whose eval is due)."""
+def _restore(run_dir: Path, parts: Trainable, ctx: DistContext
+             ) -> tuple[StepState, dict[str, float] | None, float | None]:
+    """The latest checkpoint into `parts` -> (its step state, the train metrics of a step whose eval is due, the
+    run's wall time up to it; None from a checkpoint written before checkpoints recorded it)."""
     model, ema, optimizers = parts.model, parts.ema, parts.optimizers
     path = rundir.latest_checkpoint(run_dir)
     assert path is not None  # prepare_run_dir checked it
@@ -290,7 +295,7 @@ def _restore(run_dir: Path, parts: Trainable, ctx: DistContext) -> tuple[StepSta
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
         raise CheckpointError(f"{path}: the training state does not fit this model ({first_line(err)})") from None
     state = StepState(saved["step"], carry, saved["converged_at"].to(ctx.device), halt_rng)
-    return state, saved.get("pending_metrics")
+    return state, saved.get("pending_metrics"), saved.get("wall_time_s")
 
 
 def _load_weights(model: ACTModel, path: Path) -> None:
