@@ -209,18 +209,21 @@ def record_resume_changes(run_dir: Path, config: dict[str, Any], changed: dict[s
 
 
 def write_summary(run_dir: Path, *, status: str, step: int, total_steps: int, wall_time_s: float,
-                  earlier_s: float | None, last: dict[str, float], error: str | None, resumed: bool) -> None:
+                  last: dict[str, float], error: str | None, resumed: bool) -> None:
     """summary.json: status (finished | interrupted | failed, with the error), the wall time of all sessions and
-    how many of them resumed the run (`resumes`, absent for a run never resumed). `wall_time_s` is this
-    session's; `earlier_s` the earlier sessions' as the resumed checkpoint recorded them (a killed session writes
-    no summary), or None from an older checkpoint: then the previous summary's."""
+    how many of them resumed the run (`resumes`, absent for a run never resumed)."""
     previous = read_json(run_dir / SUMMARY) if resumed and (run_dir / SUMMARY).is_file() else {}
-    earlier = float(previous.get("wall_time_s", 0.0)) if earlier_s is None else earlier_s
     write_json(run_dir / SUMMARY, {
-        "status": status, "step": step, "total_steps": total_steps,
-        "wall_time_s": wall_time_s + earlier, "last": last,
+        "status": status, "step": step, "total_steps": total_steps, "wall_time_s": wall_time_s, "last": last,
         **({"error": error} if error else {}), **({"resumes": int(previous.get("resumes", 0)) + 1} if resumed else {}),
     })
+
+
+def summary_wall_time(run_dir: Path) -> float:
+    """The wall time summary.json holds (0 where none): a run's earlier sessions, for a checkpoint written before
+    checkpoints recorded it. A session killed outright writes no summary."""
+    summary = read_json(run_dir / SUMMARY) if (run_dir / SUMMARY).is_file() else {}
+    return float(summary.get("wall_time_s", 0.0))
 
 
 def write_json(path: Path, data: Any) -> None:

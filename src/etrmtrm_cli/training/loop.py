@@ -116,6 +116,8 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     total = total_steps(exp, data, options)
     if options.resume:
         state, pending, earlier_s = _restore(run_dir, parts, ctx)
+        if earlier_s is None:  # a checkpoint from before checkpoints recorded the run's wall time
+            earlier_s = rundir.summary_wall_time(run_dir)
     else:
         state, pending, earlier_s = fresh_state(model, _batch(data, 0, exp, ctx), exp.seed, ctx.rank), None, 0.0
     compiled, compile_note = choose_compile(ctx.device, total - state.step, options.compile)
@@ -137,7 +139,7 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     # exception is "failed"; a stop request, or a signal that interrupts anything, is "interrupted".
     started, status, error, last = time.perf_counter(), "interrupted", None, {}
     # The run's wall time so far: its earlier sessions' (as its checkpoint recorded them) and this one's
-    wall_s = lambda: (earlier_s or 0.0) + time.perf_counter() - started  # noqa: E731
+    wall_s = lambda: earlier_s + time.perf_counter() - started  # noqa: E731
     eval_batch = exp.train.eval_batch_size or exp.train.batch_size
     try:
         while (state.step < total or pending is not None) and not stop.requested:
@@ -179,9 +181,8 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
         summary = RunSummary(exp.id, status, state.step, total, time.perf_counter() - started, run_dir,
                              _finite(last))
         if ctx.is_main:
-            rundir.write_summary(run_dir, status=status, step=state.step, total_steps=total,
-                                 wall_time_s=summary.wall_time_s, earlier_s=earlier_s, last=summary.last,
-                                 error=error, resumed=options.resume)
+            rundir.write_summary(run_dir, status=status, step=state.step, total_steps=total, wall_time_s=wall_s(),
+                                 last=summary.last, error=error, resumed=options.resume)
     return summary
 
 
