@@ -253,6 +253,18 @@ def test_a_parent_finding_gives_the_interval_that_holds_for_all_parent_compariso
     assert not any(e.startswith("one of 3") for e in found["E2c"].evidence)  # nothing shown, nothing to correct
 
 
+def test_a_scenario_names_the_settings_besides_the_encoder_in_which_the_run_differs(tmp_path: Path) -> None:
+    seeded(tmp_path, "E0a", BASE)
+    seeded(tmp_path, "E0b", [b - 0.02 for b in BASE])  # static -> recurrent_standard, nothing else
+    seeded(tmp_path, "E3b", [b - 0.02 for b in BASE])  # recurrent_standard and half the learning rate
+    found = {s.run: s for s in compare.compare_runs(tmp_path, ["E0a", "E0b", "E3b"],
+                                                    with_baselines=False).verdict.scenarios}
+    assert found["E3b"].letter == found["E0b"].letter == "C/D"
+    assert ("E3b differs from E0a in more than its encoder type (train.lr: 0.0001 -> 5e-05): the difference is "
+            "theirs together, not recurrence's alone") in found["E3b"].caveats, found["E3b"].caveats
+    assert not any("more than its encoder type" in c for c in found["E0b"].caveats)
+
+
 def test_a_pooled_configuration_is_judged_against_the_parent_of_its_first_named_experiment(tmp_path: Path) -> None:
     seeded(tmp_path, "E0a", BASE)
     write_run(tmp_path, "E2b", flat(0.95), seed=0)  # E0b's configuration; E2b's own parent is E0b

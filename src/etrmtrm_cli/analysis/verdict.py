@@ -51,6 +51,7 @@ BANDS = (Band("A", SIGNIFICANT_GAIN_PTS, math.inf), Band("B", SLIGHT_GAIN_PTS, S
 TITLES = {"A": "recurrence helps significantly", "B": "recurrence helps slightly", "C": "no difference",
           "C/D": "recurrence slightly worse (between the plan's C and D)", "D": "recurrence hurts"}
 ONE_SEED = "one seed cannot separate the arms from noise"
+ENCODER_TYPE = "arch.recurrent_encoder_type"  # the setting a scenario judges (static against a recurrent one)
 INCONCLUSIVE = "inconclusive"
 # Figures that still have room when train accuracy sits at a ceiling (figure, what, unit, scale to points).
 CEILING_FIGURES = (("train_em", "train exact accuracy", "points", 100.0), ("auc", "area under train accuracy",
@@ -187,9 +188,11 @@ def room_figures(base: Configuration, run: Configuration) -> list[str]:
     return out
 
 
-def scenario(run: Configuration, base: Configuration, family: int = 1) -> Scenario | None:
+def scenario(run: Configuration, base: Configuration, family: int = 1, also_differs: Sequence[str] = ()
+             ) -> Scenario | None:
     """`run` against the static baseline in the plan's bands; `family`: how many configurations are judged
-    against it in the same verdict (each interval stays at 95%; a caveat gives the one that holds for all)."""
+    against it in the same verdict (each interval stays at 95%; a caveat gives the one that holds for all);
+    `also_differs`: the settings besides the encoder type in which `run` differs from `base`."""
     a, b = points(base, "train_acc"), points(run, "train_acc")
     if not a or not b:
         return None
@@ -233,6 +236,9 @@ def scenario(run: Configuration, base: Configuration, family: int = 1) -> Scenar
                        f"of them may miss by chance; for all {family} at once at 95% (Bonferroni, "
                        f"{100 * wide.level:g}% each) it is [{wide.interval[0]:+.2f}, {wide.interval[1]:+.2f}], "
                        + (f"still scenario {band.name}" if band else "which spans more than one band"))
+    if also_differs:  # e.g. E3b: a recurrent encoder and half the learning rate
+        caveats.append(f"{run.label} differs from {base.label} in more than its encoder type "
+                       f"({'; '.join(also_differs)}): the difference is theirs together, not recurrence's alone")
     caveats += unpaired(base, run, diff) + unfinished(run, base)
     if run.repeats or base.repeats:
         caveats.append(f"left out as repeats of a seed already counted: {', '.join(base.repeats + run.repeats)}")
@@ -375,16 +381,17 @@ def parent_comparison(run: Configuration, parent: Configuration, settings: list[
 def parent_comparisons(configs: Sequence[Configuration], differences: Mapping[str, Sequence[object]]
                        ) -> list[ParentComparison]:
     """Each configuration whose parent (config "parent") is among the compared, against it."""
-    index = {c.label: i for i, c in enumerate(configs)}
     by_id = {exp_id: c for c in configs for exp_id in c.exp_ids}
     pairs = [(c, by_id[c.parent]) for c in configs if c.parent in by_id]
-    out = []
-    for c, parent in pairs:
-        i, j = index[parent.label], index[c.label]
-        settings = [f"{key}: {values[i]} -> {values[j]}" for key, values in differences.items()
-                    if values[i] != values[j]]
-        out.append(parent_comparison(c, parent, settings, family=len(pairs)))
-    return out
+    return [parent_comparison(c, parent, settings_between(configs, differences, parent, c), family=len(pairs))
+            for c, parent in pairs]
+
+
+def settings_between(configs: Sequence[Configuration], differences: Mapping[str, Sequence[object]],
+                     a: Configuration, b: Configuration) -> list[str]:
+    """The settings in which b differs from a, "key: a's value -> b's" (differences: key -> value per config)."""
+    i, j = (next(k for k, c in enumerate(configs) if c is x) for x in (a, b))
+    return [f"{key}: {values[i]} -> {values[j]}" for key, values in differences.items() if values[i] != values[j]]
 
 
 def _direction(interval: tuple[float, float]) -> str:
@@ -504,7 +511,9 @@ def verdict(rows: Sequence[RunRow], configs: Sequence[Configuration],
     if base is not None and base.first.encoder == "static":
         judged = [c for c in configs if c.first.recurrent and c is not base and points(c, "train_acc")]
         for c in judged:
-            found = scenario(c, base, family=len(judged))
+            also = [s for s in settings_between(configs, differences or {}, base, c)
+                    if not s.startswith(f"{ENCODER_TYPE}:")]
+            found = scenario(c, base, family=len(judged), also_differs=also)
             if found is not None:
                 scenarios.append(found)
     return Verdict(base.label if base else None, why, scenarios, red_flags(rows, configs, base),
