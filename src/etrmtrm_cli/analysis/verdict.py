@@ -229,12 +229,10 @@ def scenario(run: Configuration, base: Configuration, family: int = 1, also_diff
         caveats.append(f"{base.label} is at {pct(base_acc.mean)}, below the plan's ~90% reference: the "
                        "scenarios assume a converged baseline")
     if family > 1 and diff.interval is not None:
-        wide = paired_difference(a, b, level=1 - 0.05 / family)
-        assert wide.interval is not None
-        band = classify(wide.interval, BANDS)
+        wide, words = for_all_at_once(a, b, family)
+        band = classify(wide, BANDS)
         caveats.append(f"one of {family} configurations judged against {base.label}, each interval at 95%, so one "
-                       f"of them may miss by chance; for all {family} at once at 95% (Bonferroni, "
-                       f"{100 * wide.level:g}% each) it is [{wide.interval[0]:+.2f}, {wide.interval[1]:+.2f}], "
+                       f"of them may miss by chance; {words}, "
                        + (f"still scenario {band.name}" if band else "which spans more than one band"))
     if also_differs:  # e.g. E3b: a recurrent encoder and half the learning rate
         caveats.append(f"{run.label} differs from {base.label} in more than its encoder type "
@@ -363,12 +361,10 @@ def parent_comparison(run: Configuration, parent: Configuration, settings: list[
     finding = ONE_SEED if diff.interval is None else _direction(diff.interval)
     evidence = [f"train acc: {describe(diff)}"]
     if family > 1 and diff.interval is not None and finding != "no difference shown":
-        wide = paired_difference(a, b, level=1 - 0.05 / family)
-        assert wide.interval is not None
-        held = _direction(wide.interval)
-        evidence.append(f"one of {family} comparisons with a parent, each at 95%; for all {family} at once at 95% "
-                        f"(Bonferroni, {100 * wide.level:g}% each) it is [{wide.interval[0]:+.2f}, "
-                        f"{wide.interval[1]:+.2f}]: " + (f"still {held}" if held == finding else held))
+        wide, words = for_all_at_once(a, b, family)
+        held = _direction(wide)
+        evidence.append(f"one of {family} comparisons with a parent, each at 95%; {words}: "
+                        + (f"still {held}" if held == finding else held))
     if finding == "no difference shown" and diff.sd == 0:  # an interval [0, 0]: no spread to size a test by
         evidence.append("every paired seed's difference is exactly 0: the runs' train accuracies are identical")
     elif finding == "no difference shown":
@@ -385,6 +381,16 @@ def parent_comparisons(configs: Sequence[Configuration], differences: Mapping[st
     pairs = [(c, by_id[c.parent]) for c in configs if c.parent in by_id]
     return [parent_comparison(c, parent, settings_between(configs, differences, parent, c), family=len(pairs))
             for c, parent in pairs]
+
+
+def for_all_at_once(a: Mapping[int, float], b: Mapping[int, float], family: int) -> tuple[tuple[float, float], str]:
+    """The paired interval of b - a that holds for `family` comparisons at once (Bonferroni: each at
+    1 - 0.05 / family), and the words that give it."""
+    wide = paired_difference(a, b, level=1 - 0.05 / family)
+    assert wide.interval is not None
+    lo, hi = wide.interval
+    return wide.interval, (f"for all {family} at once at 95% (Bonferroni, {100 * wide.level:g}% each) it is "
+                           f"[{lo:+.2f}, {hi:+.2f}]")
 
 
 def settings_between(configs: Sequence[Configuration], differences: Mapping[str, Sequence[object]],
