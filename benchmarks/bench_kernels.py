@@ -6,7 +6,10 @@ Matmuls: GFLOP/s of each linear of a block at the profile's shapes ((tokens x D)
 (prefix + canvas cells)), against a 1024³ matmul, the machine's practical peak. Attention at the decoder's shape
 (batch, heads, seq, D / heads), forward and backward: torch's SDPA as the model calls it (its flash kernel on
 the CPU) against the same computation as two batched matmuls and a softmax ("math"), forward alone and with
-backward. Best of 3 repeats each; the last line is one JSON object.
+backward. The packed encoder's gather of q, k, v rows into its attention buckets (`--encoder-tokens` rows of
+(heads, D / heads), gathered in a random order), forward and backward: advanced indexing `x[index]` against
+`index_select`, whose backward is an index_add instead of an accumulating index_put. Best of 3 repeats each;
+the last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -54,10 +57,18 @@ def attention_ms(attend: Callable[[Tensor, Tensor, Tensor], Tensor], shape: tupl
         return best_ms(lambda: attend(q, k, v), reps)
 
 
+def gather_ms(gather: Callable[[Tensor, Tensor], Tensor], rows: int, heads: int, head_dim: int, reps: int) -> float:
+    """Forward and backward of gathering q, k and v (rows, heads, head_dim) in a random row order."""
+    qkv = [torch.randn(rows, heads, head_dim, requires_grad=True) for _ in range(3)]
+    index = torch.randperm(rows)
+    grad = torch.randn(rows, heads, head_dim)
+    return best_ms(lambda: torch.autograd.grad([gather(x, index) for x in qkv], qkv, [grad] * 3), reps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, default in (("hidden", 64), ("heads", 4), ("tokens", 3712), ("batch", 32), ("seq", 116),
-                          ("mlp-width", 256), ("threads", 2), ("reps", 30)):
+                          ("mlp-width", 256), ("encoder-tokens", 11200), ("threads", 2), ("reps", 30)):
         parser.add_argument(f"--{name}", type=int, default=default)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -82,6 +93,13 @@ def main() -> None:
         gflops = "" if backward else f" ({forward_flop / flash / 1e6:.0f} and {forward_flop / math / 1e6:.0f} GFLOP/s)"
         print(f"  attention {shape} {label}: sdpa {flash:.2f} ms, math {math:.2f} ms{gflops} "
               f"(sdpa/math {flash / math:.2f})")
+    gathers = {"indexing": lambda x, i: x[i], "index_select": lambda x, i: x.index_select(0, i)}
+    head_dim = d // args.heads
+    times = {name: gather_ms(fn, args.encoder_tokens, args.heads, head_dim, args.reps) for name, fn in gathers.items()}
+    result["gather_forward+backward_ms"] = {name: round(ms, 2) for name, ms in times.items()}
+    print(f"  gather q, k, v ({args.encoder_tokens}, {args.heads}, {head_dim}) forward+backward: indexing "
+          f"{times['indexing']:.2f} ms, index_select {times['index_select']:.2f} ms "
+          f"(indexing/index_select {times['indexing'] / times['index_select']:.2f})")
     print(json.dumps(result))
 
 
