@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from etrmtrm_cli.errors import RunError
-from etrmtrm_cli.rundir import CONFIG, FINAL_WEIGHTS, META, METRICS, METRICS_GZ, SUMMARY, read_json, seed_runs
+from etrmtrm_cli.rundir import CONFIG, FINAL_WEIGHTS, META, METRICS, METRICS_GZ, SUMMARY, read_summary, seed_runs
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,7 @@ def export_runs(runs_dir: Path, exp_ids: Sequence[str], to: Path, *, weights: bo
 
 
 def export_run(run_dir: Path, dest: Path, *, weights: bool = False) -> Exported:
-    summary = read_json(run_dir / SUMMARY) if (run_dir / SUMMARY).is_file() else {}
-    if summary.get("status") != "finished":
+    if read_summary(run_dir).get("status") != "finished":
         return Exported(run_dir, dest, "not finished")
     record = _record_files(run_dir, weights)
     if dest.exists():

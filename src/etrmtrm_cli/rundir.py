@@ -212,18 +212,16 @@ def write_summary(run_dir: Path, *, status: str, step: int, total_steps: int, wa
                   last: dict[str, float], error: str | None, resumed: bool) -> None:
     """summary.json: status (finished | interrupted | failed, with the error), the wall time of all sessions and
     how many of them resumed the run (`resumes`, absent for a run never resumed)."""
-    previous = read_json(run_dir / SUMMARY) if resumed and (run_dir / SUMMARY).is_file() else {}
+    previous = read_summary(run_dir) if resumed else {}
     write_json(run_dir / SUMMARY, {
         "status": status, "step": step, "total_steps": total_steps, "wall_time_s": wall_time_s, "last": last,
         **({"error": error} if error else {}), **({"resumes": int(previous.get("resumes", 0)) + 1} if resumed else {}),
     })
 
 
-def summary_wall_time(run_dir: Path) -> float:
-    """The wall time summary.json holds (0 where none): a run's earlier sessions, for a checkpoint written before
-    checkpoints recorded it. A session killed outright writes no summary."""
-    summary = read_json(run_dir / SUMMARY) if (run_dir / SUMMARY).is_file() else {}
-    return float(summary.get("wall_time_s", 0.0))
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json, or {} where the run has none."""
+    return read_json(run_dir / SUMMARY) if (run_dir / SUMMARY).is_file() else {}
 
 
 def write_json(path: Path, data: Any) -> None:

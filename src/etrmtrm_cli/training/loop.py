@@ -116,8 +116,8 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     total = total_steps(exp, data, options)
     if options.resume:
         state, pending, earlier_s = _restore(run_dir, parts, ctx)
-        if earlier_s is None:  # a checkpoint from before checkpoints recorded the run's wall time
-            earlier_s = rundir.summary_wall_time(run_dir)
+        if earlier_s is None:  # a checkpoint from before checkpoints recorded it: the summary's (a kill writes none)
+            earlier_s = float(rundir.read_summary(run_dir).get("wall_time_s", 0.0))
     else:
         state, pending, earlier_s = fresh_state(model, _batch(data, 0, exp, ctx), exp.seed, ctx.rank), None, 0.0
     compiled, compile_note = choose_compile(ctx.device, total - state.step, options.compile)
