@@ -3,16 +3,20 @@ back to back on this machine: this checkout against an older commit, for example
 
     git worktree add /tmp/old <commit>
     python benchmarks/bench_run.py E0b --profile cpu --src /tmp/old/src --src src
+    python benchmarks/bench_run.py E0b --profile cpu --src src --nproc 1,2   # one process, then torchrun x2
 
 Each run is `python -m etrmtrm_cli train <ID> --profile ... --set decoder=none` (the pretrained decoder does not
 change the cost of a step) in a fresh runs directory, with that tree first on PYTHONPATH. Extra arguments
 after `--` go to every `train` (e.g. `-- --no-compile --max-steps 500`). Prints each run's wall time, its
-median step time (metrics.jsonl) and the ratio to the first; the last line is one JSON object.
+median step time (metrics.jsonl) and the ratio to the first; the last line is one JSON object. With `--nproc`,
+each tree runs once per process count in the list: N > 1 launches `torchrun --standalone --nproc-per-node N`
+(data parallel, gloo on the CPU) with `--threads` = this machine's cores / N for each process.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -23,9 +27,13 @@ import time
 from pathlib import Path
 
 
-def one_run(src: Path, exp_id: str, profile: str, extra: list[str]) -> dict:
+def one_run(src: Path, exp_id: str, profile: str, nproc: int, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as runs:
-        command = [sys.executable, "-m", "etrmtrm_cli", "train", exp_id, "--profile", profile, "--set", "decoder=none",
+        launcher = [sys.executable]
+        if nproc > 1:
+            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+            extra = ["--threads", str(max(1, (os.cpu_count() or 1) // nproc)), *extra]
+        command = [*launcher, "-m", "etrmtrm_cli", "train", exp_id, "--profile", profile, "--set", "decoder=none",
                    "--runs-dir", runs, "-q", *extra]
         env = {**os.environ, "PYTHONPATH": str(src.resolve())}
         start = time.perf_counter()
@@ -36,7 +44,7 @@ def one_run(src: Path, exp_id: str, profile: str, extra: list[str]) -> dict:
         rows = [json.loads(line) for line in (Path(runs) / exp_id / "metrics.jsonl").read_text().splitlines()]
         meta = json.loads((Path(runs) / exp_id / "meta.json").read_text())
     steps = [r["time/step_s"] for r in rows if "time/step_s" in r]
-    return {"src": str(src), "git_sha": meta.get("git_sha"), "runtime": meta.get("runtime"),
+    return {"src": str(src), "nproc": nproc, "git_sha": meta.get("git_sha"), "runtime": meta.get("runtime"),
             "wall_s": round(wall, 1), "steps": len(steps), "step_ms_median": round(1000 * statistics.median(steps), 1)}
 
 
@@ -45,16 +53,18 @@ def main() -> None:
     parser.add_argument("experiment")
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--src", type=Path, action="append", required=True, help="a source tree (its src/ dir)")
+    parser.add_argument("--nproc", default="1", help="process counts to run each tree with, comma-separated")
     # Everything after `--` goes to `train` (an argparse remainder would swallow it along with the experiment).
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)
     args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]
     results = []
-    for src in args.src:
-        results.append(one_run(src, args.experiment, args.profile, extra))
+    for src, nproc in itertools.product(args.src, [int(n) for n in args.nproc.split(",")]):
+        results.append(one_run(src, args.experiment, args.profile, nproc, extra))
         r = results[-1]
-        print(f"{r['src']} ({(r['git_sha'] or '?')[:7]}): {r['wall_s']:.0f} s for {r['steps']} steps, "
-              f"median step {r['step_ms_median']} ms, {r['wall_s'] / results[0]['wall_s']:.2f}x the first's time",
+        print(f"{r['src']} ({(r['git_sha'] or '?')[:7]}, {nproc} process(es)): {r['wall_s']:.0f} s for "
+              f"{r['steps']} steps, median step {r['step_ms_median']} ms, "
+              f"{r['wall_s'] / results[0]['wall_s']:.2f}x the first's time",
               flush=True)
     print(json.dumps(results))
 
