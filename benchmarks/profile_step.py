@@ -24,7 +24,8 @@ from torch.profiler import ProfilerActivity, profile
 
 ATTENTION_OPS = {"aten::_scaled_dot_product_flash_attention_for_cpu": 2,  # op -> matmuls of 2·B·H·Lq·Lk·hd each
                  "aten::_scaled_dot_product_flash_attention_for_cpu_backward": 5}
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", *ATTENTION_OPS)
+PLAIN_MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+MATMUL_OPS = (*PLAIN_MATMUL_OPS, *ATTENTION_OPS)
 
 
 def op_flops(name: str, shapes: list[list[int]]) -> int:
@@ -43,7 +44,7 @@ def op_flops(name: str, shapes: list[list[int]]) -> int:
 def arithmetic_rates(events: list, steps: int, peak_gflops: float) -> dict[str, dict[str, float]]:
     """{"matmul" | "attention": {gflop_per_step, ms_per_step, gflops, frac_of_peak}} from shape-grouped events."""
     out = {}
-    for kind, names in (("matmul", MATMUL_OPS[:4]), ("attention", tuple(ATTENTION_OPS))):
+    for kind, names in (("matmul", PLAIN_MATMUL_OPS), ("attention", tuple(ATTENTION_OPS))):
         chosen = [e for e in events if e.key in names]
         flops = sum(op_flops(e.key, e.input_shapes) * e.count for e in chosen) / steps
         seconds = sum(e.self_cpu_time_total for e in chosen) / 1e6 / steps

@@ -16,6 +16,7 @@ from etrmtrm_cli.models.layers import (
     Packing,
     RotaryEmbedding,
     SwiGLU,
+    _attend,
     apply_rotary,
     rms_norm,
     swiglu_width,
@@ -145,6 +146,30 @@ def test_attention_key_mask_hides_keys_and_empty_rows_give_zeros() -> None:
     torch.testing.assert_close(out[0, :3], out2[0, :3])
     assert torch.isfinite(out).all() and out[1].eq(0).all()
     torch.testing.assert_close(attn(x, key_mask=torch.ones(2, 5, dtype=torch.bool)), attn(x))
+
+
+@pytest.mark.parametrize("keys", [6, 1024])  # below and above the size at which bfloat16 runs in float32
+def test_bfloat16_attention_with_gradients_matches_float32(keys: int) -> None:
+    """On the CPU, short bfloat16 attention that will be differentiated runs in float32 (a speed choice,
+    layers.py); either way its output, its gradients and their dtypes are those of bfloat16 attention."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, keys, 8) for _ in range(3))
+    mask = torch.ones(2, keys, dtype=torch.bool)
+    mask[0, keys // 2 :] = False
+    mask[1] = False  # a row without keys gives zeros
+    expected = torch.softmax((q @ k.transpose(-1, -2) / math.sqrt(8)).masked_fill(~mask[:, None, None], -math.inf),
+                             dim=-1) @ v
+    expected[1] = 0.0
+    q16, k16, v16 = (t.bfloat16().requires_grad_() for t in (q, k, v))
+    out = _attend(q16, k16, v16, mask)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+    out.float().square().sum().backward()
+    q32, k32, v32 = (t.clone().requires_grad_() for t in (q, k, v))
+    _attend(q32, k32, v32, mask).square().sum().backward()
+    for ours, reference in ((q16, q32), (k16, k32), (v16, v32)):
+        assert ours.grad is not None and ours.grad.dtype == torch.bfloat16 and reference.grad is not None
+        torch.testing.assert_close(ours.grad.float(), reference.grad, atol=5e-2, rtol=5e-2)
 
 
 def test_cross_attention_mask_and_empty_rows() -> None:

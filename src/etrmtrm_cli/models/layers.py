@@ -142,12 +142,23 @@ def apply_rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor
     return q_rot.to(dtype), k_rot.to(dtype)
 
 
+# torch's CPU flash attention differentiates bfloat16 more slowly than float32 while keys x head dims is small:
+# 1.75-1.9x slower at 16-dim heads up to 116 keys, 1.1-1.3x at 64-dim heads up to 116 keys, break-even near
+# 500 keys x 16 dims and 200 x 64, faster beyond (benchmarks/bench_attention_dtype.py; 2-core AVX512-BF16 EPYC,
+# torch 2.13). Below this product such attention runs in float32.
+BFLOAT16_CPU_ATTENTION_IN_FLOAT32_BELOW = 8192  # Tk * hd
+
+
 def _attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
     """Non-causal SDPA on (B, H, T, hd); key_mask (B, Tk) True = may be attended.
 
     A batch element whose keys are all masked would give a softmax over nothing (NaN): it attends to
-    every key instead and its output is set to zero afterwards.
+    every key instead and its output is set to zero afterwards. bfloat16 attention that will be
+    differentiated on the CPU runs in float32 below the size above (its output cast back to bfloat16).
     """
+    if (q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled()
+            and k.shape[-2] * k.shape[-1] < BFLOAT16_CPU_ATTENTION_IN_FLOAT32_BELOW):
+        return _attend(q.float(), k.float(), v.float(), key_mask).to(torch.bfloat16)
     if key_mask is None:
         return F.scaled_dot_product_attention(q, k, v)
     has_key = key_mask.any(dim=-1)  # (B,)
