@@ -5,7 +5,7 @@ checkpoint gives the same numbers in our decoder: parameter-free RMSNorm compute
 whose float32 master weights are cast to the activations' dtype at forward (the model can compute in
 bfloat16 while the optimizer keeps float32), truncated-LeCun init, half-split RoPE and SwiGLU with
 TRM's width rule. One departure, for speed and only in bfloat16 on the CPU: attention that will be
-differentiated runs in float32 at short sequences (`_attend`), as exact as TRM's bfloat16 or more.
+differentiated runs in float32 at short sequences (`_attend`), its output rounded to bfloat16 as TRM's is.
 """
 
 from __future__ import annotations
