@@ -150,69 +150,21 @@ def apply_rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor
 BFLOAT16_CPU_ATTENTION_IN_FLOAT32_BELOW = 8192  # Tk * hd
 
 
-# In float32, torch's flash attention kernel is slow at these sizes too: `matmul_attention` below runs it as two
-# batched matmuls around the whole score matrix (benchmarks/bench_attention_kernel.py).
-MATMUL_ATTENTION_BELOW = 8192  # Tk * hd
-
-
-@torch.library.custom_op("etrmtrm::matmul_attention", mutates_args=())
-def matmul_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """softmax(q kᵀ / √hd) v as two batched matmuls -> (output, probabilities).
-
-    q (B, H, Tq, hd), k and v (B, H, Tk, hd), key_mask (B, Tk) True = may be attended, every row with at least
-    one key -> output (B, H, Tq, hd), probabilities (B, H, Tq, Tk). A custom op, so that torch.compile keeps
-    it as written: inductor would otherwise rewrite the pattern back into torch's attention kernel. The
-    probabilities are kept for the backward."""
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # (B, H, Tq, Tk)
-    if key_mask is not None:
-        scores.masked_fill_(~key_mask[:, None, None, :], float("-inf"))
-    probs = scores.softmax(-1)
-    return torch.matmul(probs, v), probs
-
-
-@matmul_attention.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    return q.new_empty(*q.shape[:-1], v.shape[-1]), q.new_empty(*q.shape[:-1], k.shape[-2])
-
-
-def _matmul_attention_context(ctx: Any, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
-    q, k, v, _ = inputs
-    ctx.save_for_backward(q, k, v, *output)
-
-
-def _matmul_attention_backward(ctx: Any, grad_out: Tensor, _: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
-    q, k, v, out, probs = ctx.saved_tensors
-    grad_v = torch.matmul(probs.transpose(-1, -2), grad_out)  # (B, H, Tk, hd)
-    grad_probs = torch.matmul(grad_out, v.transpose(-1, -2))  # (B, H, Tq, Tk)
-    # softmax backward: p * (dp - Σ_j p_j dp_j), where Σ_j p_j dp_j = Σ_d grad_out_d out_d (out = p v)
-    grad_scores = grad_probs.sub_((grad_out * out).sum(-1, keepdim=True)).mul_(probs).mul_(q.shape[-1] ** -0.5)
-    return torch.matmul(grad_scores, k), torch.matmul(grad_scores.transpose(-1, -2), q), grad_v, None
-
-
-matmul_attention.register_autograd(_matmul_attention_backward, setup_context=_matmul_attention_context)
-
-
 def _attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
-    """Non-causal attention on (B, H, T, hd); key_mask (B, Tk) True = may be attended.
+    """Non-causal SDPA on (B, H, T, hd); key_mask (B, Tk) True = may be attended.
 
     A batch element whose keys are all masked would give a softmax over nothing (NaN): it attends to
     every key instead and its output is set to zero afterwards. bfloat16 attention that will be
-    differentiated on the CPU runs in float32 below the size above (its output cast back to bfloat16);
-    float32 attention on the CPU runs as `matmul_attention` below its size, torch's SDPA elsewhere.
+    differentiated on the CPU runs in float32 below the size above (its output cast back to bfloat16).
     """
     if (q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled()
             and k.shape[-2] * k.shape[-1] < BFLOAT16_CPU_ATTENTION_IN_FLOAT32_BELOW):
         return _attend(q.float(), k.float(), v.float(), key_mask).to(torch.bfloat16)
-    has_key = None if key_mask is None else key_mask.any(dim=-1)  # (B,)
-    if has_key is not None:
-        key_mask = key_mask | ~has_key[:, None]
-    if q.dtype == torch.float32 and q.device.type == "cpu" and k.shape[-2] * k.shape[-1] < MATMUL_ATTENTION_BELOW:
-        out = matmul_attention(q, k, v, key_mask)[0]
-    else:
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    if has_key is None:
-        return out
+    if key_mask is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    has_key = key_mask.any(dim=-1)  # (B,)
+    safe_mask = key_mask | ~has_key[:, None]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe_mask[:, None, None, :])
     return torch.where(has_key[:, None, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
