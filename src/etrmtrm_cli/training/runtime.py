@@ -9,9 +9,12 @@ records it (`runtime`).
   against float32's 179, `benchmarks/bench_decoder.py`; a training step about ten times slower,
   `benchmarks/bench_step.py --dtype bfloat16`), so a run that asks for bfloat16 there runs in float32 instead
   and says so. A CPU with AVX512-BF16 keeps it: on a 2-core EPYC with those instructions a decoder step at
-  the paper's width (hidden 512) is 1.99x faster in bfloat16 than in float32, 1.35x at hidden 128, and 0.97x
-  (no gain) at the cpu profile's hidden 64, which computes in float32 anyway. The config the run records
-  (config.json) is the one that ran.
+  the paper's width (hidden 512) is 1.99x faster in bfloat16 than in float32 and 1.35x at hidden 128; at the
+  cpu profile's hidden 64 (with `layers._attend`'s float32 attention) a compiled E0b step is 1.51x faster and a
+  whole E0b run 1.31x (README, "Performance").
+  The dtype is never chosen for the user: the cpu profile asks for float32 on every machine, so that seeds
+  run on different CPUs are one experiment (experiments.toml). The config the run records (config.json) is
+  the one that ran.
 - **compile.** `torch.compile` costs a one-off compile (about 1.5 min cold, 27 s from inductor's cache, on
   the 2-core CPU at the cpu profile) and then makes each step 1.28x faster there
   (`benchmarks/bench_compile.py E0b`), so `auto` compiles a run with at least COMPILE_MIN_STEPS steps still
