@@ -18,7 +18,13 @@ from etrmtrm_cli.models.build import build_model
 from etrmtrm_cli.training import runtime
 from etrmtrm_cli.training.distributed import DistContext
 from etrmtrm_cli.training.optim import build_optimizers
-from etrmtrm_cli.training.runtime import COMPILE_MIN_STEPS, choose_compile, choose_dtype, cpu_has_native_bfloat16
+from etrmtrm_cli.training.runtime import (
+    COMPILE_MIN_STEPS,
+    choose_compile,
+    choose_dtype,
+    cpu_has_native_bfloat16,
+    dtype_hint,
+)
 from etrmtrm_cli.training.step import Trainable, fresh_state, train_step
 
 REAL = str(Path(__file__).resolve().parents[1] / "experiments.toml")
@@ -52,6 +58,24 @@ def test_bfloat16_on_a_cpu_without_it_runs_in_float32_and_says_why() -> None:
     assert choose_dtype(exp, torch.device("cuda"), native_bf16=False) == (exp, None)  # CUDA: kept
     as_float = tiny("E0b")
     assert choose_dtype(as_float, CPU, native_bf16=False) == (as_float, None)
+
+
+def test_a_float32_run_on_a_cpu_with_native_bfloat16_is_told_the_faster_choice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    exp = tiny("E0b")  # float32
+    assert "--set arch.forward_dtype=bfloat16" in dtype_hint(exp, CPU, native_bf16=True)
+    assert dtype_hint(exp, CPU, native_bf16=False) is None  # emulated: float32 is the fast one
+    assert dtype_hint(exp, torch.device("cuda"), native_bf16=True) is None
+    assert dtype_hint(tiny("E0b", ["arch.forward_dtype=bfloat16"]), CPU, native_bf16=True) is None
+    monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: True)
+    result = CliRunner().invoke(app, [
+        "train", "E0b", "--experiments", REAL, "--profile", "tiny", "--runs-dir", str(tmp_path), "--max-steps", "2",
+        "--set", "decoder=none"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    start_line = next(line for line in result.output.splitlines() if line.startswith("float32"))
+    assert "native bfloat16" in start_line and "eager" in start_line
+    meta = json.loads((tmp_path / "E0b" / "meta.json").read_text())
+    assert meta["runtime"]["forward_dtype"] == "float32" and "native bfloat16" in meta["runtime"]["dtype_hint"]
 
 
 def test_compile_auto_needs_enough_steps_and_a_compiler(monkeypatch: pytest.MonkeyPatch) -> None:

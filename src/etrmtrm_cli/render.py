@@ -115,7 +115,8 @@ class TrainProgress:
             f"{payload['run_dir']}; {total} steps from {start}; decoder {decoder}", highlight=False)
         runtime = payload["runtime"]
         compiled = "compiled" if runtime["compile"] else "eager"
-        self.console.print(f"[dim]{runtime['forward_dtype']}, {compiled} ({runtime['compile_note']}), "
+        hint = f" ({runtime['dtype_hint']})" if runtime.get("dtype_hint") else ""
+        self.console.print(f"[dim]{runtime['forward_dtype']}{hint}, {compiled} ({runtime['compile_note']}), "
                            f"malloc {runtime['allocator']}[/]", highlight=False)
         if self.live:
             self.progress = Progress(

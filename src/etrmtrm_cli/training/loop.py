@@ -37,7 +37,7 @@ from etrmtrm_cli.training.evaluate import evaluate
 from etrmtrm_cli.training.optim import build_optimizers
 from etrmtrm_cli.training.preflight import check_memory
 from etrmtrm_cli.training.run_log import MetricsLog, require_loggers
-from etrmtrm_cli.training.runtime import choose_compile, choose_dtype, cpu_description
+from etrmtrm_cli.training.runtime import choose_compile, choose_dtype, cpu_description, dtype_hint
 from etrmtrm_cli.training.step import NonFiniteError, StepState, Trainable, fresh_state, train_step
 
 EventFn = Callable[[str, dict[str, Any]], None]
@@ -123,8 +123,9 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     compiled, compile_note = choose_compile(ctx.device, total - state.step, options.compile)
     if compiled:
         parts = replace(parts, forward=torch.compile(model))
-    runtime = {"forward_dtype": exp.arch.forward_dtype, "dtype_note": dtype_note, "compile": compiled,
-               "compile_note": compile_note, "allocator": loaded_allocator()}
+    runtime = {"forward_dtype": exp.arch.forward_dtype, "dtype_note": dtype_note,
+               "dtype_hint": dtype_hint(exp, ctx.device), "compile": compiled, "compile_note": compile_note,
+               "allocator": loaded_allocator()}
     log = MetricsLog(run_dir, resume_from=state.step, tensorboard=options.tensorboard, wandb=options.wandb,
                      exp=exp) if ctx.is_main else None
     if ctx.is_main and not options.resume:
