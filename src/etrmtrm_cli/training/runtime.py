@@ -11,10 +11,10 @@ records it (`runtime`).
   and says so. A CPU with AVX512-BF16 keeps it: on a 2-core EPYC with those instructions a decoder step at
   the paper's width (hidden 512) is 1.99x faster in bfloat16 than in float32 and 1.35x at hidden 128; at the
   cpu profile's hidden 64 (with `layers._attend`'s float32 attention) a compiled E0b step is 1.51x faster and a
-  whole E0b run 1.31x (README, "Performance").
-  The dtype is never chosen for the user: the cpu profile asks for float32 on every machine, so that seeds
-  run on different CPUs are one experiment (experiments.toml). The config the run records (config.json) is
-  the one that ran.
+  whole E0b run 1.31x (README, "Performance"). Beyond the fallback to float32, the dtype is the experiment's:
+  the cpu profile asks for float32 on every machine, so that seeds run on different CPUs are one experiment
+  (experiments.toml), and such a run on a CPU with native bfloat16 is only told the faster choice
+  (`dtype_hint`). The config the run records (config.json) is the one that ran.
 - **compile.** `torch.compile` costs a one-off compile (about 1.5 min cold, 27 s from inductor's cache, on
   the 2-core CPU at the cpu profile) and then makes each step 1.28x faster there
   (`benchmarks/bench_compile.py E0b`), so `auto` compiles a run with at least COMPILE_MIN_STEPS steps still
