@@ -146,7 +146,8 @@ def apply_rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor
 # torch's CPU flash attention differentiates bfloat16 more slowly than float32 while keys x head dims is small:
 # 1.75-1.9x slower at 16-dim heads up to 116 keys, 1.1-1.3x at 64-dim heads up to 116 keys, break-even near
 # 500 keys x 16 dims and 200 x 64, faster beyond (benchmarks/bench_attention_dtype.py; 2-core AVX512-BF16 EPYC,
-# torch 2.13). Below this product such attention runs in float32.
+# torch 2.13). Below this product such attention runs in float32: one threshold, fit to 16-dim heads, so 64-dim
+# heads with 128-200 keys stay in bfloat16, where float32 would be up to ~1.1x faster.
 BFLOAT16_CPU_ATTENTION_IN_FLOAT32_BELOW = 8192  # Tk * hd
 
 
@@ -289,12 +290,12 @@ def _swiglu(x: Tensor, w_gate_up: Tensor, w_down: Tensor) -> Tensor:
 class SwiGLU(nn.Module):
     """down(silu(gate) * up) with (gate, up) = gate_up(x), keeping only x and the weights for backward.
 
-    x is the norm's output, which the block keeps anyway, so the MLP adds no activation memory: backward
-    recomputes gate_up(x), one more (..., D) x (D, 2W) matmul, instead of keeping 2W floats per token
-    (8x D at TRM's widths, the largest activation of a step). Activation checkpointing does it, because
-    torch.compile honours it: a hand-written autograd.Function that recomputed in its backward was merged
-    back into the forward by the compiler, which then kept gate_up after all (499 instead of 186 MiB saved
-    at hidden 128). Same numbers as plain autograd (tests/test_decoder_layers.py compares them bit for bit).
+    x is the norm's output, which the block keeps anyway, so the MLP adds no activation memory: backward recomputes
+    gate_up(x), one more (..., D) x (D, 2W) matmul, instead of keeping 2W floats per token (6x D at TRM's hidden
+    512, 8x D at hidden 64 and 128, the largest activation of a step). Activation checkpointing does it, because
+    torch.compile honours it: a hand-written autograd.Function that recomputed in its backward was merged back into
+    the forward by the compiler, which then kept gate_up after all (499 instead of 186 MiB saved at hidden 128).
+    Same numbers as plain autograd (tests/test_decoder_layers.py compares them bit for bit).
     """
 
     def __init__(self, hidden_size: int, expansion: float) -> None:

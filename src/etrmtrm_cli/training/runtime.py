@@ -1,20 +1,21 @@
 """How a run executes on this machine, as opposed to what it computes: the compute dtype and torch.compile.
 
 Both are chosen once per run, from measurements on the 2-core CPU this tool was tuned on (README,
-"Performance"), and both are visible: the run's start line says what was chosen and why, and meta.json
+"Performance"), and both are visible: the run's second line says what was chosen and why, and meta.json
 records it (`runtime`).
 
 - **dtype.** bfloat16 is fast only where the hardware has it: CUDA, or a CPU with AVX512-BF16 or AMX
-  instructions. A CPU without them emulates every bfloat16 matmul (on a 2-core AVX2 EPYC: 1.0 GFLOP/s
-  against float32's 179, `benchmarks/bench_decoder.py`; a training step about ten times slower,
+  instructions. A CPU without them emulates every bfloat16 matmul (on a 2-core AVX2 EPYC: 1.0 GFLOP/s against
+  float32's 179, `benchmarks/bench_decoder.py`; a training step about ten times slower,
   `benchmarks/bench_step.py --dtype bfloat16`), so a run that asks for bfloat16 there runs in float32 instead
-  and says so. A CPU with AVX512-BF16 keeps it: on a 2-core EPYC with those instructions a decoder step at
-  the paper's width (hidden 512) is 1.99x faster in bfloat16 than in float32 and 1.35x at hidden 128; at the
-  cpu profile's hidden 64 (with `layers._attend`'s float32 attention) a compiled E0b step is 1.51x faster and a
-  whole E0b run 1.31x (README, "Performance"). Beyond the fallback to float32, the dtype is the experiment's:
-  the cpu profile asks for float32 on every machine, so that seeds run on different CPUs are one experiment
-  (experiments.toml), and such a run on a CPU with native bfloat16 is only told the faster choice
-  (`dtype_hint`). The config the run records (config.json) is the one that ran.
+  and says so. A CPU with AVX512-BF16 keeps it: on a 2-core EPYC with those instructions a decoder step at the
+  paper's width (hidden 512) is 1.99x faster in bfloat16 than in float32 and 1.35x at hidden 128 (before
+  `layers._attend`'s float32 attention); at the cpu profile's hidden 64, with it, a compiled E0b step is 1.51x
+  faster (two rounds) and a whole E0b run 1.31x (README, "Performance"; one run each otherwise, no interval).
+  Beyond the fallback to float32, the dtype is the experiment's: the cpu profile asks for float32 on every
+  machine, so that seeds run on different CPUs are one experiment (experiments.toml), and such a run on a CPU
+  with native bfloat16 is only told the faster choice (`dtype_hint`). The config the run records (config.json)
+  is the one that ran.
 - **compile.** `torch.compile` costs a one-off compile (about 1.5 min cold, 27 s from inductor's cache, on
   the 2-core CPU at the cpu profile) and then makes each step 1.28x faster there
   (`benchmarks/bench_compile.py E0b`), so `auto` compiles a run with at least COMPILE_MIN_STEPS steps still
@@ -80,8 +81,8 @@ def choose_dtype(exp: Experiment, device: torch.device, native_bf16: bool | None
 
 
 def dtype_hint(exp: Experiment, device: torch.device, native_bf16: bool | None = None) -> str | None:
-    """For a float32 run on a CPU with native bfloat16, the faster choice it leaves (the start line shows it);
-    None elsewhere. Only a hint: the dtype is the experiment's (module docstring)."""
+    """For a float32 run on a CPU with native bfloat16, the faster choice it leaves (the run's second line
+    shows it); None elsewhere. Only a hint: the dtype is the experiment's (module docstring)."""
     if exp.arch.forward_dtype != "float32" or device.type != "cpu":
         return None
     if not (cpu_has_native_bfloat16() if native_bf16 is None else native_bf16):
