@@ -368,8 +368,8 @@ def test_tensorboard_and_offline_wandb_log_the_run(tmp_path: Path, monkeypatch: 
 def test_the_start_line_says_where_the_decoder_comes_from() -> None:
     def start_line(start_step: int, report: ImportReport | None) -> str:
         console = Console(record=True, width=300, force_terminal=False)
-        runtime = {"forward_dtype": "float32", "dtype_note": None, "compile": False, "compile_note": "off",
-                   "allocator": "system"}
+        runtime = {"forward_dtype": "float32", "dtype_note": None, "dtype_hint": None, "compile": False,
+                   "compile_note": "off", "allocator": "system"}
         TrainProgress(console, quiet=False).on_event("start", {
             "exp": tiny("E0b", ["decoder=P0"]), "total_steps": 10, "start_step": start_step, "decoder_report": report,
             "run_dir": Path("runs/E0b"), "device": "cpu", "world_size": 1, "runtime": runtime})

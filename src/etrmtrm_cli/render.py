@@ -115,7 +115,7 @@ class TrainProgress:
             f"{payload['run_dir']}; {total} steps from {start}; decoder {decoder}", highlight=False)
         runtime = payload["runtime"]
         compiled = "compiled" if runtime["compile"] else "eager"
-        hint = f" ({runtime['dtype_hint']})" if runtime.get("dtype_hint") else ""
+        hint = f" ({runtime['dtype_hint']})" if runtime["dtype_hint"] else ""
         self.console.print(f"[dim]{runtime['forward_dtype']}{hint}, {compiled} ({runtime['compile_note']}), "
                            f"malloc {runtime['allocator']}[/]", highlight=False)
         if self.live:
