@@ -1,11 +1,12 @@
-"""Attention forward + backward on bfloat16 inputs: torch's bfloat16 kernel against the same inputs in float32
-(cast back to bfloat16), over sequence lengths and head widths, alternating in one run. This is the measurement
-behind `layers.BFLOAT16_CPU_ATTENTION_IN_FLOAT32_BELOW`; rerun it on another CPU to check that rule there.
+"""Attention on bfloat16 inputs on the CPU: torch's SDPA kernel against `layers._matmul_attention` (two batched
+bfloat16 matmuls around a float32 softmax), forward + backward and forward alone, over sequence lengths and head
+widths, alternating in one run. This is the measurement behind `layers.BFLOAT16_CPU_MATMUL_ATTENTION_BELOW`;
+rerun it on another CPU to check that rule there.
 
     python benchmarks/bench_attention_dtype.py --threads 2
 
 Each shape has about the attention work of the cpu profile's decoder (32 x 116² scores per head); a ratio
-bf16/float32 > 1 means float32 is faster. The last line is one JSON object.
+SDPA/matmul > 1 means the matmuls are faster. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -14,24 +15,32 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from etrmtrm_cli.models.layers import _matmul_attention
 
-def in_float32(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+Attend = Callable[[Tensor, Tensor, Tensor], Tensor]
+KERNELS: dict[str, Attend] = {
+    "sdpa": F.scaled_dot_product_attention,
+    "matmul": lambda q, k, v: _matmul_attention(q, k, v, None),
+}
 
 
-def forward_backward_ms(attend, shape: tuple[int, ...], reps: int) -> float:
-    q, k, v = (torch.randn(*shape, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+def median_ms(attend: Attend, shape: tuple[int, ...], reps: int, backward: bool) -> float:
+    q, k, v = (torch.randn(*shape, dtype=torch.bfloat16, requires_grad=backward) for _ in range(3))
     times = []
-    for i in range(reps + 2):  # two warm-up calls
-        start = time.perf_counter()
-        attend(q, k, v).float().sum().backward()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
+    with torch.set_grad_enabled(backward):
+        for i in range(reps + 2):  # two warm-up calls
+            start = time.perf_counter()
+            out = attend(q, k, v)
+            if backward:
+                out.float().sum().backward()
+            if i >= 2:
+                times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
 
@@ -47,16 +56,21 @@ def main() -> None:
     for head_dim in [int(d) for d in args.head_dims.split(",")]:
         for length in [int(n) for n in args.lengths.split(",")]:
             shape = (max(1, 32 * 116 * 116 // length**2), 4, length, head_dim)  # (B, H, L, hd)
-            bf16, f32 = [], []
-            for _ in range(2):  # alternating
-                bf16.append(forward_backward_ms(F.scaled_dot_product_attention, shape, args.reps))
-                f32.append(forward_backward_ms(in_float32, shape, args.reps))
-            ratio = sum(bf16) / sum(f32)
-            rows.append({"shape": shape, "keys_x_head_dim": length * head_dim, "bfloat16_ms": bf16,
-                         "float32_ms": f32, "ratio": round(ratio, 3)})
-            print(f"(B, H, L, hd) {shape}: L x hd {length * head_dim:6d}, bfloat16 "
-                  f"{' / '.join(f'{t:.2f}' for t in bf16)} ms, float32 {' / '.join(f'{t:.2f}' for t in f32)} ms, "
-                  f"bfloat16/float32 {ratio:.2f}", flush=True)
+            row: dict = {"shape": shape, "keys_x_head_dim": length * head_dim}
+            for backward in (True, False):
+                times: dict[str, list[float]] = {name: [] for name in KERNELS}
+                for _ in range(2):  # alternating
+                    for name, attend in KERNELS.items():
+                        times[name].append(median_ms(attend, shape, args.reps, backward))
+                pass_name = "forward_backward" if backward else "forward"
+                row[pass_name] = {**{f"{name}_ms": ms for name, ms in times.items()},
+                                  "ratio": round(sum(times["sdpa"]) / sum(times["matmul"]), 3)}
+            rows.append(row)
+            print(f"(B, H, L, hd) {shape}: L x hd {length * head_dim:6d}, SDPA/matmul "
+                  + ", ".join(f"{p.replace('_', ' + ')} {row[p]['ratio']:.2f} (SDPA "
+                              f"{' / '.join(f'{t:.2f}' for t in row[p]['sdpa_ms'])}, matmul "
+                              f"{' / '.join(f'{t:.2f}' for t in row[p]['matmul_ms'])} ms)"
+                              for p in ("forward_backward", "forward")), flush=True)
     print(json.dumps({"threads": args.threads, "rows": rows}))
 
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from etrmtrm_cli.models import layers
 from etrmtrm_cli.models.layers import (
     Attention,
     Block,
@@ -148,10 +149,13 @@ def test_attention_key_mask_hides_keys_and_empty_rows_give_zeros() -> None:
     torch.testing.assert_close(attn(x, key_mask=torch.ones(2, 5, dtype=torch.bool)), attn(x))
 
 
-@pytest.mark.parametrize("keys", [6, 1024])  # below and above the size at which bfloat16 runs in float32
-def test_bfloat16_attention_with_gradients_matches_float32(keys: int) -> None:
-    """On the CPU, short bfloat16 attention that will be differentiated runs in float32 (a speed choice,
+@pytest.mark.parametrize("keys", [6, 300])
+@pytest.mark.parametrize("max_scores", [layers.BFLOAT16_CPU_MATMUL_ATTENTION_MAX_SCORES, 0])  # matmuls; SDPA
+def test_bfloat16_attention_with_gradients_matches_float32(keys: int, max_scores: int,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU, bfloat16 attention runs as matmuls up to a size and as torch's SDPA above it (a speed choice,
     layers.py); either way its output, its gradients and their dtypes are those of bfloat16 attention."""
+    monkeypatch.setattr(layers, "BFLOAT16_CPU_MATMUL_ATTENTION_MAX_SCORES", max_scores)
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 2, keys, 8) for _ in range(3))
     mask = torch.ones(2, keys, dtype=torch.bool)

@@ -4,8 +4,9 @@ Everything here reproduces the arithmetic of TRM's reference layers (models/laye
 checkpoint gives the same numbers in our decoder: parameter-free RMSNorm computed in float32, linears
 whose float32 master weights are cast to the activations' dtype at forward (the model can compute in
 bfloat16 while the optimizer keeps float32), truncated-LeCun init, half-split RoPE and SwiGLU with
-TRM's width rule. One departure, for speed and only in bfloat16 on the CPU: attention that will be
-differentiated runs in float32 at short sequences (`_attend`), its output rounded to bfloat16 as TRM's is.
+TRM's width rule. One departure, for speed and only in bfloat16 on the CPU: attention runs as two batched
+matmuls around a float32 softmax, not torch's flash kernel (`_attend`); its scores are rounded to bfloat16 before
+the softmax, which flash attention keeps in float32.
 """
 
 from __future__ import annotations
@@ -143,29 +144,42 @@ def apply_rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor
     return q_rot.to(dtype), k_rot.to(dtype)
 
 
-# torch's CPU flash attention differentiates bfloat16 more slowly than float32 while keys x head dims is small:
-# 1.75-1.9x slower at 16-dim heads up to 116 keys, 1.1-1.3x at 64-dim heads up to 116 keys, break-even near
-# 500 keys x 16 dims and 200 x 64, faster beyond (benchmarks/bench_attention_dtype.py; 2-core AVX512-BF16 EPYC,
-# torch 2.13). Below this product such attention runs in float32: one threshold, fit to 16-dim heads, so 64-dim
-# heads with 128-200 keys stay in bfloat16, where float32 would be up to ~1.1x faster.
-BFLOAT16_CPU_ATTENTION_IN_FLOAT32_BELOW = 8192  # Tk * hd
+# torch's CPU flash attention is slow in bfloat16: forward and backward took 1.8-5.1x as long as two batched bfloat16
+# matmuls around a float32 softmax (`_matmul_attention`) at 16- and 64-dim heads from 32 to 500 keys, and 1.5x at 916
+# keys x 64 dims; only at 916 keys x 16 dims was it faster (0.85x; benchmarks/bench_attention_dtype.py, 2-core
+# AVX512-BF16 EPYC, torch 2.13). The matmuls keep the whole score matrix for backward, 6 bytes per score (the
+# float32 softmax and its bfloat16 copy), where flash attention keeps none: bfloat16 attention on the CPU runs as
+# matmuls up to this many scores per call (B * H * Tq * Tk, about 100 MB), as flash attention above.
+BFLOAT16_CPU_MATMUL_ATTENTION_MAX_SCORES = 2**24
+
+
+def _matmul_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
+    """softmax(q kᵀ / √hd) v as two batched matmuls in q's dtype, the softmax in float32: the arithmetic of
+    Hugging Face's eager attention. q (B, H, Tq, hd), k and v (B, H, Tk, hd), key_mask (B, Tk) True = may be
+    attended, every row with at least one key -> (B, H, Tq, hd)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5  # (B, H, Tq, Tk)
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    return torch.matmul(scores.softmax(-1).to(q.dtype), v)
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
-    """Non-causal SDPA on (B, H, T, hd); key_mask (B, Tk) True = may be attended.
+    """Non-causal attention on (B, H, T, hd); key_mask (B, Tk) True = may be attended.
 
     A batch element whose keys are all masked would give a softmax over nothing (NaN): it attends to
-    every key instead and its output is set to zero afterwards. bfloat16 attention that will be
-    differentiated on the CPU runs in float32 below the size above (its output cast back to bfloat16).
+    every key instead and its output is set to zero afterwards. bfloat16 attention on the CPU runs as
+    `_matmul_attention` up to the size above, everything else as torch's SDPA.
     """
-    if (q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled()
-            and k.shape[-2] * k.shape[-1] < BFLOAT16_CPU_ATTENTION_IN_FLOAT32_BELOW):
-        return _attend(q.float(), k.float(), v.float(), key_mask).to(torch.bfloat16)
-    if key_mask is None:
-        return F.scaled_dot_product_attention(q, k, v)
-    has_key = key_mask.any(dim=-1)  # (B,)
-    safe_mask = key_mask | ~has_key[:, None]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe_mask[:, None, None, :])
+    has_key = None if key_mask is None else key_mask.any(dim=-1)  # (B,)
+    if has_key is not None:
+        key_mask = key_mask | ~has_key[:, None]
+    if (q.dtype == torch.bfloat16 and q.device.type == "cpu"
+            and q.shape[:-1].numel() * k.shape[-2] <= BFLOAT16_CPU_MATMUL_ATTENTION_MAX_SCORES):
+        out = _matmul_attention(q, k, v, key_mask)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if key_mask is None else key_mask[:, None, None, :])
+    if has_key is None:
+        return out
     return torch.where(has_key[:, None, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
