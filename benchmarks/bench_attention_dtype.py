@@ -1,6 +1,6 @@
 """Attention on bfloat16 inputs on the CPU: torch's SDPA kernel against `layers._matmul_attention` (two batched
 bfloat16 matmuls around a float32 softmax), forward + backward and forward alone, over sequence lengths and head
-widths, alternating in one run. This is the measurement behind `layers.BFLOAT16_CPU_MATMUL_ATTENTION_BELOW`;
+widths, alternating in one run. This is the measurement behind `layers.BFLOAT16_CPU_MATMUL_ATTENTION_MAX_SCORES`;
 rerun it on another CPU to check that rule there.
 
     python benchmarks/bench_attention_dtype.py --threads 2

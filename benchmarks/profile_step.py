@@ -9,7 +9,8 @@ everything else (elementwise, norms, indexing, autograd bookkeeping). Then how f
 ran: the FLOPs of the step's matmuls (mm/addmm/bmm/baddbmm) and of its attention kernels, counted from the shapes
 the profiler recorded, over the time spent in them, against this machine's matmul peak in the step's dtype (a
 1024³ matmul). Attention forward is 2 matmuls of 2·B·H·Lq·Lk·hd FLOPs; torch's CPU flash attention backward
-recomputes the scores and runs 5. The last line is one JSON object.
+recomputes the scores and runs 5. In bfloat16 on the CPU most attention runs as batched matmuls instead
+(`layers._attend`), counted with the matmuls. The last line is one JSON object.
 """
 
 from __future__ import annotations

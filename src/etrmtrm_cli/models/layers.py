@@ -177,7 +177,8 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
             and q.shape[:-1].numel() * k.shape[-2] <= BFLOAT16_CPU_MATMUL_ATTENTION_MAX_SCORES):
         out = _matmul_attention(q, k, v, key_mask)
     else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if key_mask is None else key_mask[:, None, None, :])
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if has_key is None:
         return out
     return torch.where(has_key[:, None, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
