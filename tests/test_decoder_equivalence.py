@@ -111,8 +111,8 @@ def test_train_steps_match_reference(name: str, tmp_path: Path) -> None:
         model.zero_grad(set_to_none=True)
 
 
-def bfloat16_eval_logits(tmp_path: Path) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-    """Our bfloat16 model's logits at each eval ACT step of the trm_equivalence fixture, and the fixture.
+def bfloat16_eval_outputs(tmp_path: Path) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Our bfloat16 model's outputs at each eval ACT step of the trm_equivalence fixture, and the fixture.
 
     The golden outputs came from torch's generic CPU kernels (an AVX2 CPU). On a CPU with AVX512 torch may send
     bfloat16 matmuls to oneDNN instead, which accumulates in another order: on a 2-core EPYC with AVX512-BF16
@@ -121,34 +121,36 @@ def bfloat16_eval_logits(tmp_path: Path) -> tuple[list[torch.Tensor], dict[str, 
     model, meta, data = build("trm_equivalence", tmp_path, forward_dtype="bfloat16")
     model.eval()
     batch = batch_from(data, "eval/")
-    logits = []
+    outputs = []
     with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False, allow_tf32=None):
         carry = model.initial_carry(batch)
         assert carry.decoder.z_H.dtype == torch.bfloat16
         for _ in range(meta["eval_steps"]):
             carry, out = model(carry, batch)
             assert out["logits"].dtype == torch.float32
-            logits.append(out["logits"])
-    return logits, data
+            outputs.append(out)
+    return outputs, data
 
 
 def test_bfloat16_forward_close_to_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """forward_dtype bfloat16 follows TRM's casts: with TRM's attention kernel (torch's SDPA, which our CPU
     bfloat16 attention replaces by matmuls) the logits agree with TRM's bfloat16 ones to bf16 level."""
     monkeypatch.setattr(layers, "BFLOAT16_CPU_MATMUL_ATTENTION_MAX_SCORES", 0)
-    logits, data = bfloat16_eval_logits(tmp_path)
-    for step, ours in enumerate(logits):
-        assert max_diff(ours, data[f"bf16/{step}/logits"]) < 1e-2
+    outputs, data = bfloat16_eval_outputs(tmp_path)
+    for step, out in enumerate(outputs):
+        assert max_diff(out["logits"], data[f"bf16/{step}/logits"]) < 1e-2
+        assert max_diff(out["q_halt_logits"], data[f"bf16/{step}/q_halt"]) < 1e-2
 
 
 def test_bfloat16_matmul_attention_as_close_to_float32_as_reference(tmp_path: Path) -> None:
     """Our CPU bfloat16 attention (matmuls, the scores rounded to bfloat16) departs from TRM's bfloat16 kernel,
-    chaotically over ACT steps (max 0.06-0.09 from TRM's bfloat16 logits by the third step). What matters is how far
-    each lands from float32: at every step, the mean distance of our bfloat16 logits from TRM's float32 ones is
-    at most 1.5x that of TRM's own bfloat16 logits (measured: 1.14, 1.28 and 1.04x at its three steps)."""
-    logits, data = bfloat16_eval_logits(tmp_path)
-    for step, ours in enumerate(logits):
+    as much as bfloat16 itself departs from float32 (at the fixture's three ACT steps, at most 0.06, 0.09 and 0.36
+    from TRM's bfloat16 logits, which are up to 0.10, 0.12 and 0.43 from TRM's float32 ones). What matters is how
+    far each lands from float32: at every step, the mean distance of our bfloat16 logits from TRM's float32 ones
+    is at most 1.5x that of TRM's own bfloat16 logits (measured: 1.14, 1.28 and 1.04x)."""
+    outputs, data = bfloat16_eval_outputs(tmp_path)
+    for step, out in enumerate(outputs):
         float32 = data[f"eval/{step}/logits"].double()
-        ours_error = (ours.double() - float32).abs().mean().item()
+        ours_error = (out["logits"].double() - float32).abs().mean().item()
         reference_error = (data[f"bf16/{step}/logits"].double() - float32).abs().mean().item()
         assert ours_error < 1.5 * reference_error, (step, ours_error, reference_error)
