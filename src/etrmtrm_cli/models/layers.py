@@ -146,7 +146,7 @@ def apply_rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor
 
 # torch's CPU flash attention is slow in bfloat16: forward and backward took 1.8-5.1x as long as two batched bfloat16
 # matmuls around a float32 softmax (`_matmul_attention`) at 16- and 64-dim heads from 32 to 500 keys, and 1.5x at 916
-# keys x 64 dims; only at 916 keys x 16 dims was it faster (0.85x; benchmarks/bench_attention_dtype.py, 2-core
+# keys x 64 dims; only at 916 keys x 16 dims was it faster (0.85x; benchmarks/bench_bf16_attention.py, 2-core
 # AVX512-BF16 EPYC, torch 2.13). The matmuls keep the whole score matrix for backward, 6 bytes per score (the
 # float32 softmax and its bfloat16 copy), where flash attention keeps none: bfloat16 attention on the CPU runs as
 # matmuls up to this many scores per call (B * H * Tq * Tk, about 100 MB), as flash attention above.
@@ -170,8 +170,9 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
     every key instead and its output is set to zero afterwards. bfloat16 attention on the CPU runs as
     `_matmul_attention` up to the size above, everything else as torch's SDPA.
     """
-    has_key = None if key_mask is None else key_mask.any(dim=-1)  # (B,)
-    if has_key is not None:
+    has_key = None
+    if key_mask is not None:
+        has_key = key_mask.any(dim=-1)  # (B,)
         key_mask = key_mask | ~has_key[:, None]
     if (q.dtype == torch.bfloat16 and q.device.type == "cpu"
             and q.shape[:-1].numel() * k.shape[-2] <= BFLOAT16_CPU_MATMUL_ATTENTION_MAX_SCORES):

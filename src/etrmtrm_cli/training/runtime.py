@@ -9,10 +9,10 @@ records it (`runtime`).
   float32's 179, `benchmarks/bench_decoder.py`; a training step about ten times slower,
   `benchmarks/bench_step.py --dtype bfloat16`), so a run that asks for bfloat16 there runs in float32 instead
   and says so. A CPU with AVX512-BF16 keeps it: on a 2-core EPYC with those instructions a decoder step at the
-  paper's width (hidden 512) is 1.99x faster in bfloat16 than in float32 and 1.35x at hidden 128 (before
-  `layers._attend` ran bfloat16 attention another way than torch's kernel); at the cpu profile's hidden 64, with
-  its first way, a compiled E0b step was 1.51x faster (two rounds) and a whole E0b run 1.31x (README,
-  "Performance"; one run each otherwise, no interval).
+  paper's width (hidden 512) is 1.99x faster in bfloat16 than in float32 and 1.35x at hidden 128, both with
+  torch's attention kernel; at the cpu profile's hidden 64, with bfloat16 attention differentiated in float32
+  (`layers._attend`'s rule before its matmuls), a compiled E0b step was 1.51x faster (two rounds) and a whole E0b
+  run 1.31x (README, "Performance"; one run each otherwise, no interval).
   Beyond the fallback to float32, the dtype is the experiment's: the cpu profile asks for float32 on every
   machine, so that seeds run on different CPUs are one experiment (experiments.toml), and such a run on a CPU
   with native bfloat16 is only told the faster choice (`dtype_hint`). The config the run records (config.json)

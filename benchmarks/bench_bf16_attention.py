@@ -3,7 +3,7 @@ bfloat16 matmuls around a float32 softmax), forward + backward and forward alone
 widths, alternating in one run. This is the measurement behind `layers.BFLOAT16_CPU_MATMUL_ATTENTION_MAX_SCORES`;
 rerun it on another CPU to check that rule there.
 
-    python benchmarks/bench_attention_dtype.py --threads 2
+    python benchmarks/bench_bf16_attention.py --threads 2
 
 Each shape has about the attention work of the cpu profile's decoder (32 x 116² scores per head); a ratio
 SDPA/matmul > 1 means the matmuls are faster. The last line is one JSON object.
