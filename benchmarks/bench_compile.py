@@ -37,16 +37,17 @@ def main() -> None:
     saved = eager - compiled
     steps = total_steps(exp, data, TrainOptions())
     result = {
-        "experiment": exp.id, "profile": args.profile, "threads": args.threads, "mode": args.mode,
-        "steps_timed": args.steps,
+        "experiment": exp.id, "profile": args.profile, "dtype": exp.arch.forward_dtype, "threads": args.threads,
+        "mode": args.mode, "steps_timed": args.steps,
         "eager_ms": round(1000 * eager, 1), "compiled_ms": round(1000 * compiled, 1),
         "speedup": round(eager / compiled, 3), "compile_s": round(compile_s, 1),
         "break_even_steps": round(compile_s / saved) if saved > 0 else None, "run_steps": steps,
         "run_eager_min": round(steps * eager / 60, 1),
         "run_compiled_min": round((steps * compiled + compile_s) / 60, 1),
     }
-    print(f"{exp.id} ({args.profile}): eager {result['eager_ms']} ms/step, compiled {result['compiled_ms']} ms/step "
-          f"({result['speedup']}x), compile {result['compile_s']} s, pays after {result['break_even_steps']} steps; "
+    print(f"{exp.id} ({args.profile}, {exp.arch.forward_dtype}): eager {result['eager_ms']} ms/step, compiled "
+          f"{result['compiled_ms']} ms/step ({result['speedup']}x), compile {result['compile_s']} s, pays after "
+          f"{result['break_even_steps']} steps; "
           f"{steps} steps: {result['run_eager_min']} min eager, {result['run_compiled_min']} min compiled")
     print(json.dumps(result))
 

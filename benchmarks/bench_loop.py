@@ -28,6 +28,7 @@ from etrmtrm_cli.training.distributed import DistContext
 from etrmtrm_cli.training.evaluate import evaluate
 from etrmtrm_cli.training.loop import TrainOptions, train
 from etrmtrm_cli.training.optim import build_optimizers
+from etrmtrm_cli.training.runtime import choose_dtype
 from etrmtrm_cli.training.step import Trainable, fresh_state, train_step
 
 
@@ -54,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     file = load_experiments(args.experiments)
-    exp = file.resolve(args.experiment, args.profile, ["decoder=none"])
+    exp = choose_dtype(file.resolve(args.experiment, args.profile, ["decoder=none"]), torch.device("cpu")).exp
     interval = exp.train.eval_interval
     bare = bare_steps(exp, args.steps)
 
@@ -80,13 +81,15 @@ def main() -> None:
     eval_s = time.perf_counter() - start
     amortized = loop + eval_s / interval
     result = {
-        "experiment": exp.id, "profile": args.profile, "steps": args.steps, "eval_interval": interval,
+        "experiment": exp.id, "profile": args.profile, "dtype": exp.arch.forward_dtype, "steps": args.steps,
+        "eval_interval": interval,
         "bare_ms": round(1000 * bare, 1), "loop_ms": round(1000 * loop, 1), "eval_s": round(eval_s, 2),
         "final_step_extra_s": round(last_step, 2), "loop_amortized_ms": round(1000 * amortized, 1),
         "overhead": round(amortized / bare - 1, 4), "steps_per_s": round(1 / amortized, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    print(f"{exp.id} ({args.profile}): bare {result['bare_ms']} ms/step; loop {result['loop_ms']} ms/step, "
+    print(f"{exp.id} ({args.profile}, {exp.arch.forward_dtype}): bare {result['bare_ms']} ms/step; loop "
+          f"{result['loop_ms']} ms/step, "
           f"eval {eval_s:.1f} s every {interval} steps -> {result['loop_amortized_ms']} ms/step, "
           f"overhead {100 * result['overhead']:.1f} %")
     print(json.dumps(result))

@@ -42,11 +42,13 @@ def main() -> None:
     times = alternate({"recompute": (ours, forward(ours)), "plain": (plain, forward(plain))}, exp, data,
                       WARM + args.steps)
     median = {name: 1000 * statistics.median(t[WARM:]) for name, t in times.items()}
-    result = {"experiment": exp.id, "profile": args.profile, "threads": args.threads, "compile": args.compile,
-              "steps_timed": args.steps, **{f"{name}_ms": round(ms, 1) for name, ms in median.items()},
+    result = {"experiment": exp.id, "profile": args.profile, "dtype": exp.arch.forward_dtype, "threads": args.threads,
+              "compile": args.compile, "steps_timed": args.steps,
+              **{f"{name}_ms": round(ms, 1) for name, ms in median.items()},
               "cost": round(median["recompute"] / median["plain"], 3)}
-    print(f"{exp.id} ({args.profile}{', compiled' if args.compile else ''}): recompute {result['recompute_ms']} "
-          f"ms/step, plain autograd {result['plain_ms']} ms/step: the recompute costs {result['cost']}x")
+    print(f"{exp.id} ({args.profile}, {exp.arch.forward_dtype}{', compiled' if args.compile else ''}): recompute "
+          f"{result['recompute_ms']} ms/step, plain autograd {result['plain_ms']} ms/step: the recompute costs "
+          f"{result['cost']}x")
     print(json.dumps(result))
 
 

@@ -6,7 +6,9 @@ back to back on this machine: this checkout against an older commit, for example
     python benchmarks/bench_run.py E0b --profile cpu --src src --nproc 1,2   # one process, then torchrun x2
 
 Each run is `python -m etrmtrm_cli train <ID> --profile ... --set decoder=none` (the pretrained decoder does not
-change the cost of a step) in a fresh runs directory, with that tree first on PYTHONPATH. Extra arguments
+change the cost of a step) in a fresh runs directory, with that tree first on PYTHONPATH and its own
+experiments.toml (beside its src/, where there is one), so that each tree runs its profile as it defines it (the
+cpu profile's dtype, say). Extra arguments
 after `--` go to every `train` (e.g. `-- --no-compile --max-steps 500`). Prints each run's wall time, its
 median step time (metrics.jsonl) and the ratio to the first; the last line is one JSON object. With `--nproc`,
 each tree runs once per process count in the list: N > 1 launches `torchrun --standalone --nproc-per-node N`
@@ -33,8 +35,10 @@ def one_run(src: Path, exp_id: str, profile: str, nproc: int, extra: list[str]) 
         if nproc > 1:
             launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
             extra = ["--threads", str(max(1, (os.cpu_count() or 1) // nproc)), *extra]
+        experiments = src.resolve().parent / "experiments.toml"
+        own = ["--experiments", str(experiments)] if experiments.is_file() else []
         command = [*launcher, "-m", "etrmtrm_cli", "train", exp_id, "--profile", profile, "--set", "decoder=none",
-                   "--runs-dir", runs, "-q", *extra]
+                   "--runs-dir", runs, "-q", *own, *extra]
         env = {**os.environ, "PYTHONPATH": str(src.resolve())}
         start = time.perf_counter()
         done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -45,6 +49,7 @@ def one_run(src: Path, exp_id: str, profile: str, nproc: int, extra: list[str]) 
         meta = json.loads((Path(runs) / exp_id / "meta.json").read_text())
     steps = [r["time/step_s"] for r in rows if "time/step_s" in r]
     return {"src": str(src), "nproc": nproc, "git_sha": meta.get("git_sha"), "runtime": meta.get("runtime"),
+            "dtype": json.loads((Path(runs) / exp_id / "config.json").read_text())["arch"]["forward_dtype"],
             "wall_s": round(wall, 1), "steps": len(steps), "step_ms_median": round(1000 * statistics.median(steps), 1)}
 
 
@@ -62,7 +67,7 @@ def main() -> None:
     for src, nproc in itertools.product(args.src, [int(n) for n in args.nproc.split(",")]):
         results.append(one_run(src, args.experiment, args.profile, nproc, extra))
         r = results[-1]
-        print(f"{r['src']} ({(r['git_sha'] or '?')[:7]}, {nproc} process(es)): {r['wall_s']:.0f} s for "
+        print(f"{r['src']} ({(r['git_sha'] or '?')[:7]}, {r['dtype']}, {nproc} process(es)): {r['wall_s']:.0f} s for "
               f"{r['steps']} steps, median step {r['step_ms_median']} ms, "
               f"{r['wall_s'] / results[0]['wall_s']:.2f}x the first's time",
               flush=True)

@@ -17,6 +17,7 @@ from etrmtrm_cli.models.act import ACTModel
 from etrmtrm_cli.models.build import build_model
 from etrmtrm_cli.training.distributed import DistContext
 from etrmtrm_cli.training.optim import build_optimizers
+from etrmtrm_cli.training.runtime import choose_dtype
 from etrmtrm_cli.training.step import ForwardFn, Trainable, fresh_state, train_step
 
 
@@ -32,9 +33,11 @@ def experiment_parser(doc: str | None, steps: int) -> argparse.ArgumentParser:
 
 
 def experiment_model(args: argparse.Namespace) -> tuple[Experiment, ArcData, ACTModel]:
-    """The experiment (with no pretrained decoder: it does not change a step's cost), its data and a fresh model."""
+    """The experiment (with no pretrained decoder: it does not change a step's cost, and in the dtype a run of it
+    would take on this machine), its data and a fresh model."""
     torch.set_num_threads(args.threads)
     exp = load_experiments(args.experiments).resolve(args.experiment, args.profile, ["decoder=none"])
+    exp = choose_dtype(exp, torch.device("cpu")).exp  # the dtype `etrmtrm train` would run it in here
     data = build_arc_data(exp.data, exp.seed)
     torch.manual_seed(exp.seed)
     return exp, data, build_model(exp, data.seq_len, data.num_puzzle_ids).train()

@@ -20,10 +20,10 @@ from etrmtrm_cli.training.distributed import DistContext
 from etrmtrm_cli.training.optim import build_optimizers
 from etrmtrm_cli.training.runtime import (
     COMPILE_MIN_STEPS,
+    DtypeChoice,
     choose_compile,
     choose_dtype,
     cpu_has_native_bfloat16,
-    dtype_hint,
 )
 from etrmtrm_cli.training.step import Trainable, fresh_state, train_step
 
@@ -51,22 +51,54 @@ def test_meta_names_the_cpu_with_the_extensions_that_decide_its_float_speed(tmp_
 
 def test_bfloat16_on_a_cpu_without_it_runs_in_float32_and_says_why() -> None:
     exp = tiny("E0b", ["arch.forward_dtype=bfloat16"])
-    ran, note = choose_dtype(exp, CPU, native_bf16=False)
-    assert ran.arch.forward_dtype == "float32" and "emulated" in note and "float32" in note
-    assert ran.model_dump() == {**exp.model_dump(), "arch": {**exp.arch.model_dump(), "forward_dtype": "float32"}}
-    assert choose_dtype(exp, CPU, native_bf16=True) == (exp, None)  # native: kept
-    assert choose_dtype(exp, torch.device("cuda"), native_bf16=False) == (exp, None)  # CUDA: kept
+    ran = choose_dtype(exp, CPU, native_bf16=False)
+    assert ran.exp.arch.forward_dtype == "float32" and "emulated" in ran.warning and "float32" in ran.warning
+    assert ran.exp.model_dump() == {**exp.model_dump(), "arch": {**exp.arch.model_dump(), "forward_dtype": "float32"}}
+    assert choose_dtype(exp, CPU, native_bf16=True) == DtypeChoice(exp, None, None)  # native: kept
+    assert choose_dtype(exp, torch.device("cuda"), native_bf16=False) == DtypeChoice(exp, None, None)  # CUDA: kept
     as_float = tiny("E0b")
-    assert choose_dtype(as_float, CPU, native_bf16=False) == (as_float, None)
+    assert choose_dtype(as_float, CPU, native_bf16=False) == DtypeChoice(as_float, None, None)
+
+
+def test_auto_is_bfloat16_where_it_is_native_and_a_resumed_run_keeps_the_dtype_it_started_in() -> None:
+    exp = tiny("E0b", ["arch.forward_dtype=auto"])
+    native = choose_dtype(exp, CPU, native_bf16=True)
+    assert native.exp.arch.forward_dtype == "bfloat16" and "native bfloat16" in native.why and native.warning is None
+    emulated = choose_dtype(exp, CPU, native_bf16=False)
+    assert emulated.exp.arch.forward_dtype == "float32" and "emulated" in emulated.why and emulated.warning is None
+    assert choose_dtype(exp, torch.device("cuda"), native_bf16=False).exp.arch.forward_dtype == "bfloat16"
+    kept = choose_dtype(exp, CPU, native_bf16=True, recorded="float32")
+    assert kept.exp.arch.forward_dtype == "float32" and kept.why == "auto: as the run started"
+    # A bfloat16 run resumed on a CPU without it: float32 with the warning (and the resume check refuses it).
+    moved = choose_dtype(exp, CPU, native_bf16=False, recorded="bfloat16")
+    assert moved.exp.arch.forward_dtype == "float32" and "emulated" in moved.warning
+    assert tiny("E0b").arch.forward_dtype == "float32"  # the tiny profile (tests) is float32 on every machine
+
+
+def test_an_auto_run_records_its_dtype_and_resumes_in_it_on_a_cpu_that_would_choose_another(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def train(native: bool, *extra: str) -> str:
+        monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: native)
+        result = CliRunner().invoke(app, [
+            "train", "E0b", "--experiments", REAL, "--profile", "tiny", "--runs-dir", str(tmp_path), "--set",
+            "decoder=none", "--set", "arch.forward_dtype=auto", *extra], env={"COLUMNS": "400"})
+        assert result.exit_code == 0, result.output
+        return next(line for line in result.output.splitlines() if line.startswith(("float32", "bfloat16")))
+
+    first = train(False, "--max-steps", "2")
+    assert first.startswith("float32 (auto: this CPU has no AVX512-BF16/AMX instructions, so bfloat16 would be "
+                            "emulated)")
+    assert json.loads((tmp_path / "E0b" / "config.json").read_text())["arch"]["forward_dtype"] == "float32"
+    assert train(True, "--max-steps", "4", "--resume").startswith("float32 (auto: as the run started)")
+    assert json.loads((tmp_path / "E0b" / "summary.json").read_text())["step"] == 4
 
 
 def test_a_float32_run_on_a_cpu_with_native_bfloat16_is_told_the_faster_choice(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     exp = tiny("E0b")  # float32
-    assert "--set arch.forward_dtype=bfloat16" in dtype_hint(exp, CPU, native_bf16=True)
-    assert dtype_hint(exp, CPU, native_bf16=False) is None  # emulated: float32 is the fast one
-    assert dtype_hint(exp, torch.device("cuda"), native_bf16=True) is None
-    assert dtype_hint(tiny("E0b", ["arch.forward_dtype=bfloat16"]), CPU, native_bf16=True) is None
+    assert "--set arch.forward_dtype=bfloat16" in choose_dtype(exp, CPU, native_bf16=True).why
+    assert choose_dtype(exp, CPU, native_bf16=False).why is None  # emulated: float32 is the fast one
+    assert choose_dtype(exp, torch.device("cuda"), native_bf16=True).why is None
     monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: True)
     result = CliRunner().invoke(app, [
         "train", "E0b", "--experiments", REAL, "--profile", "tiny", "--runs-dir", str(tmp_path), "--max-steps", "2",

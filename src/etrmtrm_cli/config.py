@@ -118,7 +118,7 @@ class ArchConfig(Frozen):
     halt_max_steps: int = Field(16, ge=1, le=1024)
     halt_exploration_prob: float = Field(0.1, ge=0.0, le=1.0)
     no_ACT_continue: bool = True
-    forward_dtype: Literal["float32", "bfloat16"] = "float32"
+    forward_dtype: Literal["float32", "bfloat16", "auto"] = "float32"  # auto: training/runtime.py
     loss_type: Literal["stablemax", "softmax"] = "stablemax"
     recurrent_encoder_type: str = "static"
     encoder_type: Literal["standard"] = "standard"

@@ -62,8 +62,10 @@ def _count(exp: Experiment) -> float | None:
     from torch.utils._pytree import tree_map_only
 
     from etrmtrm_cli.models.build import build_model
+    from etrmtrm_cli.training.runtime import with_dtype
     from etrmtrm_cli.training.step import forward_backward
 
+    exp = with_dtype(exp, "float32")  # a count of FLOPs, the same in any dtype: nothing here depends on the machine
     counter = flop_counter()
     counted = set(counter.flop_registry)
 

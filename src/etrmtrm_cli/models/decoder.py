@@ -31,7 +31,8 @@ LEARNED_POS_SCALE = 0.707106781
 def compute_dtype(name: str) -> torch.dtype:
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
     if name not in dtypes:
-        raise ValueError(f"forward_dtype must be one of {', '.join(dtypes)}, not {name!r}")
+        raise ValueError(f"forward_dtype must be one of {', '.join(dtypes)}, not {name!r} ('auto' is chosen per "
+                         "machine by training.runtime.choose_dtype before a model is built)")
     return dtypes[name]
 
 

@@ -37,7 +37,7 @@ from etrmtrm_cli.training.evaluate import evaluate
 from etrmtrm_cli.training.optim import build_optimizers
 from etrmtrm_cli.training.preflight import check_memory
 from etrmtrm_cli.training.run_log import MetricsLog, require_loggers
-from etrmtrm_cli.training.runtime import choose_compile, choose_dtype, cpu_description, dtype_hint
+from etrmtrm_cli.training.runtime import DtypeChoice, choose_compile, choose_dtype, cpu_description
 from etrmtrm_cli.training.step import NonFiniteError, StepState, Trainable, fresh_state, train_step
 
 EventFn = Callable[[str, dict[str, Any]], None]
@@ -90,7 +90,9 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
     run_dir = rundir.run_path(options.runs_dir, exp.id, exp.seed if options.per_seed else None)
     # Loggers, resume checks, data, model and decoder first: a bad input fails before a run is touched.
     require_loggers(options.tensorboard, options.wandb)
-    exp, dtype_note = choose_dtype(exp, ctx.device)  # before the resume check: config.json holds what ran
+    recorded = _recorded_dtype(run_dir) if options.resume else None
+    dtype = choose_dtype(exp, ctx.device, recorded=recorded)  # before the resume check: config.json holds what ran
+    exp = dtype.exp
     changed = _check_resume(run_dir, exp) if options.resume else {}
     torch.manual_seed(exp.seed)  # parameter init: identical on every rank
     data = build_arc_data(exp.data, exp.seed)
@@ -101,7 +103,7 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
     lock = rundir.prepare_run_dir(run_dir, resume=options.resume, force=options.force) if ctx.is_main else None
     try:
         ctx.barrier()
-        return _train(exp, options, ctx, emit, stop, run_dir, data, model, report, changed, dtype_note)
+        return _train(exp, options, ctx, emit, stop, run_dir, data, model, report, changed, dtype)
     finally:
         if lock is not None:
             lock.release()
@@ -109,7 +111,7 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
 
 def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: EventFn, stop: StopFlag, run_dir: Path,
            data: ArcData, model: ACTModel, report: ImportReport | None, changed: dict[str, tuple[Any, Any]],
-           dtype_note: str | None) -> RunSummary:
+           dtype: DtypeChoice) -> RunSummary:
     model.to(ctx.device)
     ema = copy.deepcopy(model) if exp.train.ema else None
     parts = Trainable(model, model, build_optimizers(model, exp), ema)
@@ -123,8 +125,8 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     compiled, compile_note = choose_compile(ctx.device, total - state.step, options.compile)
     if compiled:
         parts = replace(parts, forward=torch.compile(model))
-    runtime = {"forward_dtype": exp.arch.forward_dtype, "dtype_note": dtype_note,
-               "dtype_hint": dtype_hint(exp, ctx.device), "compile": compiled, "compile_note": compile_note,
+    runtime = {"forward_dtype": exp.arch.forward_dtype, "dtype_note": dtype.warning, "dtype_hint": dtype.why,
+               "compile": compiled, "compile_note": compile_note,
                "allocator": loaded_allocator()}
     log = MetricsLog(run_dir, resume_from=state.step, tensorboard=options.tensorboard, wandb=options.wandb,
                      exp=exp) if ctx.is_main else None
@@ -317,6 +319,16 @@ def _load_weights(model: ACTModel, path: Path) -> None:
 # label, never what the model or the data is. Any other difference is refused, naming the keys.
 RESUMABLE_KEYS = frozenset({"description", "parent", "train.max_steps", "train.epochs", "train.eval_interval",
                             "train.checkpoint_interval", "train.keep_checkpoints", "train.eval_batch_size"})
+
+
+def _recorded_dtype(run_dir: Path) -> str | None:
+    """The dtype a run to resume computed in (config.json), which `forward_dtype = "auto"` keeps; None where
+    the file cannot tell (`_check_resume` then says what is wrong with it)."""
+    try:
+        dtype = rundir.read_json(run_dir / rundir.CONFIG)["arch"]["forward_dtype"]
+    except (RunError, KeyError, TypeError):
+        return None
+    return dtype if dtype in ("float32", "bfloat16") else None
 
 
 def _check_resume(run_dir: Path, exp: Experiment) -> dict[str, tuple[Any, Any]]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import platform
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -65,30 +66,46 @@ def cpu_description(cpuinfo: Path = CPUINFO) -> str:
     return f"{name} ({', '.join(wanted)})" if wanted else name
 
 
-def choose_dtype(exp: Experiment, device: torch.device, native_bf16: bool | None = None
-                 ) -> tuple[Experiment, str | None]:
-    """`exp` as it will compute on `device`, and why its dtype differs from the requested one (None: it does not)."""
-    if exp.arch.forward_dtype != "bfloat16" or device.type != "cpu":
-        return exp, None
-    if native_bf16 is None:
-        native_bf16 = cpu_has_native_bfloat16()
-    if native_bf16:
-        return exp, None
+@dataclass(frozen=True)
+class DtypeChoice:
+    """The dtype a run computes in on this machine."""
+
+    exp: Experiment  # as it will compute: forward_dtype float32 or bfloat16, never auto
+    why: str | None  # for the run's second line and meta.json `runtime.dtype_hint`
+    warning: str | None  # a bfloat16 request this CPU would emulate: shown even under -q, `runtime.dtype_note`
+
+
+def choose_dtype(exp: Experiment, device: torch.device, native_bf16: bool | None = None,
+                 recorded: str | None = None) -> DtypeChoice:
+    """`exp` as it will compute on `device`. `auto` is bfloat16 on CUDA and on a CPU with native bfloat16, float32
+    on any other CPU; `recorded` (a resumed run's dtype) keeps a run in the dtype it started in. An explicit
+    bfloat16 on a CPU without it runs in float32 with a warning."""
+    asked = exp.arch.forward_dtype
+    native = device.type != "cpu" or (cpu_has_native_bfloat16() if native_bf16 is None else native_bf16)
+    where = "CUDA" if device.type != "cpu" else "this CPU"
+    if asked == "auto":
+        dtype = recorded or ("bfloat16" if native else "float32")
+        why = ("auto: as the run started" if recorded else
+               f"auto: {where} has native bfloat16" if native else
+               "auto: this CPU has no AVX512-BF16/AMX instructions, so bfloat16 would be emulated")
+        exp = with_dtype(exp, dtype)
+        if dtype == "float32" or native:
+            return DtypeChoice(exp, why, None)
+    elif asked == "float32":
+        hint = ("as configured; this CPU has native bfloat16, faster here: --set arch.forward_dtype=bfloat16"
+                if native and device.type == "cpu" else None)
+        return DtypeChoice(exp, hint, None)
+    elif native:
+        return DtypeChoice(exp, None, None)
     cpu = _cpuinfo("model name", CPUINFO) or platform.processor() or platform.machine()
-    note = (f"bfloat16 asked, but this CPU ({cpu}) has no AVX512-BF16/AMX "
-            "instructions, so bfloat16 would be emulated, ~10x slower than float32: running in float32")
-    arch = exp.arch.model_copy(update={"forward_dtype": "float32"})
-    return exp.model_copy(update={"arch": arch}), note
+    warning = (f"bfloat16 asked, but this CPU ({cpu}) has no AVX512-BF16/AMX "
+               "instructions, so bfloat16 would be emulated, ~10x slower than float32: running in float32")
+    return DtypeChoice(with_dtype(exp, "float32"), None, warning)
 
 
-def dtype_hint(exp: Experiment, device: torch.device, native_bf16: bool | None = None) -> str | None:
-    """For a float32 run on a CPU with native bfloat16, the faster choice it leaves (the run's second line
-    shows it); None elsewhere. Only a hint: the dtype is the experiment's (module docstring)."""
-    if exp.arch.forward_dtype != "float32" or device.type != "cpu":
-        return None
-    if not (cpu_has_native_bfloat16() if native_bf16 is None else native_bf16):
-        return None
-    return "as configured; this CPU has native bfloat16, faster here: --set arch.forward_dtype=bfloat16"
+def with_dtype(exp: Experiment, dtype: str) -> Experiment:
+    """`exp` computing in `dtype`."""
+    return exp.model_copy(update={"arch": exp.arch.model_copy(update={"forward_dtype": dtype})})
 
 
 def choose_compile(device: torch.device, steps_to_take: int, compile: bool | None) -> tuple[bool, str]:
