@@ -218,6 +218,15 @@ def test_identical_configurations_are_pooled_and_a_repeated_seed_counts_once(tmp
     assert result.config_diff == {}
 
 
+def test_seeds_that_ran_in_different_dtypes_are_two_configurations_never_pooled(tmp_path: Path) -> None:
+    """forward_dtype = auto picks per CPU; config.json records what ran, so seeds of two CPUs stay apart."""
+    for seed, dtype in enumerate(["float32", "float32", "bfloat16", "bfloat16"]):
+        write_run(tmp_path, "E0b", flat(0.9), seed=seed, overrides=[f"arch.forward_dtype={dtype}"])
+    result = compare.compare_runs(tmp_path, ["E0b"], with_baselines=False)
+    assert [(c.n, tuple(c.seeds)) for c in result.configs] == [(2, (0, 1)), (2, (2, 3))]
+    assert result.config_diff == {"arch.forward_dtype": ["float32", "bfloat16"]}
+
+
 def test_each_run_is_judged_against_its_parent_naming_the_settings_that_differ(tmp_path: Path) -> None:
     seeded(tmp_path, "E0b", BASE)
     seeded(tmp_path, "E3b", [b - 0.03 for b in BASE])  # parent E0b; differs in train.lr

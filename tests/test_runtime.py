@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -77,20 +78,31 @@ def test_auto_is_bfloat16_where_it_is_native_and_a_resumed_run_keeps_the_dtype_i
 
 def test_an_auto_run_records_its_dtype_and_resumes_in_it_on_a_cpu_that_would_choose_another(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def train(native: bool, *extra: str) -> str:
+    def train(runs: str, native: bool, *extra: str) -> Any:
         monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: native)
-        result = CliRunner().invoke(app, [
-            "train", "E0b", "--experiments", REAL, "--profile", "tiny", "--runs-dir", str(tmp_path), "--set",
+        return CliRunner().invoke(app, [
+            "train", "E0b", "--experiments", REAL, "--profile", "tiny", "--runs-dir", str(tmp_path / runs), "--set",
             "decoder=none", "--set", "arch.forward_dtype=auto", *extra], env={"COLUMNS": "400"})
+
+    def second_line(result: Any) -> str:
         assert result.exit_code == 0, result.output
         return next(line for line in result.output.splitlines() if line.startswith(("float32", "bfloat16")))
 
-    first = train(False, "--max-steps", "2")
+    def recorded(runs: str, file: str) -> Any:
+        return json.loads((tmp_path / runs / "E0b" / file).read_text())
+
+    first = second_line(train("a", False, "--max-steps", "2"))
     assert first.startswith("float32 (auto: this CPU has no AVX512-BF16/AMX instructions, so bfloat16 would be "
                             "emulated)")
-    assert json.loads((tmp_path / "E0b" / "config.json").read_text())["arch"]["forward_dtype"] == "float32"
-    assert train(True, "--max-steps", "4", "--resume").startswith("float32 (auto: as the run started)")
-    assert json.loads((tmp_path / "E0b" / "summary.json").read_text())["step"] == 4
+    assert recorded("a", "config.json")["arch"]["forward_dtype"] == "float32"
+    resumed = second_line(train("a", True, "--max-steps", "4", "--resume"))
+    assert resumed.startswith("float32 (auto: as the run started)")
+    assert recorded("a", "summary.json")["step"] == 4
+    # A bfloat16 run cannot go on where bfloat16 would be emulated: refused like any change of model, run kept.
+    assert second_line(train("b", True, "--max-steps", "2")).startswith("bfloat16 (auto: this CPU has native")
+    refused = train("b", False, "--max-steps", "4", "--resume")
+    assert refused.exit_code == 1 and "arch.forward_dtype: 'bfloat16' in the run, 'float32' now" in refused.output
+    assert recorded("b", "summary.json")["step"] == 2 and "Traceback" not in refused.output
 
 
 def test_a_float32_run_on_a_cpu_with_native_bfloat16_is_told_the_faster_choice(

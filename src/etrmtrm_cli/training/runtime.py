@@ -7,16 +7,17 @@ records it (`runtime`).
 - **dtype.** bfloat16 is fast only where the hardware has it: CUDA, or a CPU with AVX512-BF16 or AMX
   instructions. A CPU without them emulates every bfloat16 matmul (on a 2-core AVX2 EPYC: 1.0 GFLOP/s against
   float32's 179, `benchmarks/bench_decoder.py`; a training step about ten times slower,
-  `benchmarks/bench_step.py --dtype bfloat16`), so a run that asks for bfloat16 there runs in float32 instead
-  and says so. A CPU with AVX512-BF16 keeps it: on a 2-core EPYC with those instructions a decoder step at the
-  paper's width (hidden 512) is 1.99x faster in bfloat16 than in float32 and 1.35x at hidden 128, both with
-  torch's attention kernel; at the cpu profile's hidden 64, with bfloat16 attention differentiated in float32
-  (`layers._attend`'s rule before its matmuls), a compiled E0b step was 1.51x faster (two rounds) and a whole E0b
-  run 1.31x (README, "Performance"; one run each otherwise, no interval).
-  Beyond the fallback to float32, the dtype is the experiment's: the cpu profile asks for float32 on every
-  machine, so that seeds run on different CPUs are one experiment (experiments.toml), and such a run on a CPU
-  with native bfloat16 is only told the faster choice (`dtype_hint`). The config the run records (config.json)
-  is the one that ran.
+  `benchmarks/bench_step.py --dtype bfloat16`). With native bfloat16 it is the faster dtype: on a 2-core EPYC
+  with AVX512-BF16 a decoder step at the paper's width (hidden 512) is 1.99x faster than float32 and 1.35x at
+  hidden 128 (torch's attention kernel), and a whole cpu-profile E0b run 1.31x (README, "Performance"; one run
+  each, no interval). Hence:
+  - `forward_dtype = "auto"` (the cpu and headroom profiles) is bfloat16 on CUDA and on a CPU with native
+    bfloat16, float32 on any other CPU;
+  - an explicit bfloat16 on a CPU without it runs in float32 and warns, also under -q (`dtype_note`);
+  - an explicit float32 on a CPU with native bfloat16 is told the faster choice (`dtype_hint`).
+  config.json records the dtype that ran, so seeds of one experiment run on CPUs that chose differently are two
+  configurations to `compare` (their config differences name forward_dtype), never silently pooled; a resumed
+  `auto` run keeps the dtype it started in.
 - **compile.** `torch.compile` costs a one-off compile (about 1.5 min cold, 27 s from inductor's cache, on
   the 2-core CPU at the cpu profile) and then makes each step 1.28x faster there
   (`benchmarks/bench_compile.py E0b`), so `auto` compiles a run with at least COMPILE_MIN_STEPS steps still
