@@ -24,8 +24,11 @@ from typer.testing import CliRunner
 
 from etrmtrm_cli.cli import app
 from etrmtrm_cli.experiments_file import load_experiments
-from etrmtrm_cli.sweep_cost import flops_per_step
+from etrmtrm_cli.rundir import config_hash
+from etrmtrm_cli.sweep_cost import Measured, estimate, flops_per_step
 from etrmtrm_cli.sweep_job import usable_cores
+from etrmtrm_cli.training import runtime
+from etrmtrm_cli.training.runtime import with_dtype
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--profile", "tiny", "--set", "decoder=none", "--executor", "local"]
@@ -290,7 +293,7 @@ def test_dry_run_lists_jobs_steps_and_compute_per_profile(tmp_path: Path) -> Non
     assert [j[0] for j in jobs] == ["P0", "E0a/seed-0", "E0b/seed-0", "E2b/seed-0", "E0a/seed-1", "E0b/seed-1",
                                     "E2b/seed-1"], out.text  # P0 first, then seed-major
     assert [j[1] for j in jobs] == ["", *["P0"] * 6]  # P0 once, every other run waits for it
-    assert re.search(r"│ tiny +│ +[\d,]+ │ +[\d.]+ GFLOP │ +unknown │ unknown: no tiny run", out.text), out.text
+    assert re.search(r"│ tiny +│ +[\d,]+ │ +[\d.]+ GFLOP │ +unknown │ unknown: no tiny float32 run", out.text), out.text
     assert re.search(r"│ mini +│", out.text), out.text
     assert not (tmp_path / "runs").exists()  # nothing submitted
 
@@ -301,6 +304,28 @@ def test_dry_run_times_from_runs_measured_here(swept: Swept) -> None:
     assert re.search(r"E0a/seed-2 +│ new +│ start .* \d+ s │", out.text), out.text  # 2 measured, 1 new
     assert re.search(r"E0a/seed-0 +│ finished +│ skip \(finished\)", out.text), out.text
     assert "run(s) of this config here" in out.text
+
+
+def test_an_auto_experiment_is_timed_by_runs_in_the_dtype_it_would_run_in_here(monkeypatch: pytest.MonkeyPatch
+                                                                              ) -> None:
+    exp = load_experiments(REPO / "experiments.toml").resolve("E0a", "tiny", ["decoder='none'",
+                                                                              "arch.forward_dtype=auto"])
+    def run(dtype: str, s_per_step: float, name: str = "E0a") -> Measured:
+        ran = with_dtype(exp, dtype).model_dump(mode="json")
+        return Measured(Path(name), config_hash(ran), "tiny", "cpu", dtype, s_per_step, 1e9 / s_per_step)
+
+    measured = [run("float32", 2.0), run("bfloat16", 1.0)]
+    monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: True)
+    assert estimate(exp, 10, "cpu", measured).seconds == 10.0  # its bfloat16 run
+    monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: False)
+    assert estimate(exp, 10, "cpu", measured).seconds == 20.0  # its float32 run
+    # No run of this configuration: the FLOP rate of the profile's runs in the same dtype, never the other's.
+    other = exp.model_copy(update={"id": "E0b", "arch": exp.arch.model_copy(update={"recurrent_encoder_type":
+                                                                                    "recurrent_standard"})})
+    by_rate = estimate(other, 10, "cpu", measured)
+    assert by_rate.seconds == pytest.approx(by_rate.flops / 0.5e9) and "tiny float32 run(s)" in by_rate.basis
+    monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: True)
+    assert "no tiny bfloat16 run" in estimate(other, 10, "cpu", measured[:1]).basis
 
 
 def test_flops_are_what_a_real_step_counts_and_scale_with_the_batch() -> None:

@@ -120,6 +120,7 @@ class Measured:
     config_hash: str
     profile: str
     device: str  # "cpu" or "cuda"
+    dtype: str  # the forward_dtype it ran in
     s_per_step: float
     flop_rate: float | None  # FLOP/s (counted FLOPs per step / seconds per step)
 
@@ -140,7 +141,7 @@ def measured_runs(run_dirs: Iterable[Path]) -> list[Measured]:
         s_per_step = float(wall) / step
         flops = flops_per_step(exp)
         out.append(Measured(run_dir, config_hash(config), exp.profile, str(meta.get("device", "cpu")).split(":")[0],
-                            s_per_step, flops / s_per_step if flops else None))
+                            exp.arch.forward_dtype, s_per_step, flops / s_per_step if flops else None))
     return out
 
 
@@ -157,18 +158,27 @@ class Estimate:
 
 
 def estimate(exp: Experiment, steps: int, device: str, measured: Sequence[Measured]) -> Estimate:
-    """The cost of `steps` steps of `exp` on `device` (cpu | cuda), timed by the closest measurement here."""
+    """The cost of `steps` steps of `exp` on `device` (cpu | cuda), timed by the closest measurement here: runs of
+    its configuration in the dtype it would run in here (`forward_dtype = "auto"` resolved), else runs of its
+    profile in that dtype."""
+    import torch
+
+    from etrmtrm_cli.training.runtime import choose_dtype
+
+    exp = choose_dtype(exp, torch.device(device)).exp  # the config.json a run of it here would record
     flops = flops_per_step(exp)
     same = [m for m in measured if m.config_hash == config_hash(exp.model_dump(mode="json")) and m.device == device]
     if same:
         rate = statistics.median(m.s_per_step for m in same)
         return Estimate(steps, flops, rate * steps, f"{rate:.3g} s/step, {len(same)} run(s) of this config here")
-    rates = [m.flop_rate for m in measured if m.profile == exp.profile and m.device == device and m.flop_rate]
+    dtype = exp.arch.forward_dtype
+    rates = [m.flop_rate for m in measured
+             if (m.profile, m.device, m.dtype) == (exp.profile, device, dtype) and m.flop_rate]
     if flops and rates:
         rate = statistics.median(rates)
         return Estimate(steps, flops, flops * steps / rate,
-                        f"{rate / 1e9:.3g} GFLOP/s, {len(rates)} {exp.profile} run(s) here")
-    return Estimate(steps, flops, None, f"unknown: no {exp.profile} run on {device} measured here")
+                        f"{rate / 1e9:.3g} GFLOP/s, {len(rates)} {exp.profile} {dtype} run(s) here")
+    return Estimate(steps, flops, None, f"unknown: no {exp.profile} {dtype} run on {device} measured here")
 
 
 def total_seconds(estimates: Sequence[Estimate]) -> float | None:
