@@ -13,6 +13,8 @@ from conftest import CPU, tiny
 from torch._dynamo.utils import counters
 from typer.testing import CliRunner
 
+from etrmtrm_cli.analysis.diagnose.subject import build as build_subject_model
+from etrmtrm_cli.analysis.diagnose.subject import fresh_subject
 from etrmtrm_cli.cli import app
 from etrmtrm_cli.data.dataset import build_arc_data
 from etrmtrm_cli.models.build import build_model
@@ -103,6 +105,17 @@ def test_an_auto_run_records_its_dtype_and_resumes_in_it_on_a_cpu_that_would_cho
     refused = train("b", False, "--max-steps", "4", "--resume")
     assert refused.exit_code == 1 and "arch.forward_dtype: 'bfloat16' in the run, 'float32' now" in refused.output
     assert recorded("b", "summary.json")["step"] == 2 and "Traceback" not in refused.output
+
+
+def test_a_model_is_built_only_in_a_resolved_dtype_and_a_fresh_diagnose_subject_resolves_auto(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    auto = tiny("E0b", ["arch.forward_dtype=auto"])
+    with pytest.raises(ValueError, match="'auto' is chosen per machine by training.runtime.choose_dtype"):
+        build_model(auto, 36, 8)
+    monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: False)
+    subject = fresh_subject(auto, CPU)
+    assert subject.exp.arch.forward_dtype == "float32"
+    assert build_subject_model(subject).decoder.forward_dtype == torch.float32
 
 
 def test_a_float32_run_on_a_cpu_with_native_bfloat16_is_told_the_faster_choice(

@@ -18,6 +18,7 @@ from etrmtrm_cli.data.dataset import ArcData, build_arc_data
 from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError, first_line
 from etrmtrm_cli.models.act import ACTModel
 from etrmtrm_cli.models.build import build_model
+from etrmtrm_cli.training.runtime import choose_dtype
 
 Status = Literal["pass", "warn", "fail"]
 MIN_MEASURE_BATCH = 16  # gradient share and variance on a tiny profile's 4-row batch are mostly noise
@@ -56,6 +57,7 @@ class Subject:
 
 def fresh_subject(exp: Experiment, device: torch.device) -> Subject:
     _require_encoder(exp)
+    exp = choose_dtype(exp, device).exp  # the dtype a run of it would compute in on `device` (`auto` resolved)
     return Subject(exp, build_arc_data(exp.data, exp.seed), device,
                    source=f"fresh {exp.id} model ({exp.profile} profile, no decoder weights)")
 
