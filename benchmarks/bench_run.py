@@ -47,10 +47,11 @@ def one_run(src: Path, exp_id: str, profile: str, nproc: int, extra: list[str]) 
             raise SystemExit(f"{src}: exit {done.returncode}\n{done.stderr[-2000:]}")
         rows = [json.loads(line) for line in (Path(runs) / exp_id / "metrics.jsonl").read_text().splitlines()]
         meta = json.loads((Path(runs) / exp_id / "meta.json").read_text())
+        dtype = json.loads((Path(runs) / exp_id / "config.json").read_text())["arch"]["forward_dtype"]
     steps = [r["time/step_s"] for r in rows if "time/step_s" in r]
     return {"src": str(src), "nproc": nproc, "git_sha": meta.get("git_sha"), "runtime": meta.get("runtime"),
-            "dtype": json.loads((Path(runs) / exp_id / "config.json").read_text())["arch"]["forward_dtype"],
-            "wall_s": round(wall, 1), "steps": len(steps), "step_ms_median": round(1000 * statistics.median(steps), 1)}
+            "dtype": dtype, "wall_s": round(wall, 1), "steps": len(steps),
+            "step_ms_median": round(1000 * statistics.median(steps), 1)}
 
 
 def main() -> None:
