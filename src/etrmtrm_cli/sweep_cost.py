@@ -31,7 +31,12 @@ _DATA_CACHE: dict[str, Any] = {}
 
 
 def flops_per_step(exp: Experiment) -> float | None:
-    """Matmul + attention FLOPs of one optimizer step of `exp` at its global batch (None: not countable)."""
+    """Matmul + attention FLOPs of one optimizer step of `exp` at its global batch (None: not countable). Counted in
+    float32: the count is the same in any dtype, so runs of two dtypes share one count, and
+    it does not depend on the machine."""
+    from etrmtrm_cli.training.runtime import with_dtype
+
+    exp = with_dtype(exp, "float32")
     key = json.dumps(exp.model_dump(mode="json", include={"model", "arch", "data"}), sort_keys=True)
     key += f"|{exp.train.batch_size}"
     if key not in _FLOPS_CACHE:
@@ -62,10 +67,8 @@ def _count(exp: Experiment) -> float | None:
     from torch.utils._pytree import tree_map_only
 
     from etrmtrm_cli.models.build import build_model
-    from etrmtrm_cli.training.runtime import with_dtype
     from etrmtrm_cli.training.step import forward_backward
 
-    exp = with_dtype(exp, "float32")  # a count of FLOPs, the same in any dtype: nothing here depends on the machine
     counter = flop_counter()
     counted = set(counter.flop_registry)
 
