@@ -209,19 +209,29 @@ def test_block_norm_styles(style: str) -> None:
         Block(8, 2, 2.0, norm_style="middle")  # type: ignore[arg-type]
 
 
-def test_packing_attends_within_each_sequence_and_averages_its_tokens() -> None:
-    """Sequences of 3, 0, 5 and 1 tokens, packed back to back, in buckets of one sequence each."""
+@pytest.mark.parametrize("max_buckets", [4, 2, 1])  # one sequence a bucket; the empty one beside another; all in one
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # SDPA; bfloat16's matmul attention
+def test_packing_attends_within_each_sequence_and_averages_its_tokens(max_buckets: int, dtype: torch.dtype) -> None:
+    """Sequences of 3, 0, 5 and 1 tokens, packed back to back: outputs and gradients as each sequence alone."""
     torch.manual_seed(0)
     lengths = [3, 0, 5, 1]
     seq_of = torch.repeat_interleave(torch.arange(4), torch.tensor(lengths))  # (9,)
-    packing = Packing(seq_of, num_seqs=4, max_buckets=4, min_bucket=1)
-    q, k, v = (torch.randn(9, 2, 4) for _ in range(3))  # (T, H, hd)
+    packing = Packing(seq_of, num_seqs=4, max_buckets=max_buckets, min_bucket=1)
+    q, k, v = (torch.randn(9, 2, 16, dtype=dtype, requires_grad=True) for _ in range(3))  # (T, H, hd)
+    weights = torch.randn(9, 2, 16)
     out = packing.attend(q, k, v)
+    (out.float() * weights).sum().backward()
+    tol = {"atol": 2e-2, "rtol": 2e-2} if dtype == torch.bfloat16 else {}
     start = 0
     for n in lengths:
         part = slice(start, start + n)
-        alone = torch.nn.functional.scaled_dot_product_attention(*(t[part].transpose(0, 1) for t in (q, k, v)))
-        torch.testing.assert_close(out[part], alone.transpose(0, 1))
+        alone = [t.detach()[part].float().transpose(0, 1).requires_grad_() for t in (q, k, v)]  # (H, n, hd)
+        expected = torch.nn.functional.scaled_dot_product_attention(*alone).transpose(0, 1)
+        (expected * weights[part]).sum().backward()
+        torch.testing.assert_close(out[part].float(), expected, **tol)
+        for packed, single in zip((q, k, v), alone, strict=True):
+            assert packed.grad is not None and single.grad is not None
+            torch.testing.assert_close(packed.grad[part].float(), single.grad.transpose(0, 1), **tol)
         start += n
     x = torch.randn(9, 6)
     expected = torch.stack([x[:3].mean(0), torch.zeros(6), x[3:8].mean(0), x[8]])

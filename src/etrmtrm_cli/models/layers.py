@@ -156,10 +156,22 @@ BFLOAT16_CPU_MATMUL_ATTENTION_MAX_SCORES = 2**24
 def _matmul_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
     """softmax(q kᵀ / √hd) v as two batched matmuls in q's dtype, the softmax in float32: the arithmetic of
     Hugging Face's eager attention. q (B, H, Tq, hd), k and v (B, H, Tk, hd), key_mask (B, Tk) True = may be
-    attended, every row with at least one key -> (B, H, Tq, hd)."""
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5  # (B, H, Tq, Tk)
-    if key_mask is not None:
-        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    attended, every row with at least one key -> (B, H, Tq, hd).
+
+    Every pass over the (B, H, Tq, Tk) scores costs more than the matmuls at these sizes, so there are as few as
+    the arithmetic allows: where 1/√hd is a power of two (hd = 16, 64, ...) q is scaled before the matmul, which
+    rounds exactly as scaling its product would; the mask is added as 0 / -inf in float32, which casts the
+    scores in the same pass and leaves nothing for backward to mask."""
+    scale = q.shape[-1] ** -0.5
+    exact = math.frexp(scale)[0] == 0.5  # a power of two
+    scores = torch.matmul(q * scale if exact else q, k.transpose(-1, -2))  # (B, H, Tq, Tk) in q's dtype
+    if not exact:
+        scores = scores.float() * scale
+    if key_mask is None:
+        scores = scores.float()
+    else:  # bfloat16 + float32 is float32: the cast and the mask in one pass
+        bias = torch.zeros(key_mask.shape, dtype=torch.float32, device=q.device).masked_fill(~key_mask, float("-inf"))
+        scores = scores + bias[:, None, None, :]
     return torch.matmul(scores.softmax(-1).to(q.dtype), v)
 
 
@@ -167,30 +179,41 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
     """Non-causal attention on (B, H, T, hd); key_mask (B, Tk) True = may be attended.
 
     A batch element whose keys are all masked would give a softmax over nothing (NaN): it attends to
-    every key instead and its output is set to zero afterwards. bfloat16 attention on the CPU runs as
-    `_matmul_attention` up to the size above, everything else as torch's SDPA.
+    every key instead and its output is set to zero afterwards.
     """
-    has_key = None
-    if key_mask is not None:
-        has_key = key_mask.any(dim=-1)  # (B,)
-        key_mask = key_mask | ~has_key[:, None]
-    if (q.dtype == torch.bfloat16 and q.device.type == "cpu"
-            and q.shape[:-1].numel() * k.shape[-2] <= BFLOAT16_CPU_MATMUL_ATTENTION_MAX_SCORES):
-        out = _matmul_attention(q, k, v, key_mask)
-    else:
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    if has_key is None:
-        return out
+    if key_mask is None:
+        return _attend_keys(q, k, v, None)
+    has_key = key_mask.any(dim=-1)  # (B,)
+    out = _attend_keys(q, k, v, key_mask | ~has_key[:, None])
     return torch.where(has_key[:, None, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
-def _rows(x: Tensor, index: Tensor) -> Tensor:
-    """x[index] for an integer index into x's first axis: (N, ...) and index (...) -> (*index.shape, ...).
+def _attend_keys(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
+    """`_attend` where every batch element has a key to attend (key_mask None, or a True in each row).
+    bfloat16 attention on the CPU runs as `_matmul_attention` up to the size above, everything else as SDPA."""
+    if (q.dtype == torch.bfloat16 and q.device.type == "cpu"
+            and q.shape[:-1].numel() * k.shape[-2] <= BFLOAT16_CPU_MATMUL_ATTENTION_MAX_SCORES):
+        return _matmul_attention(q, k, v, key_mask)
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
-    index_select, whose backward is an index_add, where advanced indexing's is an accumulating index_put that
-    the CPU runs serially: 0.87 against 7.33 ms for q, k and v of a cpu-profile batch (bench_kernels.py)."""
-    return x.index_select(0, index.flatten()).view(*index.shape, *x.shape[1:])
+
+class _Reorder(torch.autograd.Function):
+    """Rows of x in the order of `index`, whose backward is a gather as well: the gradient's rows in the order of
+    `inverse`, a row index past the gradient's end meaning zero. Exact where every row of x is read once by a
+    row whose gradient counts, and any other read gets a gradient of exactly zero (the padding rows of
+    `Packing.attend`). index_select's own backward scatters into a zeroed gradient, one row at a time."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (inverse,) = ctx.saved_tensors
+        with_zero = torch.cat([grad, grad.new_zeros(1, *grad.shape[1:])])  # row len(grad): zero
+        return with_zero.index_select(0, inverse), None, None
 
 
 class Packing:
@@ -206,21 +229,37 @@ class Packing:
         self.counts = torch.bincount(seq_of, minlength=num_seqs)  # (N,) tokens per sequence
         starts = self.counts.cumsum(0) - self.counts  # (N,) each sequence's first token
         order = torch.argsort(self.counts)
-        self.buckets: list[tuple[Tensor, Tensor]] = []  # token index (n, L), key mask (n, L)
-        padded_start = torch.zeros_like(self.counts)  # each sequence's first row in the padded outputs
-        offset = 0
+        self.buckets: list[tuple[Tensor, Tensor, Tensor]] = []  # token (n, L), real token (n, L), key mask (n, L)
         for bucket in torch.tensor_split(order, min(max_buckets, max(1, num_seqs // min_bucket))):
             length = int(self.counts[bucket].max()) if bucket.numel() else 0
             if length == 0:  # no tokens in this bucket: nothing to attend
                 continue
             rank = torch.arange(length, device=seq_of.device)
-            mask = rank < self.counts[bucket, None]  # (n, L)
-            # Padding slots read token 0: masked as keys, and their query rows are never read back.
-            self.buckets.append((torch.where(mask, starts[bucket, None] + rank, 0), mask))
-            padded_start[bucket] = offset + length * torch.arange(bucket.numel(), device=seq_of.device)
-            offset += bucket.numel() * length
-        token = torch.arange(seq_of.numel(), device=seq_of.device)
-        self.unpad = padded_start[seq_of] + token - starts[seq_of]  # (T,) each token's padded row
+            real = rank < self.counts[bucket, None]  # (n, L)
+            # Padding rows read token 0: masked as keys, and their query rows are never read back. A sequence
+            # without tokens attends to its first padding row, so that every row has a key; nothing of it is
+            # read back either.
+            key_mask = rank < self.counts[bucket, None].clamp_min(1)
+            self.buckets.append((torch.where(real, starts[bucket, None] + rank, 0), real, key_mask))
+        self._head_rows: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def head_rows(self, heads: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Row indices into packed per-head vectors (T * heads, hd) -> (gather (P,): every bucket's rows in
+        (n, heads, L) order, bucket after bucket, padding rows reading row 0; unpad (T * heads,): where each row
+        sits among them; pad_to_zero (P,): gather with its padding rows past the end, for `_Reorder`).
+
+        Gathered in that order, each bucket's q, k and v lie as (n, heads, L, hd): the matmuls copy nothing,
+        and one gather serves every bucket (each bucket's own gather had a backward that zeroed and scattered
+        into a gradient of all T tokens)."""
+        if heads not in self._head_rows:
+            head = torch.arange(heads, device=self.seq_of.device)[:, None]  # (heads, 1)
+            gather = torch.cat([(token[:, None] * heads + head).flatten() for token, _, _ in self.buckets])
+            real = torch.cat([real[:, None].expand(-1, heads, -1).flatten() for _, real, _ in self.buckets])
+            unpad = torch.empty(self.seq_of.numel() * heads, dtype=torch.long, device=self.seq_of.device)
+            unpad[gather[real]] = real.nonzero().squeeze(1)
+            pad_to_zero = torch.where(real, gather, unpad.numel())  # a padding row's gradient: zero
+            self._head_rows[heads] = gather, unpad, pad_to_zero
+        return self._head_rows[heads]
 
     # Eager under torch.compile: every batch has new bucket lengths, and inside a graph each one compiled
     # anew until dynamo's cache limit sent the whole encoder back to eager (tests/test_runtime.py).
@@ -229,11 +268,16 @@ class Packing:
         """Attention within each sequence: q, k, v (T, H, hd) -> (T, H, hd)."""
         if not self.buckets:
             return torch.zeros_like(q)
+        tokens, heads, head_dim = q.shape
+        gather, unpad, pad_to_zero = self.head_rows(heads)
+        sizes = [token.numel() * heads for token, _, _ in self.buckets]
+        padded = [_Reorder.apply(t.reshape(tokens * heads, head_dim), gather, unpad).split(sizes) for t in (q, k, v)]
         outs = []
-        for index, mask in self.buckets:
-            qb, kb, vb = (_rows(t, index).transpose(1, 2) for t in (q, k, v))  # (n, H, L, hd)
-            outs.append(_attend(qb, kb, vb, mask).transpose(1, 2).flatten(0, 1))  # (n * L, H, hd)
-        return _rows(torch.cat(outs), self.unpad)
+        for (token, _, key_mask), *qkv in zip(self.buckets, *padded, strict=True):
+            n, length = token.shape
+            qb, kb, vb = (t.view(n, heads, length, head_dim) for t in qkv)
+            outs.append(_attend_keys(qb, kb, vb, key_mask).flatten(0, 2))  # (n * H * L, hd)
+        return _Reorder.apply(torch.cat(outs), unpad, pad_to_zero).view(tokens, heads, head_dim)
 
     def mean(self, x: Tensor) -> Tensor:
         """Mean over each sequence's tokens: (T, D) -> (N, D); zero for a sequence without tokens."""
