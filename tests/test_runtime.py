@@ -27,6 +27,7 @@ from etrmtrm_cli.training.runtime import (
     choose_compile,
     choose_dtype,
     cpu_has_native_bfloat16,
+    native_on_every_rank,
 )
 from etrmtrm_cli.training.step import Trainable, fresh_state, train_step
 
@@ -76,6 +77,19 @@ def test_auto_is_bfloat16_where_it_is_native_and_a_resumed_run_keeps_the_dtype_i
     moved = choose_dtype(exp, CPU, native_bf16=False, recorded="bfloat16")
     assert moved.exp.arch.forward_dtype == "float32" and "emulated" in moved.warning
     assert tiny("E0b").arch.forward_dtype == "float32"  # the tiny profile (tests) is float32 on every machine
+
+
+def test_ranks_compute_in_one_dtype_the_one_every_rank_runs_fast() -> None:
+    """Under torchrun `native_bf16` is whether every rank's CPU has bfloat16 (`native_on_every_rank`): one rank
+    without it puts all of them in float32, and the messages name the ranks rather than this CPU."""
+    auto, asked = tiny("E0b", ["arch.forward_dtype=auto"]), tiny("E0b", ["arch.forward_dtype=bfloat16"])
+    everywhere = choose_dtype(auto, CPU, native_bf16=True, ranks=4)
+    assert everywhere.exp.arch.forward_dtype == "bfloat16" and "every one of 4 ranks" in everywhere.why
+    somewhere = choose_dtype(auto, CPU, native_bf16=False, ranks=4)
+    assert somewhere.exp.arch.forward_dtype == "float32" and "one of 4 ranks has no" in somewhere.why
+    refused = choose_dtype(asked, CPU, native_bf16=False, ranks=4)
+    assert refused.exp.arch.forward_dtype == "float32" and "one of 4 ranks has no" in refused.warning
+    assert native_on_every_rank(DistContext(0, 1, CPU)) is None  # one process: choose_dtype reads this CPU
 
 
 def test_an_auto_run_records_its_dtype_and_resumes_in_it_on_a_cpu_that_would_choose_another(

@@ -37,7 +37,13 @@ from etrmtrm_cli.training.evaluate import evaluate
 from etrmtrm_cli.training.optim import build_optimizers
 from etrmtrm_cli.training.preflight import check_memory
 from etrmtrm_cli.training.run_log import MetricsLog, require_loggers
-from etrmtrm_cli.training.runtime import DtypeChoice, choose_compile, choose_dtype, cpu_description
+from etrmtrm_cli.training.runtime import (
+    DtypeChoice,
+    choose_compile,
+    choose_dtype,
+    cpu_description,
+    native_on_every_rank,
+)
 from etrmtrm_cli.training.step import NonFiniteError, StepState, Trainable, fresh_state, train_step
 
 EventFn = Callable[[str, dict[str, Any]], None]
@@ -91,7 +97,8 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
     # Loggers, resume checks, data, model and decoder first: a bad input fails before a run is touched.
     require_loggers(options.tensorboard, options.wandb)
     recorded = _recorded_dtype(run_dir) if options.resume else None
-    dtype = choose_dtype(exp, ctx.device, recorded=recorded)  # before the resume check: config.json holds what ran
+    # Before the resume check: config.json holds what ran
+    dtype = choose_dtype(exp, ctx.device, native_on_every_rank(ctx), recorded, ctx.world_size)
     exp = dtype.exp
     changed = _check_resume(run_dir, exp) if options.resume else {}
     torch.manual_seed(exp.seed)  # parameter init: identical on every rank

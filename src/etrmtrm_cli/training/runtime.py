@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from etrmtrm_cli.config import Experiment
+from etrmtrm_cli.training.distributed import DistContext
 
 CPUINFO = Path("/proc/cpuinfo")
 COMPILE_MIN_STEPS = 1000  # break-even measured at ~200 steps (warm cache); the margin covers a cold one
@@ -77,18 +78,20 @@ class DtypeChoice:
 
 
 def choose_dtype(exp: Experiment, device: torch.device, native_bf16: bool | None = None,
-                 recorded: str | None = None) -> DtypeChoice:
+                 recorded: str | None = None, ranks: int = 1) -> DtypeChoice:
     """`exp` as it will compute on `device`. `auto` is bfloat16 on CUDA and on a CPU with native bfloat16, float32
     on any other CPU; `recorded` (a resumed run's dtype) keeps a run in the dtype it started in. An explicit
-    bfloat16 on a CPU without it runs in float32 with a warning."""
+    bfloat16 on a CPU without it runs in float32 with a warning. With `ranks` > 1 processes, `native_bf16` says
+    whether every rank's CPU has it (`native_on_every_rank`): all compute in one dtype."""
     asked = exp.arch.forward_dtype
     native = device.type != "cpu" or (cpu_has_native_bfloat16() if native_bf16 is None else native_bf16)
-    where = "CUDA" if device.type != "cpu" else "this CPU"
+    where = "CUDA" if device.type != "cpu" else "this CPU" if ranks == 1 else f"the CPU of every one of {ranks} ranks"
+    lacking = "this CPU" if ranks == 1 else f"the CPU of one of {ranks} ranks"
     if asked == "auto":
         dtype = recorded or ("bfloat16" if native else "float32")
         why = ("auto: as the run started" if recorded else
                f"auto: {where} has native bfloat16" if native else
-               "auto: this CPU has no AVX512-BF16/AMX instructions, so bfloat16 would be emulated")
+               f"auto: {lacking} has no AVX512-BF16/AMX instructions, so bfloat16 would be emulated")
         exp = with_dtype(exp, dtype)
         if dtype == "float32" or native:
             return DtypeChoice(exp, why, None)
@@ -98,10 +101,19 @@ def choose_dtype(exp: Experiment, device: torch.device, native_bf16: bool | None
         return DtypeChoice(exp, hint, None)
     elif native:
         return DtypeChoice(exp, None, None)
-    cpu = _cpuinfo("model name", CPUINFO) or platform.processor() or platform.machine()
-    warning = (f"bfloat16 asked, but this CPU ({cpu}) has no AVX512-BF16/AMX "
-               "instructions, so bfloat16 would be emulated, ~10x slower than float32: running in float32")
+    if ranks == 1:
+        lacking += f" ({_cpuinfo('model name', CPUINFO) or platform.processor() or platform.machine()})"
+    warning = (f"bfloat16 asked, but {lacking} has no AVX512-BF16/AMX instructions, so bfloat16 would be "
+               "emulated, ~10x slower than float32: running in float32")
     return DtypeChoice(with_dtype(exp, "float32"), None, warning)
+
+
+def native_on_every_rank(ctx: DistContext) -> bool | None:
+    """Whether every rank's CPU has native bfloat16 (None: one process, or CUDA). Under torchrun each rank reads
+    its own CPU; ranks must compute in one dtype, and one that emulated bfloat16 would hold up every step of all."""
+    if ctx.world_size == 1 or ctx.device.type != "cpu":
+        return None
+    return not ctx.any_rank(not cpu_has_native_bfloat16())
 
 
 def with_dtype(exp: Experiment, dtype: str) -> Experiment:
