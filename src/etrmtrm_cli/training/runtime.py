@@ -14,7 +14,8 @@ records it (`runtime`).
   - `forward_dtype = "auto"` (the cpu and headroom profiles) is bfloat16 on CUDA and on a CPU with native
     bfloat16, float32 on any other CPU;
   - an explicit bfloat16 on a CPU without it runs in float32 and warns, also under -q (`dtype_note`);
-  - an explicit float32 on a CPU with native bfloat16 is told the faster choice (`dtype_hint`).
+  - an explicit float32 on a CPU with native bfloat16 is told the faster choice (`dtype_hint`);
+  - under torchrun on the CPU, "native" means on every rank's CPU (`native_on_every_rank`).
   config.json records the dtype that ran, so seeds of one experiment run on CPUs that chose differently are two
   configurations to `compare` (their config differences name forward_dtype), never silently pooled; a resumed
   `auto` run keeps the dtype it started in.
