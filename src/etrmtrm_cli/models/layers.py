@@ -200,20 +200,22 @@ def _attend_keys(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Te
 
 class _Reorder(torch.autograd.Function):
     """Rows of x in the order of `index`, whose backward is a gather as well: the gradient's rows in the order of
-    `inverse`, a row index past the gradient's end meaning zero. Exact where every row of x is read once by a
-    row whose gradient counts, and any other read gets a gradient of exactly zero (the padding rows of
-    `Packing.attend`). index_select's own backward scatters into a zeroed gradient, one row at a time."""
+    `inverse`; with `zero_past_end`, a row index past the gradient's end means zero. Exact where every row of x is
+    read once by a row whose gradient counts, and any other read gets a gradient of exactly zero (the padding
+    rows of `Packing.attend`). index_select's own backward scatters into a zeroed gradient, one row at a time."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, index: Tensor, inverse: Tensor, zero_past_end: bool) -> Tensor:
         ctx.save_for_backward(inverse)
+        ctx.zero_past_end = zero_past_end
         return x.index_select(0, index)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
         (inverse,) = ctx.saved_tensors
-        with_zero = torch.cat([grad, grad.new_zeros(1, *grad.shape[1:])])  # row len(grad): zero
-        return with_zero.index_select(0, inverse), None, None
+        if ctx.zero_past_end:
+            grad = torch.cat([grad, grad.new_zeros(1, *grad.shape[1:])])  # row len(grad): zero
+        return grad.index_select(0, inverse), None, None, None
 
 
 class Packing:
@@ -271,13 +273,14 @@ class Packing:
         tokens, heads, head_dim = q.shape
         gather, unpad, pad_to_zero = self.head_rows(heads)
         sizes = [token.numel() * heads for token, _, _ in self.buckets]
-        padded = [_Reorder.apply(t.reshape(tokens * heads, head_dim), gather, unpad).split(sizes) for t in (q, k, v)]
+        padded = [_Reorder.apply(t.reshape(tokens * heads, head_dim), gather, unpad, False).split(sizes)
+                  for t in (q, k, v)]
         outs = []
         for (token, _, key_mask), *qkv in zip(self.buckets, *padded, strict=True):
             n, length = token.shape
             qb, kb, vb = (t.view(n, heads, length, head_dim) for t in qkv)
             outs.append(_attend_keys(qb, kb, vb, key_mask).flatten(0, 2))  # (n * H * L, hd)
-        return _Reorder.apply(torch.cat(outs), unpad, pad_to_zero).view(tokens, heads, head_dim)
+        return _Reorder.apply(torch.cat(outs), unpad, pad_to_zero, True).view(tokens, heads, head_dim)
 
     def mean(self, x: Tensor) -> Tensor:
         """Mean over each sequence's tokens: (T, D) -> (N, D); zero for a sequence without tokens."""
