@@ -348,15 +348,25 @@ def _swiglu(x: Tensor, w_gate_up: Tensor, w_down: Tensor) -> Tensor:
     return F.linear(F.silu(gate) * up, w_down)
 
 
-class SwiGLU(nn.Module):
-    """down(silu(gate) * up) with (gate, up) = gate_up(x), keeping only x and the weights for backward.
+# A SwiGLU call keeps its activations for backward up to this size and recomputes them above it. Recomputing costs
+# 6-9 % of an eager step (benchmarks/bench_recompute.py, bfloat16: 1.06x at P0's cpu profile, 1.09x at E0b's) and
+# is worth it only where the activations are large. At the cpu profile (32 x 116 tokens, W = 256) a decoder call
+# keeps 7.3 MiB in bfloat16 and 14.5 in float32: kept. At hidden 128 (W = 512) a bfloat16 decoder call keeps 14.5 MiB,
+# kept (a step's peak RSS went from 710 to 850 MB), and a float32 one 29 MiB, recomputed: that is what holds a
+# hidden-128 step under 1 GB in float32. The encoders' packed demo cells (~11,000 at the cpu profile) recompute.
+SWIGLU_KEEP_MAX_BYTES = 16 * 2**20
 
-    x is the norm's output, which the block keeps anyway, so the MLP adds no activation memory: backward recomputes
-    gate_up(x), one more (..., D) x (D, 2W) matmul, instead of keeping 2W floats per token (6x D at TRM's hidden
-    512, 8x D at hidden 64 and 128, the largest activation of a step). Activation checkpointing does it, because
-    torch.compile honours it: a hand-written autograd.Function that recomputed in its backward was merged back into
-    the forward by the compiler, which then kept gate_up after all (499 instead of 186 MiB saved at hidden 128).
-    Same numbers as plain autograd (tests/test_decoder_layers.py compares them bit for bit).
+
+class SwiGLU(nn.Module):
+    """down(silu(gate) * up) with (gate, up) = gate_up(x).
+
+    Plain autograd keeps 4W values per token for backward (gate_up's 2W, silu(gate) and the product), 16x D at
+    hidden 64 and 128, the largest activation of a step. Where one call's would exceed SWIGLU_KEEP_MAX_BYTES, the
+    MLP keeps only x, the norm's output that the block keeps anyway, and backward recomputes gate_up(x): one more
+    (..., D) x (D, 2W) matmul. Activation checkpointing does it, because torch.compile honours it: a hand-written
+    autograd.Function that recomputed in its backward was merged back into the forward by the compiler, which then
+    kept gate_up after all (499 instead of 186 MiB saved at hidden 128). Same numbers either way
+    (tests/test_decoder_layers.py compares them bit for bit).
     """
 
     def __init__(self, hidden_size: int, expansion: float) -> None:
@@ -365,10 +375,14 @@ class SwiGLU(nn.Module):
         self.gate_up = Linear(hidden_size, 2 * width)
         self.down = Linear(width, hidden_size)
 
+    def kept_bytes(self, x: Tensor) -> int:
+        """What plain autograd would keep for backward in a call on x (..., D): 4W values per token."""
+        return x.shape[:-1].numel() * 4 * self.down.weight.shape[1] * x.element_size()
+
     def forward(self, x: Tensor) -> Tensor:
         # x: (..., D) -> (..., D)
         weights = self.gate_up.weight.to(x.dtype), self.down.weight.to(x.dtype)
-        if not torch.is_grad_enabled():  # TRM's no-grad cycles: nothing to keep
+        if not torch.is_grad_enabled() or self.kept_bytes(x) <= SWIGLU_KEEP_MAX_BYTES:
             return _swiglu(x, *weights)
         return checkpoint(_swiglu, x, *weights, use_reentrant=False, preserve_rng_state=False)
 
