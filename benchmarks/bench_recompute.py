@@ -1,11 +1,12 @@
-"""What the SwiGLU's recompute costs: a real experiment's train steps with it (our model) against the same
-model with plain autograd MLPs (same initial weights, same batches), alternating, so that a change in machine
-load hits both alike.
+"""What the SwiGLU's recompute costs: a real experiment's train steps with every SwiGLU call recomputing its
+activations in backward against the same model with every call keeping them (plain autograd; same initial
+weights, same batches), alternating, so that a change in machine load hits both alike.
 
     python benchmarks/bench_recompute.py E0b --profile cpu --steps 30 --threads 2 [--compile]
 
-The recompute (`models/layers.SwiGLU`) keeps no gate_up activation for backward and computes gate_up(x) again
-there. The last line is one JSON object.
+The recompute (`models/layers.SwiGLU`) keeps no activation but the MLP's input for backward and computes
+gate_up(x) again there; the model does it only in calls whose activations exceed `layers.SWIGLU_KEEP_MAX_BYTES`
+(the last column says how many of this experiment's training calls do). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -18,37 +19,68 @@ import types
 import torch
 from experiment_steps import alternate, experiment_model, experiment_parser
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from etrmtrm_cli.models import layers
 
 WARM = 5  # untimed steps of each (a compiled model compiles in its first two)
 
 
-def plain_forward(self: layers.SwiGLU, x: Tensor) -> Tensor:
-    """SwiGLU.forward without the recompute: autograd keeps gate_up(x) for backward."""
+def keep_forward(self: layers.SwiGLU, x: Tensor) -> Tensor:
+    """SwiGLU.forward keeping its activations whatever their size: plain autograd."""
     return layers._swiglu(x, self.gate_up.weight.to(x.dtype), self.down.weight.to(x.dtype))
+
+
+def recompute_forward(self: layers.SwiGLU, x: Tensor) -> Tensor:
+    """SwiGLU.forward recomputing its activations in backward whatever their size (in training)."""
+    weights = self.gate_up.weight.to(x.dtype), self.down.weight.to(x.dtype)
+    if not torch.is_grad_enabled():
+        return layers._swiglu(x, *weights)
+    return checkpoint(layers._swiglu, x, *weights, use_reentrant=False, preserve_rng_state=False)
+
+
+def with_forward(model: torch.nn.Module, forward: object) -> torch.nn.Module:
+    copied = copy.deepcopy(model)
+    for module in copied.modules():
+        if isinstance(module, layers.SwiGLU):
+            module.forward = types.MethodType(forward, module)  # type: ignore[method-assign]
+    return copied
+
+
+def recomputing_calls(model: torch.nn.Module, exp: object, data: object) -> tuple[int, int]:
+    """(calls that recompute by default, training calls) in one train step of `model` on the first batch."""
+    counts = [0, 0]
+
+    def count(module: layers.SwiGLU, args: tuple[Tensor, ...]) -> None:
+        if torch.is_grad_enabled():
+            counts[0] += module.kept_bytes(args[0]) > layers.SWIGLU_KEEP_MAX_BYTES
+            counts[1] += 1
+
+    hooks = [m.register_forward_pre_hook(count) for m in model.modules() if isinstance(m, layers.SwiGLU)]
+    alternate({"count": (model, model)}, exp, data, 1)  # type: ignore[arg-type]
+    for hook in hooks:
+        hook.remove()
+    return counts[0], counts[1]
 
 
 def main() -> None:
     parser = experiment_parser(__doc__, steps=30)
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
-    exp, data, ours = experiment_model(args)
-    plain = copy.deepcopy(ours)
-    for module in plain.modules():
-        if isinstance(module, layers.SwiGLU):
-            module.forward = types.MethodType(plain_forward, module)
+    exp, data, model = experiment_model(args)
+    arms = {"recompute": with_forward(model, recompute_forward), "keep": with_forward(model, keep_forward)}
     forward = torch.compile if args.compile else (lambda model: model)
-    times = alternate({"recompute": (ours, forward(ours)), "plain": (plain, forward(plain))}, exp, data,
-                      WARM + args.steps)
+    times = alternate({name: (arm, forward(arm)) for name, arm in arms.items()}, exp, data, WARM + args.steps)
     median = {name: 1000 * statistics.median(t[WARM:]) for name, t in times.items()}
+    recomputing, calls = recomputing_calls(model, exp, data)
     result = {"experiment": exp.id, "profile": args.profile, "dtype": exp.arch.forward_dtype, "threads": args.threads,
               "compile": args.compile, "steps_timed": args.steps,
               **{f"{name}_ms": round(ms, 1) for name, ms in median.items()},
-              "cost": round(median["recompute"] / median["plain"], 3)}
+              "cost": round(median["recompute"] / median["keep"], 3),
+              "default_recomputing_calls": recomputing, "training_calls": calls}
     print(f"{exp.id} ({args.profile}, {exp.arch.forward_dtype}{', compiled' if args.compile else ''}): recompute "
-          f"{result['recompute_ms']} ms/step, plain autograd {result['plain_ms']} ms/step: the recompute costs "
-          f"{result['cost']}x")
+          f"{result['recompute_ms']} ms/step, keep {result['keep_ms']} ms/step: the recompute costs "
+          f"{result['cost']}x; by default {recomputing} of the step's {calls} training calls recompute")
     print(json.dumps(result))
 
 
