@@ -136,12 +136,12 @@ def test_rope_is_half_split() -> None:
     cos, sin = rope()
     assert cos.shape == (3, 4)
     q = torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 3)  # (T, hd)
-    q_rot = apply_rotary(q, cos, sin)
+    q_rot, _ = apply_rotary(q, q, cos, sin)
     # Dim 0 rotates with dim 2 (not dim 1) at frequency 1; position p turns it by angle p.
     for p in range(3):
         torch.testing.assert_close(q_rot[p], torch.tensor([math.cos(p), 0.0, math.sin(p), 0.0]))
     k = torch.tensor([[0.0, 1.0, 0.0, 0.0]] * 3)
-    k_rot = apply_rotary(k, cos, sin)
+    k_rot, _ = apply_rotary(k, k, cos, sin)
     torch.testing.assert_close(k_rot[2], torch.tensor([0.0, math.cos(0.02), 0.0, math.sin(0.02)]))
 
 

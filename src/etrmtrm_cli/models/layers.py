@@ -129,18 +129,19 @@ class RotaryEmbedding(nn.Module):
         return self.cos, self.sin
 
 
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate x (q and k stacked: (2, B, H, T, head_dim), or packed (2, T, H, head_dim)) by tables broadcastable
-    to it: (T, head_dim), or (T, 1, head_dim) per packed token. Math in the tables' dtype, as TRM's
-    `apply_rotary_pos_emb`: x * cos + rotate_half(x) * sin, where rotate_half(x) = (-x2, x1) for x = (x1, x2).
+def _rotate_half(x: Tensor) -> Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
 
-    The minus sign moves onto the small table, (x2, x1) * (-sin1, sin2): negation is exact, so these are TRM's
-    bits, one pass over x fewer; and q and k rotate in one pass each instead of two."""
-    x32 = x.to(cos.dtype, memory_format=torch.contiguous_format)  # contiguous: q and k come out contiguous
-    first, second = x32.chunk(2, dim=-1)
-    sin_first, sin_second = sin.chunk(2, dim=-1)
-    signed_sin = torch.cat((-sin_first, sin_second), dim=-1)
-    return (x32 * cos + torch.cat((second, first), dim=-1) * signed_sin).to(x.dtype)
+
+def apply_rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """Rotate q and k by tables broadcastable to them: (T, head_dim) for q, k (B, H, T, head_dim), or
+    (T, 1, head_dim) per token for packed q, k (T, H, head_dim). Math in the tables' dtype."""
+    dtype = q.dtype
+    q32, k32 = q.to(cos.dtype), k.to(cos.dtype)
+    q_rot = q32 * cos + _rotate_half(q32) * sin
+    k_rot = k32 * cos + _rotate_half(k32) * sin
+    return q_rot.to(dtype), k_rot.to(dtype)
 
 
 # torch's CPU flash attention is slow in bfloat16: forward and backward took 1.8-5.1x as long as two batched bfloat16
@@ -304,14 +305,15 @@ class Attention(nn.Module):
         # x: (B, T, D) with key_mask (B, T) bool; or packed sequences (T, D) with their `packing`
         qkv = self.qkv(x)  # (B, T, 3D) or (T, 3D)
         if packing is not None:
-            qkv = einops.rearrange(qkv, "t (three h d) -> three t h d", three=3, h=self.num_heads)
-            q, k = apply_rotary(qkv[:2], *rope) if rope is not None else qkv[:2]  # tables (T, 1, head_dim)
-            return self.out(einops.rearrange(packing.attend(q, k, qkv[2]), "t h d -> t (h d)"))
-        qkv = einops.rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
-        q, k = apply_rotary(qkv[:2], *rope) if rope is not None else qkv[:2]
-        v = qkv[2]
+            q, k, v = einops.rearrange(qkv, "t (three h d) -> three t h d", three=3, h=self.num_heads)
+            if rope is not None:  # per-token tables (T, 1, head_dim)
+                q, k = apply_rotary(q, k, *rope)
+            return self.out(einops.rearrange(packing.attend(q, k, v), "t h d -> t (h d)"))
+        q, k, v = einops.rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
         if torch.is_grad_enabled():  # attention saves v for backward: a view would keep all of qkv alive
             v = v.contiguous()
+        if rope is not None:
+            q, k = apply_rotary(q, k, *rope)
         out = _attend(q, k, v, key_mask)  # (B, H, T, hd)
         return self.out(einops.rearrange(out, "b h t d -> b t (h d)"))
 
