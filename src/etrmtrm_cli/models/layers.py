@@ -351,8 +351,8 @@ def _swiglu(x: Tensor, w_gate_up: Tensor, w_down: Tensor) -> Tensor:
 
 
 # A SwiGLU call keeps its activations for backward up to this size and recomputes them above it. Recomputing costs
-# 6-9 % of an eager step (benchmarks/bench_recompute.py, bfloat16: 1.06x at P0's cpu profile, 1.09x at E0b's) and
-# is worth it only where the activations are large. At the cpu profile (32 x 116 tokens, W = 256) a decoder call
+# 6-9 % of an eager step (benchmarks/bench_recompute.py, bfloat16, tcmalloc, two runs each: 1.06x and 1.08x at P0's
+# cpu profile, 1.09x and 1.07x at E0b's) and is worth it only where the activations are large. At the cpu profile (32 x 116 tokens, W = 256) a decoder call
 # keeps 7.3 MiB in bfloat16 and 14.5 in float32: kept. At hidden 128 (W = 512) a bfloat16 decoder call keeps 14.5 MiB,
 # kept (a step's peak RSS went from 710 to 850 MB), and a float32 one 29 MiB, recomputed: that is what holds a
 # hidden-128 step under 1 GB in float32. The encoders' packed demo cells (~11,000 at the cpu profile) recompute.
