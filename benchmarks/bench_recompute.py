@@ -5,8 +5,9 @@ weights, same batches), alternating, so that a change in machine load hits both 
     python benchmarks/bench_recompute.py E0b --profile cpu --steps 30 --threads 2 [--compile]
 
 The recompute (`models/layers.SwiGLU`) keeps no activation but the MLP's input for backward and computes
-gate_up(x) again there; the model does it only in calls whose activations exceed `layers.SWIGLU_KEEP_MAX_BYTES`
-(the last column says how many of this experiment's training calls do). The last line is one JSON object.
+gate_up(x) again there; the model does it in the encoders' calls and in the decoder's whose activations exceed
+`decoder.MLP_KEEP_MAX_BYTES` (the last column says how many of this experiment's training calls do). The last
+line is one JSON object.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def recomputing_calls(model: torch.nn.Module, exp: object, data: object) -> tupl
 
     def count(module: layers.SwiGLU, args: tuple[Tensor, ...]) -> None:
         if torch.is_grad_enabled():
-            counts[0] += module.kept_bytes(args[0]) > layers.SWIGLU_KEEP_MAX_BYTES
+            counts[0] += module.kept_bytes(args[0]) > module.keep_max_bytes
             counts[1] += 1
 
     hooks = [m.register_forward_pre_hook(count) for m in model.modules() if isinstance(m, layers.SwiGLU)]

@@ -75,15 +75,13 @@ def test_swiglu_width_rounds_up_to_256(hidden: int, expansion: float, width: int
     assert SwiGLU(hidden, expansion).down.weight.shape == (hidden, width)
 
 
-@pytest.mark.parametrize("keep_max_bytes", [0, layers.SWIGLU_KEEP_MAX_BYTES])  # recompute; keep
+@pytest.mark.parametrize("keep_max_bytes", [0, 2**20])  # recompute; keep
 @pytest.mark.parametrize("autocast", [False, True])
-def test_swiglu_gradients_equal_plain_autograd(autocast: bool, keep_max_bytes: int,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_swiglu_gradients_equal_plain_autograd(autocast: bool, keep_max_bytes: int) -> None:
     """SwiGLU keeps its activations or only its input for backward and recomputes the rest: the same values and
     gradients either way."""
-    monkeypatch.setattr(layers, "SWIGLU_KEEP_MAX_BYTES", keep_max_bytes)
     torch.manual_seed(0)
-    mlp = SwiGLU(16, 4.0)
+    mlp = SwiGLU(16, 4.0, keep_max_bytes)
     x = torch.randn(3, 5, 16, requires_grad=True)
 
     def plain(x: torch.Tensor) -> torch.Tensor:
@@ -101,8 +99,8 @@ def test_swiglu_gradients_equal_plain_autograd(autocast: bool, keep_max_bytes: i
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
-def test_swiglu_keeps_its_activations_up_to_the_limit_and_recomputes_above(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Up to SWIGLU_KEEP_MAX_BYTES a call keeps what plain autograd keeps (4W values per token); above it, only its
+def test_swiglu_keeps_its_activations_up_to_the_limit_and_recomputes_above() -> None:
+    """Up to its keep_max_bytes a call keeps what plain autograd keeps (4W values per token); above it, only its
     input x, eager and compiled alike. torch.compile splits forward and backward itself, and the recompute must
     survive it (a hand-written autograd.Function's did not: the compiler kept gate_up, 2W values per token)."""
     torch.manual_seed(0)
@@ -124,9 +122,9 @@ def test_swiglu_keeps_its_activations_up_to_the_limit_and_recomputes_above(monke
 
     activations = mlp.kept_bytes(x)
     assert activations == 15 * 4 * 256 * 4
-    monkeypatch.setattr(layers, "SWIGLU_KEEP_MAX_BYTES", activations)
+    mlp.keep_max_bytes = activations
     assert saved_bytes(mlp) == x.nbytes + activations  # the first matmul saves x itself
-    monkeypatch.setattr(layers, "SWIGLU_KEEP_MAX_BYTES", activations - 1)
+    mlp.keep_max_bytes = activations - 1
     assert saved_bytes(mlp) == x.nbytes
     assert saved_bytes(torch.compile(mlp)) == x.nbytes
 

@@ -350,32 +350,24 @@ def _swiglu(x: Tensor, w_gate_up: Tensor, w_down: Tensor) -> Tensor:
     return F.linear(F.silu(gate) * up, w_down)
 
 
-# A SwiGLU call keeps its activations for backward up to this size and recomputes them above it. Recomputing costs
-# 6-9 % of an eager step (benchmarks/bench_recompute.py, bfloat16, tcmalloc, two runs each: 1.06x and 1.08x at P0's
-# cpu profile, 1.09x and 1.07x at E0b's) and is worth it only where the activations are large. At the cpu profile (32 x 116 tokens, W = 256) a decoder call
-# keeps 7.3 MiB in bfloat16 and 14.5 in float32: kept. At hidden 128 (W = 512) a bfloat16 decoder call keeps 14.5 MiB,
-# kept (a step's peak RSS went from 710 to 850 MB), and a float32 one 29 MiB, recomputed: that is what holds a
-# hidden-128 step under 1 GB in float32. The encoders' packed demo cells (~11,000 at the cpu profile) recompute.
-SWIGLU_KEEP_MAX_BYTES = 16 * 2**20
-
-
 class SwiGLU(nn.Module):
     """down(silu(gate) * up) with (gate, up) = gate_up(x).
 
     Plain autograd keeps 4W values per token for backward (gate_up's 2W, silu(gate) and the product), 16x D at
-    hidden 64 and 128, the largest activation of a step. Where one call's would exceed SWIGLU_KEEP_MAX_BYTES, the
-    MLP keeps only x, the norm's output that the block keeps anyway, and backward recomputes gate_up(x): one more
-    (..., D) x (D, 2W) matmul. Activation checkpointing does it, because torch.compile honours it: a hand-written
-    autograd.Function that recomputed in its backward was merged back into the forward by the compiler, which then
-    kept gate_up after all (499 instead of 186 MiB saved at hidden 128). Same numbers either way
-    (tests/test_decoder_layers.py compares them bit for bit).
+    hidden 64 and 128, the largest activation of a step. Where one call's would exceed `keep_max_bytes` (by default
+    always), the MLP keeps only x, the norm's output that the block keeps anyway, and backward recomputes
+    gate_up(x): one more (..., D) x (D, 2W) matmul. Activation checkpointing does it, because torch.compile
+    honours it: a hand-written autograd.Function that recomputed in its backward was merged back into the forward
+    by the compiler, which then kept gate_up after all (499 instead of 186 MiB saved at hidden 128). Same numbers
+    either way (tests/test_decoder_layers.py compares them bit for bit).
     """
 
-    def __init__(self, hidden_size: int, expansion: float) -> None:
+    def __init__(self, hidden_size: int, expansion: float, keep_max_bytes: int = 0) -> None:
         super().__init__()
         width = swiglu_width(hidden_size, expansion)
         self.gate_up = Linear(hidden_size, 2 * width)
         self.down = Linear(width, hidden_size)
+        self.keep_max_bytes = keep_max_bytes
 
     def kept_bytes(self, x: Tensor) -> int:
         """What plain autograd would keep for backward in a call on x (..., D): 4W values per token."""
@@ -384,7 +376,7 @@ class SwiGLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # x: (..., D) -> (..., D)
         weights = self.gate_up.weight.to(x.dtype), self.down.weight.to(x.dtype)
-        if not torch.is_grad_enabled() or self.kept_bytes(x) <= SWIGLU_KEEP_MAX_BYTES:
+        if not torch.is_grad_enabled() or self.kept_bytes(x) <= self.keep_max_bytes:
             return _swiglu(x, *weights)
         return checkpoint(_swiglu, x, *weights, use_reentrant=False, preserve_rng_state=False)
 
@@ -393,14 +385,14 @@ class Block(nn.Module):
     """Self-attention + SwiGLU with parameter-free RMSNorm, post-norm (TRM) or pre-norm (LPN)."""
 
     def __init__(self, hidden_size: int, num_heads: int, expansion: float, eps: float = 1e-5,
-                 norm_style: Literal["post", "pre"] = "post") -> None:
+                 norm_style: Literal["post", "pre"] = "post", mlp_keep_max_bytes: int = 0) -> None:
         super().__init__()
         if norm_style not in ("post", "pre"):
             raise ValueError(f"norm_style must be 'post' or 'pre', not {norm_style!r}")
         self.norm_style = norm_style
         self.eps = eps
         self.attn = Attention(hidden_size, num_heads)
-        self.mlp = SwiGLU(hidden_size, expansion)
+        self.mlp = SwiGLU(hidden_size, expansion, mlp_keep_max_bytes)
 
     def forward(self, x: Tensor, rope: CosSin | None = None, key_mask: Tensor | None = None,
                 packing: Packing | None = None) -> Tensor:
