@@ -354,12 +354,12 @@ class SwiGLU(nn.Module):
     """down(silu(gate) * up) with (gate, up) = gate_up(x).
 
     Plain autograd keeps 4W values per token for backward (gate_up's 2W, silu(gate) and the product), 16x D at
-    hidden 64 and 128, the largest activation of a step. Where one call's would exceed `keep_max_bytes` (by default
-    always), the MLP keeps only x, the norm's output that the block keeps anyway, and backward recomputes
-    gate_up(x): one more (..., D) x (D, 2W) matmul. Activation checkpointing does it, because torch.compile
-    honours it: a hand-written autograd.Function that recomputed in its backward was merged back into the forward
-    by the compiler, which then kept gate_up after all (499 instead of 186 MiB saved at hidden 128). Same numbers
-    either way (tests/test_decoder_layers.py compares them bit for bit).
+    hidden 64 and 128, the largest activation of a step. Where one call's would exceed `keep_max_bytes` (0 by
+    default: in every call), the MLP keeps only x, the norm's output that the block keeps anyway, and backward
+    recomputes gate_up(x): one more (..., D) x (D, 2W) matmul. Activation checkpointing does it, because
+    torch.compile honours it: a hand-written autograd.Function that recomputed in its backward was merged back into
+    the forward by the compiler, which then kept gate_up after all (499 instead of 186 MiB saved at hidden 128). Same
+    numbers either way (tests/test_decoder_layers.py compares them bit for bit).
     """
 
     def __init__(self, hidden_size: int, expansion: float, keep_max_bytes: int = 0) -> None:
