@@ -44,12 +44,13 @@ class DecoderCarry:
     z_L: Tensor
 
 
-# A decoder MLP call keeps its activations for backward up to this size and recomputes them above it (the demo
-# encoders always recompute: their packed cells and their many small calls add up). Recomputing costs 6-8 % of an
-# eager step (`benchmarks/bench_recompute.py P0`, bfloat16, tcmalloc, two runs: 1.06x and 1.08x) and pays only where
-# the activations are large. At the cpu profile (32 x 116 tokens, W = 256) a call keeps 7.3 MiB in bfloat16 and 14.5
-# in float32, 6 calls a step: kept. At hidden 128 (W = 512) a bfloat16 call keeps 14.5 MiB, 10 a step: kept; a
-# float32 one 29 MiB: recomputed, which is what holds a hidden-128 float32 step under 1 GB.
+# An eager decoder MLP call keeps its activations for backward up to this size and recomputes them above it. The
+# demo encoders always recompute (their packed cells and their many small calls add up), and compiled every call
+# does (layers.SwiGLU). Recomputing costs 6-8 % of an eager step (`benchmarks/bench_recompute.py P0`, bfloat16,
+# tcmalloc, two runs: 1.06x and 1.08x) and pays only where the activations are large. At the cpu profile (32 x 116
+# tokens, W = 256) a call keeps 7.3 MiB in bfloat16 and 14.5 in float32, 6 calls a step: kept. At hidden 128
+# (W = 512) a bfloat16 call keeps 14.5 MiB, 10 a step: kept; a float32 one 29 MiB: recomputed, which is what holds
+# a hidden-128 float32 step under 1 GB.
 MLP_KEEP_MAX_BYTES = 16 * 2**20
 
 

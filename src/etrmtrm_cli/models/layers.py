@@ -355,11 +355,13 @@ class SwiGLU(nn.Module):
 
     Plain autograd keeps 4W values per token for backward (gate_up's 2W, silu(gate) and the product), 16x D at
     hidden 64 and 128, the largest activation of a step. Where one call's would exceed `keep_max_bytes` (0 by
-    default: in every call), the MLP keeps only x, the norm's output that the block keeps anyway, and backward
-    recomputes gate_up(x): one more (..., D) x (D, 2W) matmul. Activation checkpointing does it, because
-    torch.compile honours it: a hand-written autograd.Function that recomputed in its backward was merged back into
-    the forward by the compiler, which then kept gate_up after all (499 instead of 186 MiB saved at hidden 128). Same
-    numbers either way (tests/test_decoder_layers.py compares them bit for bit).
+    default: in every call), and in every call under torch.compile, the MLP keeps only x, the norm's output that the
+    block keeps anyway, and backward recomputes gate_up(x): one more (..., D) x (D, 2W) matmul. Activation
+    checkpointing does it, because torch.compile honours it: a hand-written autograd.Function that recomputed in its
+    backward was merged back into the forward by the compiler, which then kept gate_up after all (499 instead of 186
+    MiB saved at hidden 128). Compiled, keeping did not pay: whole cpu-profile E0b runs with the decoder keeping took
+    332 and 341 s against 307 and 326 s recomputing (two pairs, README "Performance"). Same numbers either way
+    (tests/test_decoder_layers.py compares them bit for bit).
     """
 
     def __init__(self, hidden_size: int, expansion: float, keep_max_bytes: int = 0) -> None:
@@ -376,7 +378,8 @@ class SwiGLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # x: (..., D) -> (..., D)
         weights = self.gate_up.weight.to(x.dtype), self.down.weight.to(x.dtype)
-        if not torch.is_grad_enabled() or self.kept_bytes(x) <= self.keep_max_bytes:
+        keep = self.kept_bytes(x) <= self.keep_max_bytes and not torch.compiler.is_compiling()
+        if not torch.is_grad_enabled() or keep:
             return _swiglu(x, *weights)
         return checkpoint(_swiglu, x, *weights, use_reentrant=False, preserve_rng_state=False)
 
