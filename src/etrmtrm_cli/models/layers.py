@@ -375,11 +375,14 @@ class SwiGLU(nn.Module):
         """What plain autograd would keep for backward in a call on x (..., D): 4W values per token."""
         return x.shape[:-1].numel() * 4 * self.down.weight.shape[1] * x.element_size()
 
+    def recomputes(self, x: Tensor) -> bool:
+        """Whether a training call on x keeps only x for backward (compiled: always, and no guard on x's size)."""
+        return torch.compiler.is_compiling() or self.kept_bytes(x) > self.keep_max_bytes
+
     def forward(self, x: Tensor) -> Tensor:
         # x: (..., D) -> (..., D)
         weights = self.gate_up.weight.to(x.dtype), self.down.weight.to(x.dtype)
-        keep = self.kept_bytes(x) <= self.keep_max_bytes and not torch.compiler.is_compiling()
-        if not torch.is_grad_enabled() or keep:
+        if not torch.is_grad_enabled() or not self.recomputes(x):
             return _swiglu(x, *weights)
         return checkpoint(_swiglu, x, *weights, use_reentrant=False, preserve_rng_state=False)
 
