@@ -359,8 +359,8 @@ class SwiGLU(nn.Module):
     block keeps anyway, and backward recomputes gate_up(x): one more (..., D) x (D, 2W) matmul. Activation
     checkpointing does it, because torch.compile honours it: a hand-written autograd.Function that recomputed in its
     backward was merged back into the forward by the compiler, which then kept gate_up after all (499 instead of 186
-    MiB saved at hidden 128). Compiled, keeping did not pay: whole cpu-profile E0b runs with the decoder keeping took
-    332 and 341 s against 307 and 326 s recomputing (two pairs, README "Performance"). Same numbers either way
+    MiB saved at hidden 128). Compiled, keeping showed no gain: whole cpu-profile E0b runs with the decoder keeping
+    took 1.06x as long, 95 % interval [0.86, 1.31] (n = 2 pairs, README "Performance"). Same numbers either way
     (tests/test_decoder_layers.py compares them bit for bit).
     """
 
