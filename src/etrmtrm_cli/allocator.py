@@ -1,8 +1,8 @@
 """Which malloc a process runs on: tcmalloc where the machine has it, glibc's otherwise.
 
 Why: a training step frees and reallocates the same activation buffers thousands of times. Measured on the
-2-core AVX2 EPYC this tool was tuned on, with bit-identical results (`benchmarks/bench_alloc.py`, README
-"Performance"): a cpu-profile E0b step at 2 threads 1.13x faster eager and 1.18x compiled, at about 100 MB
+2-core AVX2 EPYC this tool was tuned on, with bit-identical results (`benchmarks/bench_alloc.py`,
+docs/performance.md): a cpu-profile E0b step at 2 threads 1.13x faster eager and 1.18x compiled, at about 100 MB
 (eager) and 40 MB (compiled) less peak memory; two compiled runs side by side at one thread each (as
 `sweep --jobs 2` runs them) 1.10x; a 500-step run 1.13x. The likely cause (not profiled): glibc hands large
 freed blocks back to the kernel and faults them in again, where tcmalloc keeps them for the next step.

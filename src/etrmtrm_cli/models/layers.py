@@ -360,7 +360,7 @@ class SwiGLU(nn.Module):
     checkpointing does it, because torch.compile honours it: a hand-written autograd.Function that recomputed in its
     backward was merged back into the forward by the compiler, which then kept gate_up after all (499 instead of 186
     MiB saved at hidden 128). Compiled, keeping showed no gain: whole cpu-profile E0b runs with the decoder keeping
-    took 1.06x as long, 95 % interval [0.86, 1.31] (n = 2 pairs, README "Performance"). Same numbers either way
+    took 1.06x as long, 95 % interval [0.86, 1.31] (n = 2 pairs, docs/performance.md). Same numbers either way
     (tests/test_decoder_layers.py compares them bit for bit).
     """
 

@@ -1,7 +1,7 @@
 """How a run executes on this machine, as opposed to what it computes: the compute dtype and torch.compile.
 
-Both are chosen once per run, from measurements on the 2-core CPU this tool was tuned on (README,
-"Performance"), and both are visible: the run's second line says what was chosen and why, and meta.json
+Both are chosen once per run, from measurements on the 2-core CPU this tool was tuned on
+(docs/performance.md), and both are visible: the run's second line says what was chosen and why, and meta.json
 records it (`runtime`).
 
 - **dtype.** bfloat16 is fast only where the hardware has it: CUDA, or a CPU with AVX512-BF16 or AMX
@@ -9,8 +9,8 @@ records it (`runtime`).
   float32's 179, `benchmarks/bench_decoder.py`; a training step about ten times slower,
   `benchmarks/bench_step.py --dtype bfloat16`). With native bfloat16 it is the faster dtype: on a 2-core EPYC
   with AVX512-BF16 a decoder step at the paper's width (hidden 512) is 1.99x faster than float32 and 1.35x at
-  hidden 128 (torch's attention kernel), and a whole cpu-profile E0b run 1.57x (617 against 394 s; README,
-  "Performance"; one run each, no interval). Hence:
+  hidden 128 (torch's attention kernel), and a whole cpu-profile E0b run 1.57x (617 against 394 s;
+  docs/performance.md; one run each, no interval). Hence:
   - `forward_dtype = "auto"` (the cpu and headroom profiles) is bfloat16 on CUDA and on a CPU with native
     bfloat16, float32 on any other CPU;
   - an explicit bfloat16 on a CPU without it runs in float32 and warns, also under -q (`dtype_note`);
