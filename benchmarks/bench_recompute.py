@@ -16,6 +16,7 @@ import copy
 import json
 import statistics
 import types
+from collections.abc import Callable
 
 import torch
 from experiment_steps import alternate, experiment_model, experiment_parser
@@ -31,22 +32,21 @@ def keep_forward(self: layers.SwiGLU, x: Tensor) -> Tensor:
     return layers._swiglu(x, self.gate_up.weight.to(x.dtype), self.down.weight.to(x.dtype))
 
 
-def recomputing(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of the model whose every SwiGLU call recomputes (a limit of 0 bytes)."""
+def with_every_swiglu(model: torch.nn.Module, change: Callable[[layers.SwiGLU], None]) -> torch.nn.Module:
+    """A copy of the model with `change` applied to each of its SwiGLUs."""
     copied = copy.deepcopy(model)
     for module in copied.modules():
         if isinstance(module, layers.SwiGLU):
-            module.keep_max_bytes = 0
+            change(module)
     return copied
 
 
-def keeping(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of the model whose every SwiGLU call keeps its activations."""
-    copied = copy.deepcopy(model)
-    for module in copied.modules():
-        if isinstance(module, layers.SwiGLU):
-            module.forward = types.MethodType(keep_forward, module)  # type: ignore[method-assign]
-    return copied
+def recompute_always(module: layers.SwiGLU) -> None:
+    module.keep_max_bytes = 0  # a limit of 0 bytes: every call recomputes
+
+
+def keep_always(module: layers.SwiGLU) -> None:
+    module.forward = types.MethodType(keep_forward, module)  # type: ignore[method-assign]
 
 
 def recomputing_calls(model: torch.nn.Module, exp: object, data: object) -> tuple[int, int]:
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
     exp, data, model = experiment_model(args)
-    arms = {"recompute": recomputing(model), "keep": keeping(model)}
+    arms = {"recompute": with_every_swiglu(model, recompute_always), "keep": with_every_swiglu(model, keep_always)}
     forward = torch.compile if args.compile else (lambda model: model)
     times = alternate({name: (arm, forward(arm)) for name, arm in arms.items()}, exp, data, WARM + args.steps)
     median = {name: 1000 * statistics.median(t[WARM:]) for name, t in times.items()}
