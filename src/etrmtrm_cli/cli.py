@@ -126,7 +126,7 @@ def validate(
     """Check that every experiment and queue in the file is valid under every profile."""
     file = load_experiments(experiments)
     if not file.profiles:
-        raise ConfigError(f"{experiments}: defines no [profiles.<name>] table (paper, cpu, tiny)")
+        raise ConfigError(f"{experiments}: defines no [profiles.<name>] table (e.g. paper, cpu, tiny)")
     for profile in file.profiles:
         for exp_id in file.ids:
             file.resolve(exp_id, profile)

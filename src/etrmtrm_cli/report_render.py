@@ -1,4 +1,4 @@
-"""Renderings of `diagnose` and `compare` results: Rich tables, a Markdown report, training-curve plots.
+"""Renderings of `diagnose` and `compare` results: Rich tables and a Markdown report (its plots: report_plot.py).
 Only the render modules and the commands print (see render.py); the library returns dataclasses."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The run directory: its format, written and read here only (train, diagnose, compare and queues use it).
+"""The run directory: its format, and the reading and writing of it (train, diagnose, compare and queues use
+them), but for two writers: training/run_log.py appends metrics.jsonl rows, run_export.py copies a record.
 
 runs/<ID>/            one seed: the run itself; several seeds (`train --seeds`): runs/<ID>/seed-<N>/ each
   config.json        the resolved experiment (the sidecar of model.safetensors)
