@@ -1,5 +1,6 @@
-"""The run directory: its format, and the reading and writing of it (train, diagnose, compare and queues use
-them), but for two writers: training/run_log.py appends metrics.jsonl rows, run_export.py copies a record.
+"""The run directory: its format and the functions that read and write it (train, diagnose, compare and queues
+call them). Two other modules write into it: training/run_log.py appends metrics.jsonl rows, and run_export.py
+copies a finished run's files into a record.
 
 runs/<ID>/            one seed: the run itself; several seeds (`train --seeds`): runs/<ID>/seed-<N>/ each
   config.json        the resolved experiment (the sidecar of model.safetensors)
