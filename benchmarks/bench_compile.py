@@ -15,10 +15,10 @@ import copy
 import json
 import statistics
 
-import torch
 from experiment_steps import alternate, experiment_model, experiment_parser
 
 from etrmtrm_cli.training.loop import TrainOptions, total_steps
+from etrmtrm_cli.training.runtime import compile_model
 
 WARM = 5  # steps after which the compiled model has compiled everything it will (measured: 2 compiles)
 
@@ -30,7 +30,7 @@ def main() -> None:
     exp, data, eager_model = experiment_model(args)
     compiled_model = copy.deepcopy(eager_model)
     times = alternate({"eager": (eager_model, eager_model),
-                       "compiled": (compiled_model, torch.compile(compiled_model, mode=args.mode))},
+                       "compiled": (compiled_model, compile_model(compiled_model, mode=args.mode))},
                       exp, data, WARM + args.steps)
     eager, compiled = (statistics.median(times[name][WARM:]) for name in times)
     compile_s = sum(times["compiled"][:WARM]) - WARM * compiled

@@ -108,7 +108,12 @@ def evaluate(model: ACTModel, data: ArcData, batch_size: int, device: torch.devi
         if should_stop():
             model.train(was_training)
             return None
-        inputs = batch.to(device).as_dict()
+        # Padding rows (valid False) fill the end of the last batch: only the real rows are run. Rows are
+        # independent, so this changes no prediction, and the cpu profile's 36 eval rows cost 36, not 64.
+        real = int(batch.valid.sum())
+        if real == 0:
+            continue
+        inputs = {k: v[:real] for k, v in batch.to(device).as_dict().items()}
         outputs = final_outputs(model, inputs)
         preds, token_acc, exact = scores(outputs["logits"], inputs["labels"])
         valid = inputs["valid"]

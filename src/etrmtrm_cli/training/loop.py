@@ -41,6 +41,7 @@ from etrmtrm_cli.training.runtime import (
     DtypeChoice,
     choose_compile,
     choose_dtype,
+    compile_model,
     cpu_description,
     native_on_every_rank,
 )
@@ -131,7 +132,7 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
         state, pending, earlier_s = fresh_state(model, _batch(data, 0, exp, ctx), exp.seed, ctx.rank), None, 0.0
     compiled, compile_note = choose_compile(ctx.device, total - state.step, options.compile)
     if compiled:
-        parts = replace(parts, forward=torch.compile(model))
+        parts = replace(parts, forward=compile_model(model))
     runtime = {"forward_dtype": exp.arch.forward_dtype, "dtype_note": dtype.warning, "dtype_hint": dtype.why,
                "compile": compiled, "compile_note": compile_note,
                "allocator": loaded_allocator()}

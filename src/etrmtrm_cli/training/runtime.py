@@ -20,7 +20,8 @@ records it (`runtime`).
   configurations to `compare` (their config differences name forward_dtype), never silently pooled; a resumed
   `auto` run keeps the dtype it started in.
 - **compile.** `torch.compile` costs a one-off compile (about 1.5 min cold, 27 s from inductor's cache, on
-  the 2-core CPU at the cpu profile) and then makes each step 1.28x faster there
+  the 2-core CPU at the cpu profile; 10-12 s on an AVX512-BF16 one, with AOTAutograd's cache, `compile_model`)
+  and then makes each step 1.28x faster there
   (`benchmarks/bench_compile.py E0b`), so `auto` compiles a run with at least COMPILE_MIN_STEPS steps still
   to take, and only where its backend can build (a C++ compiler on the CPU; CUDA is taken to have Triton).
 """
@@ -29,10 +30,14 @@ from __future__ import annotations
 
 import platform
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
+from torch._functorch import config as functorch_config
 
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.training.distributed import DistContext
@@ -120,6 +125,18 @@ def native_on_every_rank(ctx: DistContext) -> bool | None:
 def with_dtype(exp: Experiment, dtype: str) -> Experiment:
     """`exp` computing in `dtype`."""
     return exp.model_copy(update={"arch": exp.arch.model_copy(update={"forward_dtype": dtype})})
+
+
+def compile_model(model: nn.Module, mode: str = "default") -> Callable[..., Any]:
+    """torch.compile(model), with AOTAutograd's on-disk cache allowed to keep graphs that hold a custom
+    autograd.Function (layers._RMSNorm, in every block). torch skips that cache for such graphs by default, so
+    every run traced the decoder's joint graph again: a cpu-profile E0b compiled in 16.6-18.3 s from a warm
+    cache, and in 10.4-11.8 s with this, 1.59x [1.51, 1.66] less (n = 3 alternating processes of
+    benchmarks/bench_compile.py; docs/performance.md). It is safe for ours: dynamo traces the Function's forward
+    and backward into the graph, so the cache key changes with their code (tests/test_runtime.py checks that two
+    Functions differing only in their backward get their own). The setting is torch's and process-wide."""
+    functorch_config.autograd_cache_allow_custom_autograd_functions = True
+    return torch.compile(model, mode=mode)
 
 
 def choose_compile(device: torch.device, steps_to_take: int, compile: bool | None) -> tuple[bool, str]:

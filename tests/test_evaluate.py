@@ -1,0 +1,42 @@
+"""The eval: it runs only the real rows of its batches, and its figures are those of every real row."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import CPU, tiny
+
+from etrmtrm_cli.data.dataset import build_arc_data
+from etrmtrm_cli.models.build import build_model
+from etrmtrm_cli.training.evaluate import evaluate, final_outputs, scores
+
+
+def test_the_eval_runs_only_real_rows_and_scores_them_as_the_padded_batches_would() -> None:
+    """The last eval batch is padded with invalid rows; running them cost as much as real ones (the cpu profile
+    ran 64 rows for its 36). Rows do not see each other, so the figures are those of the padded batches."""
+    exp = tiny("E0b")
+    data = build_arc_data(exp.data, exp.seed)
+    torch.manual_seed(0)
+    model = build_model(exp, data.seq_len, data.num_puzzle_ids).eval()
+    batch_size = data.num_eval_examples // 2 + 1  # two batches, the second one short
+    batches = list(data.eval_batches(batch_size))
+    real = [int(b.valid.sum()) for b in batches]
+    assert real[-1] < batch_size  # the last batch is padded: what the test is about
+    seen: list[int] = []
+    hook = model.decoder.register_forward_pre_hook(lambda _, args: seen.append(args[1].shape[0]))
+    results = evaluate(model, data, batch_size, CPU)
+    hook.remove()
+    steps = exp.arch.halt_max_steps
+    assert seen == [n for n in real for _ in range(steps)]  # every ACT step of every batch, real rows only
+
+    token_acc, exact = [], []  # the same figures from the whole padded batches, real rows kept after the fact
+    with torch.inference_mode():
+        for batch in batches:
+            inputs = batch.as_dict()
+            _, acc, right = scores(final_outputs(model, inputs)["logits"], inputs["labels"])
+            token_acc.append(acc[batch.valid])
+            exact.append(right[batch.valid])
+    assert results is not None
+    # float32 sums in both, added in another order: equal to float32's precision
+    assert results["eval/accuracy"] == pytest.approx(float(torch.cat(token_acc).double().mean()), rel=1e-6)
+    assert results["eval/exact_accuracy"] == pytest.approx(float(torch.cat(exact).double().mean()), rel=1e-6)
