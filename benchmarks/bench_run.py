@@ -10,7 +10,9 @@ change the cost of a step) in a fresh runs directory, with that tree first on PY
 experiments.toml (beside its src/, where there is one), so that each tree runs its profile as it defines it (the
 cpu profile's dtype, say). Extra arguments
 after `--` go to every `train` (e.g. `-- --no-compile --max-steps 500`). Prints each run's wall time, its
-median step time (metrics.jsonl) and the ratio to the first; the last line is one JSON object. With `--nproc`,
+median step time (metrics.jsonl), the ratio to the first, and where the time went: the first step (with the
+compile, where compiled), the later steps, the evals and the rest (process start, data, checkpoints); the last line
+is one JSON object. With `--nproc`,
 each tree runs once per process count in the list: N > 1 launches `torchrun --standalone --nproc-per-node N`
 (data parallel, gloo on the CPU) with `--threads` = this machine's cores / N for each process.
 """
@@ -49,9 +51,13 @@ def one_run(src: Path, exp_id: str, profile: str, nproc: int, extra: list[str]) 
         meta = json.loads((Path(runs) / exp_id / "meta.json").read_text())
         dtype = json.loads((Path(runs) / exp_id / "config.json").read_text())["arch"]["forward_dtype"]
     steps = [r["time/step_s"] for r in rows if "time/step_s" in r]
+    evals = sum(r.get("time/eval_s", 0.0) for r in rows)
     return {"src": str(src), "nproc": nproc, "git_sha": meta.get("git_sha"), "runtime": meta.get("runtime"),
             "dtype": dtype, "wall_s": round(wall, 1), "steps": len(steps),
-            "step_ms_median": round(1000 * statistics.median(steps), 1)}
+            "step_ms_median": round(1000 * statistics.median(steps), 1),
+            # the first step holds the compile of a compiled run; "other": process start, data, checkpoints
+            "first_step_s": round(steps[0], 1), "later_steps_s": round(sum(steps[1:]), 1), "evals_s": round(evals, 1),
+            "other_s": round(wall - sum(steps) - evals, 1)}
 
 
 def main() -> None:
@@ -70,7 +76,8 @@ def main() -> None:
         r = results[-1]
         print(f"{r['src']} ({(r['git_sha'] or '?')[:7]}, {r['dtype']}, {nproc} process(es)): {r['wall_s']:.0f} s for "
               f"{r['steps']} steps, median step {r['step_ms_median']} ms, "
-              f"{r['wall_s'] / results[0]['wall_s']:.2f}x the first's time",
+              f"{r['wall_s'] / results[0]['wall_s']:.2f}x the first's time; first step {r['first_step_s']} s, "
+              f"later steps {r['later_steps_s']} s, evals {r['evals_s']} s, other {r['other_s']} s",
               flush=True)
     print(json.dumps(results))
 
