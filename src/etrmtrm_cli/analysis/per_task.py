@@ -38,7 +38,7 @@ def per_task_accuracy(run: RunFiles, device: str = "cpu", batch_size: int | None
     from etrmtrm_cli.config import Experiment
     from etrmtrm_cli.data.dataset import build_arc_data
     from etrmtrm_cli.models.build import build_model
-    from etrmtrm_cli.training.evaluate import final_outputs, scores
+    from etrmtrm_cli.training.evaluate import leading_rows, scores
 
     exp = Experiment.model_validate(run.config)
     data = build_arc_data(exp.data, exp.seed)
@@ -52,13 +52,13 @@ def per_task_accuracy(run: RunFiles, device: str = "cpu", batch_size: int | None
     sums: dict[tuple[str, str], list[float]] = {}
 
     def score(batch: Any, split: str, limit: int) -> None:
-        inputs = batch.to(device).as_dict()
+        rows = min(limit, int(batch.valid.sum()))  # the rest: padding, or the next epoch's first examples
+        if rows == 0:
+            return
         with torch.inference_mode():
-            outputs = final_outputs(model, inputs)
+            inputs, outputs = leading_rows(model, batch, rows, device)
         _, acc, exact = (t.tolist() for t in scores(outputs["logits"], inputs["labels"]))
-        for row in range(min(limit, len(acc))):
-            if not bool(batch.valid[row]):
-                continue
+        for row in range(rows):
             entry = sums.setdefault((split, data.groups[int(batch.group_ids[row])].task.id), [0.0, 0.0, 0.0])
             entry[0] += 1
             entry[1] += acc[row]

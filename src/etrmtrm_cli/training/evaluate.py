@@ -83,6 +83,15 @@ def final_outputs(model: ACTModel, batch: Mapping[str, Tensor]) -> dict[str, Ten
     return outputs
 
 
+def leading_rows(model: ACTModel, batch: Batch, rows: int, device: torch.device
+                 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The first `rows` rows of `batch` on `device` and the outputs of their full eval rollout: the rows after
+    them (padding, or a batch's rows past the end of an epoch) cost nothing. Rows do not see each other, so their
+    outputs are those of the whole batch (tests/test_evaluate.py)."""
+    inputs = {k: v[:rows] for k, v in batch.to(device).as_dict().items()}
+    return inputs, final_outputs(model, inputs)
+
+
 def scores(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(predictions (B, S), token accuracy (B,) over the label positions, exactly right (B,) bool).
 
@@ -108,13 +117,10 @@ def evaluate(model: ACTModel, data: ArcData, batch_size: int, device: torch.devi
         if should_stop():
             model.train(was_training)
             return None
-        # Padding rows (valid False) fill the end of the last batch: only the real rows are run. Rows are
-        # independent, so this changes no prediction, and the cpu profile's 36 eval rows cost 36, not 64.
-        real = int(batch.valid.sum())
+        real = int(batch.valid.sum())  # padding rows fill the end of the last batch: the cpu profile has 36 of 64
         if real == 0:
             continue
-        inputs = {k: v[:real] for k, v in batch.to(device).as_dict().items()}
-        outputs = final_outputs(model, inputs)
+        inputs, outputs = leading_rows(model, batch, real, device)
         preds, token_acc, exact = scores(outputs["logits"], inputs["labels"])
         valid = inputs["valid"]
         sums += torch.stack([valid.sum(), token_acc[valid].sum(), exact[valid].sum()]).double()
