@@ -121,9 +121,8 @@ def evaluate(model: ACTModel, data: ArcData, batch_size: int, device: torch.devi
         if real == 0:
             continue
         inputs, outputs = leading_rows(model, batch, real, device)
-        preds, token_acc, exact = scores(outputs["logits"], inputs["labels"])
-        valid = inputs["valid"]
-        sums += torch.stack([valid.sum(), token_acc[valid].sum(), exact[valid].sum()]).double()
+        preds, token_acc, exact = scores(outputs["logits"], inputs["labels"])  # every row run is a real one
+        sums += torch.stack([token_acc.new_tensor(real), token_acc.sum(), exact.sum()]).double()
         _vote(votes, data, batch, preds.cpu().numpy(), torch.sigmoid(outputs["q_halt_logits"]).cpu())
     if world_size > 1:
         dist.all_reduce(sums)
