@@ -144,6 +144,21 @@ def test_rope_is_half_split() -> None:
     torch.testing.assert_close(k_rot[2], torch.tensor([0.0, math.cos(0.02), 0.0, math.sin(0.02)]))
 
 
+def test_rope_equals_trms_rotate_half_bit_for_bit() -> None:
+    """The tables' signed sin saves a negation; the numbers are TRM's q * cos + rotate_half(q) * sin, in float32."""
+    torch.manual_seed(0)
+    cos, signed_sin = RotaryEmbedding(head_dim=8, max_positions=5)()
+    sin = torch.cat((-signed_sin[:, :4], signed_sin[:, 4:]), dim=-1)
+    q, k = torch.randn(2, 3, 2, 5, 8).bfloat16()  # (B, H, T, hd) each
+
+    def trm(x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        return (x32 * cos + torch.cat((-x32[..., 4:], x32[..., :4]), dim=-1) * sin).bfloat16()
+
+    q_rot, k_rot = apply_rotary(q, k, cos, signed_sin)
+    assert torch.equal(q_rot, trm(q)) and torch.equal(k_rot, trm(k))
+
+
 def test_attention_key_mask_hides_keys_and_empty_rows_give_zeros() -> None:
     torch.manual_seed(0)
     attn = Attention(8, 2)

@@ -111,7 +111,10 @@ class Embedding(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE tables for positions 0..max_positions-1, half-split layout (rotate_half), float32."""
+    """RoPE tables for positions 0..max_positions-1, half-split layout (rotate_half), float32: (cos, signed_sin).
+
+    signed_sin is sin with its first half negated, so that TRM's rotate_half(x) * sin = cat(-x2, x1) * sin equals
+    cat(x2, x1) * signed_sin bit for bit (negation is exact) without a pass that negates x."""
 
     def __init__(self, head_dim: int, max_positions: int, theta: float = 10000.0) -> None:
         super().__init__()
@@ -120,27 +123,29 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(positions, inv_freq)  # (T, head_dim / 2)
         # Both halves share the frequencies: rotation pairs are (i, i + head_dim/2), not (2i, 2i+1).
         angles = torch.cat((freqs, freqs), dim=-1)  # (T, head_dim)
+        sign = torch.cat((-torch.ones_like(freqs[0]), torch.ones_like(freqs[0])))  # (head_dim,)
         self.cos: Tensor
-        self.sin: Tensor
+        self.signed_sin: Tensor
         self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.register_buffer("signed_sin", angles.sin() * sign, persistent=False)
 
     def forward(self) -> CosSin:
-        return self.cos, self.sin
+        return self.cos, self.signed_sin
 
 
-def _rotate_half(x: Tensor) -> Tensor:
+def _swap_halves(x: Tensor) -> Tensor:
     first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
+    return torch.cat((second, first), dim=-1)
 
 
-def apply_rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-    """Rotate q and k by tables broadcastable to them: (T, head_dim) for q, k (B, H, T, head_dim), or
-    (T, 1, head_dim) per token for packed q, k (T, H, head_dim). Math in the tables' dtype."""
+def apply_rotary(q: Tensor, k: Tensor, cos: Tensor, signed_sin: Tensor) -> tuple[Tensor, Tensor]:
+    """Rotate q and k by RotaryEmbedding's tables, broadcastable to them: (T, head_dim) for q, k (B, H, T, head_dim),
+    or (T, 1, head_dim) per token for packed q, k (T, H, head_dim). Math in the tables' dtype, as TRM's
+    q * cos + rotate_half(q) * sin."""
     dtype = q.dtype
     q32, k32 = q.to(cos.dtype), k.to(cos.dtype)
-    q_rot = q32 * cos + _rotate_half(q32) * sin
-    k_rot = k32 * cos + _rotate_half(k32) * sin
+    q_rot = q32 * cos + _swap_halves(q32) * signed_sin
+    k_rot = k32 * cos + _swap_halves(k32) * signed_sin
     return q_rot.to(dtype), k_rot.to(dtype)
 
 
@@ -167,12 +172,11 @@ def _matmul_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) 
     scores = torch.matmul(q * scale if exact else q, k.transpose(-1, -2))  # (B, H, Tq, Tk) in q's dtype
     if not exact:
         scores = scores.float() * scale
-    if key_mask is None:
-        scores = scores.float()
-    else:  # bfloat16 + float32 is float32: the cast and the mask in one pass
+    if key_mask is not None:  # bfloat16 + float32 is float32: the cast and the mask in one pass
         bias = torch.zeros(key_mask.shape, dtype=torch.float32, device=q.device).masked_fill(~key_mask, float("-inf"))
         scores = scores + bias[:, None, None, :]
-    return torch.matmul(scores.softmax(-1).to(q.dtype), v)
+    # softmax's dtype: bfloat16 scores are cast to float32 first, as scores.float().softmax(-1) would
+    return torch.matmul(torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype), v)
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
