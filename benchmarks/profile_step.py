@@ -10,7 +10,9 @@ ran: the FLOPs of the step's matmuls (mm/addmm/bmm/baddbmm) and of its attention
 the profiler recorded, over the time spent in them, against this machine's matmul peak in the step's dtype (a
 1024³ matmul). Attention forward is 2 matmuls of 2·B·H·Lq·Lk·hd FLOPs; torch's CPU flash attention backward
 recomputes the scores and runs 5. In bfloat16 on the CPU most attention runs as batched matmuls instead
-(`layers._attend`), counted with the matmuls. The last line is one JSON object.
+(`layers._attend`), counted with the matmuls. With `--compile --kernels`, inductor's generated C++ kernels are
+listed by name (`cpp_fused_<the ops fused>`) instead of as one call per compiled graph. The last line is one JSON
+object.
 """
 
 from __future__ import annotations
@@ -89,7 +91,10 @@ def main() -> None:
     parser.add_argument("--demos-used", default="3", help="a number, or 'arc' for ARC-AGI-1's distribution")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--kernels", action="store_true", help="time each of inductor's C++ kernels under --compile")
     args = parser.parse_args()
+    # Set before anything compiles; it makes the generated kernels record themselves with the profiler.
+    torch._inductor.config.cpp.enable_kernel_profile = args.kernels
     torch.set_num_threads(args.threads)
     batches, _ = seeded_batches(args)
     results = [profile_dtype(args, dtype, batches) for dtype in args.dtypes.split(",")]
