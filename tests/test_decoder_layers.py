@@ -148,7 +148,10 @@ def test_rope_equals_trms_rotate_half_bit_for_bit() -> None:
     """The tables' signed sin saves a negation; the numbers are TRM's q * cos + rotate_half(q) * sin, in float32."""
     torch.manual_seed(0)
     cos, signed_sin = RotaryEmbedding(head_dim=8, max_positions=5)()
-    sin = torch.cat((-signed_sin[:, :4], signed_sin[:, 4:]), dim=-1)
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, 8, 2, dtype=torch.float32) / 8))
+    angles = torch.outer(torch.arange(5, dtype=torch.float32), inv_freq).repeat(1, 2)  # (T, hd): TRM's tables
+    assert torch.equal(cos, angles.cos())
+    sin = angles.sin()
     q, k = torch.randn(2, 3, 2, 5, 8).bfloat16()  # (B, H, T, hd) each
 
     def trm(x: torch.Tensor) -> torch.Tensor:
