@@ -6,7 +6,8 @@ weights, same batches), alternating, so that a change in machine load hits both 
 
 The recompute (`models/layers.SwiGLU`) keeps no activation but the MLP's input for backward and computes
 gate_up(x) again there; the model does it in the encoders' calls and in the decoder's whose activations exceed
-`decoder.MLP_KEEP_MAX_BYTES` (the last column says how many of this experiment's training calls do). The last
+`decoder.MLP_KEEP_MAX_BYTES`, eager or compiled (the last column says how many of this experiment's eager training
+calls do). The last
 line is one JSON object.
 """
 
@@ -42,7 +43,7 @@ def with_every_swiglu(model: torch.nn.Module, change: Callable[[layers.SwiGLU], 
 
 
 def recompute_always(module: layers.SwiGLU) -> None:
-    module.keep_max_bytes = 0  # a limit of 0 bytes: every call recomputes
+    module.keep_max_bytes = module.compiled_keep_max_bytes = 0  # a limit of 0 bytes: every call recomputes
 
 
 def keep_always(module: layers.SwiGLU) -> None:
@@ -50,8 +51,7 @@ def keep_always(module: layers.SwiGLU) -> None:
 
 
 def recomputing_calls(model: torch.nn.Module, exp: object, data: object) -> tuple[int, int]:
-    """(calls that recompute by default, training calls) in one eager train step of `model` on the first batch
-    (compiled, every call recomputes)."""
+    """(calls that recompute by default, training calls) in one eager train step of `model` on the first batch."""
     counts = [0, 0]
 
     def count(module: layers.SwiGLU, args: tuple[Tensor, ...]) -> None:

@@ -100,10 +100,10 @@ def test_swiglu_gradients_equal_plain_autograd(autocast: bool, keep_max_bytes: i
 
 
 def test_swiglu_keeps_its_activations_up_to_the_limit_and_recomputes_above() -> None:
-    """Up to its keep_max_bytes an eager call keeps what plain autograd keeps (4W values per token); above it, and
-    compiled whatever the size, only its input x. torch.compile splits forward and backward itself, and the
-    recompute must survive it (a hand-written autograd.Function's did not: the compiler kept gate_up, 2W values per
-    token)."""
+    """Up to its limit, keep_max_bytes eager and compiled_keep_max_bytes compiled, a call keeps what plain autograd
+    keeps (4W values per token); above it only its input x. torch.compile splits forward and backward itself, and
+    the recompute must survive it (a hand-written autograd.Function's did not: the compiler kept gate_up, 2W values
+    per token)."""
     torch.manual_seed(0)
     mlp = SwiGLU(16, 4.0)  # W = 256
     x = torch.randn(3, 5, 16, requires_grad=True)
@@ -125,9 +125,12 @@ def test_swiglu_keeps_its_activations_up_to_the_limit_and_recomputes_above() -> 
     assert activations == 15 * 4 * 256 * 4
     mlp.keep_max_bytes = activations
     assert saved_bytes(mlp) == x.nbytes + activations  # the first matmul saves x itself
-    assert saved_bytes(torch.compile(mlp)) == x.nbytes
+    assert saved_bytes(torch.compile(mlp)) == x.nbytes  # compiled: its own limit, still 0
     mlp.keep_max_bytes = activations - 1
     assert saved_bytes(mlp) == x.nbytes
+    mlp.compiled_keep_max_bytes = activations
+    assert saved_bytes(torch.compile(mlp)) <= x.nbytes + activations  # the compiler may keep less than autograd
+    assert saved_bytes(torch.compile(mlp)) > x.nbytes  # but more than x: it kept, not recomputed
 
 
 def test_rope_is_half_split() -> None:

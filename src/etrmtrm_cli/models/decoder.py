@@ -44,14 +44,17 @@ class DecoderCarry:
     z_L: Tensor
 
 
-# An eager decoder MLP call keeps its activations for backward up to this size and recomputes them above it. The
-# demo encoders always recompute (their packed cells and their many small calls add up), and compiled every call
-# does (layers.SwiGLU). Recomputing costs 6-8 % of an eager step (`benchmarks/bench_recompute.py P0`, bfloat16,
-# tcmalloc, two runs: 1.06x and 1.08x) and pays only where the activations are large. At the cpu profile (32 x 116
-# tokens, W = 256) a call keeps 7.3 MiB in bfloat16 and 14.5 in float32, 6 calls a step: kept. At hidden 128
-# (W = 512) a bfloat16 call keeps 14.5 MiB, 10 a step: kept; a float32 one 29 MiB: recomputed, which is what holds
-# a hidden-128 float32 step under 1 GB.
-MLP_KEEP_MAX_BYTES = 16 * 2**20
+# A decoder MLP call keeps its activations for backward up to these sizes, (eager, compiled), and recomputes them
+# above (layers.SwiGLU); the demo encoders always recompute (their packed cells and their many small calls add up).
+# Eager, recomputing cost 6-8 % of a step (`benchmarks/bench_recompute.py P0`, bfloat16, tcmalloc, two runs: 1.06x
+# and 1.08x) and pays only where the activations are large. At the cpu profile (32 x 116 tokens, W = 256) a call
+# keeps 7.3 MiB in bfloat16 and 14.5 in float32, 6 calls a step; at hidden 128 (W = 512) 14.5 MiB in bfloat16, 10
+# a step, and 29 in float32. Eager, all but the last are kept; recomputing the last holds a hidden-128 float32 step
+# under 1 GB. Compiled steps hold more: keeping at hidden 128 in bfloat16 took `static` and `trm_style` to 1,010
+# and 1,039 MB (`bench_step.py`, 2 threads, tcmalloc; 852 and 944 recomputing), so compiled calls keep only up to
+# 8 MiB: the cpu profile's bfloat16 calls, where keeping made the compiled E0b step 1.031x [1.013, 1.049] as fast
+# (`benchmarks/bench_ab.py`, 60 rounds; docs/performance.md).
+MLP_KEEP_MAX_BYTES = (16 * 2**20, 8 * 2**20)
 
 
 class ReasoningNet(nn.Module):

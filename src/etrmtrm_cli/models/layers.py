@@ -358,30 +358,33 @@ class SwiGLU(nn.Module):
     """down(silu(gate) * up) with (gate, up) = gate_up(x).
 
     Plain autograd keeps 4W values per token for backward (gate_up's 2W, silu(gate) and the product), 16x D at
-    hidden 64 and 128, the largest activation of a step. Where one call's would exceed `keep_max_bytes` (0 by
-    default: in every call), and in every call under torch.compile, the MLP keeps only x, the norm's output that the
-    block keeps anyway, and backward recomputes gate_up(x): one more (..., D) x (D, 2W) matmul. Activation
-    checkpointing does it, because torch.compile honours it: a hand-written autograd.Function that recomputed in its
-    backward was merged back into the forward by the compiler, which then kept gate_up after all (499 instead of 186
-    MiB saved at hidden 128). Compiled, keeping showed no gain: whole cpu-profile E0b runs with the decoder keeping
-    took 1.06x as long, 95 % interval [0.86, 1.31] (n = 2 pairs, docs/performance.md). Same numbers either way
-    (tests/test_decoder_layers.py compares them bit for bit).
+    hidden 64 and 128, the largest activation of a step. Where one call's would exceed `keep_max_bytes`, or
+    `compiled_keep_max_bytes` under torch.compile (both 0 by default: in every call), the MLP keeps only x, the
+    norm's output that the block keeps anyway, and backward recomputes gate_up(x): one more (..., D) x (D, 2W)
+    matmul. Activation checkpointing does it, because torch.compile honours it: a hand-written autograd.Function
+    that recomputed in its backward was merged back into the forward by the compiler, which then kept gate_up after
+    all (499 instead of 186 MiB saved at hidden 128). Compiled steps hold more memory than eager ones, hence a limit
+    of their own (decoder.MLP_KEEP_MAX_BYTES). Same numbers either way (tests/test_decoder_layers.py compares them
+    bit for bit).
     """
 
-    def __init__(self, hidden_size: int, expansion: float, keep_max_bytes: int = 0) -> None:
+    def __init__(self, hidden_size: int, expansion: float, keep_max_bytes: int = 0,
+                 compiled_keep_max_bytes: int = 0) -> None:
         super().__init__()
         width = swiglu_width(hidden_size, expansion)
         self.gate_up = Linear(hidden_size, 2 * width)
         self.down = Linear(width, hidden_size)
         self.keep_max_bytes = keep_max_bytes
+        self.compiled_keep_max_bytes = compiled_keep_max_bytes
 
     def kept_bytes(self, x: Tensor) -> int:
         """What plain autograd would keep for backward in a call on x (..., D): 4W values per token."""
         return x.shape[:-1].numel() * 4 * self.down.weight.shape[1] * x.element_size()
 
     def recomputes(self, x: Tensor) -> bool:
-        """Whether a training call on x keeps only x for backward (compiled: always, and no guard on x's size)."""
-        return torch.compiler.is_compiling() or self.kept_bytes(x) > self.keep_max_bytes
+        """Whether a training call on x keeps only x for backward (its size is static in training: no recompiles)."""
+        limit = self.compiled_keep_max_bytes if torch.compiler.is_compiling() else self.keep_max_bytes
+        return self.kept_bytes(x) > limit
 
     def forward(self, x: Tensor) -> Tensor:
         # x: (..., D) -> (..., D)
@@ -395,14 +398,14 @@ class Block(nn.Module):
     """Self-attention + SwiGLU with parameter-free RMSNorm, post-norm (TRM) or pre-norm (LPN)."""
 
     def __init__(self, hidden_size: int, num_heads: int, expansion: float, eps: float = 1e-5,
-                 norm_style: Literal["post", "pre"] = "post", mlp_keep_max_bytes: int = 0) -> None:
+                 norm_style: Literal["post", "pre"] = "post", mlp_keep_max_bytes: tuple[int, int] = (0, 0)) -> None:
         super().__init__()
         if norm_style not in ("post", "pre"):
             raise ValueError(f"norm_style must be 'post' or 'pre', not {norm_style!r}")
         self.norm_style = norm_style
         self.eps = eps
         self.attn = Attention(hidden_size, num_heads)
-        self.mlp = SwiGLU(hidden_size, expansion, mlp_keep_max_bytes)
+        self.mlp = SwiGLU(hidden_size, expansion, *mlp_keep_max_bytes)  # (eager, compiled) limits
 
     def forward(self, x: Tensor, rope: CosSin | None = None, key_mask: Tensor | None = None,
                 packing: Packing | None = None) -> Tensor:
