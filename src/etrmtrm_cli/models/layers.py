@@ -382,7 +382,8 @@ class SwiGLU(nn.Module):
         return x.shape[:-1].numel() * 4 * self.down.weight.shape[1] * x.element_size()
 
     def recomputes(self, x: Tensor) -> bool:
-        """Whether a training call on x keeps only x for backward (its size is static in training: no recompiles)."""
+        """Whether a training call on x keeps only x for backward. Compiled, the size test becomes a guard: the
+        decoder's x is the same size at every training step, and the encoders' limit of 0 holds for any size."""
         limit = self.compiled_keep_max_bytes if torch.compiler.is_compiling() else self.keep_max_bytes
         return self.kept_bytes(x) > limit
 
