@@ -106,8 +106,14 @@ class Embedding(nn.Module):
         return self.weight if self.cast_to is None else self.weight.to(self.cast_to)
 
     def forward(self, ids: Tensor) -> Tensor:
-        # ids: (...) int -> (..., D)
-        return F.embedding(ids, self.table())
+        # ids: (...) int -> (..., D). A one-hot matmul with the float32 table rather than F.embedding on the cast table:
+        # the same rows exactly (1·w + 0·...), and a backward that sums each row's gradient in float32. F.embedding's
+        # eager CPU backward sums it in the table's dtype: in bfloat16 the thousands of cells of one colour in a batch
+        # lost most of their sum (tests/test_decoder_layers.py). Compiled, it summed in float32, as atomic adds that
+        # both threads contend for. For small vocabularies (12 rows here): the one-hot holds V values per id.
+        one_hot = F.one_hot(ids.long(), self.weight.shape[0]).to(self.weight.dtype)  # (..., V)
+        rows = one_hot @ self.weight  # (..., D) float32
+        return rows if self.cast_to is None else rows.to(self.cast_to)
 
 
 class RotaryEmbedding(nn.Module):
