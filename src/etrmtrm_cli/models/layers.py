@@ -4,9 +4,10 @@ Everything here reproduces the arithmetic of TRM's reference layers (models/laye
 checkpoint gives the same numbers in our decoder: parameter-free RMSNorm computed in float32, linears
 whose float32 master weights are cast to the activations' dtype at forward (the model can compute in
 bfloat16 while the optimizer keeps float32), truncated-LeCun init, half-split RoPE and SwiGLU with
-TRM's width rule. One departure, for speed and only in bfloat16 on the CPU: attention runs as two batched
+TRM's width rule. Two departures, both only in bfloat16 on the CPU. For speed, attention runs as two batched
 matmuls around a float32 softmax, not torch's flash kernel (`_attend`); its scores are rounded to bfloat16 before
-the softmax, which flash attention keeps in float32.
+the softmax, which flash attention keeps in float32. For accuracy, a token table's gradient is summed in float32
+(`Embedding`), as TRM's lookup does on CUDA, where on the CPU it sums in bfloat16.
 """
 
 from __future__ import annotations
