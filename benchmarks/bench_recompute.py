@@ -7,8 +7,7 @@ weights, same batches), alternating, so that a change in machine load hits both 
 The recompute (`models/layers.SwiGLU`) keeps no activation but the MLP's input for backward and computes
 gate_up(x) again there; the model does it in the encoders' calls and in the decoder's whose activations exceed
 `decoder.MLP_KEEP_MAX_BYTES`, eager or compiled (the last column says how many of this experiment's eager training
-calls do). The last
-line is one JSON object.
+calls do). The last line is one JSON object.
 """
 
 from __future__ import annotations
