@@ -51,7 +51,7 @@ class DecoderCarry:
 # keeps 7.3 MiB in bfloat16 and 14.5 in float32, 6 calls a step; at hidden 128 (W = 512) 14.5 MiB in bfloat16, 10
 # a step, and 29 in float32. Eager, all but the last are kept; recomputing the last holds a hidden-128 float32 step
 # under 1 GB. Compiled steps hold more: keeping at hidden 128 in bfloat16 took `static` and `trm_style` to 947-1,010
-# and 996-1,039 MB (`bench_step.py`, 2 threads, tcmalloc, two runs; 852-855 and 906-944 recomputing), at the 1 GB
+# and 996-1,039 MB (`bench_step.py`, 2 threads, tcmalloc, two runs; 852-855 and 902-944 recomputing), at the 1 GB
 # limit, so compiled calls keep only up to 8 MiB: the cpu profile's bfloat16 calls, where keeping made the compiled
 # E0b step 1.031x [1.013, 1.049] and 1.020x [1.004, 1.037] as fast (`benchmarks/bench_ab.py`, 60 rounds each, two
 # runs; docs/performance.md).
