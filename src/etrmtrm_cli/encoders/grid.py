@@ -23,6 +23,15 @@ from etrmtrm_cli.models.layers import Block, Embedding, Packing, RotaryEmbedding
 PAD = 0
 VOCAB = 12
 
+# A block's MLP keeps its activations for backward in compiled calls up to this size and recomputes them above, and
+# in every eager call (layers.SwiGLU's (eager, compiled) limits). A call keeps 4W values per packed cell: 4 KiB in
+# bfloat16 at hidden 128 (W = 512), about 32 MiB for the ~8,000 cells of a batch there; half that per cell at the cpu
+# profile. Keeping made the compiled bfloat16 `recurrent_standard` step at hidden 128 1.088x [1.063, 1.114] as fast
+# under glibc's malloc and 1.017x [1.005, 1.029] under tcmalloc, the cpu profile's 1.016x [0.995, 1.039]
+# (`benchmarks/bench_ab.py`, 40-60 rounds; docs/performance.md), for 20-50 MB more peak RSS (hidden-128 steps
+# stay under 1 GB). Eager calls recompute: an eager float32 step at hidden 128 is already near 1 GB.
+MLP_KEEP_MAX_BYTES = (0, 64 * 2**20)
+
 
 class DemoGridEncoder(nn.Module):
     def __init__(self, arch: ArchConfig, seq_len: int) -> None:
@@ -39,7 +48,8 @@ class DemoGridEncoder(nn.Module):
         # Input cells sit at positions [0, S²), output cells at [S², 2S²), as on the full canvas.
         self.rotary = RotaryEmbedding(d // arch.num_heads, 2 * seq_len, arch.rope_theta)
         self.blocks = nn.ModuleList(
-            Block(d, arch.num_heads, arch.expansion, arch.rms_norm_eps, norm_style=arch.encoder_norm_style)
+            Block(d, arch.num_heads, arch.expansion, arch.rms_norm_eps, norm_style=arch.encoder_norm_style,
+                  mlp_keep_max_bytes=MLP_KEEP_MAX_BYTES)
             for _ in range(arch.encoder_num_layers)
         )
 

@@ -45,7 +45,7 @@ class DecoderCarry:
 
 
 # A decoder MLP call keeps its activations for backward up to these sizes, (eager, compiled), and recomputes them
-# above (layers.SwiGLU); the demo encoders always recompute (their packed cells and their many small calls add up).
+# above (layers.SwiGLU); the demo encoders' own limits are in encoders/grid.py.
 # Eager, recomputing cost 6-8 % of a step (`benchmarks/bench_recompute.py P0`, bfloat16, tcmalloc, two runs: 1.06x
 # and 1.08x) and pays only where the activations are large. At the cpu profile (32 x 116 tokens, W = 256) a call
 # keeps 7.3 MiB in bfloat16 and 14.5 in float32, 6 calls a step; at hidden 128 (W = 512) 14.5 MiB in bfloat16, 10

@@ -390,7 +390,8 @@ class SwiGLU(nn.Module):
 
     def recomputes(self, x: Tensor) -> bool:
         """Whether a training call on x keeps only x for backward. Compiled, the size test becomes a guard: the
-        decoder's x is the same size at every training step, and the encoders' limit of 0 holds for any size."""
+        decoder's x is the same size at every training step, and a demo encoder's packed cells stay below or above
+        its limit across batches (encoders/grid.py)."""
         limit = self.compiled_keep_max_bytes if torch.compiler.is_compiling() else self.keep_max_bytes
         return self.kept_bytes(x) > limit
 
