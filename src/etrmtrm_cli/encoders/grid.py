@@ -28,7 +28,7 @@ VOCAB = 12
 # bfloat16 at hidden 128 (W = 512), about 32 MiB for the ~8,000 cells of a batch there; half that per cell at the cpu
 # profile. Keeping made the compiled bfloat16 `recurrent_standard` step at hidden 128 1.088x [1.063, 1.114] as fast
 # under glibc's malloc and 1.017x [1.005, 1.029] under tcmalloc, the cpu profile's 1.016x [0.995, 1.039]
-# (`benchmarks/bench_ab.py`, 40-60 rounds; docs/performance.md), for 20-50 MB more peak RSS (hidden-128 steps
+# (`benchmarks/bench_ab.py`, 40-60 rounds; docs/performance.md), for 20-90 MB more peak RSS (hidden-128 steps
 # stay under 1 GB). Eager calls recompute: an eager float32 step at hidden 128 is already near 1 GB.
 MLP_KEEP_MAX_BYTES = (0, 64 * 2**20)
 
