@@ -18,8 +18,9 @@ from etrmtrm_cli.analysis.diagnose.subject import build as build_subject_model
 from etrmtrm_cli.analysis.diagnose.subject import fresh_subject
 from etrmtrm_cli.cli import app
 from etrmtrm_cli.data.dataset import build_arc_data
+from etrmtrm_cli.encoders import grid
 from etrmtrm_cli.models.build import build_model
-from etrmtrm_cli.models.layers import Block
+from etrmtrm_cli.models.layers import Block, swiglu_width
 from etrmtrm_cli.training import runtime
 from etrmtrm_cli.training.distributed import DistContext
 from etrmtrm_cli.training.optim import build_optimizers
@@ -179,6 +180,31 @@ def test_a_bfloat16_run_on_this_cpu_warns_even_when_quiet_and_records_it(tmp_pat
     assert json.loads((tmp_path / "E0b" / "config.json").read_text())["arch"]["forward_dtype"] == "float32"
 
 
+def graphs_compiled_over(batches: list[dict[str, Any]], exp: Any, seq_len: int, num_puzzle_ids: int,
+                         after_step: int = 0) -> int:
+    """Train a fresh compiled model (dynamo with the eager backend: the guards without inductor) on `batches`, one
+    step each; -> how many graphs dynamo compiled after step `after_step`."""
+    torch.manual_seed(0)
+    model = build_model(exp, seq_len, num_puzzle_ids).train()
+    torch._dynamo.reset()
+    parts = Trainable(model, torch.compile(model, backend="eager"), build_optimizers(model, exp))
+    state = fresh_state(model, batches[0], exp.seed)
+    ctx = DistContext(0, 1, CPU)
+    compiled_before = counters["stats"]["unique_graphs"]
+    for step, batch in enumerate(batches):
+        if step == after_step:
+            compiled_before = counters["stats"]["unique_graphs"]
+        train_step(parts, batch, state, exp, ctx, 100)
+    compiled = counters["stats"]["unique_graphs"] - compiled_before
+    torch._dynamo.reset()
+    return compiled
+
+
+def packed_cells(batch: dict[str, Any]) -> int:
+    """The demo cells a batch packs (its non-PAD demo tokens)."""
+    return int((batch["demo_inputs"] != 0).sum() + (batch["demo_labels"] != 0).sum())
+
+
 def test_a_compiled_model_stops_recompiling_once_the_packing_sizes_vary() -> None:
     """Every batch packs a different number of demo cells into different attention buckets. The bucketed
     attention stays eager (outside the graphs), so the graphs see one varying size, which dynamo makes
@@ -186,22 +212,29 @@ def test_a_compiled_model_stops_recompiling_once_the_packing_sizes_vary() -> Non
     every new bucket length compiled again, until dynamo's cache limit sent the encoder back to eager."""
     exp = tiny("E0b", ["train.global_batch_size=512", "arch.halt_max_steps=2"])
     data = build_arc_data(exp.data, exp.seed)
-    torch.manual_seed(0)
-    model = build_model(exp, data.seq_len, data.num_puzzle_ids).train()
-    torch._dynamo.reset()
-    parts = Trainable(model, torch.compile(model, backend="eager"), build_optimizers(model, exp))
-    state = fresh_state(model, data.train_batch(0, exp.train.batch_size).as_dict(), exp.seed)
-    ctx = DistContext(0, 1, CPU)
-    sizes = set()
-    for step in range(8):
-        batch = data.train_batch(step, exp.train.batch_size).as_dict()
-        if step == 4:
-            compiled_after_warmup = counters["stats"]["unique_graphs"]
-        sizes.add(int((batch["demo_inputs"] != 0).sum() + (batch["demo_labels"] != 0).sum()))
-        train_step(parts, batch, state, exp, ctx, 100)
-    assert len(sizes) >= 4  # the batches did vary in packed size
-    assert counters["stats"]["unique_graphs"] == compiled_after_warmup
-    torch._dynamo.reset()
+    batches = [data.train_batch(step, exp.train.batch_size).as_dict() for step in range(8)]
+    assert len({packed_cells(batch) for batch in batches}) >= 4  # the batches do vary in packed size
+    assert graphs_compiled_over(batches, exp, data.seq_len, data.num_puzzle_ids, after_step=4) == 0
+
+
+def test_batches_on_both_sides_of_the_encoders_mlp_keep_limit_compile_once_more_not_per_batch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compiled demo-encoder MLP keeps or recomputes by its packed size (grid.MLP_KEEP_MAX_BYTES), a guard in
+    the graph. With the limit among the batches' sizes, batches fall on both sides of it in turn: that compiles
+    each encoder layer's graph once more at most, against the same batches all below it, not once per batch."""
+    exp = tiny("E0b", ["train.global_batch_size=512", "arch.halt_max_steps=2"])
+    data = build_arc_data(exp.data, exp.seed)
+    batches = [data.train_batch(step, exp.train.batch_size).as_dict() for step in range(12)]
+    dtype = getattr(torch, exp.arch.forward_dtype)
+    cell_bytes = 4 * swiglu_width(exp.arch.hidden_size, exp.arch.expansion) * dtype.itemsize  # 4W values a cell
+    kept = sorted(packed_cells(batch) * cell_bytes for batch in batches)  # what each batch's MLP call keeps
+    limit = kept[len(kept) // 2]
+    assert kept[0] <= limit < kept[-1]
+    monkeypatch.setattr(grid, "MLP_KEEP_MAX_BYTES", (0, 2**40))
+    all_below = graphs_compiled_over(batches, exp, data.seq_len, data.num_puzzle_ids)
+    monkeypatch.setattr(grid, "MLP_KEEP_MAX_BYTES", (0, limit))
+    both_sides = graphs_compiled_over(batches, exp, data.seq_len, data.num_puzzle_ids)
+    assert 0 < both_sides - all_below <= exp.arch.encoder_num_layers
 
 
 def test_a_compiled_block_with_the_hand_written_rms_norm_is_kept_in_aotautograds_cache() -> None:

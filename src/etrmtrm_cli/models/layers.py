@@ -390,8 +390,8 @@ class SwiGLU(nn.Module):
 
     def recomputes(self, x: Tensor) -> bool:
         """Whether a training call on x keeps only x for backward. Compiled, the size test becomes a guard: the
-        decoder's x is the same size at every training step, and a demo encoder's packed cells stay below or above
-        its limit across batches (encoders/grid.py)."""
+        decoder's x is the same size at every training step; a demo encoder's packed cells vary by batch, and the
+        first batch on the other side of its limit (encoders/grid.py) compiles one graph more, no further."""
         limit = self.compiled_keep_max_bytes if torch.compiler.is_compiling() else self.keep_max_bytes
         return self.kept_bytes(x) > limit
 
