@@ -20,7 +20,8 @@ from etrmtrm_cli.cli import app
 from etrmtrm_cli.data.dataset import build_arc_data
 from etrmtrm_cli.encoders import grid
 from etrmtrm_cli.models.build import build_model
-from etrmtrm_cli.models.layers import Block, swiglu_width
+from etrmtrm_cli.models.decoder import compute_dtype
+from etrmtrm_cli.models.layers import Block, SwiGLU
 from etrmtrm_cli.training import runtime
 from etrmtrm_cli.training.distributed import DistContext
 from etrmtrm_cli.training.optim import build_optimizers
@@ -190,7 +191,6 @@ def graphs_compiled_over(batches: list[dict[str, Any]], exp: Any, seq_len: int, 
     parts = Trainable(model, torch.compile(model, backend="eager"), build_optimizers(model, exp))
     state = fresh_state(model, batches[0], exp.seed)
     ctx = DistContext(0, 1, CPU)
-    compiled_before = counters["stats"]["unique_graphs"]
     for step, batch in enumerate(batches):
         if step == after_step:
             compiled_before = counters["stats"]["unique_graphs"]
@@ -225,9 +225,9 @@ def test_batches_on_both_sides_of_the_encoders_mlp_keep_limit_compile_once_more_
     exp = tiny("E0b", ["train.global_batch_size=512", "arch.halt_max_steps=2"])
     data = build_arc_data(exp.data, exp.seed)
     batches = [data.train_batch(step, exp.train.batch_size).as_dict() for step in range(12)]
-    dtype = getattr(torch, exp.arch.forward_dtype)
-    cell_bytes = 4 * swiglu_width(exp.arch.hidden_size, exp.arch.expansion) * dtype.itemsize  # 4W values a cell
-    kept = sorted(packed_cells(batch) * cell_bytes for batch in batches)  # what each batch's MLP call keeps
+    mlp, dtype = SwiGLU(exp.arch.hidden_size, exp.arch.expansion), compute_dtype(exp.arch.forward_dtype)
+    kept = sorted(mlp.kept_bytes(torch.empty(packed_cells(batch), exp.arch.hidden_size, dtype=dtype, device="meta"))
+                  for batch in batches)  # what each batch's encoder MLP call keeps
     limit = kept[len(kept) // 2]
     assert kept[0] <= limit < kept[-1]
     monkeypatch.setattr(grid, "MLP_KEEP_MAX_BYTES", (0, 2**40))
