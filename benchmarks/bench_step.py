@@ -11,7 +11,10 @@ Grids are random valid ARC grids of random sizes inside the canvas (EOS row and 
 `--reference-path /path/to/etrm` (a checkout of github.com/bdsaglam/etrm, imported at runtime) also times
 the public ETRM code's step on the same batches (ETRM for `static`, ETRMTRM for `recurrent_standard`), in
 alternation with ours so that a change in machine load hits both alike; `--reference-only` times it alone, for
-its own peak RSS. Both models use torch's AdamW; `--compile` compiles both.
+its own peak RSS. Both models use torch's AdamW; `--compile` compiles both. Both run on the same malloc, the
+process's (printed): glibc's unless tcmalloc is preloaded (`LD_PRELOAD=.../libtcmalloc_minimal.so.4`, which `train`
+does by itself, allocator.py). The ratio depends on it: the public code's step gained far more from tcmalloc than
+ours did (docs/performance.md), so measure under both.
 `--memory-budget B` (with `--compile`) sets torch's activation_memory_budget: below 1, the compiled backward
 recomputes activations instead of keeping them, for less memory and more time. Peak RSS is reported twice: over
 the whole process (imports, compile, warmup) and over the timed steps only (the kernel's high-water mark, reset
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 from bench_decoder import reference_on_path, time_steps
 
+from etrmtrm_cli.allocator import loaded_allocator
 from etrmtrm_cli.config import ArchConfig, DataConfig, Experiment, TrainConfig
 from etrmtrm_cli.data.canvas import encode_grid, encode_labels
 from etrmtrm_cli.models.build import build_model, encoder_parameters
@@ -213,11 +217,11 @@ def main() -> None:
         "steps_peak_rss_mb": steps_peak_rss_mb(), "memory_budget": args.memory_budget,
         "params_encoder": params_encoder, "params_decoder": params_all - params_encoder,
         "demos_used": "arc" if counts else args.demos_used, "dtype": args.dtype, "threads": args.threads,
-        "compile": args.compile, "timed": name,
+        "compile": args.compile, "timed": name, "malloc": loaded_allocator(),
     }
     line = (f"{args.encoder} ({name}): {result['ms_median']} ms/step median ({result['ms_min']} min), "
             f"{result['samples_per_s']} samples/s, peak RSS {result['peak_rss_mb']} MB "
-            f"({result['steps_peak_rss_mb']} MB over the timed steps)")
+            f"({result['steps_peak_rss_mb']} MB over the timed steps), malloc {result['malloc']}")
     if len(steps) == 2:
         ref_ms = statistics.median(times["reference"])
         result.update(reference_ms_median=round(ref_ms, 2), speedup_over_reference=round(ref_ms / ms, 3))
