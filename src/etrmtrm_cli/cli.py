@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from etrmtrm_cli import __version__, render
-from etrmtrm_cli.allocator import AllocatorChoiceError, reexec_with_allocator
+from etrmtrm_cli.allocator import AllocatorChoiceError, reexec_with_tcmalloc
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.errors import ConfigError, EtrmtrmError
 from etrmtrm_cli.experiments_file import ExperimentsFile, load_experiments
@@ -420,7 +420,7 @@ PIPE_WIDTH = 200
 
 def main() -> None:
     try:
-        reexec_with_allocator()  # returns where it does not re-execute (see allocator.py)
+        reexec_with_tcmalloc()  # returns where it does not re-execute (see allocator.py)
     except AllocatorChoiceError as err:
         err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         raise SystemExit(1) from None
