@@ -191,9 +191,10 @@ def graphs_compiled_over(batches: list[dict[str, Any]], exp: Any, seq_len: int, 
     parts = Trainable(model, torch.compile(model, backend="eager"), build_optimizers(model, exp))
     state = fresh_state(model, batches[0], exp.seed)
     ctx = DistContext(0, 1, CPU)
-    for step, batch in enumerate(batches):
-        if step == after_step:
-            compiled_before = counters["stats"]["unique_graphs"]
+    for batch in batches[:after_step]:
+        train_step(parts, batch, state, exp, ctx, 100)
+    compiled_before = counters["stats"]["unique_graphs"]
+    for batch in batches[after_step:]:
         train_step(parts, batch, state, exp, ctx, 100)
     compiled = counters["stats"]["unique_graphs"] - compiled_before
     torch._dynamo.reset()
