@@ -695,12 +695,15 @@ def test_baselines_of_a_run_rebuild_its_data(tmp_path: Path) -> None:
 
 
 def test_per_task_table_pools_seeds_and_is_sorted_by_the_difference() -> None:
-    a = pool_seeds([{("train", "t1"): (0.5, 0.0), ("train", "t2"): (0.9, 1.0), ("eval", "e1"): (0.2, 0.0)},
-                    {("train", "t1"): (0.5, 0.0), ("train", "t2"): (0.9, 0.5), ("eval", "e1"): (0.2, 0.0)}])
-    b = pool_seeds([{("train", "t1"): (0.7, 0.0), ("train", "t2"): (0.6, 0.0), ("eval", "e1"): (0.2, 0.0)}])
+    # (accuracy, exact rate, pass@2) per seed: "solved" counts the seeds whose pass@2 is 1, exact or not
+    t1, t2, e1 = ("train", "t1"), ("train", "t2"), ("eval", "e1")
+    a = pool_seeds([{t1: (0.5, 0.0, 0.0), t2: (0.9, 1.0, 1.0), e1: (0.2, 0.0, 0.5)},
+                    {t1: (0.5, 0.0, 0.0), t2: (0.9, 0.5, 0.5), e1: (0.2, 0.0, 1.0)}])
+    b = pool_seeds([{t1: (0.7, 0.0, 0.0), t2: (0.6, 0.0, 0.0), e1: (0.2, 0.0, 1.0)}])
     table = per_task_table(a, b)
     assert [t.task_id for t in table] == ["t2", "e1", "t1"]
     assert table[0] == TaskScore("t2", "train", (0.9, 0.6), (0.75, 0.0), ("1/2", "0/1"))
+    assert table[1] == TaskScore("e1", "eval", (0.2, 0.2), (0.0, 0.0), ("1/2", "1/1"))
     assert table[0].difference == pytest.approx(-0.3)
 
 
@@ -716,6 +719,12 @@ def test_per_puzzle_evaluates_both_final_models(tmp_path: Path) -> None:
         assert task in result.output
     three = invoke("E0a", "E0b", "E0a", "--runs-dir", str(tmp_path), "--per-puzzle")
     assert three.exit_code == 1 and "--per-puzzle shows two experiments side by side; got 3" in three.output
+    # An unfinished run counts in no mean, so --per-puzzle does not evaluate it either.
+    summary = tmp_path / "E0b" / rundir.SUMMARY
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "interrupted"}))
+    unfinished = invoke("E0a", "E0b", "--runs-dir", str(tmp_path), "--per-puzzle")
+    assert unfinished.exit_code == 1, unfinished.output
+    assert "--per-puzzle evaluates finished runs only; E0b has none yet" in unfinished.output
 
 
 def test_train_with_seeds_then_compare_shows_intervals_and_pools_identical_configs(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from etrmtrm_cli.models.act import ACTModel
 from etrmtrm_cli.models.build import build_model
 from etrmtrm_cli.rundir import load_run
 from etrmtrm_cli.training.distributed import DistContext
+from etrmtrm_cli.training.evaluate import evaluate
 from etrmtrm_cli.training.loop import TrainOptions, train
 
 SINGLE = DistContext(0, 1, CPU)
@@ -103,6 +104,7 @@ def test_per_task_numbers_of_a_model_that_copies_its_input(tmp_path: Path) -> No
         for key, (acc, exact) in expected.items():
             assert got[key][0] == pytest.approx(acc, abs=1e-6), (size, key)
             assert got[key][1] == pytest.approx(exact, abs=1e-6), (size, key)
+            assert got[key][2] == pytest.approx(exact, abs=1e-6), (size, key)  # one view per query: one vote
 
 
 def rollout_scores(model: torch.nn.Module, batch: Batch, steps: int) -> list[tuple[int, float, bool]]:
@@ -152,3 +154,9 @@ def test_per_task_numbers_of_a_trained_run_match_our_own_rollout(tmp_path: Path)
     for key, (acc, exact) in expected.items():
         assert got[key][0] == pytest.approx(acc, abs=1e-6), key
         assert got[key][1] == pytest.approx(exact, abs=1e-6), key
+        if key[0] == "train":  # one view per query in an epoch of the training stream
+            assert got[key][2] == got[key][1], key
+    # The eval's views vote: the tasks' pass@2, averaged, is the eval's own (in batches of another size).
+    assert exp.data.eval_num_aug > 0
+    eval_pass = [got[key][2] for key in got if key[0] == "eval"]
+    assert statistics.fmean(eval_pass) == pytest.approx(evaluate(model, data, 4, CPU)["eval/pass@2"], abs=1e-9)

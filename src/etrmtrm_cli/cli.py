@@ -21,7 +21,7 @@ from rich.markup import escape
 from etrmtrm_cli import __version__, render
 from etrmtrm_cli.allocator import AllocatorChoiceError, reexec_with_tcmalloc
 from etrmtrm_cli.config import Experiment
-from etrmtrm_cli.errors import ConfigError, EtrmtrmError
+from etrmtrm_cli.errors import ConfigError, EtrmtrmError, RunError
 from etrmtrm_cli.experiments_file import ExperimentsFile, load_experiments
 from etrmtrm_cli.train_command import train_arguments
 
@@ -346,8 +346,9 @@ def compare(
         "--plot", help="Also plot the training curves into this PNG (needs pip install 'etrmtrm\\[plot]').",
         dir_okay=False)] = None,
     per_puzzle: Annotated[bool, typer.Option(
-        "--per-puzzle", help="Per-task accuracy of two experiments side by side, over their seeds (how many seeds "
-                            "solve each task): evaluates every seed's final model.")] = False,
+        "--per-puzzle", help="Per-task accuracy of two experiments side by side, over their seeds (and in how many "
+                            "the task is solved: pass@2, the eval's views voting): evaluates every finished seed's "
+                            "final model.")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda (for --per-puzzle)")] = "cpu",
 ) -> None:
     """The plan's comparison matrix, trivial baselines, config differences and verdict (scenarios A-D, red flags).
@@ -375,7 +376,10 @@ def compare(
     per_task = []
     if per_puzzle:
         chosen = str(pick_device(device))
-        pooled = [pool_seeds([per_task_accuracy(r, chosen) for r in result.runs if r.exp_id == name]) for name in runs]
+        counted = [result.counted_runs(name) for name in runs]  # finished runs, one per seed, as in every mean
+        if missing := [name for name, found in zip(runs, counted, strict=True) if not found]:
+            raise RunError(f"--per-puzzle evaluates finished runs only; {', '.join(missing)} has none yet")
+        pooled = [pool_seeds([per_task_accuracy(r, chosen) for r in found]) for found in counted]
         per_task = per_task_table(*pooled)
         console.print(report_render.per_task_table(per_task, (runs[0], runs[1])))
     if plot is not None:

@@ -299,9 +299,13 @@ def verdict_text(v: Verdict) -> Group:
     return Group(*parts)
 
 
+PER_TASK_COLUMNS = "exact: the rate over every view of every query; solved: in how many seeds pass@2 is 100 %"
+
+
 def per_task_table(scores: Sequence[TaskScore], names: tuple[str, str]) -> Table:
     a, b = names
-    table = Table(title=f"Per task: {a} vs {b} (token accuracy; sorted by {b} − {a})", title_justify="left")
+    table = Table(title=f"Per task: {a} vs {b} (token accuracy, sorted by {b} − {a}; {PER_TASK_COLUMNS})",
+                  title_justify="left")
     for header in task_headers(a, b):
         table.add_column(header, justify="left" if header in ("task", "split") else "right")
     for s in scores:
@@ -379,6 +383,6 @@ def comparison_markdown(cmp: Comparison, markdown_path: Path, plot: Path | None 
             out.append(f"{'  ' * (indent - 1)}- {text}")
     if per_task:
         names = (named[0], named[1])
-        out += ["", f"## Per task ({names[1]} − {names[0]})", "",
+        out += ["", f"## Per task ({names[1]} − {names[0]})", "", f"Token accuracy; {PER_TASK_COLUMNS}.", "",
                 _md_table(task_headers(*names), [_task_cells(s) for s in per_task])]
     return "\n".join(out).rstrip() + "\n"

@@ -58,6 +58,12 @@ class Comparison:
     runs_dir: Path = Path("runs")
     per_task: list[TaskScore] = field(default_factory=list)
 
+    def counted_runs(self, exp_id: str) -> list[RunFiles]:
+        """exp_id's runs that the figures count: finished, one per seed (Configuration.seeds)."""
+        counted = [row for config in self.configs for row in config.seeds.values()]
+        return [run for run, row in zip(self.runs, self.rows, strict=True)
+                if run.exp_id == exp_id and any(row is c for c in counted)]
+
 
 def compare_runs(runs_dir: Path, exp_ids: Sequence[str], *, with_baselines: bool = True) -> Comparison:
     runs = rundir.load_runs(runs_dir, exp_ids)

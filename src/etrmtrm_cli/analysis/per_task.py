@@ -15,7 +15,8 @@ from etrmtrm_cli.rundir import RunFiles
 @dataclass(frozen=True)
 class TaskScore:
     """--per-puzzle: one task under each of the two experiments, over their seeds: mean token accuracy, mean
-    exact rate, and in how many seeds every query of the task was exactly right ("2/3")."""
+    exact rate (over every row: each query in each augmented view), and in how many seeds the task was solved
+    ("2/3"): ARC's pass@2, every query's true output among the two answers its views voted for most."""
 
     task_id: str
     split: str  # train | eval
@@ -30,15 +31,18 @@ class TaskScore:
 
 
 def per_task_accuracy(run: RunFiles, device: str = "cpu", batch_size: int | None = None
-                      ) -> dict[tuple[str, str], tuple[float, float]]:
-    """(split, task id) -> (token accuracy, exact rate) of the run's judged weights (rundir.judged_weights), on
-    one epoch of its training stream and on its eval batches, each a full eval rollout (training/evaluate.py)."""
+                      ) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """(split, task id) -> (token accuracy, exact rate, pass@2) of the run's judged weights
+    (rundir.judged_weights), on one epoch of its training stream and on its eval batches, each a full eval
+    rollout (training/evaluate.py). An eval query's views vote for pass@2 as in the eval; an epoch of the training
+    stream holds each query once, in one view (translated on the canvas), so there one answer is all a query has
+    and pass@2 is the exact rate."""
     import torch
 
     from etrmtrm_cli.config import Experiment
     from etrmtrm_cli.data.dataset import build_arc_data
     from etrmtrm_cli.models.build import build_model
-    from etrmtrm_cli.training.evaluate import leading_rows, scores
+    from etrmtrm_cli.training.evaluate import Votes, leading_rows, pass_per_task, scores, truths_of, vote
 
     exp = Experiment.model_validate(run.config)
     data = build_arc_data(exp.data, exp.seed)
@@ -50,6 +54,7 @@ def per_task_accuracy(run: RunFiles, device: str = "cpu", batch_size: int | None
     model.to(device).eval()
     size = batch_size or exp.train.eval_batch_size or exp.train.batch_size
     sums: dict[tuple[str, str], list[float]] = {}
+    votes = Votes()  # the eval's
 
     def score(batch: Any, split: str, limit: int) -> None:
         rows = min(limit, int(batch.valid.sum()))  # the rest: padding, or the next epoch's first examples
@@ -57,7 +62,10 @@ def per_task_accuracy(run: RunFiles, device: str = "cpu", batch_size: int | None
             return
         with torch.inference_mode():
             inputs, outputs = leading_rows(model, batch, rows, device)
-        _, acc, exact = (t.tolist() for t in scores(outputs["logits"], inputs["labels"]))
+        preds, acc, exact = scores(outputs["logits"], inputs["labels"])
+        if split == "eval":
+            vote(votes, data, batch, preds.cpu().numpy(), torch.sigmoid(outputs["q_halt_logits"]).cpu())
+        acc, exact = acc.tolist(), exact.tolist()
         for row in range(rows):
             entry = sums.setdefault((split, data.groups[int(batch.group_ids[row])].task.id), [0.0, 0.0, 0.0])
             entry[0] += 1
@@ -69,19 +77,22 @@ def per_task_accuracy(run: RunFiles, device: str = "cpu", batch_size: int | None
         score(data.train_batch(step, size), "train", epoch - step * size)
     for batch in data.eval_batches(size):
         score(batch, "eval", size)
-    return {key: (s[1] / s[0], s[2] / s[0]) for key, s in sums.items()}
+    passed = {("eval", data.groups[group].task.id): float(rates[0])
+              for group, rates in pass_per_task(votes, truths_of(data, votes), (2,)).items()}
+    return {key: (s[1] / s[0], s[2] / s[0], passed[key] if key[0] == "eval" else s[2] / s[0])
+            for key, s in sums.items()}
 
 
-Scores = Mapping[tuple[str, str], tuple[float, float]]  # (split, task id) -> (token accuracy, exact rate)
+Scores = Mapping[tuple[str, str], tuple[float, float, float]]  # (split, task id) -> (accuracy, exact rate, pass@2)
 
 
 def pool_seeds(per_seed: Sequence[Scores]) -> dict[tuple[str, str], tuple[float, float, str]]:
-    """One experiment's seeds -> per task: (mean accuracy, mean exact rate, "solved in k/n seeds")."""
+    """One experiment's seeds -> per task: (mean accuracy, mean exact rate, "solved (pass@2) in k/n seeds")."""
     out = {}
     for key in sorted(set().union(*per_seed)):
         found = [seed[key] for seed in per_seed if key in seed]
-        solved = sum(exact == 1.0 for _, exact in found)
-        out[key] = (sum(a for a, _ in found) / len(found), sum(e for _, e in found) / len(found),
+        solved = sum(passed == 1.0 for _, _, passed in found)
+        out[key] = (sum(a for a, _, _ in found) / len(found), sum(e for _, e, _ in found) / len(found),
                     f"{solved}/{len(found)}")
     return out
 

@@ -54,15 +54,27 @@ class Votes:
         return sorted(answers, key=lambda a: (answers[a][0], answers[a][1] / answers[a][0], a), reverse=True)
 
 
-def pass_at_k(votes: Votes, truths: dict[tuple[int, int], Answer], ks: tuple[int, ...] = PASS_KS) -> dict[str, float]:
-    """Per task: the fraction of its queries whose truth is in the top k; mean over the tasks."""
-    per_task: dict[int, list[list[bool]]] = defaultdict(list)
+def truths_of(data: ArcData, votes: Votes) -> dict[tuple[int, int], Answer]:
+    """Every (group, query) that got a vote, with its true output."""
+    return {key: answer_of(data.groups[key[0]].task.pairs[key[1]][1]) for key in votes.table}
+
+
+def pass_per_task(votes: Votes, truths: dict[tuple[int, int], Answer], ks: tuple[int, ...] = PASS_KS
+                  ) -> dict[int, np.ndarray]:
+    """group -> (len(ks),): per k, the fraction of the task's queries whose truth is in the top k."""
+    hits: dict[int, list[list[bool]]] = defaultdict(list)
     for key, truth in truths.items():
         ranked = votes.ranked(key)
-        per_task[key[0]].append([truth in ranked[:k] for k in ks])
+        hits[key[0]].append([truth in ranked[:k] for k in ks])
+    return {group: np.mean(found, axis=0) for group, found in hits.items()}
+
+
+def pass_at_k(votes: Votes, truths: dict[tuple[int, int], Answer], ks: tuple[int, ...] = PASS_KS) -> dict[str, float]:
+    """Per task: the fraction of its queries whose truth is in the top k; mean over the tasks."""
+    per_task = pass_per_task(votes, truths, ks)
     if not per_task:
         return {f"pass@{k}": float("nan") for k in ks}
-    scores = np.array([np.mean(hits, axis=0) for hits in per_task.values()])  # (tasks, len(ks))
+    scores = np.array(list(per_task.values()))  # (tasks, len(ks))
     return {f"pass@{k}": float(scores[:, i].mean()) for i, k in enumerate(ks)}
 
 
@@ -123,7 +135,7 @@ def evaluate(model: ACTModel, data: ArcData, batch_size: int, device: torch.devi
         inputs, outputs = leading_rows(model, batch, real, device)
         preds, token_acc, exact = scores(outputs["logits"], inputs["labels"])  # every row run is a real one
         sums += torch.stack([token_acc.new_tensor(real), token_acc.sum(), exact.sum()]).double()
-        _vote(votes, data, batch, preds.cpu().numpy(), torch.sigmoid(outputs["q_halt_logits"]).cpu())
+        vote(votes, data, batch, preds.cpu().numpy(), torch.sigmoid(outputs["q_halt_logits"]).cpu())
     if world_size > 1:
         dist.all_reduce(sums)
         gathered: list[Votes | None] = [None] * world_size
@@ -133,16 +145,16 @@ def evaluate(model: ACTModel, data: ArcData, batch_size: int, device: torch.devi
             if part is not None:
                 votes.merge(part)
     model.train(was_training)
-    # Every (group, query) some rank answered, with its true output.
-    truths = {key: answer_of(data.groups[key[0]].task.pairs[key[1]][1]) for key in votes.table}
-    rows = max(float(sums[0]), 1.0)
+    rows = float(sums[0]) or float("nan")  # no eval rows: no accuracy (NaN, left out of the log), not 0 %
     return {"eval/accuracy": float(sums[1]) / rows, "eval/exact_accuracy": float(sums[2]) / rows,
-            **{f"eval/{k}": v for k, v in pass_at_k(votes, truths).items()}}
+            **{f"eval/{k}": v for k, v in pass_at_k(votes, truths_of(data, votes)).items()}}
 
 
-def _vote(votes: Votes, data: ArcData, batch: Batch, preds: np.ndarray, confidence: Tensor) -> None:
+def vote(votes: Votes, data: ArcData, batch: Batch, preds: np.ndarray, confidence: Tensor) -> None:
+    """One vote per predicted row (preds (R, S²), confidence (R,): the batch's first R rows, real ones) for its
+    answer mapped back through the row's augmentation."""
     side = data.canvas_size
-    for row in np.flatnonzero(batch.valid.numpy()):
+    for row in range(len(preds)):
         group, query, aug = (int(batch.group_ids[row]), int(batch.query_ids[row]), int(batch.aug_ids[row]))
         key = (group, query)
         grid = decode_grid(preds[row], side)
