@@ -125,3 +125,17 @@ def test_single_run_without_checkpoint_points_to_force(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "E0b", "--profile", "tiny", "--experiments", REAL,
                                  "--runs-dir", str(tmp_path), "--set", "decoder=none"], env={"COLUMNS": "200"})
     assert result.exit_code == 1 and "it has no checkpoint to resume from; start over with --force" in result.output
+
+
+def test_summary_line_gives_the_train_figures_compare_gives(tmp_path: Path) -> None:
+    from etrmtrm_cli.render import summary_line
+    from etrmtrm_cli.training.loop import RunSummary
+
+    # 20 logged steps, the last with no halted slot (no accuracy): the last 10 % of the 19 logged accuracies are
+    # steps 18 and 19, weighted by their halted slots: (0.5 * 1 + 0.8 * 3) / 4 = 72.5 %, not step 20's nothing.
+    rows = [{"step": s, "train/accuracy": 0.5, "train/count": 1} for s in range(1, 19)]
+    rows += [{"step": 19, "train/accuracy": 0.8, "train/count": 3}, {"step": 20, "train/accuracy": None}]
+    summary = RunSummary("E0b", "finished", 20, 20, 12.0, tmp_path, {"eval/pass@2": 0.25})
+    line = summary_line(summary, rows)
+    assert "train acc 72.5% (last 10% of steps)" in line and "pass@2 25.0%" in line
+    assert "train exact" not in line and "eval acc" not in line  # not logged: not shown

@@ -193,7 +193,7 @@ def train(
 
     Multi-process: torchrun --nproc-per-node N -m etrmtrm_cli train E0b
     """
-    from etrmtrm_cli.rundir import run_path, run_status
+    from etrmtrm_cli.rundir import metrics_path, read_metrics, run_path, run_status
     from etrmtrm_cli.training.distributed import init_distributed, shutdown_distributed
     from etrmtrm_cli.training.loop import StopFlag, TrainOptions
     from etrmtrm_cli.training.loop import train as run_training
@@ -236,7 +236,8 @@ def train(
                                       soft_wrap=True, highlight=False, markup=False)
                     raise typer.Exit(130) from None
                 if ctx.is_main:
-                    console.print(render.summary_line(summary))
+                    rows = read_metrics(metrics_path(summary.run_dir))
+                    console.print(render.summary_line(summary, rows))
                 if summary.status != "finished":
                     err_console.print(f"interrupted at step {summary.step}; continue with: {again} --resume",
                                       soft_wrap=True, highlight=False, markup=False)

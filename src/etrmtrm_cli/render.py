@@ -14,12 +14,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 from rich.text import Text
 
+from etrmtrm_cli.analysis.matrix import FINAL_FRACTION, final_value
 from etrmtrm_cli.config import Experiment, changed_keys
 from etrmtrm_cli.experiments_file import ExperimentsFile
 
 if TYPE_CHECKING:  # torch-backed modules: imported only by the commands that need them, so --help is quick
     from etrmtrm_cli.data import Batch, DataSummary
     from etrmtrm_cli.encoders.registry import EncoderSpec
+    from etrmtrm_cli.rundir import Row
     from etrmtrm_cli.training.loop import RunSummary
 
 
@@ -154,14 +156,19 @@ EVAL_SHOWN = (("eval/accuracy", "acc", "{:.1%}"), ("eval/exact_accuracy", "exact
               ("eval/pass@2", "pass@2", "{:.1%}"))
 
 
-def summary_line(summary: RunSummary) -> str:
-    last = summary.last
+def summary_line(summary: RunSummary, rows: Sequence[Row]) -> str:
+    """The run's end: its train figures as `compare` gives them (over the last 10 % of its logged steps, from
+    the rows of metrics.jsonl), its last eval's as they are."""
     parts = [f"[bold]{summary.exp_id}[/] {summary.status} at step {summary.step}/{summary.total_steps} "
              f"in {summary.wall_time_s:.0f} s"]
-    for key, label in (("train/accuracy", "train acc"), ("train/exact_accuracy", "train exact"),
-                       ("eval/accuracy", "eval acc"), ("eval/pass@2", "pass@2")):
-        if key in last:
-            parts.append(f"{label} {last[key]:.1%}")
+    for key, label in (("train/accuracy", "train acc"), ("train/exact_accuracy", "train exact")):
+        if (value := final_value(rows, key)) is not None:
+            parts.append(f"{label} {value:.1%}")
+    if parts[1:]:
+        parts[-1] += f" (last {FINAL_FRACTION:.0%} of steps)"
+    for key, label in (("eval/accuracy", "eval acc"), ("eval/pass@2", "pass@2")):
+        if key in summary.last:
+            parts.append(f"{label} {summary.last[key]:.1%}")
     return ", ".join(parts) + f" -> {summary.run_dir}"
 
 
