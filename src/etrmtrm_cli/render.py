@@ -71,7 +71,7 @@ class TrainProgress:
 
     _SHOWN = (("train/accuracy", "acc", "{:.1%}"), ("train/exact_accuracy", "exact", "{:.1%}"),
               ("train/loss", "loss", "{:.3f}"), ("train/steps", "ACT", "{:.1f}"),
-              ("grad/encoder_share", "enc share", "{:.2f}"))
+              ("grad/encoder_share_sq", "enc grad share", "{:.2f}"))  # the plan's "~40 % of gradients"
 
     def __init__(self, console: Console, *, quiet: bool) -> None:
         self.console, self.quiet = console, quiet

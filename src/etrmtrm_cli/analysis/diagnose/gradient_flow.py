@@ -96,12 +96,12 @@ def check_gradient_flow(subject: Subject) -> CheckResult:
         f"< {STARVED_GRAD_SHARE_SQ:g} = starved", share_sq_verdict(share_sq)))
     status = worst([r.verdict for r in rows])
     message = _flow_message(subject.exp.arch.recurrent_encoder_type, rows, detached, no_context_grad,
-                            sorted(missing), len(named), share)
+                            sorted(missing), len(named), share_sq)
     return CheckResult("gradient-flow", status, rows, message)
 
 
 def _flow_message(encoder: str, rows: Sequence[Measurement], detached: bool, no_context_grad: bool,
-                  missing: Sequence[str], total: int, share: float) -> str:
+                  missing: Sequence[str], total: int, share_sq: float) -> str:
     if detached:
         return (f"the encoder {encoder!r} gets no gradient: the context fed to the decoder is detached from the "
                 "graph, so the task loss never reaches the encoder's parameters (the public ETRMTRM bug: a "
@@ -116,8 +116,9 @@ def _flow_message(encoder: str, rows: Sequence[Measurement], detached: bool, no_
     warned = [f"{r.what} = {r.value}" for r in rows if r.verdict == "warn"]
     if warned:
         return (f"the gradient reaches every encoder parameter, but {'; '.join(warned)} "
-                f"(plan expects a share of ≈ {EXPECTED_GRAD_SHARE:g}; starvation below {STARVED_GRAD_SHARE:g})")
-    return f"the task loss reaches every encoder parameter through the context; encoder share {share:.2f}"
+                f"(the plan expects ≈ {EXPECTED_GRAD_SHARE:g} of the gradient, ||g_enc||² / ||g||²)")
+    return (f"the task loss reaches every encoder parameter through the context; the encoder's share of the "
+            f"gradient (||g_enc||² / ||g||²) {share_sq:.2f}")
 
 
 def _got_gradient(grad: Tensor | None, previous: Tensor | None) -> bool:
