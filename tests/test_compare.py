@@ -20,6 +20,8 @@ from etrmtrm_cli.analysis import baselines, compare, matrix, verdict
 from etrmtrm_cli.analysis.baselines import pair_baselines
 from etrmtrm_cli.analysis.matrix import steps_to
 from etrmtrm_cli.analysis.per_task import TaskScore, per_task_table, pool_seeds
+from etrmtrm_cli.analysis.stats import estimate
+from etrmtrm_cli.analysis.text import pct_interval, with_interval
 from etrmtrm_cli.cli import app
 from etrmtrm_cli.experiments_file import load_experiments
 from etrmtrm_cli.training.distributed import DistContext
@@ -317,7 +319,8 @@ def decisions(tmp_path: Path, ids: Sequence[str]) -> dict[str, verdict.Decision]
     ([0.70, 0.72, 0.71], True, "E0b fails"),
     ([0.85, 0.86, 0.84], True, "neither branch"),
     ([0.88, 0.93, 0.90], False, "not decided: the 95% interval [84.1%, 96.6%] reaches 90.0%"),
-    ([0.70, 0.99, 0.85], False, "not decided: the 95% interval [48.6%, 120.7%] reaches 80.0% and 90.0%"),
+    ([0.70, 0.99, 0.85], False,
+     "not decided: the 95% interval [48.6%, 100.0%] (cut from a t interval past 0-100%) reaches 80.0% and 90.0%"),
     ([0.95], False, f"not decided: {verdict.ONE_SEED}"),
 ])
 def test_after_e0b_takes_the_plans_branch_only_by_the_whole_interval(
@@ -535,7 +538,7 @@ def test_a_figure_that_fewer_seeds_have_states_its_own_n(tmp_path: Path) -> None
     (row,) = [line for line in result.output.splitlines() if line.startswith("│ E0a ") and "unfinished" in line]
     cells = [c.strip() for c in row.strip("│").split("│")]
     assert cells[1] == "2 (0, 1); 1 unfinished, left out"
-    assert cells[2] == "91.0% ± 12.7"  # seeds 0 and 1 only: t_.975,1 * sd / sqrt(2) = 12.706 * 0.01
+    assert cells[2] == "91.0% ± 12.7†"  # seeds 0 and 1 only: t_.975,1 * sd / sqrt(2) = 12.706 * 0.01; past 100 %
     assert cells[-3] == "50.0% (n = 1)"  # eval acc: seed 0 alone
 
 
@@ -739,3 +742,12 @@ def test_train_with_seeds_then_compare_shows_intervals_and_pools_identical_confi
     assert "2 (0, 1)" in shown.output and "n = 2" in shown.output and "E0b vs E0a" in shown.output
     pooled = invoke("E0b", "E2b", "--runs-dir", str(tmp_path))
     assert pooled.exit_code == 0 and "E0b = E2b" in pooled.output, pooled.output
+
+
+def test_an_interval_of_a_fraction_past_0_to_100_percent_says_so() -> None:
+    # Two seeds at 10 % and 60 %: mean 35 %, sd 0.3536, half-width 12.706 * 0.3536 / √2 = 3.177, so the
+    # interval [-282.7 %, 352.7 %] reaches far past what an accuracy can be.
+    assert with_interval(estimate([0.1, 0.6])) == "35.0% ± 317.7†"
+    assert with_interval(estimate([0.90, 0.92, 0.94])) == "92.0% ± 5.0"
+    assert pct_interval(-2.827, 3.527) == "[0.0%, 100.0%] (cut from a t interval past 0-100%)"
+    assert pct_interval(0.81, 0.93) == "[81.0%, 93.0%]"

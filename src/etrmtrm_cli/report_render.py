@@ -24,7 +24,7 @@ from etrmtrm_cli.analysis.matrix import (
     RunRow,
 )
 from etrmtrm_cli.analysis.per_task import TaskScore
-from etrmtrm_cli.analysis.text import duration, num, pct, steps, with_interval
+from etrmtrm_cli.analysis.text import PAST_SCALE_NOTE, duration, num, pct, steps, with_interval
 from etrmtrm_cli.analysis.verdict import NOISY_LOSS_CV, Verdict
 
 _STYLE: dict[Status, str] = {"pass": "green", "warn": "yellow", "fail": "bold red"}
@@ -156,7 +156,7 @@ SEEDS_NOTE = (
     "seed), with its own n where fewer seeds have it. Train Acc AUC: the area under the train-accuracy curve "
     "divided by the run's steps (a mean over steps, not over examples), the curve drawn through the means of "
     f"consecutive chunks of at least {SMOOTH_EXAMPLES} halted examples; it still separates runs at a ceiling, by how "
-    "fast they got there. Steps to 90%: over the seeds that reached it."
+    f"fast they got there. Steps to 90%: over the seeds that reached it. {PAST_SCALE_NOTE}."
 )
 
 

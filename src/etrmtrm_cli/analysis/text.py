@@ -41,11 +41,25 @@ def delta_steps(a: int | None, b: int | None) -> str:
     return f"{a} vs {b} ({a - b:+d})"
 
 
+# A t interval of a fraction over few seeds can reach past the 0-100 % the fraction can take: marked so.
+PAST_SCALE = "†"
+PAST_SCALE_NOTE = (f"{PAST_SCALE}: the interval reaches past 0% or 100%, as a Student-t interval of a fraction over "
+                   "few seeds can")
+
+
 def with_interval(e: Estimate, percent: bool = True) -> str:
     """'97.2% ± 0.8' (a fraction, in points) or '0.42 ± 0.05': the mean over seeds and its 95% half-width
     (none with one seed)."""
     if e.mean is None:
         return DASH
     if percent:
-        return pct(e.mean) + (f" ± {100 * e.half_width:.1f}" if e.half_width is not None else "")
+        past = e.interval is not None and (e.interval[0] < 0 or e.interval[1] > 1)
+        return pct(e.mean) + (f" ± {100 * e.half_width:.1f}" if e.half_width is not None else "") + (
+            PAST_SCALE if past else "")
     return num(e.mean) + (f" ± {num(e.half_width)}" if e.half_width is not None else "")
+
+
+def pct_interval(lo: float, hi: float) -> str:
+    """'[81.2%, 93.4%]' for an interval of a fraction; one past 0-100 % is cut there, and says so."""
+    shown = f"[{pct(max(lo, 0.0))}, {pct(min(hi, 1.0))}]"
+    return shown + (" (cut from a t interval past 0-100%)" if lo < 0 or hi > 1 else "")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from etrmtrm_cli.analysis.configs import Configuration
 from etrmtrm_cli.analysis.matrix import RunRow
 from etrmtrm_cli.analysis.stats import Band, Estimate, classify, detectable_difference, paired_difference
-from etrmtrm_cli.analysis.text import num, pct, with_interval
+from etrmtrm_cli.analysis.text import num, pct, pct_interval, with_interval
 from etrmtrm_cli.analysis.thresholds import (
     COLLAPSED_VAR,
     STARVED_GRAD_SHARE_SQ,
@@ -425,7 +425,7 @@ def after_e0b(e0b: Configuration, base: Configuration | None) -> Decision:
         taken, decision = True, "neither branch: E0b lies between 80% and 90% train acc, where the plan names no action"
     else:  # the interval reaches a line (touching it is reaching it: a branch needs the whole interval past it)
         edges = " and ".join(pct(line) for line in (E0B_FAILURE_ACC, E0B_SUCCESS_ACC) if lo <= line <= hi)
-        taken, decision = False, f"not decided: the 95% interval [{pct(lo)}, {pct(hi)}] reaches {edges}"
+        taken, decision = False, f"not decided: the 95% interval {pct_interval(lo, hi)} reaches {edges}"
     return Decision("After E0b", taken, decision, evidence)
 
 
