@@ -83,6 +83,14 @@ def test_estimate_drops_nan_and_none() -> None:
     assert e == ref
 
 
+def test_an_infinite_value_raises_instead_of_a_nan_mean_or_vanishing() -> None:
+    for values in ([math.inf, 1.0], [1.0, -math.inf]):
+        with pytest.raises(ValueError, match="infinite value"):
+            estimate(values)
+    with pytest.raises(ValueError, match="infinite value"):
+        paired_difference({0: 1.0, 1: 2.0}, {0: 1.5, 1: math.inf})
+
+
 def test_estimate_constant_values_zero_width() -> None:
     e = estimate([0.7, 0.7, 0.7])
     assert e.sd == 0.0 and e.half_width == 0.0 and e.interval == (0.7, 0.7)

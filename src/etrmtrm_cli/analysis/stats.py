@@ -108,6 +108,10 @@ def _check_level(level: float, what: str = "level") -> None:
 
 
 def _present(x: float | None) -> bool:
+    """Whether a seed has the value: None and NaN mean it has none. An infinite value has no mean and no
+    interval that means anything, and dropping it would hide it: it raises."""
+    if x is not None and math.isinf(x):
+        raise ValueError(f"an infinite value ({x}) has no mean over seeds; leave it out (None) or fix its source")
     return x is not None and not math.isnan(x)
 
 
@@ -134,7 +138,7 @@ def _estimate(xs: list[float], level: float, seeds: tuple[int, ...]) -> Estimate
 
 
 def estimate(values: Sequence[float | None], level: float = 0.95) -> Estimate:
-    """Mean ± Student-t CI of `values`, one per seed; NaN and None values are dropped first.
+    """Mean ± Student-t CI of `values`, one per seed; NaN and None values are dropped first, an infinite one raises.
 
     mean = Σx / n;  sd = sqrt(Σ(x - mean)² / (n - 1));  half_width = t_{1-α/2, n-1} · sd / sqrt(n), α = 1 - level.
     With n == 1 only the mean is set; with n == 0 nothing is.
