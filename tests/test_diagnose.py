@@ -249,7 +249,8 @@ def test_cli_diagnoses_a_trained_run(tmp_path: Path) -> None:
     variance = diagnose.check_encoder_variance(diagnose.run_subject(tmp_path / "E0b", CPU))
     whats = [r.what for r in variance.rows]
     assert any(w.startswith("fresh model") for w in whats) and any(w.startswith("trained run") for w in whats)
-    assert any(w.startswith("run's metrics.jsonl") for w in whats)
+    # the logged figure compare's red flag 1 reads (across puzzles at one ACT step), so the two agree
+    assert "run's metrics.jsonl: train/encoder_var_same_step, last 10% of steps" in whats
     refused = runner.invoke(app, ["diagnose", "--run", str(tmp_path / "E0b"), "--set", "seed=1"])
     assert refused.exit_code == 1 and "--set cannot be combined with --run" in refused.output
     used = runner.invoke(app, ["diagnose", "--run", str(tmp_path / "E0b"), "--check", "context-use"],

@@ -49,10 +49,12 @@ def check_encoder_variance(subject: Subject) -> CheckResult:
                                 number(mean), f"> {HEALTHY_VAR:g} healthy; < {COLLAPSED_VAR:g} collapse",
                                 variance_verdict(mean)))
         judged = mean
-    logged = final_value(subject.logged, "train/encoder_cross_sample_var")
-    if logged is not None:
-        rows.append(Measurement("run's metrics.jsonl: train/encoder_cross_sample_var, last 10% of steps",
-                                number(logged), f"> {HEALTHY_VAR:g}", variance_verdict(logged)))
+    # The figure compare's red flag 1 reads: across puzzles at one ACT step; old runs logged only the plain one.
+    for key in ("train/encoder_var_same_step", "train/encoder_cross_sample_var"):
+        if (logged := final_value(subject.logged, key)) is not None:
+            rows.append(Measurement(f"run's metrics.jsonl: {key}, last 10% of steps",
+                                    number(logged), f"> {HEALTHY_VAR:g}", variance_verdict(logged)))
+            break
     status = variance_verdict(judged)
     encoder = subject.exp.arch.recurrent_encoder_type
     who = "trained run" if subject.weights is not None else "fresh model"
