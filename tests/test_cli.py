@@ -105,6 +105,20 @@ def test_queue_skips_finished_runs(tmp_path: Path) -> None:
     assert again.exit_code == 0 and again.output.count("finished run in") == 3
 
 
+def test_queue_refuses_a_finished_run_that_is_not_the_experiment(tmp_path: Path) -> None:
+    """A `--set` run under E0b's name, finished: a queue would skip it as E0b and compare would count it as E0b."""
+    tiny = ["--profile", "tiny", "--experiments", REAL, "--runs-dir", str(tmp_path), "--max-steps", "2",
+            "--set", "decoder=none", "--quiet"]
+    other = runner.invoke(app, ["train", "E0b", *tiny, "--set", "arch.recurrent_encoder_type=static"])
+    assert other.exit_code == 0, other.output
+    queue = runner.invoke(app, ["train", "week1", *tiny], env={"COLUMNS": "250"})
+    assert queue.exit_code == 1, queue.output
+    said = " ".join(queue.output.split())
+    assert ("E0b: finished, but not as E0b is now (arch.recurrent_encoder_type: 'static' in the run, "
+            "'recurrent_standard' now), so it cannot count as E0b") in said
+    assert not (tmp_path / "E0a").exists()  # refused before the queue's first run
+
+
 def test_queue_starts_over_a_run_killed_before_its_first_checkpoint(tmp_path: Path) -> None:
     killed = tmp_path / "E0a"  # what a kill at step 1 leaves: no checkpoints/ yet
     killed.mkdir()

@@ -62,10 +62,9 @@ def test_a_record_compares_as_its_run_and_exports_to_the_same_bytes(tmp_path: Pa
 
 def test_a_sweep_skips_the_runs_a_copied_record_holds(tmp_path: Path) -> None:
     runs, records = tmp_path / "runs", tmp_path / "records"
-    seeded_runs(runs)
-    (runs / "P0").mkdir()  # the decoder E0a starts from, exported with its weights
-    for name in ("config.json", "meta.json", "summary.json", "metrics.jsonl"):
-        shutil.copy(runs / "E0a/seed-0" / name, runs / "P0" / name)
+    for seed in (0, 1, 2):  # E0a as the experiments file has it: from P0's decoder
+        write_run(runs, "E0a", [0.5 + 0.01 * i for i in range(30)], seed=seed, overrides=["decoder='P0'"])
+    write_run(runs, "P0", [0.5] * 30)  # that decoder, exported with its weights
     (runs / "P0/model.safetensors").write_bytes(b"weights")
     assert cli("export", "P0", "--runs-dir", runs, "--to", records)[0] == 0
     assert not (records / "P0/model.safetensors").exists()

@@ -404,3 +404,13 @@ def test_help_names_the_sweep_table_it_reads_defaults_from() -> None:
     assert out.code == 0, out.text
     assert "Default: [sweep] or auto." in out.text and "Default: [sweep] or 1." in out.text
     assert "also from the [sweep] table" in out.text
+
+
+def test_a_finished_run_that_is_not_the_experiment_is_refused_not_skipped(swept: Swept) -> None:
+    """A run finished with other settings (a `--set` run under the experiment's name) would count as the experiment
+    in every comparison: the sweep says so before it submits anything."""
+    out = cli("sweep", "E0a", "--seeds", "2", "--dry-run", *TINY, "--set", "arch.halt_max_steps=3",
+              "--experiments", swept.project / "experiments.toml", "--runs-dir", swept.project / "runs")
+    assert out.code == 1, out.text
+    assert re.search(r"E0a/seed-0: finished, but not as E0a is now \(arch.halt_max_steps: \d+ in the run, 3 now\)",
+                     " ".join(out.text.split())), out.text

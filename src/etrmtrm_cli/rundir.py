@@ -34,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from etrmtrm_cli.config import check_name
+from pydantic import ValidationError
+
+from etrmtrm_cli.config import Experiment, check_name, dict_differences
 from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError, first_line
 from etrmtrm_cli.run_lock import RunLock
 
@@ -125,6 +127,42 @@ def config_hash(config: dict[str, Any]) -> str:
     configuration (E2b, E3a and E4b are E0b's), never separate evidence."""
     same = {k: v for k, v in config.items() if k not in ("id", "description", "parent", "seed")}
     return hashlib.sha256(json.dumps(same, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# Settings a resumed run may change: they decide how long it runs, how often it evaluates and saves, or its
+# label, never what the model or the data is. Any other difference is refused, naming the keys.
+RESUMABLE_KEYS = frozenset({"description", "parent", "train.max_steps", "train.epochs", "train.eval_interval",
+                            "train.checkpoint_interval", "train.keep_checkpoints", "train.eval_batch_size"})
+
+
+def saved_config(run_dir: Path) -> dict[str, Any]:
+    """The run's config.json through the current schema, so that settings added since it started take their
+    defaults."""
+    try:
+        return Experiment.model_validate(read_json(run_dir / CONFIG)).model_dump(mode="json")
+    except ValidationError as err:
+        raise RunError(f"{run_dir / CONFIG}: not a config this version can read "
+                       f"({err.error_count()} problems, first: {first_line(err)})") from None
+
+
+def config_changes(saved: dict[str, Any], exp: Experiment) -> tuple[dict[str, tuple[Any, Any]], str]:
+    """(every setting in which `saved` differs from `exp`: (old, new); the ones outside RESUMABLE_KEYS as text)."""
+    changed = dict_differences(saved, exp.model_dump(mode="json"))
+    refused = {k: v for k, v in changed.items() if k not in RESUMABLE_KEYS}
+    return changed, "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, (old, new) in sorted(refused.items()))
+
+
+def check_finished_run_is(run_dir: Path, exp: Experiment) -> None:
+    """A queue skips a finished run as done: only where it ran `exp` (bar RESUMABLE_KEYS, and the dtype that
+    `auto` chose), or it would stand for `exp` in every comparison without being it (e.g. a `--set` run)."""
+    saved = saved_config(run_dir)
+    if exp.arch.forward_dtype == "auto":
+        saved["arch"]["forward_dtype"] = "auto"
+    _, lines = config_changes(saved, exp)
+    if lines:
+        raise RunError(f"{run_dir}: finished, but not as {exp.id} is now ({lines}), so it cannot count as {exp.id}. "
+                       f"Start it over with `etrmtrm train {exp.id} --force` (the old run is kept beside it), "
+                       "or use another --runs-dir")
 
 
 def file_sha256(path: Path) -> str:

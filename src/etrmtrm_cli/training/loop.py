@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from torch import Tensor
 
 from etrmtrm_cli import __version__, rundir
 from etrmtrm_cli.allocator import loaded_allocator
-from etrmtrm_cli.config import Experiment, dict_differences
+from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.data.dataset import ArcData, build_arc_data
 from etrmtrm_cli.errors import CheckpointError, RunError, first_line
 from etrmtrm_cli.models.act import ACTCarry, ACTModel
@@ -323,12 +322,6 @@ def _load_weights(model: ACTModel, path: Path) -> None:
     model.load_state_dict(saved)
 
 
-# Settings a resumed run may change: they decide how long it runs, how often it evaluates and saves, or its
-# label, never what the model or the data is. Any other difference is refused, naming the keys.
-RESUMABLE_KEYS = frozenset({"description", "parent", "train.max_steps", "train.epochs", "train.eval_interval",
-                            "train.checkpoint_interval", "train.keep_checkpoints", "train.eval_batch_size"})
-
-
 def _recorded_dtype(run_dir: Path) -> str | None:
     """The dtype a run to resume computed in (config.json), which `forward_dtype = "auto"` keeps; None where
     the file cannot tell (`_check_resume` then says what is wrong with it)."""
@@ -341,20 +334,14 @@ def _recorded_dtype(run_dir: Path) -> str | None:
 
 def _check_resume(run_dir: Path, exp: Experiment) -> dict[str, tuple[Any, Any]]:
     """Before anything is built: the run's files are readable and its config differs from `exp` only in
-    RESUMABLE_KEYS -> those differences (old, new)."""
+    rundir.RESUMABLE_KEYS -> those differences (old, new)."""
     if not (run_dir / rundir.CONFIG).is_file():
         raise RunError(f"{run_dir}: no such run to resume ({rundir.CONFIG} missing); start it without --resume")
-    try:  # through the current schema, so that settings added since the run started take their defaults
-        saved = Experiment.model_validate(rundir.read_json(run_dir / rundir.CONFIG)).model_dump(mode="json")
-    except ValidationError as err:
-        raise RunError(f"{run_dir / rundir.CONFIG}: not a config this version can read "
-                       f"({err.error_count()} problems, first: {first_line(err)})") from None
+    saved = rundir.saved_config(run_dir)
     if (run_dir / rundir.SUMMARY).is_file():
         rundir.read_json(run_dir / rundir.SUMMARY)
-    changed = dict_differences(saved, exp.model_dump(mode="json"))
-    refused = {k: v for k, v in changed.items() if k not in RESUMABLE_KEYS}
-    if refused:
-        lines = "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, (old, new) in sorted(refused.items()))
+    changed, lines = rundir.config_changes(saved, exp)
+    if lines:
         meta = rundir.read_json(run_dir / rundir.META) if (run_dir / rundir.META).is_file() else {}
         started = meta.get("command") or f"etrmtrm train {exp.id} --profile {saved.get('profile', exp.profile)}"
         raise RunError(f"{run_dir}: cannot resume with a different model or data ({lines}). Resume it as it was "
