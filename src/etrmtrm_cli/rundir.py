@@ -486,6 +486,6 @@ def safe_torch_load(path: Path, what: str) -> Any:
                                   f"which could run code when loaded (it needs {needs[1]}); only weights are "
                                   "ever loaded") from None
         raise CheckpointError(f"{path}: not a readable {what} (corrupt, truncated, or not a torch file)") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
-        first = first_line(err)
-        raise CheckpointError(f"{path}: not a readable {what} ({first})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError, IndexError, TypeError) as err:
+        # a text file read as a legacy pickle fails inside the unpickler: KeyError, IndexError, ...
+        raise CheckpointError(f"{path}: not a readable {what} ({type(err).__name__}: {first_line(err)})") from None
