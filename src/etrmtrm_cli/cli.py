@@ -251,13 +251,19 @@ def train(
         shutdown_distributed()
 
 
+MAX_SEEDS = 1000  # a count beyond it is a typo: a plan of a billion runs would fill the memory before any ran
+
+
 def parse_seeds(text: str | None) -> tuple[int, ...] | None:
     """`--seeds 5` -> seeds 0..4; `--seeds 0,3,7` -> those (`--seeds 3,` is seed 3 alone); None -> no seed axis."""
     if text is None:
         return None
+    parts = text.removesuffix(",").split(",")  # "3," is the list of seed 3
     try:
         if "," in text:
-            seeds = tuple(int(part) for part in text.split(",") if part.strip())
+            seeds = tuple(int(part) for part in parts)
+        elif int(text) > MAX_SEEDS:
+            raise ConfigError(f"--seeds {text}: at most {MAX_SEEDS} seeds at a time")
         else:
             seeds = tuple(range(int(text)))
     except ValueError:
