@@ -119,6 +119,28 @@ def test_queue_refuses_a_finished_run_that_is_not_the_experiment(tmp_path: Path)
     assert not (tmp_path / "E0a").exists()  # refused before the queue's first run
 
 
+def test_seed_runs_and_a_run_without_seeds_never_share_a_directory(tmp_path: Path) -> None:
+    """runs/E0b/seed-<N>/ are what compare and status count: a run without seeds there would move them aside with
+    it (a queue took their folder for a run stopped before its first checkpoint), and vice versa."""
+    tiny = ["--profile", "tiny", "--experiments", REAL, "--runs-dir", str(tmp_path), "--max-steps", "2",
+            "--set", "decoder=none", "--quiet"]
+    seeded = runner.invoke(app, ["train", "E0b", *tiny, "--seeds", "2"])
+    assert seeded.exit_code == 0, seeded.output
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for args in (["E0b"], ["E0b", "--force"], ["E0b", "--resume"], ["week1"]):
+        out = runner.invoke(app, ["train", *args, *tiny], env={"COLUMNS": "250"})
+        assert out.exit_code == 1, (args, out.output)
+        assert (f"{tmp_path / 'E0b'} holds the seed runs seed-0, seed-1: train them with --seeds"
+                in " ".join(out.output.split())), (args, out.output)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing moved or started
+
+    single = runner.invoke(app, ["train", "E0a", *tiny])
+    assert single.exit_code == 0, single.output
+    out = runner.invoke(app, ["train", "E0a", *tiny, "--seeds", "2"], env={"COLUMNS": "250"})
+    assert out.exit_code == 1 and "is a run without seeds, so seed runs cannot go inside it" in out.output, out.output
+    assert not (tmp_path / "E0a" / "seed-0").exists()
+
+
 def test_queue_starts_over_a_run_killed_before_its_first_checkpoint(tmp_path: Path) -> None:
     killed = tmp_path / "E0a"  # what a kill at step 1 leaves: no checkpoints/ yet
     killed.mkdir()

@@ -416,3 +416,7 @@ def test_a_finished_run_that_is_not_the_experiment_is_refused_not_skipped(swept:
     assert out.code == 1, out.text
     assert re.search(r"E0a/seed-0: finished, but not as E0a is now \(arch.halt_max_steps: \d+ in the run, 3 now\)",
                      " ".join(out.text.split())), out.text
+    single = cli("sweep", "E0a", "--dry-run", *TINY, "--experiments", swept.project / "experiments.toml",
+                 "--runs-dir", swept.project / "runs")  # no --seeds: a run without seeds, where seed runs are
+    assert single.code == 1 and "holds the seed runs seed-0, seed-1: train them with --seeds" in " ".join(
+        single.text.split()), single.text

@@ -193,7 +193,14 @@ def train(
 
     Multi-process: torchrun --nproc-per-node N -m etrmtrm_cli train E0b
     """
-    from etrmtrm_cli.rundir import check_finished_run_is, metrics_path, read_metrics, run_path, run_status
+    from etrmtrm_cli.rundir import (
+        check_finished_run_is,
+        check_run_layout,
+        metrics_path,
+        read_metrics,
+        run_path,
+        run_status,
+    )
     from etrmtrm_cli.training.distributed import init_distributed, shutdown_distributed
     from etrmtrm_cli.training.loop import StopFlag, TrainOptions
     from etrmtrm_cli.training.loop import train as run_training
@@ -208,11 +215,11 @@ def train(
     jobs = file.jobs(target, chosen, overrides or (), parse_seeds(seeds), ctx.world_size)
     options = TrainOptions(runs_dir=runs_dir, max_steps=max_steps, resume=resume, force=force, compile=compile,
                            tensorboard=tensorboard, wandb=wandb)
-    if len(jobs) > 1 and not force:  # a queue skips finished runs: each must be what it will count as, checked first
-        for exp, per_seed in jobs:
-            done = run_path(runs_dir, exp.id, exp.seed if per_seed else None)
-            if run_status(done) == "finished":
-                check_finished_run_is(done, exp)
+    for exp, per_seed in jobs:  # before any run of a queue starts
+        place = run_path(runs_dir, exp.id, exp.seed if per_seed else None)
+        check_run_layout(place, per_seed)
+        if len(jobs) > 1 and not force and run_status(place) == "finished":  # skipped: it must be what it counts as
+            check_finished_run_is(place, exp)
     stop = StopFlag()
     try:
         with stop_on_signals(stop):

@@ -77,7 +77,7 @@ def sweep(
     from P0 wait for it (trained once). Watch it with `etrmtrm status`.
     """
     from etrmtrm_cli import sweep as sw
-    from etrmtrm_cli.rundir import check_finished_run_is
+    from etrmtrm_cli.rundir import check_finished_run_is, check_run_layout
     from etrmtrm_cli.sweep_status import SWEEP_FOLDER
 
     file = load_experiments(experiments)
@@ -94,8 +94,9 @@ def sweep(
     sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
     stop_timeout = max(5.0, config.signal_delay_s - 15.0)
     planned = sw.plan_sweep(file, request, folder, threads, sweep_id, stop_timeout)
-    for job in planned:  # a finished run is skipped as done: it must be the run it will count as
-        if job.state == "finished":
+    for job in planned:  # before anything is submitted
+        check_run_layout(Path(job.spec.run_dir), job.spec.seed is not None)
+        if job.state == "finished":  # skipped as done: it must be the run it will count as
             check_finished_run_is(Path(job.spec.run_dir), job.exp)
     where = (f"local: {config.jobs} at once, {threads} thread(s) each" if kind == "local" else
              f"SLURM: {threads or 'all allocated'} core(s), {config.gpus_per_job} GPU(s) per job")

@@ -205,6 +205,18 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> RunLock:
     return RunLock(run_dir)
 
 
+def check_run_layout(run_dir: Path, per_seed: bool) -> None:
+    """runs/<ID>/ holds one run or seed runs (seed-<N>/), never both: a run of the other kind there would hide
+    them from compare and status, or move them aside with it."""
+    if per_seed and (run_dir.parent / CONFIG).is_file():
+        raise RunError(f"{run_dir.parent} is a run without seeds, so seed runs cannot go inside it: move it "
+                       "aside first, or use another --runs-dir")
+    seeds = [] if per_seed else sorted(p.name for p in run_dir.glob(f"{SEED_PREFIX}*") if p.is_dir())
+    if seeds:
+        raise RunError(f"{run_dir} holds the seed runs {', '.join(seeds)}: train them with --seeds; a run without "
+                       "seeds cannot share their directory (move them aside first, or use another --runs-dir)")
+
+
 def _aside_name(run_dir: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     candidates = (run_dir.with_name(f"{run_dir.name}.old-{stamp}{f'-{n}' if n else ''}") for n in range(1000))

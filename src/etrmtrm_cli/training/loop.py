@@ -95,6 +95,7 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
     stop = stop or StopFlag()
     run_dir = rundir.run_path(options.runs_dir, exp.id, exp.seed if options.per_seed else None)
     # Loggers, resume checks, data, model and decoder first: a bad input fails before a run is touched.
+    rundir.check_run_layout(run_dir, options.per_seed)
     require_loggers(options.tensorboard, options.wandb)
     recorded = _recorded_dtype(run_dir) if options.resume else None
     # Before the resume check: config.json holds what ran
