@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CPU, EXPERIMENTS, tiny
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from etrmtrm_cli.config import ArchConfig
 from etrmtrm_cli.encoders import build_encoder, get_encoder, list_encoders, registry
 from etrmtrm_cli.encoders.registry import register_encoder, validate_encoder_params
-from etrmtrm_cli.errors import ConfigError
+from etrmtrm_cli.errors import ConfigError, PluginError
 from etrmtrm_cli.models.build import build_model, encoder_parameters
 from etrmtrm_cli.models.losses import act_loss
 
@@ -228,7 +228,7 @@ def test_unknown_and_duplicate_names() -> None:
         get_encoder("gru")
     duplicate = (r"'static' is registered twice: by etrmtrm_cli.encoders.static:StaticEncoder and by "
                  r"test_encoders:test_unknown_and_duplicate_names.<locals>.Impostor")
-    with pytest.raises(ConfigError, match=duplicate):
+    with pytest.raises(PluginError, match=duplicate):
         @register_encoder("static", BaseModel, recurrent=False)
         class Impostor(nn.Module):
             pass
@@ -237,28 +237,59 @@ def test_unknown_and_duplicate_names() -> None:
 
 
 def test_a_read_that_breaks_its_contract_is_named() -> None:
-    """A (B, D) context or a bare tensor fails at the encoder, not later as a prefix-length error."""
+    """A (B, D) context or a bare tensor fails at the encoder, not later as a prefix-length error; a stat that is
+    not one float per slot fails before it is logged as a mean of something else."""
     enc, batch = encoder("static"), demo_batch()
+    read = r"etrmtrm_cli\.encoders\.static\.StaticEncoder\.read"
     enc.read = lambda carry, demos, mask: (demos.mean(1), carry)  # (B, D): no context-token axis
-    with pytest.raises(ValueError, match=r"StaticEncoder.read returned a context of shape \(3, 16\); expected "
-                                         r"\(B, C, D\) = \(3, 3, 16\)"):
+    with pytest.raises(PluginError, match=read + r" returned a context of shape \(3, 16\); expected "
+                                                 r"\(B, C, D\) = \(3, 3, 16\)"):
         enc({}, batch)
     enc.read = lambda carry, demos, mask: demos[:, :3]  # a context without its carry
-    with pytest.raises(TypeError, match=r"must return \(context, carry\) or \(context, carry, stats\), not Tensor"):
+    with pytest.raises(PluginError, match=read + r" must return \(context, carry\) or \(context, carry, stats\), "
+                                                 r"not Tensor"):
         enc({}, batch)
+    context = torch.zeros(3, 3, 16)
+    for stats, said in (({"update_ratio": torch.zeros(3, 16)}, r"stats\['update_ratio'\] of shape \(3, 16\)"),
+                        ({"hits": torch.zeros(3, dtype=torch.long)}, r"stats\['hits'\] of shape \(3,\) torch.int64"),
+                        ({"ratio": 0.5}, r"stats\['ratio'\] of float"), ([0.5], "stats of type list")):
+        enc.read = lambda carry, demos, mask, stats=stats: (context, carry, stats)
+        with pytest.raises(PluginError, match=said):
+            enc({}, batch)
+    enc.read = lambda carry, demos, mask: (context, carry, {"ratio": torch.ones(3)})
+    assert enc({}, batch)[2]["ratio"].shape == (3,)  # the contract kept: passed on
 
 
 def test_registration_requires_a_state_key_exactly_for_recurrent_encoders() -> None:
     """compare and the carry metrics tell a recurrent run by its state_key: a mismatch is refused at import."""
-    with pytest.raises(ConfigError, match=r"'carryless' .* recurrent=True but its class sets no state_key"):
+    with pytest.raises(PluginError, match=r"'carryless' .* recurrent=True but its class sets no state_key"):
         @register_encoder("carryless", BaseModel, recurrent=True)
         class Carryless(nn.Module):
             pass
-    with pytest.raises(ConfigError, match=r"recurrent=False but its class sets state_key = 'z'"):
+    with pytest.raises(PluginError, match=r"recurrent=False but its class sets state_key = 'z'"):
         @register_encoder("stateful", BaseModel, recurrent=False)
         class Stateful(nn.Module):
             state_key = "z"
     assert [spec.name for spec in list_encoders()] == NAMES  # neither was registered
+
+
+class Loose(BaseModel):  # pydantic's default: unknown keys ignored, fields mutable
+    scale: float = 1.0
+
+
+class Frozen(Loose):
+    model_config = ConfigDict(frozen=True)
+
+
+@pytest.mark.parametrize("config", [Loose, Frozen, dict, None])
+def test_registration_requires_a_frozen_pydantic_config_that_refuses_unknown_keys(config: object) -> None:
+    """A typo in arch.encoder_params would otherwise be kept in config.json and ignored by the encoder."""
+    with pytest.raises(PluginError, match=r"'loose' .*: its config .* must be a pydantic model that is frozen and "
+                                          r"refuses unknown keys .*ConfigDict\(frozen=True, extra='forbid'\)"):
+        @register_encoder("loose", config, recurrent=False)  # type: ignore[arg-type]
+        class LooseEncoder(nn.Module):
+            pass
+    assert [spec.name for spec in list_encoders()] == NAMES
 
 
 def test_a_constructor_with_the_wrong_signature_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -272,7 +303,7 @@ def test_a_constructor_with_the_wrong_signature_is_named(monkeypatch: pytest.Mon
     spec = registry.EncoderSpec("two_arguments", NoSettings, TwoArguments, False, "test:TwoArguments")
     monkeypatch.setitem(registry._ENCODERS, spec.name, spec)
     arch = ArchConfig(recurrent_encoder_type="two_arguments")
-    with pytest.raises(ConfigError, match=r"'two_arguments' \(test:TwoArguments\): its constructor must take "
+    with pytest.raises(PluginError, match=r"'two_arguments' \(test:TwoArguments\): its constructor must take "
                                           r"\(arch, params, seq_len\)"):
         build_encoder(arch, 16)
 
@@ -306,17 +337,46 @@ class MeanEncoder(DemoEncoder):
 '''
 
 
-@pytest.fixture
-def plugin_env(tmp_path: Path) -> dict[str, str]:
+def installed(site: Path, source: str) -> dict[str, str]:
     """A real installed-package layout: a module plus a .dist-info with an etrmtrm.encoders entry point."""
-    site = tmp_path / "site"
     site.mkdir()
-    (site / "mean_plugin.py").write_text(PLUGIN)
+    (site / "mean_plugin.py").write_text(source)
     info = site / "mean_plugin-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mean-plugin\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text("[etrmtrm.encoders]\nmean_plugin = mean_plugin\n")
     return {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "COLUMNS": "250"}
+
+
+@pytest.fixture
+def plugin_env(tmp_path: Path) -> dict[str, str]:
+    return installed(tmp_path / "site", PLUGIN)
+
+
+def etrmtrm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "etrmtrm_cli", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize(("change", "said"), [
+    (("return self.scale * mean + self.slots, carry", "return mean[:, 0], carry"),  # (B, D): no token axis
+     r"mean_plugin\.MeanEncoder\.read returned a context of shape \(4, 16\); expected \(B, C, D\)"),
+    (("@register_encoder(\"mean_plugin\", MeanConfig, recurrent=False)", ""),  # the decorator forgotten
+     r"entry point 'mean_plugin' \(mean_plugin\) of etrmtrm.encoders registered no encoder: decorate its class"),
+    (("    scale: float = 1.0", "    scale: float = 1.0\n    bad = undefined_name"),  # fails on import
+     r"entry point 'mean_plugin' \(mean_plugin\) of etrmtrm.encoders failed \(.*mean_plugin.py, line 12\): "
+     r"NameError: name 'undefined_name' is not defined"),
+])
+def test_a_broken_plugin_is_one_line_naming_it(tmp_path: Path, change: tuple[str, str], said: str) -> None:
+    assert change[0] in PLUGIN
+    env = installed(tmp_path / "site", PLUGIN.replace(*change))
+    out = etrmtrm(env, "train", "E0b", "--profile", "tiny", "--experiments", str(EXPERIMENTS), "--runs-dir",
+                  str(tmp_path / "runs"), "--max-steps", "2", "--set", "decoder=none", "--set",
+                  "arch.recurrent_encoder_type=mean_plugin", "--quiet")
+    assert out.returncode == 1, out.stderr
+    assert re.search(said, " ".join(out.stderr.split())), out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 3, out.stderr
+    assert not out.stderr.startswith(f"error: {EXPERIMENTS}")  # the plugin's fault, not the experiments file's
 
 
 def test_entry_point_encoder_is_listed_and_trains(plugin_env: dict[str, str], tmp_path: Path) -> None:

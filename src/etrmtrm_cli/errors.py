@@ -25,6 +25,11 @@ class ConfigKeyError(ConfigError):
         self.key = key
 
 
+class PluginError(EtrmtrmError):
+    """An encoder's code breaks the registry's or the read's contract (encoders/registry.py, encoders/base.py):
+    a plugin's fault, or an in-tree encoder's, never the experiments file's."""
+
+
 class DataError(EtrmtrmError):
     """A task file or data source is wrong or missing."""
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from etrmtrm_cli.config import ArchConfig
 from etrmtrm_cli.encoders.grid import DemoGridEncoder
+from etrmtrm_cli.errors import PluginError
 from etrmtrm_cli.models.layers import CrossAttention, SwiGLU, rms_norm
 
 Carry = dict[str, Tensor]
@@ -80,15 +81,25 @@ class DemoEncoder(nn.Module):
 
     def _check_read(self, result: object, batch_size: int) -> None:
         """A read's contract, checked here: a wrong return would otherwise fail later, in the decoder, as
-        something else (a (B, D) context reads as D context tokens)."""
-        name = type(self).__name__
+        something else (a (B, D) context reads as D context tokens), or log nonsense (a (B, D) stat)."""
+        name = f"{type(self).__module__}.{type(self).__qualname__}.read"
         if not isinstance(result, tuple) or len(result) not in (2, 3):
-            raise TypeError(f"{name}.read must return (context, carry) or (context, carry, stats), "
-                            f"not {type(result).__name__}")
+            raise PluginError(f"{name} must return (context, carry) or (context, carry, stats), "
+                              f"not {type(result).__name__}")
         expected = (batch_size, self.context_tokens, self.hidden_size)
-        if tuple(result[0].shape) != expected:
-            raise ValueError(f"{name}.read returned a context of shape {tuple(result[0].shape)}; expected (B, C, D) = "
-                             f"{expected}, C = arch.context_tokens")
+        context = result[0]
+        if not isinstance(context, Tensor) or tuple(context.shape) != expected:
+            got = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+            raise PluginError(f"{name} returned a context of shape {got}; expected (B, C, D) = {expected}, "
+                              "C = arch.context_tokens")
+        stats = result[2] if len(result) == 3 else {}
+        if not isinstance(stats, dict):
+            raise PluginError(f"{name} returned stats of type {type(stats).__name__}; expected {{name: (B,) tensor}}")
+        for key, value in stats.items():
+            if not (isinstance(value, Tensor) and value.is_floating_point() and tuple(value.shape) == (batch_size,)):
+                got = f"shape {tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+                raise PluginError(f"{name} returned stats[{key!r}] of {got}; expected one float per slot, "
+                                  f"shape ({batch_size},)")
 
     def read(self, carry: Carry, demos: Tensor, demo_mask: Tensor) -> ReadResult:
         """-> (context (B, C, D), new carry) or (context, new carry, stats); see the module docstring."""

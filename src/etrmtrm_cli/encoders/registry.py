@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -19,9 +20,10 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from etrmtrm_cli.errors import ConfigError, ConfigKeyError
+from etrmtrm_cli.errors import ConfigKeyError, PluginError
 
 ENTRY_POINT_GROUP = "etrmtrm.encoders"
+_IMPORT_MACHINERY = ("<frozen importlib", importlib.__file__.rsplit("/", 1)[0])  # frames of no use to a plugin's author
 M = TypeVar("M", bound=type[nn.Module])
 
 
@@ -47,20 +49,31 @@ def register_encoder(name: str, config_cls: type[BaseModel], *, recurrent: bool)
         if _loading_entry_point:
             origin += f" (entry point {_loading_entry_point[-1]})"
         if name in _ENCODERS:
-            raise ConfigError(
+            raise PluginError(
                 f"encoder name {name!r} is registered twice: by {_ENCODERS[name].origin} and by {origin}"
             )
         # compare and the logged metrics tell a recurrent run by the carry entry named by state_key
         if recurrent != (getattr(cls, "state_key", None) is not None):
-            raise ConfigError(
+            raise PluginError(
                 f"encoder {name!r} ({origin}) is registered with recurrent={recurrent} but its class sets "
                 + ("no state_key: name the carry entry whose norm and change are logged (state_key = '<key>')"
                    if recurrent else f"state_key = {cls.state_key!r}: a stateless encoder keeps it None")
+            )
+        settings = getattr(config_cls, "model_config", {}) if _is_model(config_cls) else {}
+        if settings.get("frozen") is not True or settings.get("extra") != "forbid":
+            raise PluginError(
+                f"encoder {name!r} ({origin}): its config {getattr(config_cls, '__qualname__', config_cls)!r} must be "
+                "a pydantic model that is frozen and refuses unknown keys (a typo in arch.encoder_params must fail, "
+                "not be ignored): model_config = ConfigDict(frozen=True, extra='forbid')"
             )
         _ENCODERS[name] = EncoderSpec(name, config_cls, cls, recurrent, origin)
         return cls
 
     return wrap
+
+
+def _is_model(cls: object) -> bool:
+    return isinstance(cls, type) and issubclass(cls, BaseModel)
 
 
 def _ensure_loaded() -> None:
@@ -72,14 +85,23 @@ def _ensure_loaded() -> None:
     _entry_points_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         _loading_entry_point.append(f"{ep.name} = {ep.value}")
+        before = len(_ENCODERS)
         try:
             ep.load()
-        except ConfigError:
+        except PluginError:
             raise
         except Exception as err:  # a broken third-party package must not hide which one it is
-            raise ConfigError(f"entry point {ep.name!r} ({ep.value}) of {ENTRY_POINT_GROUP} failed: {err}") from err
+            where = next((f" ({f.filename}, line {f.lineno})" for f in reversed(traceback.extract_tb(err.__traceback__))
+                          if not f.filename.startswith(_IMPORT_MACHINERY)), "")
+            raise PluginError(f"entry point {ep.name!r} ({ep.value}) of {ENTRY_POINT_GROUP} failed{where}: "
+                              f"{type(err).__name__}: {err}") from err
         finally:
             _loading_entry_point.pop()
+        # Loaded but nothing registered, nor before (a module imported earlier registered then): a forgotten decorator
+        if len(_ENCODERS) == before and not any(
+                spec.module_cls.__module__.split(".")[0] == ep.module.split(".")[0] for spec in _ENCODERS.values()):
+            raise PluginError(f"entry point {ep.name!r} ({ep.value}) of {ENTRY_POINT_GROUP} registered no encoder: "
+                              "decorate its class with @register_encoder(name, Config, recurrent=...)")
 
 
 def list_encoders() -> list[EncoderSpec]:
@@ -128,7 +150,7 @@ def build_encoder(arch: Any, seq_len: int) -> nn.Module:
     try:  # checked before the call, so a TypeError raised inside a constructor keeps its traceback
         inspect.signature(spec.module_cls).bind(arch, params, seq_len)
     except TypeError as err:
-        raise ConfigError(
+        raise PluginError(
             f"encoder {spec.name!r} ({spec.origin}): its constructor must take (arch, params, seq_len): {err}"
         ) from None
     return spec.module_cls(arch, params, seq_len)
