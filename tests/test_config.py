@@ -134,6 +134,12 @@ def test_encoder_errors_name_the_layer_and_a_near_name(tmp_path: Path) -> None:
         ("arch = { encoder_params = { encoder_h_cycles = 2 } }", "arch.encoder_params.encoder_h_cycles"),
         ("arch = { hidden_size = 30, num_heads = 4 }", "hidden_size 30 is not divisible by num_heads 4"),
         ("learning_rate = 1e-3", "learning_rate: unknown key"),
+        ("train = { lr = inf }", "train.lr: Input should be a finite number"),
+        # a section that is not a table would replace [base.arch] whole, not be one wrong value
+        ("arch = 5", "arch: must be a table of settings, not 5 (set in experiments.E0b)"),
+        ("id = 'E0zz'", "id: not a setting, the experiment's table name (set in experiments.E0b)"),
+        ("profile = 'cpu'", "profile: not a setting, chosen with --profile (set in experiments.E0b)"),
+        ("decoder = 'P9'", "decoder: 'P9' is neither an experiment of this file nor a file here"),
     ],
 )
 def test_bad_values_name_file_experiment_and_key(tmp_path: Path, body: str, expected: str) -> None:
@@ -141,6 +147,24 @@ def test_bad_values_name_file_experiment_and_key(tmp_path: Path, body: str, expe
     assert message.startswith(f"{tmp_path / 'experiments.toml'}: E0b: "), message
     assert expected in message, message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("id=../evil", "id: not a setting, the experiment's table name (set in --set)"),
+    ("parent=E0z", "parent: unknown experiment 'E0z'; did you mean 'E0b'? (set in --set)"),
+    ("decoder=E0c", "decoder: 'E0c' is neither an experiment of this file nor a file here; did you mean 'E0b'?"),
+    ("train=1", "train: must be a table of settings, not 1 (set in --set)"),
+])
+def test_bad_overrides_are_refused_as_the_file_refuses_them(tmp_path: Path, override: str, expected: str) -> None:
+    message = resolve_error(tmp_path, "", overrides=(override,))
+    assert expected in message, message
+
+
+def test_set_seed_and_seeds_together_are_refused(tmp_path: Path) -> None:
+    file = load_experiments(write(tmp_path))
+    with pytest.raises(ConfigError, match=r"--set seed=\.\.\. and --seeds both choose the seed"):
+        file.jobs("E0b", "tiny", ["seed=5"], [0, 1])
+    assert [exp.seed for exp, _ in file.jobs("E0b", "tiny", ["seed=5"], None)] == [5]
 
 
 def test_batch_must_divide_by_world_size(tmp_path: Path) -> None:
@@ -176,6 +200,8 @@ def test_unknown_experiment_suggests_the_closest(tmp_path: Path) -> None:
          "profiles.cpu.data.query_mode: a profile changes sizes, never what an experiment compares"),
         ("[experiment.E0a]\n", "unknown top-level table(s) experiment"),
         ("[base]\n", "defines no [experiments.<ID>] table"),
+        ("[experiments.E0a]\n[queues]\nweek1 = []\n", "queues.week1: empty"),
+        ("[experiments.E0a]\n[queues]\nweek1 = ['E0a', 'E0a']\n", "queues.week1: lists 'E0a' twice"),
     ],
 )
 def test_structural_errors(tmp_path: Path, text: str, expected: str) -> None:

@@ -58,7 +58,7 @@ BOUND_REASONS = {
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # lr = inf is a typo, never a setting
 
 
 class DataConfig(Frozen):

@@ -61,10 +61,12 @@ class ExperimentsFile(BaseModel):
             f"profiles.{profile}": self.profiles[profile],
             "--set": override_tree,
         }
+        self._check_layers(exp_id, layers)
         merged: dict[str, Any] = {}
         for layer in layers.values():
             merged = deep_merge(merged, layer)
         merged.update(id=exp_id, profile=profile)
+        self._check_references(exp_id, merged, layers)
         try:
             exp = Experiment.model_validate(merged)
         except ValidationError as err:
@@ -78,6 +80,36 @@ class ExperimentsFile(BaseModel):
             )
         return exp
 
+    def _check_layers(self, exp_id: str, layers: Mapping[str, Mapping[str, Any]]) -> None:
+        """What a merge would lose silently: a section set to a non-table (`arch = 5` replaces [base.arch] whole),
+        and the two keys the tool sets itself (id: the table's name; profile: --profile)."""
+        for origin, tree in layers.items():
+            for key, value in tree.items():
+                if key in ("id", "profile"):
+                    chosen = "the experiment's table name" if key == "id" else "chosen with --profile"
+                    raise ConfigError(f"{self.path}: {exp_id}: {key}: not a setting, {chosen} (set in {origin})")
+                if _section_model([key]) is not None and not isinstance(value, Mapping):
+                    raise ConfigError(f"{self.path}: {exp_id}: {key}: must be a table of settings, not "
+                                      f"{value!r} (set in {origin})")
+
+    def _check_references(self, exp_id: str, merged: Mapping[str, Any], layers: Mapping[str, Mapping[str, Any]]
+                          ) -> None:
+        """parent and decoder name experiments of this file (a decoder may also be a checkpoint's path)."""
+        def set_in(key: str) -> str:
+            return next(name for name, tree in reversed(layers.items()) if key in tree)
+
+        parent = merged.get("parent")
+        if parent is not None and parent not in self.experiments:
+            raise ConfigError(f"{self.path}: {exp_id}: parent: unknown experiment {parent!r}"
+                              f"{_did_you_mean(parent, self.experiments)} (set in {set_in('parent')})")
+        decoder = merged.get("decoder")
+        if (isinstance(decoder, str) and decoder != "none" and decoder not in self.experiments and "/" not in decoder
+                and not Path(decoder).suffix and not Path(decoder).exists()):
+            raise ConfigError(
+                f"{self.path}: {exp_id}: decoder: {decoder!r} is neither an experiment of this file nor a file here"
+                f"{_did_you_mean(decoder, self.experiments)}; a decoder is 'none', an experiment ID, or a "
+                f"checkpoint's path (a run of another file: runs/<ID>/model.safetensors) (set in {set_in('decoder')})")
+
     def jobs(self, target: str, profile: str, overrides: Sequence[str], seeds: Sequence[int] | None,
              world_size: int = 1) -> list[tuple[Experiment, bool]]:
         """The runs `train <target> [--seeds ...]` makes, in order: (experiment, one of several seeds?).
@@ -86,6 +118,8 @@ class ExperimentsFile(BaseModel):
         the file starts from (P0): it runs once, at its own seed, and every seed of its users loads it.
         Seed-major (seed 0 of every experiment, then seed 1, ...): a sweep cut short leaves its arms with
         equal numbers of seeds, which is what a comparison needs."""
+        if seeds is not None and "seed" in parse_overrides(overrides, self.path):
+            raise ConfigError("--set seed=... and --seeds both choose the seed: use --seeds alone")
         decoders = {decoder_of(self.base, self.experiments, e) for e in self.experiments}
         ids = self.targets(target)
         once = [(self.resolve(e, profile, overrides, world_size), False) for e in ids
@@ -104,10 +138,8 @@ class ExperimentsFile(BaseModel):
     def _require_experiment(self, exp_id: str) -> None:
         if exp_id not in self.experiments:
             known = [*self.experiments, *self.queues]
-            hint = difflib.get_close_matches(exp_id, known, n=1, cutoff=0.5)
-            did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
             raise ConfigError(
-                f"{self.path}: unknown experiment or queue {exp_id!r}{did_you_mean} "
+                f"{self.path}: unknown experiment or queue {exp_id!r}{_did_you_mean(exp_id, known)} "
                 f"(experiments: {', '.join(self.experiments)}; queues: {', '.join(self.queues) or 'none'})"
             )
 
@@ -144,11 +176,14 @@ def load_experiments(path: Path) -> ExperimentsFile:
             raise ConfigError(f"{path}: queues.{name}: must be a list of experiment IDs")
         if name in experiments:
             raise ConfigError(f"{path}: queues.{name}: a queue cannot share its name with an experiment")
+        if not members:
+            raise ConfigError(f"{path}: queues.{name}: empty; a queue lists the experiments it runs, in order")
         for member in members:
             if member not in experiments:
-                hint = difflib.get_close_matches(member, list(experiments), n=1, cutoff=0.5)
-                did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
-                raise ConfigError(f"{path}: queues.{name}: unknown experiment {member!r}{did_you_mean}")
+                raise ConfigError(f"{path}: queues.{name}: unknown experiment {member!r}"
+                                  f"{_did_you_mean(member, experiments)}")
+            if members.count(member) > 1:
+                raise ConfigError(f"{path}: queues.{name}: lists {member!r} twice; a run is trained once")
         queues[name] = tuple(members)
     base = _table(raw, "base", path)
     _check_decoder_cycles(base, experiments, path)
@@ -228,6 +263,11 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def _did_you_mean(name: str, known: Sequence[str] | Mapping[str, Any]) -> str:
+    hint = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f"; did you mean {hint[0]!r}?" if hint else ""
 
 
 def _table(raw: Mapping[str, Any], name: str, path: Path) -> dict[str, Any]:
