@@ -109,3 +109,31 @@ def test_a_queue_exports_the_runs_its_sweep_has_so_far(tmp_path: Path) -> None:
     assert re.search(r"^exported .*E1a/seed-0 ", out, re.M), out
     assert sorted(re.findall(r"^no run yet \S+/(\w+) ", out, re.M)) == ["E2c", "E2d", "E3b"], out
     assert sorted(p.name for p in records.iterdir()) == ["E1a"]
+
+
+def test_a_run_that_compare_could_not_read_is_not_exported(tmp_path: Path) -> None:
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    seeded_runs(runs)
+    (runs / "E0b/seed-1/meta.json").write_text('{"experiment": "E0b", "se')  # truncated
+    code, out = cli("export", "E0b", "--runs-dir", runs, "--to", records)
+    assert code == 1 and f"{runs / 'E0b/seed-1/meta.json'}: not valid JSON" in " ".join(out.split()), out
+    (runs / "E0b/seed-1/meta.json").unlink()
+    (runs / "E0a/seed-2/metrics.jsonl").unlink()
+    for exp_id, lacking in (("E0b", "seed-1: finished, but without meta.json"),
+                            ("E0a", "seed-2: finished, but without metrics.jsonl")):
+        code, out = cli("export", exp_id, "--runs-dir", runs, "--to", records)
+        assert code == 1 and lacking in " ".join(out.split()), out
+    code, out = cli("export", "E0a", "--runs-dir", runs, "--to", runs / "E0b")
+    assert code == 1 and "inside the runs directory" in out, out
+    assert not records.exists() and not (runs / "E0b" / "E0a").exists()
+
+
+def test_a_run_folder_without_its_config_is_named_not_left_out(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    seeded_runs(runs)
+    (runs / "E0b/seed-1/config.json").unlink()
+    for command in ("compare", "export"):
+        code, out = cli(command, "E0a", "E0b", "--runs-dir", runs, *(["--to", tmp_path / "rec"] if command == "export"
+                                                                     else []))
+        said = " ".join(out.split())
+        assert code == 1 and f"{runs / 'E0b/seed-1'}: a run without config.json, so what it ran is unknown" in said, out

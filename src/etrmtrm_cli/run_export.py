@@ -16,7 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from etrmtrm_cli.errors import RunError
-from etrmtrm_cli.rundir import CONFIG, FINAL_WEIGHTS, META, METRICS, METRICS_GZ, SUMMARY, read_summary, seed_runs
+from etrmtrm_cli.rundir import (
+    CONFIG,
+    FINAL_WEIGHTS,
+    META,
+    METRICS,
+    METRICS_GZ,
+    SUMMARY,
+    check_configs,
+    load_run,
+    metrics_path,
+    read_summary,
+    seed_runs,
+)
 
 
 @dataclass(frozen=True)
@@ -34,8 +46,13 @@ def export_runs(runs_dir: Path, exp_ids: Sequence[str], to: Path, *, weights: bo
     found = {exp_id: seed_runs(runs_dir, exp_id) for exp_id in exp_ids}
     if not any(found.values()):
         raise RunError(f"{runs_dir}: no run of {', '.join(exp_ids)} to export")
-    if to.resolve() == runs_dir.resolve():
-        raise RunError(f"--to {to}: that is the runs directory itself; export into another directory")
+    if to.resolve().is_relative_to(runs_dir.resolve()):
+        raise RunError(f"--to {to}: inside the runs directory {runs_dir}, where it would write into its runs; "
+                       "export into another directory")
+    check_configs(runs_dir, exp_ids)
+    for run in (run for runs in found.values() for run in runs):  # all before any is written
+        if read_summary(run).get("status") == "finished":
+            _check_readable(run)
     exported = []
     for exp_id, runs in found.items():
         if not runs:
@@ -69,6 +86,14 @@ def export_run(run_dir: Path, dest: Path, *, weights: bool = False) -> Exported:
     tmp.rename(dest)
     shutil.rmtree(old)
     return Exported(run_dir, dest, "updated")
+
+
+def _check_readable(run_dir: Path) -> None:
+    """A finished run's files are all there and read as compare reads them: a record of it must compare."""
+    if lacking := [name for name in (META, SUMMARY) if not (run_dir / name).is_file()] + (
+            [] if metrics_path(run_dir).is_file() else [METRICS]):
+        raise RunError(f"{run_dir}: finished, but without {', '.join(lacking)}: a record of it could not be compared")
+    load_run(run_dir)
 
 
 def _record_files(run_dir: Path, weights: bool) -> dict[str, bytes]:

@@ -87,6 +87,15 @@ def seed_runs(runs_dir: Path, exp_id: str) -> list[Path]:
     return found
 
 
+def runs_without_config(runs_dir: Path, exp_id: str) -> list[Path]:
+    """Folders of an experiment that hold a run's files but no config.json: `seed_runs` cannot count them, so a
+    reader that would silently leave them out names them instead."""
+    base = runs_dir / exp_id
+    folders = [base, *(p for p in base.glob(f"{SEED_PREFIX}*") if p.is_dir())] if base.is_dir() else []
+    return [p for p in folders if not (p / CONFIG).is_file() and any((p / name).is_file() for name in
+                                                                      (SUMMARY, META, METRICS, METRICS_GZ))]
+
+
 def decoder_run(runs_dir: Path, exp_id: str) -> Path | None:
     """The one finished run a `decoder = "<ID>"` loads: runs/<ID>/ if it is one, else its lowest seed."""
     finished = [run for run in seed_runs(runs_dir, exp_id) if (run / FINAL_WEIGHTS).is_file()]
@@ -317,11 +326,19 @@ def load_runs(runs_dir: Path, exp_ids: Sequence[str]) -> list[RunFiles]:
     if not exp_ids:
         raise ConfigError("compare needs at least one run, e.g. `etrmtrm compare E0a E0b`")
     found = {exp_id: seed_runs(runs_dir, exp_id) for exp_id in exp_ids}
+    check_configs(runs_dir, exp_ids)
     missing = [e for e, runs in found.items() if not runs]
     if missing:
         raise RunError("\n".join(f"{runs_dir / e}: no such run (no {CONFIG}, no {SEED_PREFIX}<N>/); produce it "
                                  f"with `etrmtrm train {e}`" for e in missing))
     return [load_run(run) for runs in found.values() for run in runs]
+
+
+def check_configs(runs_dir: Path, exp_ids: Sequence[str]) -> None:
+    """Every run folder of these experiments has its config.json (runs_without_config)."""
+    if lacking := [p for exp_id in exp_ids for p in runs_without_config(runs_dir, exp_id)]:
+        raise RunError(f"{', '.join(map(str, lacking))}: a run without {CONFIG}, so what it ran is unknown: restore "
+                       "the file, or move the folder out of the runs directory")
 
 
 def load_run(run_dir: Path) -> RunFiles:
