@@ -264,3 +264,22 @@ def test_cli_context_use_needs_a_run_and_all_leaves_it_out_without_one() -> None
     assert diagnose.parse_checks("all", with_run=False) == ("carry-reset", "gradient-flow", "encoder-variance",
                                                             "determinism")
     assert "context-use" in diagnose.parse_checks("all", with_run=True)
+
+
+def test_a_run_diagnose_cannot_read_is_one_line_naming_it(tmp_path: Path) -> None:
+    exp = tiny("E0b", ["train.eval_interval=100", "train.checkpoint_interval=100"])
+    train(exp, TrainOptions(runs_dir=tmp_path, max_steps=1, per_seed=True), DistContext(0, 1, CPU))
+    run = tmp_path / "E0b" / "seed-0"
+
+    def diagnosed(path: Path) -> str:
+        out = runner.invoke(app, ["diagnose", "--run", str(path), "--check", "carry-reset"], env={"COLUMNS": "250"})
+        assert out.exit_code == 1 and "Traceback" not in out.output, out.output
+        return " ".join(out.output.split())
+
+    assert f"{run.parent}: not a run (no config.json); it holds the seed runs seed-0: pass one" in diagnosed(run.parent)
+    config = (run / "config.json").read_text()
+    (run / "config.json").write_text(config.replace('"hidden_size": 16', '"hidden_size": 32'))
+    assert "the weights do not fit the run's model: " in diagnosed(run)  # names the tensors
+    assert " is (" in diagnosed(run) and "in the file, (" in diagnosed(run)
+    (run / "config.json").write_text("{}")
+    assert f"{run / 'config.json'}: not a config this version can read" in diagnosed(run)

@@ -29,7 +29,7 @@ import re
 import shutil
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +41,7 @@ from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError, first_lin
 from etrmtrm_cli.run_lock import RunLock
 
 if TYPE_CHECKING:  # torch and safetensors are imported where weights are read or written: `status` needs neither
-    from torch import Tensor
+    from torch import Tensor, nn
 
 CONFIG = "config.json"
 META = "meta.json"
@@ -144,14 +144,23 @@ RESUMABLE_KEYS = frozenset({"description", "parent", "train.max_steps", "train.e
                             "train.checkpoint_interval", "train.keep_checkpoints", "train.eval_batch_size"})
 
 
-def saved_config(run_dir: Path) -> dict[str, Any]:
+def read_config(run_dir: Path) -> Experiment:
     """The run's config.json through the current schema, so that settings added since it started take their
-    defaults."""
+    defaults; every error names the file."""
+    path = run_dir / CONFIG
     try:
-        return Experiment.model_validate(read_json(run_dir / CONFIG)).model_dump(mode="json")
+        return Experiment.model_validate(read_json(path))
     except ValidationError as err:
-        raise RunError(f"{run_dir / CONFIG}: not a config this version can read "
-                       f"({err.error_count()} problems, first: {first_line(err)})") from None
+        first = err.errors()[0]
+        raise RunError(f"{path}: not a config this version can read ({err.error_count()} problem(s), first: "
+                       f"{'.'.join(map(str, first['loc'])) or '(config)'}: {first['msg']})") from None
+    except ConfigError as err:  # from the encoder registry: e.g. the run's encoder is not installed here
+        raise RunError(f"{path}: {err}") from None
+
+
+def saved_config(run_dir: Path) -> dict[str, Any]:
+    """read_config as plain data, for comparing settings."""
+    return read_config(run_dir).model_dump(mode="json")
 
 
 def config_changes(saved: dict[str, Any], exp: Experiment) -> tuple[dict[str, tuple[Any, Any]], str]:
@@ -418,6 +427,19 @@ def save_weights(path: Path, state: dict[str, Tensor]) -> None:
         save_file({k: v.detach().contiguous().clone().cpu() for k, v in state.items()}, str(path))
     except Exception as err:  # OSError, or safetensors' own error for a full disk
         raise RunError(f"{path}: cannot write ({_reason(err, path)}); the previous checkpoint is kept") from None
+
+
+def load_fitting(model: nn.Module, weights: Mapping[str, Tensor], source: Path | str) -> None:
+    """Weights that fit `model` exactly, or one error naming what does not fit (`source`: where they came from)."""
+    target = model.state_dict()
+    problems = [f"{k} missing" for k in target if k not in weights]
+    problems += [f"{k} not in this model" for k in weights if k not in target]
+    problems += [f"{k} is {tuple(v.shape)} in the file, {tuple(target[k].shape)} in the model"
+                 for k, v in weights.items() if k in target and v.shape != target[k].shape]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(f"{source}: the weights do not fit the run's model: {'; '.join(problems[:3])}{more}")
+    model.load_state_dict(weights)
 
 
 def load_weights(path: Path) -> dict[str, Tensor]:

@@ -39,18 +39,17 @@ def per_task_accuracy(run: RunFiles, device: str = "cpu", batch_size: int | None
     and pass@2 is the exact rate."""
     import torch
 
-    from etrmtrm_cli.config import Experiment
     from etrmtrm_cli.data.dataset import build_arc_data
     from etrmtrm_cli.models.build import build_model
     from etrmtrm_cli.training.evaluate import Votes, leading_rows, pass_per_task, scores, truths_of, vote
 
-    exp = Experiment.model_validate(run.config)
+    exp = rundir.read_config(run.run_dir)
     data = build_arc_data(exp.data, exp.seed)
     model = build_model(exp, data.seq_len, data.num_puzzle_ids)
     weights = rundir.judged_weights(run.run_dir)
     if weights is None:
         raise RunError(f"{run.run_dir}: no weights yet (no checkpoint); train it further first")
-    model.load_state_dict(rundir.load_weights(weights))
+    rundir.load_fitting(model, rundir.load_weights(weights), weights)
     model.to(device).eval()
     size = batch_size or exp.train.eval_batch_size or exp.train.batch_size
     sums: dict[tuple[str, str], list[float]] = {}

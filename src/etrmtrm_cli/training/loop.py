@@ -311,16 +311,7 @@ def _restore(run_dir: Path, parts: Trainable, ctx: DistContext
 
 
 def _load_weights(model: ACTModel, path: Path) -> None:
-    """Weights that fit `model` exactly, or one error naming what does not fit."""
-    saved, target = rundir.load_weights(path), model.state_dict()
-    problems = [f"{k} missing" for k in target if k not in saved]
-    problems += [f"{k} not in this model" for k in saved if k not in target]
-    problems += [f"{k} is {tuple(v.shape)} in the file, {tuple(target[k].shape)} in the model"
-                 for k, v in saved.items() if k in target and v.shape != target[k].shape]
-    if problems:
-        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise CheckpointError(f"{path}: the weights do not fit this run's model: {'; '.join(problems[:3])}{more}")
-    model.load_state_dict(saved)
+    rundir.load_fitting(model, rundir.load_weights(path), path)
 
 
 def _recorded_dtype(run_dir: Path) -> str | None:

@@ -15,7 +15,7 @@ from torch import Tensor
 from etrmtrm_cli import rundir
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.data.dataset import ArcData, build_arc_data
-from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError, first_line
+from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError
 from etrmtrm_cli.models.act import ACTModel
 from etrmtrm_cli.models.build import build_model
 from etrmtrm_cli.training.runtime import choose_dtype
@@ -64,10 +64,12 @@ def fresh_subject(exp: Experiment, device: torch.device) -> Subject:
 
 def run_subject(run_dir: Path, device: torch.device) -> Subject:
     """A run's config.json and the weights it is judged by (rundir.judged_weights: final, else latest EMA)."""
-    config_path = run_dir / rundir.CONFIG
-    if not config_path.is_file():
-        raise RunError(f"{run_dir}: no {rundir.CONFIG}; produce the run with `etrmtrm train {run_dir.name}`")
-    exp = Experiment.model_validate(rundir.read_json(config_path))
+    if not (run_dir / rundir.CONFIG).is_file():
+        seeds = sorted(p.name for p in run_dir.glob(f"{rundir.SEED_PREFIX}*") if (p / rundir.CONFIG).is_file())
+        raise RunError(f"{run_dir}: not a run (no {rundir.CONFIG}); " + (
+            f"it holds the seed runs {', '.join(seeds)}: pass one, e.g. --run {run_dir / seeds[0]}" if seeds else
+            "pass a run's folder, runs/<ID>/ or runs/<ID>/seed-<N>/"))
+    exp = rundir.read_config(run_dir)
     _require_encoder(exp)
     weights_path = rundir.judged_weights(run_dir)
     if weights_path is None:
@@ -87,11 +89,7 @@ def build(subject: Subject, trained: bool = True) -> ACTModel:
     torch.manual_seed(subject.exp.seed)
     model = build_model(subject.exp, subject.data.seq_len, subject.data.num_puzzle_ids)
     if trained and subject.weights is not None:
-        try:
-            model.load_state_dict(subject.weights)
-        except RuntimeError as err:
-            raise CheckpointError(f"{subject.source}: does not match the model of its config.json "
-                                  f"({first_line(err)})") from None
+        rundir.load_fitting(model, subject.weights, subject.source)
     return model.to(subject.device)
 
 
