@@ -253,6 +253,10 @@ def test_cli_diagnoses_a_trained_run(tmp_path: Path) -> None:
     assert "run's metrics.jsonl: train/encoder_var_same_step, last 10% of steps" in whats
     refused = runner.invoke(app, ["diagnose", "--run", str(tmp_path / "E0b"), "--set", "seed=1"])
     assert refused.exit_code == 1 and "--set cannot be combined with --run" in refused.output
+    for args, said in ((["--profile", "cpu"], "--profile cannot be combined with --run"),
+                       (["E0a"], "is a run of E0b, not E0a: leave the experiment out with --run")):
+        refused = runner.invoke(app, ["diagnose", *args, "--run", str(tmp_path / "E0b")], env={"COLUMNS": "250"})
+        assert refused.exit_code == 1 and said in " ".join(refused.output.split()), refused.output
     used = runner.invoke(app, ["diagnose", "--run", str(tmp_path / "E0b"), "--check", "context-use"],
                          env={"COLUMNS": "200"})
     assert used.exit_code in (0, 3) and "context-use" in used.output and "another task's demos" in used.output

@@ -362,6 +362,7 @@ def test_flops_are_what_a_real_step_counts_and_scale_with_the_batch() -> None:
     ("", ("--seeds", "two"), r"--seeds 'two': expected a count"),
     ("", ("--seeds", "99999999999"), r"--seeds 99999999999: at most 1000 seeds at a time"),
     ("", ("--seeds", "1,,2"), r"--seeds '1,,2': expected a count"),
+    ("", ("--device", "gpu"), r"--device 'gpu': expected auto, cpu or cuda"),
 ])
 def test_bad_sweep_settings_are_one_line_naming_the_key(tmp_path: Path, table: str, args: tuple, expected: str
                                                        ) -> None:

@@ -310,7 +310,8 @@ def stop_on_signals(stop: StopFlag) -> Iterator[None]:
 @app.command()
 @handles_errors
 def diagnose(
-    experiment: Annotated[str, typer.Argument(help="The experiment whose model to check.")] = "E0b",
+    experiment: Annotated[str | None, typer.Argument(
+        help="The experiment whose model to check (E0b when left out); with --run, the run's.")] = None,
     check: Annotated[str, typer.Option(
         "--check", "-c", help="carry-reset | gradient-flow | encoder-variance | determinism | context-use (with "
                               "--run) | all")] = "all",
@@ -337,11 +338,15 @@ def diagnose(
     checks = parse_checks(check, with_run=run is not None)
     chosen = pick_device(device)
     if run is not None:
-        if overrides:
-            raise ConfigError("--set cannot be combined with --run: the run's config.json is what is checked")
+        if overrides or profile != "auto":
+            raise ConfigError(f"{'--set' if overrides else '--profile'} cannot be combined with --run: the run's "
+                              "config.json is what is checked")
         subject = run_subject(run, chosen)
+        if experiment is not None and experiment != subject.exp.id:
+            raise ConfigError(f"--run {run} is a run of {subject.exp.id}, not {experiment}: leave the experiment "
+                              "out with --run")
     else:
-        subject = fresh_subject(load_one(experiments, experiment, profile, overrides)[1], chosen)
+        subject = fresh_subject(load_one(experiments, experiment or "E0b", profile, overrides)[1], chosen)
     console.print(f"[dim]checking {subject.source}[/]", highlight=False)
     results = run_checks(subject, checks)
     for result in results:

@@ -79,12 +79,14 @@ def sweep(
     from etrmtrm_cli import sweep as sw
     from etrmtrm_cli.rundir import check_finished_run_is, check_run_layout
     from etrmtrm_cli.sweep_status import SWEEP_FOLDER
+    from etrmtrm_cli.training.distributed import check_device_name
 
     file = load_experiments(experiments)
     given = {"executor": executor, "jobs": jobs, "time_min": time_min, "partition": partition,
              "gpus_per_job": gpus_per_job, "cpus_per_job": cpus_per_job, "mem_gb": mem_gb,
              "array_parallelism": array_parallelism}
     config = sweep_config({k: v for k, v in given.items() if v is not None}, "--{key}", base=file.sweep)
+    check_device_name(device)  # here, not in each job: whether the nodes have it is theirs to say
     kind, why = sw.choose_executor(config.executor)
     chosen = _sweep_profile(profile, kind, config)
     threads = sw.local_threads(config.jobs) if kind == "local" else config.cpus_per_job

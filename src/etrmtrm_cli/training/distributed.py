@@ -50,17 +50,25 @@ class DistContext:
         return torch.cat(parts)
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device_name(name: str) -> None:
+    """A --device value is one of DEVICES (whether this machine has it is pick_device's question)."""
+    if name not in DEVICES:
+        raise ConfigError(f"--device {name!r}: expected {', '.join(DEVICES[:-1])} or {DEVICES[-1]}")
+
+
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """auto | cpu | cuda -> a torch.device; asking for CUDA where there is none is an error."""
+    check_device_name(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA device is available (use --device cpu or auto)")
         return torch.device("cuda", local_rank)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ConfigError(f"--device {name!r}: expected auto, cpu or cuda")
+    return torch.device("cpu")
 
 
 def init_distributed(env: Mapping[str, str], device_name: str) -> DistContext:
