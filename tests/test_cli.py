@@ -175,3 +175,23 @@ def test_summary_line_gives_the_train_figures_compare_gives(tmp_path: Path) -> N
     line = summary_line(summary, rows)
     assert "train acc 72.5% (last 10% of steps)" in line and "pass@2 25.0%" in line
     assert "train exact" not in line and "eval acc" not in line  # not logged: not shown
+
+
+@pytest.mark.parametrize("file", ["runs", "runs/E0b", "runs/E0b/seed-0"])
+def test_a_file_where_a_run_folder_goes_is_named(tmp_path: Path, file: str) -> None:
+    (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / file).write_text("not a folder")
+    seeds = ["--seeds", "1"] if "seed-" in file else []
+    for target in ("E0b", "week1"):  # one run, and a queue (which checks every run before the first starts)
+        out = runner.invoke(app, ["train", target, "--profile", "tiny", "--experiments", REAL, "--runs-dir",
+                                  str(tmp_path / "runs"), "--max-steps", "2", "--set", "decoder=none", *seeds],
+                            env={"COLUMNS": "250"})
+        assert out.exit_code == 1, out.output
+        assert f"{tmp_path / file}: a file where a folder is expected" in " ".join(out.output.split()), out.output
+        assert "moved aside" not in out.output and (tmp_path / file).read_text() == "not a folder"
+
+
+def test_a_decoder_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    out = runner.invoke(app, ["train", "E0b", "--profile", "tiny", "--experiments", REAL, "--runs-dir",
+                              str(tmp_path / "runs"), "--max-steps", "2", "--set", f"decoder={tmp_path}"])
+    assert out.exit_code == 1 and "a directory, not a checkpoint file" in out.output, out.output

@@ -195,9 +195,6 @@ def file_sha256(path: Path) -> str:
 def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> RunLock:
     """Lock the run for this process: refuse to overwrite a run; --force moves the old one aside (never
     deletes it, and never while another process writes it)."""
-    runs_dir = run_dir.parent
-    if runs_dir.exists() and not runs_dir.is_dir():
-        raise RunError(f"{runs_dir}: the runs directory is a file; pass --runs-dir DIR")
     if resume:
         if not run_dir.is_dir():
             raise RunError(f"{run_dir}: no such run to resume; start it without --resume")
@@ -225,7 +222,9 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> RunLock:
 
 def check_run_layout(run_dir: Path, per_seed: bool) -> None:
     """runs/<ID>/ holds one run or seed runs (seed-<N>/), never both: a run of the other kind there would hide
-    them from compare and status, or move them aside with it."""
+    them from compare and status, or move them aside with it. And no file stands where a folder of it goes."""
+    if file := next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None):
+        raise RunError(f"{file}: a file where a folder is expected; move it away, or pass another --runs-dir")
     if per_seed and (run_dir.parent / CONFIG).is_file():
         raise RunError(f"{run_dir.parent} is a run without seeds, so seed runs cannot go inside it: move it "
                        "aside first, or use another --runs-dir")

@@ -65,7 +65,8 @@ def load_decoder(model: ACTModel, exp: Experiment, seq_len: int, runs_dir: Path,
             )
         path = found / rundir.FINAL_WEIGHTS
     if not path.is_file():
-        raise CheckpointError(f"{exp.id}: decoder = {exp.decoder!r}: no such file")
+        what = "a directory, not a checkpoint file" if path.is_dir() else "no such file"
+        raise CheckpointError(f"{exp.id}: decoder = {exp.decoder!r}: {what}")
     sha = rundir.file_sha256(path)
     if named:
         _check_same_start(exp, runs_dir, path, sha)
