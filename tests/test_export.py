@@ -137,3 +137,13 @@ def test_a_run_folder_without_its_config_is_named_not_left_out(tmp_path: Path) -
                                                                      else []))
         said = " ".join(out.split())
         assert code == 1 and f"{runs / 'E0b/seed-1'}: a run without config.json, so what it ran is unknown" in said, out
+
+
+def test_an_empty_config_is_not_a_run_of_another_profile(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    seeded_runs(runs)
+    (runs / "E0b/seed-1/config.json").write_text("{}")
+    code, out = cli("compare", "E0a", "E0b", "--runs-dir", runs)
+    assert code == 1, out
+    assert f"{runs / 'E0b/seed-1/config.json'}: not a run's config (no id, profile, arch, data, train)" in " ".join(
+        out.split()), out

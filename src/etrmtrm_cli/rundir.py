@@ -349,8 +349,13 @@ def check_configs(runs_dir: Path, exp_ids: Sequence[str]) -> None:
                        "the file, or move the folder out of the runs directory")
 
 
+RUN_CONFIG_KEYS = ("id", "profile", "arch", "data", "train")  # what every run's config.json holds
+
+
 def load_run(run_dir: Path) -> RunFiles:
     config = read_json(run_dir / CONFIG)
+    if missing := [key for key in RUN_CONFIG_KEYS if key not in config]:
+        raise RunError(f"{run_dir / CONFIG}: not a run's config (no {', '.join(missing)})")
     meta_path, summary_path = run_dir / META, run_dir / SUMMARY
     meta = read_json(meta_path) if meta_path.is_file() else {}
     summary = read_json(summary_path) if summary_path.is_file() else {"status": "running"}
