@@ -751,3 +751,13 @@ def test_an_interval_of_a_fraction_past_0_to_100_percent_says_so() -> None:
     assert with_interval(estimate([0.90, 0.92, 0.94])) == "92.0% ± 5.0"
     assert pct_interval(-2.827, 3.527) == "[0.0%, 100.0%] (cut from a t interval past 0-100%)"
     assert pct_interval(0.81, 0.93) == "[81.0%, 93.0%]"
+
+
+def test_a_configuration_whose_parent_is_not_compared_is_named(tmp_path: Path) -> None:
+    write_run(tmp_path, "E0a", flat(0.90))
+    write_run(tmp_path, "E2c", flat(0.93))  # parent E0b, not compared
+    result = invoke("E0a", "E2c", "--runs-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert ("Not compared with their parent, which is not among the runs: E2c (parent E0b) (name the parent too to "
+            "compare them)") in " ".join(result.output.split()), result.output
+    assert "E2c vs its parent" not in result.output

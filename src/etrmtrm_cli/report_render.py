@@ -270,6 +270,9 @@ def verdict_lines(v: Verdict) -> list[tuple[int, str, str]]:
         lines.append((0, "bold", f"{p.run} vs its parent {p.parent}: {p.finding}"))
         lines.append((1, "", "settings that differ: " + ("; ".join(p.settings) or "none (same configuration)")))
         lines.extend((1, "", e) for e in p.evidence)
+    if v.parents_absent:
+        lines.append((0, "dim", "Not compared with their parent, which is not among the runs: "
+                                f"{', '.join(v.parents_absent)} (name the parent too to compare them)"))
     for f in v.red_flags:
         if not f.assessed:
             lines.append((0, "dim", f"Red flag {f.number} ({f.title}): not assessed"))

@@ -129,6 +129,7 @@ class Verdict:
     best: Best | None
     parents: list[ParentComparison] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    parents_absent: list[str] = field(default_factory=list)  # "E2b (parent E0b)": a parent not among the compared
 
 
 def pick_baseline(configs: Sequence[Configuration]) -> tuple[Configuration | None, str]:
@@ -374,6 +375,12 @@ def parent_comparison(run: Configuration, parent: Configuration, settings: list[
     return ParentComparison(run.label, parent.label, diff, finding, settings, evidence)
 
 
+def parents_absent(configs: Sequence[Configuration]) -> list[str]:
+    """The configurations whose parent is not among the compared: no parent comparison is made for them."""
+    compared = {exp_id for c in configs for exp_id in c.exp_ids}
+    return [f"{c.label} (parent {c.parent})" for c in configs if c.parent and c.parent not in compared]
+
+
 def parent_comparisons(configs: Sequence[Configuration], differences: Mapping[str, Sequence[object]]
                        ) -> list[ParentComparison]:
     """Each configuration whose parent (config "parent") is among the compared, against it."""
@@ -524,4 +531,4 @@ def verdict(rows: Sequence[RunRow], configs: Sequence[Configuration],
                 scenarios.append(found)
     return Verdict(base.label if base else None, why, scenarios, red_flags(rows, configs, base),
                    best_configuration(configs, base), parent_comparisons(configs, differences or {}),
-                   decision_points(configs, base))
+                   decision_points(configs, base), parents_absent(configs))
