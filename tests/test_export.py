@@ -147,3 +147,15 @@ def test_an_empty_config_is_not_a_run_of_another_profile(tmp_path: Path) -> None
     assert code == 1, out
     assert f"{runs / 'E0b/seed-1/config.json'}: not a run's config (no id, profile, arch, data, train)" in " ".join(
         out.split()), out
+
+
+def test_a_summary_with_a_status_no_run_has_is_named(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    seeded_runs(runs)
+    (runs / "E0b/seed-1/summary.json").write_text('{"status": 5}')
+    train = ["train", "E0b", "--seeds", "2", "--profile", "tiny", "--set", "decoder=none"]
+    for command in (["compare", "E0a", "E0b"], train):
+        code, out = cli(*command, "--runs-dir", runs)
+        said = " ".join(out.split())
+        assert code == 1 and f"{runs / 'E0b/seed-1/summary.json'}: status 5 is not one of running, interrupted, " \
+                             "failed, finished" in said, out

@@ -251,8 +251,7 @@ def run_status(run_dir: Path) -> str:
     """'finished' (says so: its final weights were saved first, though an exported record may leave them out),
     'resumable' (a checkpoint to continue from), 'unsaved' (started, stopped before its first checkpoint) or
     'new' (no run directory)."""
-    summary = run_dir / SUMMARY
-    if summary.is_file() and read_json(summary).get("status") == "finished":
+    if read_summary(run_dir).get("status") == "finished":
         return "finished"
     if latest_checkpoint(run_dir) is not None:
         return "resumable"
@@ -288,9 +287,18 @@ def write_summary(run_dir: Path, *, status: str, step: int, total_steps: int, wa
     })
 
 
+RUN_STATES = ("running", "interrupted", "failed", "finished")  # summary.json "status"
+
+
 def read_summary(run_dir: Path) -> dict[str, Any]:
-    """summary.json, or {} where the run has none."""
-    return read_json(run_dir / SUMMARY) if (run_dir / SUMMARY).is_file() else {}
+    """summary.json, or {} where the run has none; its status is one of RUN_STATES."""
+    path = run_dir / SUMMARY
+    if not path.is_file():
+        return {}
+    summary = read_json(path)
+    if summary.get("status") not in RUN_STATES:
+        raise RunError(f"{path}: status {summary.get('status')!r} is not one of {', '.join(RUN_STATES)}")
+    return summary
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -356,9 +364,9 @@ def load_run(run_dir: Path) -> RunFiles:
     config = read_json(run_dir / CONFIG)
     if missing := [key for key in RUN_CONFIG_KEYS if key not in config]:
         raise RunError(f"{run_dir / CONFIG}: not a run's config (no {', '.join(missing)})")
-    meta_path, summary_path = run_dir / META, run_dir / SUMMARY
+    meta_path = run_dir / META
     meta = read_json(meta_path) if meta_path.is_file() else {}
-    summary = read_json(summary_path) if summary_path.is_file() else {"status": "running"}
+    summary = read_summary(run_dir) or {"status": "running"}
     return RunFiles(str(config.get("id", run_dir.name)), run_dir, config, meta, summary,
                     read_metrics(metrics_path(run_dir), strict=True))
 
