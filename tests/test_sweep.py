@@ -421,3 +421,10 @@ def test_a_finished_run_that_is_not_the_experiment_is_refused_not_skipped(swept:
                  "--runs-dir", swept.project / "runs")  # no --seeds: a run without seeds, where seed runs are
     assert single.code == 1 and "holds the seed runs seed-0, seed-1: train them with --seeds" in " ".join(
         single.text.split()), single.text
+
+
+def test_slurm_settings_given_to_a_local_sweep_are_named_unused(tmp_path: Path) -> None:
+    out = cli("sweep", "E0a", "--dry-run", "--profile", "tiny", "--executor", "local", "--partition", "gpu",
+              "--mem-gb", "8", "--runs-dir", tmp_path / "runs")
+    assert out.code == 0, out.text
+    assert "--partition, --mem-gb: SLURM settings, unused by the local executor" in out.text, out.text

@@ -30,6 +30,7 @@ from etrmtrm_cli.experiments_file import ExperimentsFile, load_experiments, swee
 if TYPE_CHECKING:
     from etrmtrm_cli.sweep_status import RunRow
 
+SLURM_ONLY = ("partition", "gpus_per_job", "cpus_per_job", "mem_gb", "array_parallelism")  # the SLURM panel's options
 _SLURM = "SLURM settings (also from the \\[sweep] table of experiments.toml)"
 
 
@@ -103,6 +104,10 @@ def sweep(
     where = (f"local: {config.jobs} at once, {threads} thread(s) each" if kind == "local" else
              f"SLURM: {threads or 'all allocated'} core(s), {config.gpus_per_job} GPU(s) per job")
     console.print(f"[dim]executor {kind} ({why}); {where}; submitit folder {folder}[/]", highlight=False)
+    slurm_only = [f"--{key.replace('_', '-')}" for key in SLURM_ONLY if given[key] is not None]
+    if kind == "local" and slurm_only:
+        console.print(f"[yellow]{', '.join(slurm_only)}: SLURM settings, unused by the local executor[/]",
+                      highlight=False)
     if dry_run:
         _dry_run(file, request, planned, folder, threads, kind, config)
         return

@@ -352,8 +352,9 @@ def parent_comparison(run: Configuration, parent: Configuration, settings: list[
     a, b = points(parent, "train_acc"), points(run, "train_acc")
     if not (a and b):
         return ParentComparison(run.label, parent.label, None, "no train accuracy logged", settings,
-                                [f"{c.label}: no train accuracy logged by a finished run" for c in (parent, run)
-                                 if not points(c, "train_acc")])
+                                [f"{c.label}: no train accuracy logged by a finished run (it is logged at the "
+                                 "steps where a slot halts: a run of fewer steps than arch.halt_max_steps may "
+                                 "log none)" for c in (parent, run) if not points(c, "train_acc")])
     try:
         diff = paired_difference(a, b)
     except ValueError:
