@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -195,3 +196,36 @@ def test_a_decoder_that_is_a_directory_says_so(tmp_path: Path) -> None:
     out = runner.invoke(app, ["train", "E0b", "--profile", "tiny", "--experiments", REAL, "--runs-dir",
                               str(tmp_path / "runs"), "--max-steps", "2", "--set", f"decoder={tmp_path}"])
     assert out.exit_code == 1 and "a directory, not a checkpoint file" in out.output, out.output
+
+
+def test_a_queue_counts_a_finished_run_only_at_the_length_and_dtype_it_would_train(tmp_path: Path) -> None:
+    from conftest import tiny as tiny_exp
+
+    from etrmtrm_cli.rundir import file_sha256, finished_run_differences
+
+    args = ["train", "week1", "--profile", "tiny", "--experiments", REAL, "--runs-dir", str(tmp_path),
+            "--set", "decoder=none", "--quiet"]
+    assert runner.invoke(app, [*args, "--max-steps", "2"]).exit_code == 0
+    longer = runner.invoke(app, [*args, "--max-steps", "3"], env={"COLUMNS": "250"})
+    said = " ".join(longer.output.split())
+    assert longer.exit_code == 1 and "E0a: finished, but not as E0a is now (steps: 2 in the run, 3 now)" in said, said
+    assert "Start it over alone with `etrmtrm train E0a --profile tiny" in said and "--max-steps 3 " in said, said
+
+    run = tmp_path / "E0a"  # computed in float32 (tiny)
+    assert finished_run_differences(run, tiny_exp("E0a", ["arch.forward_dtype='auto'"]), 2) == ""  # auto's choice
+    assert finished_run_differences(run, tiny_exp("E0a", ["arch.forward_dtype='bfloat16'"]), 2) == ""  # emulated
+    config = (run / "config.json").read_text()
+    (run / "config.json").write_text(config.replace('"forward_dtype": "float32"', '"forward_dtype": "bfloat16"'))
+    assert finished_run_differences(run, tiny_exp("E0a"), 2) == (
+        "arch.forward_dtype: 'bfloat16' in the run, 'float32' now")
+    # a decoder file named by another path (a record on another machine): the same weights by their sha256
+    weights = tmp_path / "elsewhere" / "step_9"
+    weights.parent.mkdir()
+    weights.write_bytes(b"decoder weights")
+    (run / "config.json").write_text(config.replace('"decoder": "none"', '"decoder": "ckpt/step_9"'))
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "decoder": {"sha256": file_sha256(weights)}}))
+    assert finished_run_differences(run, tiny_exp("E0a", [f"decoder='{weights}'"]), 2) == ""
+    weights.write_bytes(b"other weights")
+    assert finished_run_differences(run, tiny_exp("E0a", [f"decoder='{weights}'"]), 2).startswith(
+        f"decoder: 'ckpt/step_9' in the run, '{weights}' now")

@@ -412,11 +412,18 @@ def test_help_names_the_sweep_table_it_reads_defaults_from() -> None:
 def test_a_finished_run_that_is_not_the_experiment_is_refused_not_skipped(swept: Swept) -> None:
     """A run finished with other settings (a `--set` run under the experiment's name) would count as the experiment
     in every comparison: the sweep says so before it submits anything."""
-    out = cli("sweep", "E0a", "--seeds", "2", "--dry-run", *TINY, "--set", "arch.halt_max_steps=3",
-              "--experiments", swept.project / "experiments.toml", "--runs-dir", swept.project / "runs")
+    out = cli("sweep", "E0a", "--seeds", "2", "--dry-run", "--max-steps", STEPS, *TINY, "--set",
+              "arch.halt_max_steps=3", "--experiments", swept.project / "experiments.toml",
+              "--runs-dir", swept.project / "runs")
     assert out.code == 1, out.text
+    said = " ".join(out.text.split())
     assert re.search(r"E0a/seed-0: finished, but not as E0a is now \(arch.halt_max_steps: \d+ in the run, 3 now\)",
-                     " ".join(out.text.split())), out.text
+                     said), out.text
+    assert re.search(r"Start it over alone with `etrmtrm train E0a --profile tiny .*--max-steps 20 --seeds 0, "
+                     r"--set decoder=none --set arch.halt_max_steps=3 --force`", said), out.text
+    shorter = cli("sweep", "E0a", "--seeds", "2", "--dry-run", "--max-steps", STEPS // 2, *TINY,
+                  "--experiments", swept.project / "experiments.toml", "--runs-dir", swept.project / "runs")
+    assert shorter.code == 1 and f"(steps: {STEPS} in the run, {STEPS // 2} now)" in shorter.text, shorter.text
     single = cli("sweep", "E0a", "--dry-run", *TINY, "--experiments", swept.project / "experiments.toml",
                  "--runs-dir", swept.project / "runs")  # no --seeds: a run without seeds, where seed runs are
     assert single.code == 1 and "holds the seed runs seed-0, seed-1: train them with --seeds" in " ".join(

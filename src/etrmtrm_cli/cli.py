@@ -194,7 +194,6 @@ def train(
     Multi-process: torchrun --nproc-per-node N -m etrmtrm_cli train E0b
     """
     from etrmtrm_cli.rundir import (
-        check_finished_run_is,
         check_run_layout,
         metrics_path,
         read_metrics,
@@ -219,7 +218,8 @@ def train(
         place = run_path(runs_dir, exp.id, exp.seed if per_seed else None)
         check_run_layout(place, per_seed)
         if len(jobs) > 1 and not force and run_status(place) == "finished":  # skipped: it must be what it counts as
-            check_finished_run_is(place, exp)
+            check_finished_run(place, exp, max_steps, _train_command(exp, experiments, runs_dir, overrides or [],
+                                                                     max_steps, per_seed))
     stop = StopFlag()
     try:
         with stop_on_signals(stop):
@@ -287,6 +287,18 @@ def _train_command(exp: Experiment, experiments: Path, runs_dir: Path, overrides
     words = ["etrmtrm", *train_arguments(exp.id, exp.profile, experiments, runs_dir, overrides, max_steps,
                                          exp.seed if per_seed else None)]
     return shlex.join(words)
+
+
+def check_finished_run(run_dir: Path, exp: Experiment, max_steps: int | None, again: str) -> None:
+    """A finished run that a queue or sweep would skip as done (`again`: the command that trains it alone): refused
+    where it is not `exp` as this command would train it (rundir.finished_run_differences)."""
+    from etrmtrm_cli.rundir import finished_run_differences
+    from etrmtrm_cli.sweep_cost import steps_of
+
+    if differs := finished_run_differences(run_dir, exp, steps_of(exp, max_steps)):
+        raise RunError(f"{run_dir}: finished, but not as {exp.id} is now ({differs}), so it cannot count as "
+                       f"{exp.id}. Start it over alone with `{again} --force` (the old run is kept beside it), or use "
+                       "another --runs-dir")
 
 
 @contextlib.contextmanager

@@ -16,7 +16,9 @@ from etrmtrm_cli.cli import (
     ExperimentsPath,
     ProfileOpt,
     SetOpt,
+    _train_command,
     app,
+    check_finished_run,
     console,
     err_console,
     handles_errors,
@@ -78,7 +80,7 @@ def sweep(
     from P0 wait for it (trained once). Watch it with `etrmtrm status`.
     """
     from etrmtrm_cli import sweep as sw
-    from etrmtrm_cli.rundir import check_finished_run_is, check_run_layout
+    from etrmtrm_cli.rundir import check_run_layout
     from etrmtrm_cli.sweep_status import SWEEP_FOLDER
     from etrmtrm_cli.training.distributed import check_device_name
 
@@ -100,7 +102,8 @@ def sweep(
     for job in planned:  # before anything is submitted
         check_run_layout(Path(job.spec.run_dir), job.spec.seed is not None)
         if job.state == "finished":  # skipped as done: it must be the run it will count as
-            check_finished_run_is(Path(job.spec.run_dir), job.exp)
+            check_finished_run(Path(job.spec.run_dir), job.exp, max_steps, _train_command(
+                job.exp, experiments, runs_dir, list(overrides or ()), max_steps, job.spec.seed is not None))
     where = (f"local: {config.jobs} at once, {threads} thread(s) each" if kind == "local" else
              f"SLURM: {threads or 'all allocated'} core(s), {config.gpus_per_job} GPU(s) per job")
     console.print(f"[dim]executor {kind} ({why}); {where}; submitit folder {folder}[/]", highlight=False)

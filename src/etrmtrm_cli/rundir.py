@@ -170,17 +170,27 @@ def config_changes(saved: dict[str, Any], exp: Experiment) -> tuple[dict[str, tu
     return changed, "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, (old, new) in sorted(refused.items()))
 
 
-def check_finished_run_is(run_dir: Path, exp: Experiment) -> None:
-    """A queue skips a finished run as done: only where it ran `exp` (bar RESUMABLE_KEYS, and the dtype that
-    `auto` chose), or it would stand for `exp` in every comparison without being it (e.g. a `--set` run)."""
+def finished_run_differences(run_dir: Path, exp: Experiment, steps: int) -> str:
+    """How a finished run differs from `exp` trained for `steps` steps, as text ("" where it is that run): a queue
+    or sweep skips it as done only then, or it would stand for `exp` in every comparison without being it (a
+    `--set` run under its name, a short smoke test). Not differences: the dtype `auto` chose, bfloat16 run in
+    float32 where it is emulated (runtime.choose_dtype), and a decoder file named by another path."""
     saved = saved_config(run_dir)
-    if exp.arch.forward_dtype == "auto":
-        saved["arch"]["forward_dtype"] = "auto"
+    requested, ran = exp.arch.forward_dtype, saved["arch"]["forward_dtype"]
+    if requested == "auto" or (requested, ran) == ("bfloat16", "float32"):
+        saved["arch"]["forward_dtype"] = requested
+    if saved.get("decoder") != exp.decoder and _same_decoder_file(run_dir, exp.decoder):
+        saved["decoder"] = exp.decoder
     _, lines = config_changes(saved, exp)
-    if lines:
-        raise RunError(f"{run_dir}: finished, but not as {exp.id} is now ({lines}), so it cannot count as {exp.id}. "
-                       f"Start it over with `etrmtrm train {exp.id} --force` (the old run is kept beside it), "
-                       "or use another --runs-dir")
+    total = read_summary(run_dir).get("total_steps")
+    return "; ".join(filter(None, [lines, f"steps: {total} in the run, {steps} now" if total != steps else ""]))
+
+
+def _same_decoder_file(run_dir: Path, decoder: str) -> bool:
+    """Whether `decoder`, a file here, holds the weights the run started from (meta.json's sha256)."""
+    path = Path(decoder)
+    started = read_json(run_dir / META).get("decoder") if (run_dir / META).is_file() else None
+    return path.is_file() and isinstance(started, dict) and started.get("sha256") == file_sha256(path)
 
 
 def file_sha256(path: Path) -> str:
