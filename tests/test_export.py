@@ -76,7 +76,7 @@ def test_a_sweep_skips_the_runs_a_copied_record_holds(tmp_path: Path) -> None:
     assert rundir.run_status(records / "E0a/seed-3") == "new"
 
     code, out = cli("sweep", "E0a", "--seeds", "4", "--dry-run", "--profile", "tiny", "--executor", "local",
-                    "--runs-dir", records)
+                    "--max-steps", "30", "--runs-dir", records)  # the records' 30 steps
     assert code == 0, out
     states = dict(re.findall(r"│ (P0|E0a/seed-\d) +│ (\w+) ", out))
     assert states == {"P0": "finished", "E0a/seed-0": "finished", "E0a/seed-1": "finished",
@@ -153,7 +153,7 @@ def test_a_summary_with_a_status_no_run_has_is_named(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     seeded_runs(runs)
     (runs / "E0b/seed-1/summary.json").write_text('{"status": 5}')
-    train = ["train", "E0b", "--seeds", "2", "--profile", "tiny", "--set", "decoder=none"]
+    train = ["train", "E0b", "--seeds", "2", "--profile", "tiny", "--set", "decoder=none", "--max-steps", "30"]
     for command in (["compare", "E0a", "E0b"], train):
         code, out = cli(*command, "--runs-dir", runs)
         said = " ".join(out.split())
