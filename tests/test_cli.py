@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from etrmtrm_cli import __version__
 from etrmtrm_cli.cli import PIPE_WIDTH, app
+from etrmtrm_cli.errors import RunError
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = str(REPO / "experiments.toml")
@@ -229,3 +230,13 @@ def test_a_queue_counts_a_finished_run_only_at_the_length_and_dtype_it_would_tra
     weights.write_bytes(b"other weights")
     assert finished_run_differences(run, tiny_exp("E0a", [f"decoder='{weights}'"]), 2).startswith(
         f"decoder: 'ckpt/step_9' in the run, '{weights}' now")
+
+
+def test_seed_runs_moved_aside_do_not_block_a_run_without_seeds(tmp_path: Path) -> None:
+    from etrmtrm_cli.rundir import check_run_layout
+
+    (tmp_path / "E0b" / "seed-0.old-20240101-000000").mkdir(parents=True)  # as --force leaves one
+    check_run_layout(tmp_path / "E0b", per_seed=False)
+    (tmp_path / "E0b" / "seed-3").mkdir()
+    with pytest.raises(RunError, match="holds the seed runs seed-3: train them with --seeds"):
+        check_run_layout(tmp_path / "E0b", per_seed=False)

@@ -435,3 +435,15 @@ def test_slurm_settings_given_to_a_local_sweep_are_named_unused(tmp_path: Path) 
               "--mem-gb", "8", "--runs-dir", tmp_path / "runs")
     assert out.code == 0, out.text
     assert "--partition, --mem-gb: SLURM settings, unused by the local executor" in out.text, out.text
+
+
+def test_status_lists_every_run_when_one_cannot_be_read(tmp_path: Path) -> None:
+    from test_compare import write_run
+
+    for seed in (0, 1):
+        write_run(tmp_path, "E0b", [0.5] * 5, seed=seed)
+    (tmp_path / "E0b/seed-1/summary.json").write_text('{"status": "done"}')
+    out = cli("status", "--runs-dir", tmp_path)
+    assert out.code == 0, out.text
+    assert re.search(r"│ E0b +│ +0 │ finished", out.text), out.text
+    assert re.search(r"│ E0b +│ +1 │ unreadable .*seed-1/summary.json: status 'done' is not one of", out.text), out.text

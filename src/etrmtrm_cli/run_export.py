@@ -52,7 +52,7 @@ def export_runs(runs_dir: Path, exp_ids: Sequence[str], to: Path, *, weights: bo
     check_configs(runs_dir, exp_ids)
     for run in (run for runs in found.values() for run in runs):  # all before any is written
         if read_summary(run).get("status") == "finished":
-            _check_readable(run)
+            _check_readable(run, weights)
     exported = []
     for exp_id, runs in found.items():
         if not runs:
@@ -88,9 +88,10 @@ def export_run(run_dir: Path, dest: Path, *, weights: bool = False) -> Exported:
     return Exported(run_dir, dest, "updated")
 
 
-def _check_readable(run_dir: Path) -> None:
+def _check_readable(run_dir: Path, weights: bool) -> None:
     """A finished run's files are all there and read as compare reads them: a record of it must compare."""
-    if lacking := [name for name in (META, SUMMARY) if not (run_dir / name).is_file()] + (
+    wanted = (META, SUMMARY, *([FINAL_WEIGHTS] if weights else []))
+    if lacking := [name for name in wanted if not (run_dir / name).is_file()] + (
             [] if metrics_path(run_dir).is_file() else [METRICS]):
         raise RunError(f"{run_dir}: finished, but without {', '.join(lacking)}: a record of it could not be compared")
     load_run(run_dir)

@@ -76,22 +76,27 @@ def run_path(runs_dir: Path, exp_id: str, seed: int | None = None) -> Path:
     return base if seed is None else base / f"{SEED_PREFIX}{seed}"
 
 
+def seed_folders(base: Path) -> list[Path]:
+    """runs/<ID>/seed-<N>/ folders, by N (not seed-0.old-<time>/, which --force moved aside)."""
+    if not base.is_dir():
+        return []
+    found = [p for p in base.iterdir() if p.is_dir() and p.name.startswith(SEED_PREFIX)
+             and p.name[len(SEED_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(SEED_PREFIX):]))
+
+
 def seed_runs(runs_dir: Path, exp_id: str) -> list[Path]:
     """Every run of an experiment: runs/<ID>/ itself when it is a run, and each runs/<ID>/seed-<N>/ (by N)."""
     base = runs_dir / check_name(exp_id, "run")
     found = [base] if (base / CONFIG).is_file() else []
-    if base.is_dir():
-        seeds = [p for p in base.iterdir() if p.is_dir() and p.name.startswith(SEED_PREFIX)
-                 and p.name[len(SEED_PREFIX):].isdigit() and (p / CONFIG).is_file()]
-        found += sorted(seeds, key=lambda p: int(p.name[len(SEED_PREFIX):]))
-    return found
+    return found + [p for p in seed_folders(base) if (p / CONFIG).is_file()]
 
 
 def runs_without_config(runs_dir: Path, exp_id: str) -> list[Path]:
     """Folders of an experiment that hold a run's files but no config.json: `seed_runs` cannot count them, so a
     reader that would silently leave them out names them instead."""
     base = runs_dir / exp_id
-    folders = [base, *(p for p in base.glob(f"{SEED_PREFIX}*") if p.is_dir())] if base.is_dir() else []
+    folders = [base, *seed_folders(base)] if base.is_dir() else []
     return [p for p in folders if not (p / CONFIG).is_file() and any((p / name).is_file() for name in
                                                                       (SUMMARY, META, METRICS, METRICS_GZ))]
 
@@ -238,7 +243,7 @@ def check_run_layout(run_dir: Path, per_seed: bool) -> None:
     if per_seed and (run_dir.parent / CONFIG).is_file():
         raise RunError(f"{run_dir.parent} is a run without seeds, so seed runs cannot go inside it: move it "
                        "aside first, or use another --runs-dir")
-    seeds = [] if per_seed else sorted(p.name for p in run_dir.glob(f"{SEED_PREFIX}*") if p.is_dir())
+    seeds = [] if per_seed else [p.name for p in seed_folders(run_dir)]
     if seeds:
         raise RunError(f"{run_dir} holds the seed runs {', '.join(seeds)}: train them with --seeds; a run without "
                        "seeds cannot share their directory (move them aside first, or use another --runs-dir)")
@@ -377,7 +382,7 @@ def load_run(run_dir: Path) -> RunFiles:
     meta_path = run_dir / META
     meta = read_json(meta_path) if meta_path.is_file() else {}
     summary = read_summary(run_dir) or {"status": "running"}
-    return RunFiles(str(config.get("id", run_dir.name)), run_dir, config, meta, summary,
+    return RunFiles(str(config["id"]), run_dir, config, meta, summary,
                     read_metrics(metrics_path(run_dir), strict=True))
 
 

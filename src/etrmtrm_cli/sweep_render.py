@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 ACTIONS = {"new": "start", "resumable": "resume", "unsaved": "start over", "finished": "skip (finished)",
            "running": "skip (another process writes it)"}
-STATE_STYLES = {"finished": "green", "running": "cyan", "queued": "dim", "failed": "bold red", "stopped": "yellow"}
+STATE_STYLES = {"finished": "green", "running": "cyan", "queued": "dim", "failed": "bold red", "stopped": "yellow",
+                "unreadable": "bold red"}
 
 
 def duration(seconds: float | None) -> str:

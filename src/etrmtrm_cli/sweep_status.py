@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from etrmtrm_cli.errors import RunError
+from etrmtrm_cli.errors import RunError, first_line
 from etrmtrm_cli.run_lock import LOCK
 from etrmtrm_cli.rundir import CONFIG, SEED_PREFIX, SUMMARY, metrics_path, read_json, read_metrics, run_dirs, run_status
 from etrmtrm_cli.sweep_job import RECORDS
@@ -96,7 +96,11 @@ def _state(run_dir: Path, summary: dict[str, Any], submit: dict[str, Any] | None
     """(state, log, note) from the lock, the run's files and the records, in that order of trust."""
     if held:
         return "running", None, None
-    if run_status(run_dir) == "finished":
+    try:
+        status_now = run_status(run_dir)
+    except RunError as err:  # one unreadable run: named in its row, the others still listed
+        return "unreadable", None, first_line(err)
+    if status_now == "finished":
         return "finished", None, None
     if job:
         log = job.get("log_err")
@@ -121,7 +125,7 @@ def _state(run_dir: Path, summary: dict[str, Any], submit: dict[str, Any] | None
         return "running", None, "on another host"
     if job and job.get("state") == "stopped":
         return "stopped", None, job.get("reason")
-    return "stopped", None, "resumes with --resume" if run_status(run_dir) == "resumable" else None
+    return "stopped", None, "resumes with --resume" if status_now == "resumable" else None
 
 
 def _dep_dir(run_dir: Path, waits: str, submit: dict[str, Any]) -> Path:

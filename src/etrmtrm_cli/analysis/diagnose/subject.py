@@ -65,7 +65,7 @@ def fresh_subject(exp: Experiment, device: torch.device) -> Subject:
 def run_subject(run_dir: Path, device: torch.device) -> Subject:
     """A run's config.json and the weights it is judged by (rundir.judged_weights: final, else latest EMA)."""
     if not (run_dir / rundir.CONFIG).is_file():
-        seeds = sorted(p.name for p in run_dir.glob(f"{rundir.SEED_PREFIX}*") if (p / rundir.CONFIG).is_file())
+        seeds = [p.name for p in rundir.seed_folders(run_dir) if (p / rundir.CONFIG).is_file()]
         raise RunError(f"{run_dir}: not a run (no {rundir.CONFIG}); " + (
             f"it holds the seed runs {', '.join(seeds)}: pass one, e.g. --run {run_dir / seeds[0]}" if seeds else
             "pass a run's folder, runs/<ID>/ or runs/<ID>/seed-<N>/"))
