@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -728,6 +729,16 @@ def test_per_puzzle_evaluates_both_final_models(tmp_path: Path) -> None:
     unfinished = invoke("E0a", "E0b", "--runs-dir", str(tmp_path), "--per-puzzle")
     assert unfinished.exit_code == 1, unfinished.output
     assert "--per-puzzle evaluates finished runs only; E0b has none yet" in unfinished.output
+    # E2b is E0b's configuration: its runs count as E0b's seeds in the means, and are E2b's own here
+    exp = tiny("E2b", ["train.eval_interval=100", "train.checkpoint_interval=100", "arch.halt_max_steps=2"])
+    train(exp, TrainOptions(runs_dir=tmp_path, max_steps=2), DistContext(0, 1, CPU))
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "finished"}))
+    same = invoke("E0b", "E2b", "--runs-dir", str(tmp_path), "--per-puzzle")
+    assert same.exit_code == 0 and "Per task: E0b vs E2b" in same.output, same.output
+    (tmp_path / "E2b" / "model.safetensors").unlink()  # as a record exported without --weights: no checkpoints
+    shutil.rmtree(tmp_path / "E2b" / "checkpoints")
+    bare = invoke("E0b", "E2b", "--runs-dir", str(tmp_path), "--per-puzzle")
+    assert bare.exit_code == 1 and "finished, but its model.safetensors is missing" in bare.output, bare.output
 
 
 def test_train_with_seeds_then_compare_shows_intervals_and_pools_identical_configs(tmp_path: Path) -> None:

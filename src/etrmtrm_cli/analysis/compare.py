@@ -59,10 +59,14 @@ class Comparison:
     per_task: list[TaskScore] = field(default_factory=list)
 
     def counted_runs(self, exp_id: str) -> list[RunFiles]:
-        """exp_id's runs that the figures count: finished, one per seed (Configuration.seeds)."""
-        counted = [row for config in self.configs for row in config.seeds.values()]
-        return [run for run, row in zip(self.runs, self.rows, strict=True)
-                if run.exp_id == exp_id and any(row is c for c in counted)]
+        """exp_id's finished runs, one per seed (the first where a seed ran twice): what its figures are over."""
+        seeds: set[int] = set()
+        out = []
+        for run, row in zip(self.runs, self.rows, strict=True):
+            if run.exp_id == exp_id and row.status == "finished" and row.seed not in seeds:
+                seeds.add(row.seed)
+                out.append(run)
+        return out
 
 
 def compare_runs(runs_dir: Path, exp_ids: Sequence[str], *, with_baselines: bool = True) -> Comparison:

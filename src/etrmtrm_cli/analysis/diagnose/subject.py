@@ -73,7 +73,9 @@ def run_subject(run_dir: Path, device: torch.device) -> Subject:
     _require_encoder(exp)
     weights_path = rundir.judged_weights(run_dir)
     if weights_path is None:
-        raise CheckpointError(f"{run_dir}: no weights yet (no checkpoint); train it further first")
+        raise CheckpointError(f"{run_dir}: finished, but its {rundir.FINAL_WEIGHTS} is missing (a record holds it "
+                              "only when exported with --weights)" if rundir.run_status(run_dir) == "finished" else
+                              f"{run_dir}: no weights yet (no checkpoint); train it further first")
     return Subject(exp, build_arc_data(exp.data, exp.seed), device, rundir.load_weights(weights_path),
                    f"{weights_path}", run_dir, rundir.read_metrics(run_dir / rundir.METRICS, strict=True))
 
