@@ -14,6 +14,7 @@ from scipy.integrate import trapezoid
 from etrmtrm_cli.analysis.stats import (
     Band,
     Estimate,
+    NoSharedSeed,
     auc,
     classify,
     detectable_difference,
@@ -156,9 +157,9 @@ def test_paired_difference_single_common_seed() -> None:
 
 
 def test_paired_difference_no_common_seed_raises() -> None:
-    with pytest.raises(ValueError, match="share no seed"):
+    with pytest.raises(NoSharedSeed, match="share no seed"):
         paired_difference({0: 1.0, 1: 2.0}, {2: 1.0, 3: 2.0})
-    with pytest.raises(ValueError, match="share no seed"):
+    with pytest.raises(NoSharedSeed, match="share no seed"):
         paired_difference({0: 1.0}, {0: None})
 
 

@@ -102,6 +102,10 @@ def t_quantile(p: float, df: int) -> float:
     return float(stdtrit(df, p))
 
 
+class NoSharedSeed(ValueError):
+    """paired_difference: no seed has a value in both arms."""
+
+
 def _check_level(level: float, what: str = "level") -> None:
     if not 0.0 < level < 1.0:
         raise ValueError(f"{what} must lie in (0, 1), got {level}")
@@ -155,12 +159,12 @@ def paired_difference(a: Mapping[int, float | None], b: Mapping[int, float | Non
     in both arms with a non-NaN value in each. This is the paired t interval (scipy's ttest_rel(b, a)):
     mean(d) ± t_{1-α/2, n-1} · sd(d) / sqrt(n). The seeds used are in the result's `seeds`, ascending.
 
-    Raises ValueError when no seed has a value in both arms (the caller decides what to do then).
+    Raises NoSharedSeed when no seed has a value in both arms (the caller decides what to do then).
     """
     _check_level(level)
     seeds = tuple(sorted(s for s in a.keys() & b.keys() if _present(a[s]) and _present(b[s])))
     if not seeds:
-        raise ValueError(
+        raise NoSharedSeed(
             "paired difference: the two arms share no seed with a value in both "
             f"(A has seeds {sorted(a)}, B has seeds {sorted(b)})"
         )

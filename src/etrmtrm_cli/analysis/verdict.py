@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 
 from etrmtrm_cli.analysis.configs import Configuration
 from etrmtrm_cli.analysis.matrix import RunRow
-from etrmtrm_cli.analysis.stats import Band, Estimate, classify, detectable_difference, paired_difference
+from etrmtrm_cli.analysis.stats import (
+    Band,
+    Estimate,
+    NoSharedSeed,
+    classify,
+    detectable_difference,
+    paired_difference,
+)
 from etrmtrm_cli.analysis.text import num, pct, pct_interval, with_interval
 from etrmtrm_cli.analysis.thresholds import (
     COLLAPSED_VAR,
@@ -200,7 +207,7 @@ def scenario(run: Configuration, base: Configuration, family: int = 1, also_diff
     caveats = []
     try:
         diff = paired_difference(a, b)
-    except ValueError:
+    except NoSharedSeed:
         return Scenario(run.label, base.label, math.nan, "?", "no seed in common: the arms cannot be paired",
                         [f"{base.label} has seeds {sorted(a)}, {run.label} has seeds {sorted(b)}: train the same "
                          "seeds of both (`etrmtrm train <ID> --seeds N`)"], caveats)
@@ -322,7 +329,7 @@ def best_configuration(configs: Sequence[Configuration], base: Configuration | N
         name = f"the runner-up {other.label}" if i == 0 else other.label
         try:
             lead = paired_difference(points(other, "train_acc"), points(best, "train_acc"))
-        except ValueError:
+        except NoSharedSeed:
             close.append(other.label)
             evidence.append(f"no seed in common with {name}: not separated")
             continue
@@ -357,7 +364,7 @@ def parent_comparison(run: Configuration, parent: Configuration, settings: list[
                                  "log none)" for c in (parent, run) if not points(c, "train_acc")])
     try:
         diff = paired_difference(a, b)
-    except ValueError:
+    except NoSharedSeed:
         return ParentComparison(run.label, parent.label, None, "no seed in common", settings,
                                 [f"{parent.label} has seeds {sorted(a)}, {run.label} has seeds {sorted(b)}"])
     finding = ONE_SEED if diff.interval is None else _direction(diff.interval)
@@ -457,7 +464,7 @@ def gains(runs: Sequence[Configuration], base: Configuration, waiting: Sequence[
     for run in runs:
         try:
             diffs.append(paired_difference(points(base, "train_acc"), points(run, "train_acc"), level=family))
-        except ValueError:  # no seed in common
+        except NoSharedSeed:  # no seed in common
             diffs.append(None)
     evidence = [f"{run.label} - {base.label}: {describe(d) if d else 'no seed in common'}"
                 for run, d in zip(runs, diffs, strict=True)]
