@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -281,7 +282,19 @@ class Frozen(Loose):
     model_config = ConfigDict(frozen=True)
 
 
-@pytest.mark.parametrize("config", [Loose, Frozen, dict, None])
+class Forbidding(Loose):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Both(Loose):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Inherited(Both):  # pydantic merges model_config down the classes
+    extra_setting: int = 2
+
+
+@pytest.mark.parametrize("config", [Loose, Frozen, Forbidding, dict, None])
 def test_registration_requires_a_frozen_pydantic_config_that_refuses_unknown_keys(config: object) -> None:
     """A typo in arch.encoder_params would otherwise be kept in config.json and ignored by the encoder."""
     with pytest.raises(PluginError, match=r"'loose' .*: its config .* must be a pydantic model that is frozen and "
@@ -289,6 +302,16 @@ def test_registration_requires_a_frozen_pydantic_config_that_refuses_unknown_key
         @register_encoder("loose", config, recurrent=False)  # type: ignore[arg-type]
         class LooseEncoder(nn.Module):
             pass
+    assert [spec.name for spec in list_encoders()] == NAMES
+
+
+@pytest.mark.parametrize("config", [Both, Inherited])
+def test_a_frozen_config_that_refuses_unknown_keys_registers(config: type[BaseModel]) -> None:
+    with mock.patch.dict(registry._ENCODERS):
+        @register_encoder("strict", config, recurrent=False)
+        class StrictEncoder(nn.Module):
+            pass
+        assert get_encoder("strict").config_cls is config
     assert [spec.name for spec in list_encoders()] == NAMES
 
 

@@ -6,6 +6,7 @@ experiments_file.py reads experiments.toml and resolves an experiment from its l
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -55,6 +56,12 @@ BOUND_REASONS = {
     "keep_checkpoints": "each checkpoint is a full copy of the weights and optimizer",
     "seed": "seeds key 32-bit numpy and torch generators",
 }
+
+
+def names_a_run(decoder: str) -> bool:
+    """Whether a `decoder` setting names an experiment's run (P0) rather than a checkpoint file: not 'none', no
+    path separator or suffix, and no file of that name here."""
+    return decoder != "none" and "/" not in decoder and not Path(decoder).suffix and not Path(decoder).exists()
 
 
 class Frozen(BaseModel):

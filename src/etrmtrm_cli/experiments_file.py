@@ -17,7 +17,7 @@ from typing import Any
 import tomllib
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from etrmtrm_cli.config import BOUND_REASONS, PROFILE_KEYS, Experiment, SweepConfig, check_name
+from etrmtrm_cli.config import BOUND_REASONS, PROFILE_KEYS, Experiment, SweepConfig, check_name, names_a_run
 from etrmtrm_cli.errors import ConfigError, ConfigKeyError
 
 
@@ -103,8 +103,7 @@ class ExperimentsFile(BaseModel):
             raise ConfigError(f"{self.path}: {exp_id}: parent: unknown experiment {parent!r}"
                               f"{_did_you_mean(parent, self.experiments)} (set in {set_in('parent')})")
         decoder = merged.get("decoder")
-        if (isinstance(decoder, str) and decoder != "none" and decoder not in self.experiments and "/" not in decoder
-                and not Path(decoder).suffix and not Path(decoder).exists()):
+        if isinstance(decoder, str) and decoder not in self.experiments and names_a_run(decoder):
             raise ConfigError(
                 f"{self.path}: {exp_id}: decoder: {decoder!r} is neither an experiment of this file nor a file here"
                 f"{_did_you_mean(decoder, self.experiments)}; a decoder is 'none', an experiment ID, or a "

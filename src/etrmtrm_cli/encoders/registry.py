@@ -87,7 +87,7 @@ def _ensure_loaded() -> None:
         _loading_entry_point.append(f"{ep.name} = {ep.value}")
         before = len(_ENCODERS)
         try:
-            ep.load()
+            loaded = ep.load()
         except PluginError:
             raise
         except Exception as err:  # a broken third-party package must not hide which one it is
@@ -97,9 +97,11 @@ def _ensure_loaded() -> None:
                               f"{type(err).__name__}: {err}") from err
         finally:
             _loading_entry_point.pop()
-        # Loaded but nothing registered, nor before (a module imported earlier registered then): a forgotten decorator
-        if len(_ENCODERS) == before and not any(
-                spec.module_cls.__module__.split(".")[0] == ep.module.split(".")[0] for spec in _ENCODERS.values()):
+        # A class named by the entry point must be registered; a module must register one, now or when it was
+        # imported before: else its decorator was forgotten
+        classes = [spec.module_cls for spec in _ENCODERS.values()]
+        if (loaded not in classes) if ep.attr else (len(_ENCODERS) == before and not any(
+                cls.__module__ == ep.module or cls.__module__.startswith(f"{ep.module}.") for cls in classes)):
             raise PluginError(f"entry point {ep.name!r} ({ep.value}) of {ENTRY_POINT_GROUP} registered no encoder: "
                               "decorate its class with @register_encoder(name, Config, recurrent=...)")
 

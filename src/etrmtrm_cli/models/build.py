@@ -10,7 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from etrmtrm_cli import rundir
-from etrmtrm_cli.config import Experiment
+from etrmtrm_cli.config import Experiment, names_a_run
 from etrmtrm_cli.encoders import build_encoder
 from etrmtrm_cli.errors import CheckpointError
 from etrmtrm_cli.models.act import ACTModel
@@ -53,7 +53,7 @@ def load_decoder(model: ACTModel, exp: Experiment, seq_len: int, runs_dir: Path,
     if exp.decoder == "none":
         return None
     path = Path(exp.decoder)
-    named = not path.exists() and "/" not in exp.decoder and not path.suffix
+    named = names_a_run(exp.decoder)
     if named:
         found = rundir.decoder_run(runs_dir, exp.decoder)
         if found is None:
