@@ -11,10 +11,12 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -23,7 +25,9 @@ from torch import nn
 from etrmtrm_cli.errors import ConfigKeyError, PluginError
 
 ENTRY_POINT_GROUP = "etrmtrm.encoders"
-_IMPORT_MACHINERY = ("<frozen importlib", importlib.__file__.rsplit("/", 1)[0])  # frames of no use to a plugin's author
+# Frames of no use to a plugin's author: the import machinery's and ours (a module that is missing has no frame)
+_IMPORT_MACHINERY = ("<frozen importlib", f"{Path(importlib.__file__).parent}{os.sep}",
+                     f"{Path(__file__).parents[1]}{os.sep}")
 M = TypeVar("M", bound=type[nn.Module])
 
 
