@@ -240,3 +240,11 @@ def test_seed_runs_moved_aside_do_not_block_a_run_without_seeds(tmp_path: Path) 
     (tmp_path / "E0b" / "seed-3").mkdir()
     with pytest.raises(RunError, match="holds the seed runs seed-3: train them with --seeds"):
         check_run_layout(tmp_path / "E0b", per_seed=False)
+
+
+def test_the_progress_line_gives_the_plans_share_of_the_gradient() -> None:
+    from etrmtrm_cli.render import TrainProgress
+
+    # ||g_enc|| / ||g|| = 0.4 is a share of 0.16 of the gradient (its squared norm): the plan's "~40 %" is the latter
+    line = TrainProgress._metrics_text({"grad/encoder_share": 0.4, "grad/encoder_share_sq": 0.16}, TrainProgress._SHOWN)
+    assert line == "enc grad share 0.16"

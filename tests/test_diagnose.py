@@ -116,6 +116,9 @@ def test_real_encoders_pass_carry_reset_and_gradient_flow(data: ArcData, encoder
     assert flow.status != "fail" and row(flow, "grad/encoder_share").verdict != "fail"
     got, total = row(flow, "step 2: encoder parameters").value.split("/")
     assert got == total and int(total) > 0
+    if flow.status == "pass":  # the message gives the plan's share (squared norms), as its row does
+        share_sq = row(flow, "grad/encoder_share_sq").value
+        assert flow.message.endswith(f"the encoder's share of the gradient (||g_enc||² / ||g||²) {share_sq}"), flow
 
 
 def test_detached_context_fails_gradient_flow(data: ArcData) -> None:

@@ -118,7 +118,7 @@ def _flow_message(encoder: str, rows: Sequence[Measurement], detached: bool, no_
         return (f"the gradient reaches every encoder parameter, but {'; '.join(warned)} "
                 f"(the plan expects ≈ {EXPECTED_GRAD_SHARE:g} of the gradient, ||g_enc||² / ||g||²)")
     return (f"the task loss reaches every encoder parameter through the context; the encoder's share of the "
-            f"gradient (||g_enc||² / ||g||²) {share_sq:.2f}")
+            f"gradient (||g_enc||² / ||g||²) {number(share_sq)}")
 
 
 def _got_gradient(grad: Tensor | None, previous: Tensor | None) -> bool:
