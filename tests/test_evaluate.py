@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from conftest import CPU, tiny
 
@@ -40,3 +42,14 @@ def test_the_eval_runs_only_real_rows_and_scores_them_as_the_padded_batches_woul
     assert results is not None
     assert results["eval/accuracy"] == acc_sum / sum(real)
     assert results["eval/exact_accuracy"] == exact_sum / sum(real)
+
+
+def test_an_eval_of_no_rows_logs_no_accuracy_rather_than_zero() -> None:
+    exp = tiny("E0b")
+    data = build_arc_data(exp.data, exp.seed)
+    model = build_model(exp, data.seq_len, data.num_puzzle_ids)
+    data.eval_batches = lambda *args, **kwargs: iter(())  # nothing to evaluate (say, every eval task filtered out)
+    metrics = evaluate(model, data, 4, CPU)
+    assert metrics is not None and set(metrics) == {"eval/accuracy", "eval/exact_accuracy", "eval/pass@1",
+                                                    "eval/pass@2"}
+    assert all(math.isnan(v) for v in metrics.values()), metrics  # dropped from the log, not logged as 0 %
