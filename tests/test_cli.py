@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,7 @@ def test_experiments_table_lists_every_experiment_and_queue() -> None:
     assert result.exit_code == 0, result.output
     for exp_id in ("P0", "E0a", "E0b", "E2b", "E4c", "week1", "week3", "recurrent_standard"):
         assert exp_id in result.output
+    assert re.search(r"│ E0a +│ e0, week1 +│", result.output), result.output  # every queue it is in
 
 
 def test_validate_ok() -> None:

@@ -26,17 +26,20 @@ if TYPE_CHECKING:  # torch-backed modules: imported only by the commands that ne
 
 
 def experiments_table(file: ExperimentsFile, resolved: Mapping[str, Experiment], base: Experiment) -> Table:
-    queue_of = {exp_id: name for name, members in file.queues.items() for exp_id in members}
+    queues_of: dict[str, list[str]] = {}
+    for name, members in file.queues.items():
+        for exp_id in members:
+            queues_of.setdefault(exp_id, []).append(name)
     table = Table(title=f"{file.path} (profile {base.profile})", show_lines=False)
     table.add_column("ID", style="bold cyan")
-    table.add_column("queue")
+    table.add_column("queues")
     table.add_column("model")
     table.add_column("differs from base")
     table.add_column("description", style="dim")
     for exp_id, exp in resolved.items():
         diff = changed_keys(exp, base)
         text = ", ".join(f"{key}={_short(new)}" for key, (_, new) in diff.items()) or "-"
-        table.add_row(exp_id, queue_of.get(exp_id, ""), _model_name(exp), text, exp.description)
+        table.add_row(exp_id, ", ".join(queues_of.get(exp_id, ())), _model_name(exp), text, exp.description)
     return table
 
 
