@@ -57,11 +57,11 @@ def export_runs(runs_dir: Path, exp_ids: Sequence[str], to: Path, *, weights: bo
     for exp_id, runs in found.items():
         if not runs:
             exported.append(Exported(runs_dir / exp_id, to / exp_id, "no run yet"))
-        exported += [export_run(run, to / run.relative_to(runs_dir), weights=weights) for run in runs]
+        exported += [_export_run(run, to / run.relative_to(runs_dir), weights=weights) for run in runs]
     return exported
 
 
-def export_run(run_dir: Path, dest: Path, *, weights: bool = False) -> Exported:
+def _export_run(run_dir: Path, dest: Path, *, weights: bool = False) -> Exported:
     if read_summary(run_dir).get("status") != "finished":
         return Exported(run_dir, dest, "not finished")
     record = _record_files(run_dir, weights)
@@ -104,8 +104,6 @@ def _record_files(run_dir: Path, weights: bool) -> dict[str, bytes]:
         files[METRICS_GZ] = gzip.compress((run_dir / METRICS).read_bytes(), compresslevel=9, mtime=0)
     elif (run_dir / METRICS_GZ).is_file():  # a record exported again
         files[METRICS_GZ] = (run_dir / METRICS_GZ).read_bytes()
-    if weights:
-        if not (run_dir / FINAL_WEIGHTS).is_file():
-            raise RunError(f"{run_dir}: --weights, but the run has no {FINAL_WEIGHTS}")
+    if weights:  # there: _check_readable asked for them
         files[FINAL_WEIGHTS] = (run_dir / FINAL_WEIGHTS).read_bytes()
     return files

@@ -53,7 +53,7 @@ def with_interval(e: Estimate, percent: bool = True) -> str:
     if e.mean is None:
         return DASH
     if percent:
-        past = e.interval is not None and (e.interval[0] < 0 or e.interval[1] > 1)
+        past = e.interval is not None and _past_scale(*e.interval)
         return pct(e.mean) + (f" ± {100 * e.half_width:.1f}" if e.half_width is not None else "") + (
             PAST_SCALE if past else "")
     return num(e.mean) + (f" ± {num(e.half_width)}" if e.half_width is not None else "")
@@ -62,4 +62,8 @@ def with_interval(e: Estimate, percent: bool = True) -> str:
 def pct_interval(lo: float, hi: float) -> str:
     """'[81.2%, 93.4%]' for an interval of a fraction; one past 0-100 % is cut there, and says so."""
     shown = f"[{pct(max(lo, 0.0))}, {pct(min(hi, 1.0))}]"
-    return shown + (" (cut from a t interval past 0-100%)" if lo < 0 or hi > 1 else "")
+    return shown + (" (cut from a t interval past 0-100%)" if _past_scale(lo, hi) else "")
+
+
+def _past_scale(lo: float, hi: float) -> bool:
+    return lo < 0 or hi > 1
