@@ -1,11 +1,20 @@
-"""Two source trees' training steps, alternating step by step in one run: how much faster is B than A?
+"""Two training steps, alternating step by step in one run: how much faster is B than A?
 
     git worktree add /tmp/old <commit>
     python benchmarks/bench_ab.py --src /tmp/old/src --src src --rounds 40 -- --encoder recurrent_standard \
         --hidden 64 --heads 4 --h-cycles 2 --l-cycles 2 --canvas 10 --max-demos 7 --demos-used arc --dtype bfloat16 \
         --compile
 
-Each tree runs in a worker process of its own (that tree first on PYTHONPATH), which builds `bench_step.py`'s step
+A side is a source tree (`--src`: its src/ dir) or the public ETRM code (`--reference`: a checkout of
+github.com/bdsaglam/etrm; ETRM for `static`, ETRMTRM for `recurrent_standard`, as `bench_step.py
+--reference-path` builds them). `--malloc A,B` gives each side its malloc: `tcmalloc` (preloaded, as `etrmtrm`
+runs itself), `system` (glibc's, as the public code runs) or `inherit` (this process's environment, the
+default). So the public code against ours, each on the malloc it runs on:
+
+    python benchmarks/bench_ab.py --reference /path/to/etrm --src src --malloc system,tcmalloc --rounds 30 -- \
+        --encoder static --dtype bfloat16 --compile    # A/B = how many times faster ours is
+
+Each side runs in a worker process of its own (a tree first on PYTHONPATH), which builds `bench_step.py`'s step
 with the arguments after `--` (the same seeded batches in both), runs its warmup steps (and its compile) and then
 waits. The driver then asks each worker in turn for one step, in rounds, swapping which goes first every round,
 so that both sides of a round meet the machine in the same state: on a shared machine, two whole runs or two
@@ -28,16 +37,20 @@ import sys
 import time
 from pathlib import Path
 
+from etrmtrm_cli.allocator import ENV, find_tcmalloc, library_dirs
 from etrmtrm_cli.analysis.stats import estimate
 
 BENCHMARKS = Path(__file__).resolve().parent
+MALLOCS = ("inherit", "system", "tcmalloc")
 
 
-def worker(step_args: list[str]) -> None:
-    """Build the step, warm it up, say "ready <its tree>"; then one step per "step" line on stdin, answered with
-    its seconds."""
+def worker(step_args: list[str], reference: Path | None) -> None:
+    """Build the step (ours, or the public code's at `reference`), warm it up, say "ready <its tree> <its
+    malloc>"; then one step per "step" line on stdin, answered with its seconds."""
     import torch
-    from bench_step import add_model_arguments, our_step, seeded_batches
+    from bench_step import add_model_arguments, our_step, reference_step, seeded_batches
+
+    from etrmtrm_cli.allocator import loaded_allocator
 
     parser = argparse.ArgumentParser()
     add_model_arguments(parser)
@@ -46,14 +59,16 @@ def worker(step_args: list[str]) -> None:
     parser.add_argument("--demos-used", default="3")
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args(step_args)
+    args.reference_path = reference
     torch.set_num_threads(args.threads)
     batches, _ = seeded_batches(args)
-    step, _, _ = our_step(args, batches)
+    step, _, _ = reference_step(args, batches) if reference else our_step(args, batches)
     for _ in range(args.warmup):
         step()
     import etrmtrm_cli
 
-    print("ready", Path(etrmtrm_cli.__file__).parent.parent, flush=True)  # the tree it runs
+    tree = reference or Path(etrmtrm_cli.__file__).parent.parent
+    print("ready", tree, loaded_allocator(), sep="\t", flush=True)  # what it runs
     for line in sys.stdin:
         if line.strip() != "step":
             break
@@ -62,10 +77,30 @@ def worker(step_args: list[str]) -> None:
         print(time.perf_counter() - start, flush=True)
 
 
-def start_worker(src: Path, step_args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src.resolve()), str(BENCHMARKS)])}
-    return subprocess.Popen([sys.executable, __file__, "--worker", "--", *step_args], env=env, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def worker_env(kind: str, path: Path, malloc: str) -> dict[str, str]:
+    """The environment of a side's worker: a tree first on PYTHONPATH (the reference side imports this one's),
+    and LD_PRELOAD as `malloc` says."""
+    trees = [str(path.resolve())] if kind == "src" else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*trees, str(BENCHMARKS)])}
+    if malloc == "inherit":
+        return env
+    env.pop(ENV, None)
+    preloaded = [lib for lib in env.pop("LD_PRELOAD", "").split() if "tcmalloc" not in Path(lib).name]
+    if malloc == "tcmalloc":
+        library = find_tcmalloc(library_dirs())
+        if library is None:
+            raise SystemExit("--malloc tcmalloc: no tcmalloc library here (apt-get install libtcmalloc-minimal4)")
+        preloaded.append(str(library))
+    if preloaded:
+        env["LD_PRELOAD"] = " ".join(preloaded)
+    return env
+
+
+def start_worker(kind: str, path: Path, malloc: str, step_args: list[str]) -> subprocess.Popen:
+    reference = ["--worker-reference", str(path.resolve())] if kind == "reference" else []
+    return subprocess.Popen([sys.executable, __file__, "--worker", *reference, "--", *step_args],
+                            env=worker_env(kind, path, malloc), text=True, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
 
 
 def ask(proc: subprocess.Popen, request: str | None) -> str:
@@ -80,23 +115,36 @@ def ask(proc: subprocess.Popen, request: str | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--src", type=Path, action="append", help="a source tree (its src/ dir): A, then B")
+    parser.add_argument("--src", dest="sides", action="append", type=lambda p: ("src", Path(p)),
+                        help="a source tree (its src/ dir) as the next side: A, then B")
+    parser.add_argument("--reference", dest="sides", action="append", type=lambda p: ("reference", Path(p)),
+                        help="a checkout of the public ETRM code as the next side")
+    parser.add_argument("--malloc", default="inherit,inherit", help=f"A's and B's malloc, each one of {MALLOCS}")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-reference", type=Path, default=None, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     step_args = rest[1:] if rest[:1] == ["--"] else rest
     if args.worker:
-        worker(step_args)
+        worker(step_args, args.worker_reference)
         return
-    if not args.src or len(args.src) != 2:
-        parser.error("give exactly two --src trees: A, then B")
+    mallocs = args.malloc.split(",")
+    if not args.sides or len(args.sides) != 2:
+        parser.error("give exactly two sides, --src or --reference: A, then B")
+    if len(mallocs) != 2 or not set(mallocs) <= set(MALLOCS):
+        parser.error(f"--malloc takes two of {', '.join(MALLOCS)}, A's then B's: got {args.malloc!r}")
     if args.rounds < 2:
         parser.error("--rounds must be at least 2")
-    workers = [start_worker(src, step_args) for src in args.src]
+    workers = [start_worker(kind, path, malloc, step_args)
+               for (kind, path), malloc in zip(args.sides, mallocs, strict=True)]
     try:
-        for proc, src in zip(workers, args.src, strict=True):  # both built and warmed up before any step is timed
-            if ask(proc, None) != f"ready {src.resolve()}":
-                raise SystemExit(f"the worker for {src} did not start, or imported etrmtrm_cli from elsewhere")
+        ran = []  # what each worker says it runs: its tree and its malloc
+        for proc, (_, path), malloc in zip(workers, args.sides, mallocs, strict=True):  # all warm before timing
+            _, tree, loaded = (ask(proc, None).split("\t") + ["", "", ""])[:3]
+            if tree != str(path.resolve()) or malloc not in ("inherit", loaded):
+                raise SystemExit(f"the worker for {path} did not start, imported etrmtrm_cli from elsewhere, or "
+                                 f"runs on another malloc than {malloc} ({loaded or 'none said'})")
+            ran.append(loaded)
         times: list[list[float]] = [[], []]  # seconds per step, A and B
         for round_ in range(args.rounds):
             for side in (0, 1) if round_ % 2 == 0 else (1, 0):
@@ -108,13 +156,15 @@ def main() -> None:
                 proc.wait()
     ratio = estimate([math.log(a / b) for a, b in zip(*times, strict=True)])
     result = {
-        "src": [str(src) for src in args.src], "rounds": args.rounds,
+        "sides": [f"{kind} {path}" for kind, path in args.sides], "malloc": ran, "rounds": args.rounds,
         "a_ms_median": round(1000 * statistics.median(times[0]), 2),
         "b_ms_median": round(1000 * statistics.median(times[1]), 2),
         "a_over_b": round(math.exp(ratio.mean), 4),
         "ci95": [round(math.exp(ratio.lo), 4), round(math.exp(ratio.hi), 4)],
     }
-    print(f"A {result['a_ms_median']} ms/step, B {result['b_ms_median']} ms/step (medians of {args.rounds}); "
+    (kind_a, _), (kind_b, _) = args.sides
+    print(f"A ({kind_a}, {ran[0]}) {result['a_ms_median']} ms/step, B ({kind_b}, {ran[1]}) "
+          f"{result['b_ms_median']} ms/step (medians of {args.rounds}); "
           f"A/B {result['a_over_b']:.3f}x, 95 % interval [{result['ci95'][0]:.3f}, {result['ci95'][1]:.3f}], "
           f"n = {args.rounds} rounds")
     print(json.dumps(result))
