@@ -365,9 +365,53 @@ def test_after_week_2_names_a_week_2_variant_better_than_etrm_and_ignores_e0b_re
     seeded(tmp_path, "E3c", [b + 0.05 for b in BASE])  # week 3: after the decision point, not in its family
     week2 = decisions(tmp_path, ["E0a", "E0b", "E2b", "E3b", "E2d", "E3c"])["After Week 2"]
     assert week2.decided and week2.decision.startswith("a configuration significantly better than ETRM")
-    assert "(E3b: at least +0.5 points)" in week2.decision
+    assert "(E3b: at least +2 points, the plan's scenario A)" in week2.decision
     assert [e.split(":")[0] for e in week2.evidence] == ["E3b - E0a", "E2d - E0a", "2 comparisons"]
     assert "97.5% CI" in week2.evidence[0]  # Bonferroni: 95% for the pair
+
+
+def tight(delta_pts: float) -> list[float]:
+    """BASE moved by delta_pts points, give or take 0.1: a paired interval of about +-0.15 around delta_pts."""
+    return [b + delta_pts / 100 + 0.001 * (-1) ** i for i, b in enumerate(BASE)]
+
+
+@pytest.mark.parametrize(("e3b", "e2d", "decided", "decision"), [
+    (3.0, 0.0, True, "a configuration significantly better than ETRM"),
+    (0.1, -0.1, True, "every ETRMTRM configuration similar to ETRM: recurrence may not matter here; document the "
+                      "null result (every interval inside ±0.5 points, the plan's scenario C)"),
+    (1.2, 0.0, True, "neither branch: no configuration significantly better than ETRM (every interval below +2 "
+                     "points) and not all similar to it (E3b: outside ±0.5 points), where the plan names no action"),
+    (-8.0, -8.0, True, "neither branch: no configuration significantly better than ETRM (every interval below +2 "
+                       "points) and not all similar to it (E3b, E2d: outside ±0.5 points), where the plan names no "
+                       "action"),
+    (2.0, 0.0, False, "not decided: an interval reaches across +2 points"),
+    (0.45, 0.0, False, "not decided: an interval reaches across +0.5 points"),
+])
+def test_after_week_2_takes_the_plans_scenario_lines(tmp_path: Path, e3b: float, e2d: float, decided: bool,
+                                                      decision: str) -> None:
+    """"Significantly better" is scenario A (at least +2 points), "all similar" is scenario C (inside +-0.5); a
+    slight gain or a clear loss is neither branch, not a null result."""
+    seeded(tmp_path, "E0a", BASE)
+    seeded(tmp_path, "E3b", tight(e3b))
+    seeded(tmp_path, "E2d", tight(e2d))
+    week2 = decisions(tmp_path, ["E0a", "E3b", "E2d"])["After Week 2"]
+    assert week2.decided == decided and week2.decision.startswith(decision), week2.decision
+
+
+def test_after_e0b_names_a_success_that_converges_slower_than_etrm(tmp_path: Path) -> None:
+    """The plan's "If E0b works but slower than ETRM": above 90%, but more steps to 90% on every paired seed."""
+    for seed, (fast, slow) in enumerate(((5, 20), (6, 22), (4, 21))):
+        write_run(tmp_path, "E0a", [0.5] * fast + [0.95] * (40 - fast), seed=seed)
+        write_run(tmp_path, "E0b", [0.5] * slow + [0.95] * (40 - slow), seed=seed)
+    after = decisions(tmp_path, ["E0a", "E0b"])["After E0b"]
+    assert after.decided and after.decision.startswith("E0b works but converges slower than ETRM"), after.decision
+    assert any(e.startswith("steps to 90%, E0b - E0a: +16.00 steps, 95% CI") for e in after.evidence), after.evidence
+    for seed, fast in enumerate((5, 6, 4)):  # E0b as fast as E0a: it succeeds
+        shutil.rmtree(rundir.run_path(tmp_path, "E0b", seed))
+        write_run(tmp_path, "E0b", [0.5] * fast + [0.95] * (40 - fast), seed=seed)
+    after = decisions(tmp_path, ["E0a", "E0b"])["After E0b"]
+    assert after.decision.startswith("E0b succeeds"), after.decision
+    assert "steps to 90%, E0b - E0a: +0.00 steps, 95% CI [+0.00, +0.00], n = 3" in after.evidence, after.evidence
 
 
 def test_no_gain_is_not_said_while_a_configuration_has_no_finished_run(tmp_path: Path) -> None:
@@ -421,6 +465,17 @@ def test_red_flag_1_implementation_bug(tmp_path: Path, kwargs: dict[str, Any], e
     write_run(tmp_path, "E0b", **{"acc": flat(0.91), **kwargs})
     flag = flags(tmp_path, ["E0a", "E0b"])[1]
     assert flag.holds and flag.evidence == [f"E0b: {evidence}"]
+
+
+def test_red_flag_1_reads_below_50_percent_as_a_bug_in_e0b_only(tmp_path: Path) -> None:
+    """The plan's "E0b fails completely (<50% train acc)": a variant that merely trains worse is not a bug."""
+    write_run(tmp_path, "E0a", flat(0.90))
+    write_run(tmp_path, "E0b", flat(0.91))
+    write_run(tmp_path, "E3b", flat(0.40))  # E0b at a lower learning rate
+    assert not flags(tmp_path, ["E0a", "E0b", "E3b"])[1].holds
+    write_run(tmp_path, "E2b", flat(0.40), seed=1)  # E0b's own configuration under another name
+    flag = flags(tmp_path, ["E0a", "E0b", "E2b"])[1]
+    assert flag.holds and flag.evidence == ["E2b s1: train acc 40.0% < 50.0%"], flag.evidence
 
 
 @pytest.mark.parametrize(("kwargs", "evidence"), [

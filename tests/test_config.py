@@ -71,6 +71,9 @@ def test_plan_values_at_paper_scale() -> None:
     assert get("E0a").arch.recurrent_encoder_type == "static"
     assert get("E0b").arch.recurrent_encoder_type == "recurrent_standard"
     assert get("E0c").arch.recurrent_encoder_type == "trm_style"
+    # compare's parent comparisons: Variant A against ETRM, Variant B and every later variant against Variant A
+    assert get("E0b").parent == "E0a"
+    assert {get(exp_id).parent for exp_id in ("E0c", "E1a", "E2a", "E3b", "E4c")} == {"E0b"}
     assert (get("E0b").arch.halt_max_steps, get("E0b").arch.halt_exploration_prob) == (16, 0.5)
     assert get("E1a").arch.encoder_num_layers == 4
     assert (get("E1b").arch.encoder_norm_style, get("E1b").train.batch_size) == ("pre", 128)

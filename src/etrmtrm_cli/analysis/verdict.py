@@ -38,8 +38,9 @@ SLIGHT_GAIN_PTS = 0.5
 SAME_BAND_PTS = 0.5
 # Scenario D "Recurrence hurts": "E0b achieves <85% when E0a achieves >90%" -> 5 points or more below.
 CLEARLY_WORSE_PTS = 5.0
-# Red Flag 1 "Implementation bug": "E0b fails completely (<50% train acc)", "Encoder variance collapses
-# (<0.1)", "Gradient flow issues" (the plan expects an encoder share of ~0.4; below 0.05 it is starved).
+# Red Flag 1 "Implementation bug": "E0b fails completely (<50% train acc)" (E0b's configuration only: a variant
+# below 50% may simply train worse), "Encoder variance collapses (<0.1)" and "Gradient flow issues" (any encoder
+# run; the plan expects an encoder share of ~0.4; below 0.05 it is starved).
 FAILED_ACC = 0.50  # the variance and gradient-share limits are diagnose's (one definition for both)
 # Red Flag 2 "Instability": "training diverges or highly noisy", "Carry state exploding/vanishing". The
 # plan gives no numbers; ours: the loss's step-to-step spread over the last 20% of steps above half its
@@ -66,8 +67,10 @@ CEILING_FIGURES = (("train_em", "train exact accuracy", "points", 100.0), ("auc"
 # The plan's "Decision Points". After E0b: "If E0b succeeds (>90% train acc)" / "If E0b fails (<80% train acc)".
 E0B_SUCCESS_ACC = 0.90
 E0B_FAILURE_ACC = 0.80
-# After Week 1 / Week 2, "recurrence shows improvement" / "significantly better than ETRM": the paired difference
-# over the static baseline lies at or above +NO_GAIN_PTS (beyond scenario C's band), the same line as red flag 3.
+# After Week 1, "recurrence shows improvement": the paired difference over the static baseline lies at or above
+# +NO_GAIN_PTS (beyond scenario C's band), the same line as red flag 3. After Week 2, "significantly better than
+# ETRM" is the plan's scenario A, at or above +SIGNIFICANT_GAIN_PTS, and "all similar to ETRM" its scenario C,
+# every interval inside (-SAME_BAND_PTS, +SAME_BAND_PTS); a slight gain or a loss is neither branch.
 # After Week 2 weighs the plan's "Week 2: Optimization" experiments, the configurations tried by then; week 3 and
 # the rest come after it in the plan and have no decision point (their parent comparisons describe them).
 WEEK_2 = frozenset({"E1a", "E2c", "E2d", "E3b"})
@@ -181,19 +184,25 @@ def unpaired(base: Configuration, run: Configuration, diff: Estimate) -> list[st
     return [f"seeds left out of the paired difference (a value missing in one arm): {', '.join(left)}"] if left else []
 
 
+def paired_figure(base: Configuration, run: Configuration, figure: str, what: str, unit: str, scale: float
+                  ) -> tuple[Estimate | None, str]:
+    """The paired difference run - base of a figure, and the evidence line that gives it (None, "" without a
+    seed in which both have it)."""
+    fa, fb = points(base, figure, scale), points(run, figure, scale)
+    if not set(fa) & set(fb):
+        return None, ""
+    diff = paired_difference(fa, fb)
+    line = f"{what}: {describe(diff, unit)}"
+    never = [(c.label, c.n - len(f), c.n) for c, f in ((base, fa), (run, fb)) if len(f) < c.n]
+    if never:  # a seed that never got there has no value: the difference is over the seeds that did
+        line += " over the seeds that got there; never: " + ", ".join(f"{k} of {n} {label}" for label, k, n in never)
+    return diff, line
+
+
 def room_figures(base: Configuration, run: Configuration) -> list[str]:
     """Paired differences of the figures that still have room when train accuracy is at a ceiling."""
-    out = []
-    for figure, what, unit, scale in CEILING_FIGURES:
-        fa, fb = points(base, figure, scale), points(run, figure, scale)
-        if set(fa) & set(fb):
-            line = f"{what}: {describe(paired_difference(fa, fb), unit)}"
-            never = [(c.label, c.n - len(f), c.n) for c, f in ((base, fa), (run, fb)) if len(f) < c.n]
-            if never:  # a seed that never got there has no value: the difference is over the seeds that did
-                line += " over the seeds that got there; never: " + ", ".join(f"{k} of {n} {label}"
-                                                                              for label, k, n in never)
-            out.append(line)
-    return out
+    lines = [paired_figure(base, run, figure, what, unit, scale)[1] for figure, what, unit, scale in CEILING_FIGURES]
+    return [line for line in lines if line]
 
 
 def scenario(run: Configuration, base: Configuration, family: int = 1, also_differs: Sequence[str] = ()
@@ -257,10 +266,11 @@ def red_flags(rows: Sequence[RunRow], configs: Sequence[Configuration], base: Co
     not_judged = [f"not judged until it finishes: {r.label} ({r.status_text})" for r in rows if not r.finished]
     rows = [r for r in rows if r.finished]
     encoders = [r for r in rows if r.model != "TRM"]
+    e0b = {r.config_hash for r in rows if r.exp_id == "E0b"}  # E0b's configuration (E2b, E3a, E4b are it too)
     bug = []
     for r in encoders:
         reasons = []
-        if r.recurrent and r.train_acc is not None and r.train_acc < FAILED_ACC:
+        if r.config_hash in e0b and r.train_acc is not None and r.train_acc < FAILED_ACC:
             reasons.append(f"train acc {pct(r.train_acc)} < {pct(FAILED_ACC)}")
         if r.encoder_var is not None and r.encoder_var < COLLAPSED_VAR:
             reasons.append(f"encoder var {num(r.encoder_var)} < {COLLAPSED_VAR:g} (collapse)")
@@ -303,10 +313,11 @@ def red_flag_3(configs: Sequence[Configuration], base: Configuration | None) -> 
                        ["needs a static-encoder baseline and at least one recurrent run"], "")
     waiting = [c for c in configs if c.first.recurrent and c.pending and not points(c, "train_acc")]
     shown = gains(recurrent, base, waiting)
+    holds = shown.all_inside(-math.inf, NO_GAIN_PTS)
+    why = "" if holds or shown.at_or_above(NO_GAIN_PTS) else shown.undecided(NO_GAIN_PTS)
     evidence = shown.evidence + ([f"the intervals cannot tell whether any recurrent configuration gains "
-                                  f"{NO_GAIN_PTS:g} points: {shown.undecided}"] if shown.undecided else [])
-    return RedFlag(3, "no improvement", not shown.undecided, shown.none_gain, evidence,
-                   "document the null result, reconsider the hypothesis")
+                                  f"{NO_GAIN_PTS:g} points: {why}"] if why else [])
+    return RedFlag(3, "no improvement", not why, holds, evidence, "document the null result, reconsider the hypothesis")
 
 
 def best_configuration(configs: Sequence[Configuration], base: Configuration | None) -> Best | None:
@@ -431,7 +442,12 @@ def after_e0b(e0b: Configuration, base: Configuration | None) -> Decision:
     if acc.interval is None:
         return Decision("After E0b", False, f"not decided: {ONE_SEED} (no interval)", evidence)
     lo, hi = acc.interval
-    if lo > E0B_SUCCESS_ACC:
+    slower = convergence(e0b, base, evidence) if lo > E0B_SUCCESS_ACC else None
+    if slower:
+        taken, decision = True, ("E0b works but converges slower than ETRM (>90% train acc, more steps to 90%): "
+                                 "recurrence adds overhead without clear benefit; proceed with E1, E2, E3 "
+                                 "cautiously, looking for configurations where recurrence helps")
+    elif lo > E0B_SUCCESS_ACC:
         taken, decision = True, "E0b succeeds (>90% train acc): ETRMTRM validated, proceed to E1, E2, E3"
     elif hi < E0B_FAILURE_ACC:
         taken, decision = True, ("E0b fails (<80% train acc): debug the encoder carry reset, gradient flow and "
@@ -444,20 +460,50 @@ def after_e0b(e0b: Configuration, base: Configuration | None) -> Decision:
     return Decision("After E0b", taken, decision, evidence)
 
 
+def convergence(e0b: Configuration, base: Configuration | None, evidence: list[str]) -> bool:
+    """Whether E0b is shown to converge slower than a static baseline: the whole paired interval of its steps to
+    90% train accuracy lies above the baseline's (the plan's "E0b works but slower than ETRM"; its week-1
+    criterion "E0b converges in similar time as E0a"). Appends the difference to `evidence`."""
+    if base is None or base is e0b or base.first.encoder != "static":
+        return False
+    diff, line = paired_figure(base, e0b, "steps_to_90", f"steps to 90%, {e0b.label} - {base.label}", "steps", 1.0)
+    evidence.append(line or f"steps to 90%: no seed in which both {base.label} and {e0b.label} reached 90%")
+    return diff is not None and diff.interval is not None and diff.interval[0] > 0
+
+
 @dataclass(frozen=True)
 class Gains:
-    """The paired train-accuracy gains of k configurations over one baseline against +NO_GAIN_PTS, each interval
-    at level 1 - 0.05 / k (Bonferroni: 95 % for the family, so k chances do not inflate a false "gain")."""
+    """The paired train-accuracy gains of k configurations over one baseline, each interval at level
+    1 - 0.05 / k (Bonferroni: 95 % for the family, so k chances do not inflate a false "gain")."""
 
     evidence: list[str]
-    gaining: list[str]  # the configurations whose whole interval lies at or above +NO_GAIN_PTS
-    none_gain: bool  # every interval lies below +NO_GAIN_PTS
-    undecided: str  # why neither holds; "" when one does
+    intervals: dict[str, tuple[float, float] | None]  # label -> interval of run - base, points; None: none
+    missing: str  # why an interval is None ("" when none is)
+    waiting: list[str]  # the family's configurations with no finished run yet
+
+    def at_or_above(self, line: float) -> list[str]:
+        """The configurations whose whole interval lies at or above `line`."""
+        return [label for label, i in self.intervals.items() if i and i[0] >= line]
+
+    def all_inside(self, lo: float, hi: float) -> bool:
+        """Every configuration's interval lies inside (lo, hi), and none is waiting for a finished run."""
+        return not self.waiting and all(i and lo < i[0] and i[1] < hi for i in self.intervals.values())
+
+    def undecided(self, *lines: float) -> str:
+        """Why no branch is taken: a missing interval, one that reaches across one of `lines`, runs waiting."""
+        reasons = [self.missing] if self.missing else []
+        across = [line for line in lines if any(i and i[0] <= line <= i[1] for i in self.intervals.values())]
+        if across and not self.missing:
+            *others, last = [f"{line:+g}" for line in across]
+            reasons.append(f"an interval reaches across {', '.join(others)}{' and ' if others else ''}{last} points")
+        if self.waiting:
+            reasons.append("no finished run yet of " + ", ".join(self.waiting))
+        return "; ".join(reasons)
 
 
 def gains(runs: Sequence[Configuration], base: Configuration, waiting: Sequence[Configuration] = ()) -> Gains:
-    """`waiting`: configurations of the same family with no finished run yet; while there are any, "none
-    gains" cannot be said (one of them may), "one gains" still can."""
+    """`waiting`: configurations of the same family with no finished run yet: they count in the family's size,
+    and while there are any, nothing can be said of every configuration (one of them may differ)."""
     k = len(runs) + len(waiting)  # the whole family: those still running will count too
     family = 1 - 0.05 / k
     diffs: list[Estimate | None] = []
@@ -471,35 +517,49 @@ def gains(runs: Sequence[Configuration], base: Configuration, waiting: Sequence[
     if k > 1:
         evidence.append(f"{k} comparisons: each interval at {100 * family:g}% (Bonferroni), 95% for all")
     evidence += unfinished(base, *runs, *waiting)
-    intervals = [d.interval if d else None for d in diffs]
-    gaining = [run.label for run, i in zip(runs, intervals, strict=True) if i and i[0] >= NO_GAIN_PTS]
-    below = all(i and i[1] < NO_GAIN_PTS for i in intervals)
-    none_gain = below and not waiting
-    reasons = []
-    if not (gaining or none_gain):
-        if None in diffs:
-            reasons.append("no seed in common with the baseline: " + ", ".join(
-                run.label for run, d in zip(runs, diffs, strict=True) if d is None))
-        elif None in intervals:
-            reasons.append(ONE_SEED)
-        elif not below:
-            reasons.append(f"an interval reaches across +{NO_GAIN_PTS:g} points")
-        if waiting:
-            reasons.append("no finished run yet of " + ", ".join(c.label for c in waiting))
-    return Gains(evidence, gaining, none_gain, "; ".join(reasons))
+    no_seed = [run.label for run, d in zip(runs, diffs, strict=True) if d is None]
+    missing = (f"no seed in common with the baseline: {', '.join(no_seed)}" if no_seed
+               else ONE_SEED if any(d.interval is None for d in diffs if d) else "")
+    return Gains(evidence, {run.label: d.interval if d else None for run, d in zip(runs, diffs, strict=True)},
+                 missing, [c.label for c in waiting])
 
 
-def after_week(point: str, runs: Sequence[Configuration], base: Configuration, gain: str, no_gain: str,
-               waiting: Sequence[Configuration] = ()) -> Decision:
-    """`gain` when one of `runs` gains at least +NO_GAIN_PTS over `base` by its whole interval, `no_gain` when
-    every run's interval lies below it and none is `waiting` for a finished run, else not decided."""
-    shown = gains(runs, base, waiting)
-    if shown.gaining:
-        return Decision(point, True, f"{gain} ({', '.join(shown.gaining)}: at least +{NO_GAIN_PTS:g} points)",
+def after_week_1(e0b: Configuration, base: Configuration) -> Decision:
+    """"Recurrence shows improvement" when E0b gains at least +NO_GAIN_PTS over the static baseline by its whole
+    interval, "no improvement" when its interval lies below that line."""
+    shown, point = gains([e0b], base), "After Week 1"
+    if shown.at_or_above(NO_GAIN_PTS):
+        return Decision(point, True, "recurrence shows improvement: proceed with E1-E4, consider Variant B "
+                        f"(at least +{NO_GAIN_PTS:g} points)", shown.evidence)
+    if shown.all_inside(-math.inf, NO_GAIN_PTS):
+        return Decision(point, True, "recurrence shows no improvement: may not be worth the added complexity "
+                        f"(the interval lies below +{NO_GAIN_PTS:g} points)", shown.evidence)
+    return Decision(point, False, f"not decided: {shown.undecided(NO_GAIN_PTS)}", shown.evidence)
+
+
+def after_week_2(variants: Sequence[Configuration], base: Configuration, waiting: Sequence[Configuration]
+                 ) -> Decision:
+    """"A configuration significantly better than ETRM" when one gains at least +SIGNIFICANT_GAIN_PTS (the plan's
+    scenario A) by its whole interval; "all similar to ETRM" when every interval lies inside scenario C's band;
+    neither branch when no interval reaches +SIGNIFICANT_GAIN_PTS and one lies outside that band (a slight gain
+    or a loss, for which the plan names no action at this point)."""
+    shown, point = gains(variants, base, waiting), "After Week 2"
+    if better := shown.at_or_above(SIGNIFICANT_GAIN_PTS):
+        return Decision(point, True, "a configuration significantly better than ETRM: document it, proceed to the "
+                        f"full dataset ({', '.join(better)}: at least +{SIGNIFICANT_GAIN_PTS:g} points, the plan's "
+                        "scenario A)", shown.evidence)
+    if shown.all_inside(-SAME_BAND_PTS, SAME_BAND_PTS):
+        return Decision(point, True, "every ETRMTRM configuration similar to ETRM: recurrence may not matter here; "
+                        f"document the null result (every interval inside ±{SAME_BAND_PTS:g} points, the plan's "
+                        "scenario C)", shown.evidence)
+    outside = [label for label, i in shown.intervals.items() if i and (i[0] >= SAME_BAND_PTS or i[1] <= -SAME_BAND_PTS)]
+    if shown.all_inside(-math.inf, SIGNIFICANT_GAIN_PTS) and outside:
+        return Decision(point, True, f"neither branch: no configuration significantly better than ETRM (every "
+                        f"interval below +{SIGNIFICANT_GAIN_PTS:g} points) and not all similar to it "
+                        f"({', '.join(outside)}: outside ±{SAME_BAND_PTS:g} points), where the plan names no action",
                         shown.evidence)
-    if shown.none_gain:
-        return Decision(point, True, f"{no_gain} (every interval lies below +{NO_GAIN_PTS:g} points)", shown.evidence)
-    return Decision(point, False, f"not decided: {shown.undecided}", shown.evidence)
+    why = shown.undecided(SIGNIFICANT_GAIN_PTS, -SAME_BAND_PTS, SAME_BAND_PTS)
+    return Decision(point, False, f"not decided: {why}", shown.evidence)
 
 
 def decision_points(configs: Sequence[Configuration], base: Configuration | None) -> list[Decision]:
@@ -511,17 +571,12 @@ def decision_points(configs: Sequence[Configuration], base: Configuration | None
     if base is None or base.first.encoder != "static" or not points(base, "train_acc"):
         return out
     if e0b is not None and e0b is not base and points(e0b, "train_acc"):
-        out.append(after_week("After Week 1", [e0b], base,
-                              "recurrence shows improvement: proceed with E1-E4, consider Variant B",
-                              "recurrence shows no improvement: may not be worth the added complexity"))
+        out.append(after_week_1(e0b, base))
     week_2 = [c for c in configs if WEEK_2 & set(c.exp_ids) and c is not e0b]
     variants = [c for c in week_2 if points(c, "train_acc")]
     waiting = [c for c in week_2 if c.pending and not points(c, "train_acc")]
     if variants:
-        out.append(after_week("After Week 2", variants, base,
-                              "a configuration significantly better than ETRM: document it, proceed to the full "
-                              "dataset", "no ETRMTRM configuration significantly better than ETRM: recurrence may "
-                              "not matter here", waiting))
+        out.append(after_week_2(variants, base, waiting))
     return out
 
 
