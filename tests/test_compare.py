@@ -287,6 +287,18 @@ def test_a_pooled_configuration_is_judged_against_the_parent_of_its_first_named_
             (label, "E0a", ["arch.recurrent_encoder_type: static -> recurrent_standard"])], parents
 
 
+def test_a_scenario_gives_the_plans_comparison_with_etrm(tmp_path: Path) -> None:
+    """Convergence, ACT steps and encoder variance as paired differences, beside train accuracy."""
+    for seed, (a, b) in enumerate(((0.50, 0.30), (0.52, 0.31), (0.48, 0.30))):
+        write_run(tmp_path, "E0a", flat(0.90), var=a, seed=seed)
+        write_run(tmp_path, "E0b", flat(0.90), var=b, seed=seed)
+    (found,) = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict.scenarios
+    lines = {e.split(":")[0]: e for e in found.evidence}
+    assert lines["encoder variance"] == "encoder variance: -0.20, 95% CI [-0.23, -0.16], n = 3", lines
+    assert lines["ACT steps"] == "ACT steps: +0.00 steps, 95% CI [+0.00, +0.00], n = 3"
+    assert lines["steps to 90%"] == "steps to 90%: +0.00 steps, 95% CI [+0.00, +0.00], n = 3"
+
+
 def test_a_ceiling_is_named_and_judged_on_figures_with_room(tmp_path: Path) -> None:
     seeded(tmp_path, "E0a", [0.985, 0.99, 0.98])
     seeded(tmp_path, "E0b", [0.985, 0.99, 0.98], em=0.3)

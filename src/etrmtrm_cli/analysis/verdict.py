@@ -64,6 +64,11 @@ INCONCLUSIVE = "inconclusive"
 # Figures that still have room when train accuracy sits at a ceiling (figure, what, unit, scale to points).
 CEILING_FIGURES = (("train_em", "train exact accuracy", "points", 100.0), ("auc", "area under train accuracy",
                    "points", 100.0), ("steps_to_90", "steps to 90%", "steps", 1.0))
+# The plan's "Comparison with ETRM" (and scenario A's "uses more steps productively", "encoder variance higher"):
+# "converge faster/slower?", "more/fewer ACT steps?", "encoder variance higher/lower?". A scenario gives their
+# paired differences as secondary figures, each at 95%, uncorrected.
+WITH_ETRM_FIGURES = (("steps_to_90", "steps to 90%", "steps", 1.0), ("act_steps", "ACT steps", "steps", 1.0),
+                     ("encoder_var", "encoder variance", "", 1.0))
 # The plan's "Decision Points". After E0b: "If E0b succeeds (>90% train acc)" / "If E0b fails (<80% train acc)".
 E0B_SUCCESS_ACC = 0.90
 E0B_FAILURE_ACC = 0.80
@@ -162,10 +167,11 @@ def describe(e: Estimate, unit: str = "points") -> str:
     """'+1.23 points, 95% CI [+0.40, +2.06], n = 3' (one value: '+1.23 points, n = 1, no interval')."""
     if e.mean is None:
         return "no value"
+    unit = f" {unit}" if unit else ""
     if e.interval is None:
-        return f"{e.mean:+.2f} {unit}, n = {e.n}, no interval"
+        return f"{e.mean:+.2f}{unit}, n = {e.n}, no interval"
     lo, hi = e.interval
-    return f"{e.mean:+.2f} {unit}, {100 * e.level:g}% CI [{lo:+.2f}, {hi:+.2f}], n = {e.n}"
+    return f"{e.mean:+.2f}{unit}, {100 * e.level:g}% CI [{lo:+.2f}, {hi:+.2f}], n = {e.n}"
 
 
 def level(e: Estimate) -> str:
@@ -199,9 +205,12 @@ def paired_figure(base: Configuration, run: Configuration, figure: str, what: st
     return diff, line
 
 
-def room_figures(base: Configuration, run: Configuration) -> list[str]:
-    """Paired differences of the figures that still have room when train accuracy is at a ceiling."""
-    lines = [paired_figure(base, run, figure, what, unit, scale)[1] for figure, what, unit, scale in CEILING_FIGURES]
+Figure = tuple[str, str, str, float]  # (RunRow figure, what it is, unit, scale to that unit)
+
+
+def room_figures(base: Configuration, run: Configuration, figures: Sequence[Figure] = CEILING_FIGURES) -> list[str]:
+    """Paired differences of `figures`: by default those that still have room when train accuracy is at a ceiling."""
+    lines = [paired_figure(base, run, figure, what, unit, scale)[1] for figure, what, unit, scale in figures]
     return [line for line in lines if line]
 
 
@@ -238,10 +247,12 @@ def scenario(run: Configuration, base: Configuration, family: int = 1, also_diff
         evidence.append(f"with n = {diff.n}, a true difference of about {num(mde)} points from zero would be "
                         f"detected (80% power; from the paired spread; {base.label}'s seed-to-seed sd is {num(sd)} "
                         "points); naming a band takes more: its whole interval inside the band")
+    secondary = WITH_ETRM_FIGURES
     if base_acc.mean is not None and 100 * base_acc.mean + SIGNIFICANT_GAIN_PTS > 100:
         caveats.append(f"ceiling: {base.label} is at {pct(base_acc.mean)}, so train accuracy has no room for "
                        f"scenario A (+{SIGNIFICANT_GAIN_PTS:g} points); judge by the figures that still have room")
-        evidence += room_figures(base, run)
+        secondary = (*[f for f in CEILING_FIGURES if f not in WITH_ETRM_FIGURES], *WITH_ETRM_FIGURES)
+    evidence += room_figures(base, run, secondary)
     if base_acc.mean is not None and base_acc.mean < BASELINE_REFERENCE_ACC:
         caveats.append(f"{base.label} is at {pct(base_acc.mean)}, below the plan's ~90% reference: the "
                        "scenarios assume a converged baseline")
