@@ -5,6 +5,7 @@ tests that enumerate the registry never see them)."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import replace
@@ -116,9 +117,18 @@ def test_real_encoders_pass_carry_reset_and_gradient_flow(data: ArcData, encoder
     assert flow.status != "fail" and row(flow, "grad/encoder_share").verdict != "fail"
     got, total = row(flow, "step 2: encoder parameters").value.split("/")
     assert got == total and int(total) > 0
+    assert len(row(flow, "grad/encoder_norm before clipping, step 1 / 2").value.split(" / ")) == 2
     if flow.status == "pass":  # the message gives the plan's share (squared norms), as its row does
         share_sq = row(flow, "grad/encoder_share_sq").value
         assert flow.message.endswith(f"the encoder's share of the gradient (||g_enc||² / ||g||²) {share_sq}"), flow
+
+
+def test_the_encoder_gradient_norm_is_each_steps_own() -> None:
+    """The plan's per-step "grad/encoder_norm > 0.2", read from gradients accumulated over the check's steps."""
+    weight = torch.nn.Parameter(torch.zeros(2))
+    weight.grad = torch.tensor([3.0, 4.0])
+    assert gradient_flow._added_norm([("w", weight)], {"w": None}) == 5.0
+    assert gradient_flow._added_norm([("w", weight)], {"w": torch.tensor([3.0, 0.0])}) == 4.0
 
 
 def test_detached_context_fails_gradient_flow(data: ArcData) -> None:
@@ -263,6 +273,14 @@ def test_cli_diagnoses_a_trained_run(tmp_path: Path) -> None:
     used = runner.invoke(app, ["diagnose", "--run", str(tmp_path / "E0b"), "--check", "context-use"],
                          env={"COLUMNS": "200"})
     assert used.exit_code in (0, 3) and "context-use" in used.output and "another task's demos" in used.output
+    # A run whose own log shows collapse fails, whatever one batch's rollout of its final weights gives.
+    metrics = tmp_path / "E0b" / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    metrics.write_text("".join(json.dumps({**r, "train/encoder_var_same_step": 0.01}) + "\n" for r in rows))
+    collapsed = diagnose.check_encoder_variance(diagnose.run_subject(tmp_path / "E0b", CPU))
+    assert collapsed.status == "fail", collapsed
+    assert collapsed.message.startswith("encoder collapse in the run's log: train/encoder_var_same_step 0.01 over "
+                                        "its last 10% of steps (< 0.1), where one batch's eval rollout"), collapsed
 
 
 def test_cli_context_use_needs_a_run_and_all_leaves_it_out_without_one() -> None:

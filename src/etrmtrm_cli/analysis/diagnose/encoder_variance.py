@@ -16,6 +16,7 @@ from etrmtrm_cli.analysis.diagnose.subject import (
     build,
     number,
     train_batch,
+    worst,
 )
 from etrmtrm_cli.analysis.matrix import final_value
 from etrmtrm_cli.analysis.thresholds import COLLAPSED_VAR, HEALTHY_VAR
@@ -50,15 +51,22 @@ def check_encoder_variance(subject: Subject) -> CheckResult:
                                 variance_verdict(mean)))
         judged = mean
     # The figure compare's red flag 1 reads: across puzzles at one ACT step; old runs logged only the plain one.
-    for key in ("train/encoder_var_same_step", "train/encoder_cross_sample_var"):
-        if (logged := final_value(subject.logged, key)) is not None:
-            rows.append(Measurement(f"run's metrics.jsonl: {key}, last 10% of steps",
-                                    number(logged), f"> {HEALTHY_VAR:g}", variance_verdict(logged)))
-            break
+    logged_key, logged = next(((key, value) for key in ("train/encoder_var_same_step", "train/encoder_cross_sample_var")
+                               if (value := final_value(subject.logged, key)) is not None), ("", None))
+    if logged is not None:
+        rows.append(Measurement(f"run's metrics.jsonl: {logged_key}, last 10% of steps",
+                                number(logged), f"> {HEALTHY_VAR:g}", variance_verdict(logged)))
     status = variance_verdict(judged)
     encoder = subject.exp.arch.recurrent_encoder_type
     who = "trained run" if subject.weights is not None else "fresh model"
-    if status == "fail":
+    if logged is not None and worst([variance_verdict(logged), status]) != status:
+        # The run's own log, over its training, is what compare's red flag 1 reads: one batch does not clear it.
+        status = variance_verdict(logged)
+        what, line = ("collapse", f"< {COLLAPSED_VAR:g}") if status == "fail" else ("low variance",
+                                                                                  f"≤ {HEALTHY_VAR:g}")
+        message = (f"encoder {what} in the run's log: {logged_key} {logged:.3g} over its last 10% of steps ({line}), "
+                   f"where one batch's eval rollout of the {who} gives {judged:.3g}")
+    elif status == "fail":
         message = (f"encoder collapse: the {who}'s context varies {judged:.3g} across puzzles (< {COLLAPSED_VAR:g}); "
                    f"{encoder!r} gives (nearly) the same context whatever the demos")
     elif status == "warn":

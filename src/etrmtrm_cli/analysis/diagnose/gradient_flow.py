@@ -34,7 +34,10 @@ from etrmtrm_cli.training.step import forward_backward
 
 # Below half of the expected share: worth a look, not a bug by itself.
 LOW_GRAD_SHARE = 0.2
-# Plan, "Key Metrics / Encoder Health": "grad/encoder_norm: Should be >0.2" (before clipping).
+# Plan, "Key Metrics / Encoder Health": "grad/encoder_norm: Should be >0.2", per step. The plan does not say
+# before or after clipping; this project logs gradient norms before clipping. The public ETRM code logged them
+# after its clip to a total norm of 1, which never makes them larger: where a step's total norm is above 1,
+# this check is the laxer of the two.
 MIN_ENCODER_GRAD_NORM = 0.2
 GRAD_STEPS = 2  # step 1 starts from the init carry, step 2 from a carried (detached) encoder state
 
@@ -51,6 +54,7 @@ def check_gradient_flow(subject: Subject) -> CheckResult:
     rows: list[Measurement] = []
     missing: set[str] = set()
     detached = no_context_grad = False
+    step_norms: list[float] = []  # the encoder's gradient norm of each step, before clipping
     carry = model.initial_carry(batch)
     model.zero_grad(set_to_none=True)
     def forward(carry: ACTCarry, batch: Mapping[str, Tensor], generator: torch.Generator | None
@@ -74,17 +78,18 @@ def check_gradient_flow(subject: Subject) -> CheckResult:
                                 "finite, > 0", "pass" if ok else "fail"))
         detached |= not in_graph
         no_context_grad |= in_graph and not ok
+        step_norms.append(_added_norm(named, previous))
         lacking = [n for n, p in named if not _got_gradient(p.grad, previous[n])]
         missing.update(lacking)
         rows.append(Measurement(f"step {step}: encoder parameters with a finite non-zero gradient",
                                 f"{len(named) - len(lacking)}/{len(named)}", f"{len(named)}/{len(named)}",
                                 "pass" if named and not lacking else "fail"))
     norms = grad_norms(model, encoder_parameters(model))
-    share, enc_norm = norms["grad/encoder_share"], norms["grad/encoder_norm"]
+    share, enc_norm = norms["grad/encoder_share"], min(step_norms)
     rows.append(Measurement("grad/decoder_norm (sum of both steps)", number(norms["grad/decoder_norm"]), "> 0",
                             "pass" if norms["grad/decoder_norm"] > 0 else "fail"))
-    rows.append(Measurement("grad/encoder_norm before clipping (sum of both steps)", number(enc_norm),
-                            f"> {MIN_ENCODER_GRAD_NORM:g} (plan)",
+    rows.append(Measurement("grad/encoder_norm before clipping, step " + " / ".join(map(str, range(1, GRAD_STEPS + 1))),
+                            " / ".join(number(n) for n in step_norms), f"> {MIN_ENCODER_GRAD_NORM:g} (plan), each",
                             "pass" if enc_norm > MIN_ENCODER_GRAD_NORM else "fail" if not enc_norm > 0 else "warn"))
     rows.append(Measurement(
         "grad/encoder_share before clipping (norm ratio, sum of both steps)", number(share),
@@ -119,6 +124,12 @@ def _flow_message(encoder: str, rows: Sequence[Measurement], detached: bool, no_
                 f"(the plan expects ≈ {EXPECTED_GRAD_SHARE:g} of the gradient, ||g_enc||² / ||g||²)")
     return (f"the task loss reaches every encoder parameter through the context; the encoder's share of the "
             f"gradient (||g_enc||² / ||g||²) {number(share_sq)}")
+
+
+def _added_norm(named: Sequence[tuple[str, Tensor]], previous: Mapping[str, Tensor | None]) -> float:
+    """The norm of the gradient this step added to the parameters (gradients accumulate over the steps)."""
+    added = [p.grad if previous[n] is None else p.grad - previous[n] for n, p in named if p.grad is not None]
+    return math.sqrt(sum(float(g.float().pow(2).sum()) for g in added))
 
 
 def _got_gradient(grad: Tensor | None, previous: Tensor | None) -> bool:
