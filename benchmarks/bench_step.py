@@ -14,7 +14,7 @@ alternation with ours so that a change in machine load hits both alike; `--refer
 its own peak RSS. Both models use torch's AdamW; `--compile` compiles both. Both run on the same malloc, the
 process's (printed): glibc's unless tcmalloc is preloaded (`LD_PRELOAD=.../libtcmalloc_minimal.so.4`, which `train`
 does by itself, allocator.py). The ratio depends on it: the public code's step gained far more from tcmalloc than
-ours did (docs/performance.md), so measure under both.
+ours did (docs/performance.md), so measure under both; `bench_ab.py --reference` runs each code on its own malloc.
 `--memory-budget B` (with `--compile`) sets torch's activation_memory_budget: below 1, the compiled backward
 recomputes activations instead of keeping them, for less memory and more time. Peak RSS is reported twice: over
 the whole process (imports, compile, warmup) and over the timed steps only (the kernel's high-water mark, reset
