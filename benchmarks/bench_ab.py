@@ -22,7 +22,7 @@ benchmark processes minutes apart differ by 10-20 %, which hides a change of a f
 waits uses no CPU. Prints each side's median step and the ratio A/B (> 1: B is faster) as a geometric mean of
 the rounds' ratios with a 95 % t-interval on their logs (`analysis.stats.estimate`); consecutive rounds are not
 fully independent, so read the interval as a guide, not a test. The last line is one JSON object.
-Both trees must have what `bench_step.py` imports (`build_model`, `train_step`, ...).
+Both trees must have what `bench_step.py` imports (`build_model`, `train_step`, `allocator`, ...).
 """
 
 from __future__ import annotations
@@ -67,8 +67,10 @@ def worker(step_args: list[str], reference: Path | None) -> None:
         step()
     import etrmtrm_cli
 
-    tree = reference or Path(etrmtrm_cli.__file__).parent.parent
-    print("ready", tree, loaded_allocator(), sep="\t", flush=True)  # what it runs
+    # What it runs: the checkout the public code was imported from, or the tree of etrmtrm_cli.
+    module = sys.modules["models.losses"] if reference else etrmtrm_cli
+    tree = Path(module.__file__).parents[1]
+    print("ready", tree.resolve(), loaded_allocator(), sep="\t", flush=True)
     for line in sys.stdin:
         if line.strip() != "step":
             break
@@ -78,10 +80,12 @@ def worker(step_args: list[str], reference: Path | None) -> None:
 
 
 def worker_env(kind: str, path: Path, malloc: str) -> dict[str, str]:
-    """The environment of a side's worker: a tree first on PYTHONPATH (the reference side imports this one's),
-    and LD_PRELOAD as `malloc` says."""
-    trees = [str(path.resolve())] if kind == "src" else []
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*trees, str(BENCHMARKS)])}
+    """The environment of a side's worker: a tree first on PYTHONPATH (the reference side's batches are drawn by
+    this process's etrmtrm_cli), and LD_PRELOAD as `malloc` says."""
+    import etrmtrm_cli
+
+    tree = path if kind == "src" else Path(etrmtrm_cli.__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree.resolve()), str(BENCHMARKS)])}
     if malloc == "inherit":
         return env
     env.pop(ENV, None)
@@ -135,6 +139,11 @@ def main() -> None:
         parser.error(f"--malloc takes two of {', '.join(MALLOCS)}, A's then B's: got {args.malloc!r}")
     if args.rounds < 2:
         parser.error("--rounds must be at least 2")
+    encoder = argparse.ArgumentParser(add_help=False)
+    encoder.add_argument("--encoder", default="static")
+    if any(kind == "reference" for kind, _ in args.sides) and \
+            encoder.parse_known_args(step_args)[0].encoder not in ("static", "recurrent_standard"):
+        parser.error("--reference compares the public code with `static` and `recurrent_standard` only")
     workers = [start_worker(kind, path, malloc, step_args)
                for (kind, path), malloc in zip(args.sides, mallocs, strict=True)]
     try:

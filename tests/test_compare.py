@@ -34,7 +34,7 @@ ENV = {"COLUMNS": "250"}
 
 def write_run(runs_dir: Path, exp_id: str, acc: Sequence[float | None], *, status: str = "finished",
               loss: Sequence[float] | None = None, var: float = 0.5, share: float = 0.4, carry_norm: float = 4.0,
-              update_ratio: float = 0.6,
+              update_ratio: float = 0.6, act: float = 4.0,
               em: float | None = None, total: int | None = None, overrides: Sequence[str] = (),
               seed: int | None = None, meta: dict[str, Any] | None = None) -> Path:
     """A run directory as train.py writes it: config.json of the real tiny experiment, one metrics line per
@@ -53,7 +53,7 @@ def write_run(runs_dir: Path, exp_id: str, acc: Sequence[float | None], *, statu
         row: dict[str, Any] = {
             "step": i, "train/count": 32, "train/accuracy": a,
             "train/exact_accuracy": em if em is not None else (a or 0.0) / 2,
-            "train/loss": loss[i - 1] if loss is not None else 1.0 / i, "train/steps": 4.0,
+            "train/loss": loss[i - 1] if loss is not None else 1.0 / i, "train/steps": act,
             "train/encoder_cross_sample_var": var, "grad/encoder_share": share, "time/step_s": 0.1,
         }
         if recurrent:
@@ -291,12 +291,12 @@ def test_a_scenario_gives_the_plans_comparison_with_etrm(tmp_path: Path) -> None
     """Convergence, ACT steps and encoder variance as paired differences, beside train accuracy."""
     for seed, (a, b) in enumerate(((0.50, 0.30), (0.52, 0.31), (0.48, 0.30))):
         write_run(tmp_path, "E0a", flat(0.90), var=a, seed=seed)
-        write_run(tmp_path, "E0b", flat(0.90), var=b, seed=seed)
+        write_run(tmp_path, "E0b", [0.5] * (seed + 2) + flat(0.90), var=b, act=6.0, seed=seed)
     (found,) = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict.scenarios
     lines = {e.split(":")[0]: e for e in found.evidence}
     assert lines["encoder variance"] == "encoder variance: -0.20, 95% CI [-0.23, -0.16], n = 3", lines
-    assert lines["ACT steps"] == "ACT steps: +0.00 steps, 95% CI [+0.00, +0.00], n = 3"
-    assert lines["steps to 90%"] == "steps to 90%: +0.00 steps, 95% CI [+0.00, +0.00], n = 3"
+    assert lines["ACT steps"] == "ACT steps: +2.00 steps, 95% CI [+2.00, +2.00], n = 3"  # E0b - E0a
+    assert lines["steps to 90%"].startswith("steps to 90%: +3.00 steps, 95% CI"), lines
 
 
 def test_a_ceiling_is_named_and_judged_on_figures_with_room(tmp_path: Path) -> None:
@@ -304,7 +304,9 @@ def test_a_ceiling_is_named_and_judged_on_figures_with_room(tmp_path: Path) -> N
     seeded(tmp_path, "E0b", [0.985, 0.99, 0.98], em=0.3)
     (scenario,) = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict.scenarios
     assert any(c.startswith("ceiling: E0a is at 98.5%") for c in scenario.caveats)
-    assert any(e.startswith("train exact accuracy:") for e in scenario.evidence)
+    figures = [e.split(":")[0] for e in scenario.evidence if ":" in e]
+    for figure in ("train exact accuracy", "area under train accuracy", "steps to 90%", "ACT steps"):
+        assert figures.count(figure) == 1, scenario.evidence  # each once, at a ceiling too
 
 
 def test_several_scenarios_each_give_the_interval_that_holds_for_all_of_them(tmp_path: Path) -> None:
@@ -488,6 +490,9 @@ def test_red_flag_1_reads_below_50_percent_as_a_bug_in_e0b_only(tmp_path: Path) 
     write_run(tmp_path, "E2b", flat(0.40), seed=1)  # E0b's own configuration under another name
     flag = flags(tmp_path, ["E0a", "E0b", "E2b"])[1]
     assert flag.holds and flag.evidence == ["E2b s1: train acc 40.0% < 50.0%"], flag.evidence
+    shutil.rmtree(rundir.run_path(tmp_path, "E0b", None))
+    write_run(tmp_path, "E0b", flat(0.91)[:5], status="running", total=20)  # E0b still running: E2b is still it
+    assert "E2b s1: train acc 40.0% < 50.0%" in flags(tmp_path, ["E0a", "E0b", "E2b"])[1].evidence
 
 
 @pytest.mark.parametrize(("kwargs", "evidence"), [

@@ -121,6 +121,9 @@ def test_real_encoders_pass_carry_reset_and_gradient_flow(data: ArcData, encoder
     size = max(subject(data, encoder).exp.train.batch_size, diagnose.subject.MIN_MEASURE_BATCH)
     # no slot of a fresh model halts after one step (TRM's q_head starts at -5): all of them carried their state
     assert row(flow, "step 2 (").what.startswith(f"step 2 (carried state in {size}/{size} slots)"), flow.rows
+    if flow.status == "pass":  # the message gives the plan's share (squared norms), as its row does
+        share_sq = row(flow, "grad/encoder_share_sq").value
+        assert flow.message.endswith(f"the encoder's share of the gradient (||g_enc||² / ||g||²) {share_sq}"), flow
 
 
 def test_gradient_flow_says_when_no_slot_carried_its_state(data: ArcData) -> None:
@@ -128,9 +131,6 @@ def test_gradient_flow_says_when_no_slot_carried_its_state(data: ArcData) -> Non
     assert row(flow, "step 2 (").what.startswith("step 2 (carried state in 0/"), flow.rows
     assert row(flow, "step 2: slots that carried their state").verdict == "warn"
     assert flow.status == "warn", flow
-    if flow.status == "pass":  # the message gives the plan's share (squared norms), as its row does
-        share_sq = row(flow, "grad/encoder_share_sq").value
-        assert flow.message.endswith(f"the encoder's share of the gradient (||g_enc||² / ||g||²) {share_sq}"), flow
 
 
 def test_the_encoder_gradient_norm_is_each_steps_own() -> None:

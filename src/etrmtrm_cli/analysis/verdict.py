@@ -199,9 +199,11 @@ def paired_figure(base: Configuration, run: Configuration, figure: str, what: st
         return None, ""
     diff = paired_difference(fa, fb)
     line = f"{what}: {describe(diff, unit)}"
-    never = [(c.label, c.n - len(f), c.n) for c, f in ((base, fa), (run, fb)) if len(f) < c.n]
-    if never:  # a seed that never got there has no value: the difference is over the seeds that did
-        line += " over the seeds that got there; never: " + ", ".join(f"{k} of {n} {label}" for label, k, n in never)
+    left = [(c.label, c.n - len(f), c.n) for c, f in ((base, fa), (run, fb)) if len(f) < c.n]
+    if left:  # a seed without the figure (never got there, or did not log it): the difference is over the others
+        reached = figure.startswith("steps_to")
+        words = "the seeds that got there; never" if reached else "the seeds that logged it; not logged"
+        line += f" over {words}: " + ", ".join(f"{k} of {n} {label}" for label, k, n in left)
     return diff, line
 
 
@@ -251,7 +253,8 @@ def scenario(run: Configuration, base: Configuration, family: int = 1, also_diff
     if base_acc.mean is not None and 100 * base_acc.mean + SIGNIFICANT_GAIN_PTS > 100:
         caveats.append(f"ceiling: {base.label} is at {pct(base_acc.mean)}, so train accuracy has no room for "
                        f"scenario A (+{SIGNIFICANT_GAIN_PTS:g} points); judge by the figures that still have room")
-        secondary = (*[f for f in CEILING_FIGURES if f not in WITH_ETRM_FIGURES], *WITH_ETRM_FIGURES)
+        shown = {figure for figure, *_ in WITH_ETRM_FIGURES}
+        secondary = (*[f for f in CEILING_FIGURES if f[0] not in shown], *WITH_ETRM_FIGURES)
     evidence += room_figures(base, run, secondary)
     if base_acc.mean is not None and base_acc.mean < BASELINE_REFERENCE_ACC:
         caveats.append(f"{base.label} is at {pct(base_acc.mean)}, below the plan's ~90% reference: the "
@@ -275,9 +278,9 @@ def red_flags(rows: Sequence[RunRow], configs: Sequence[Configuration], base: Co
               ) -> list[RedFlag]:
     # A run stopped short has no final figures: red flags 1-2 judge finished runs and name the others.
     not_judged = [f"not judged until it finishes: {r.label} ({r.status_text})" for r in rows if not r.finished]
+    e0b = {r.config_hash for r in rows if r.exp_id == "E0b"}  # E0b's configuration (E2b, E3a, E4b are it too)
     rows = [r for r in rows if r.finished]
     encoders = [r for r in rows if r.model != "TRM"]
-    e0b = {r.config_hash for r in rows if r.exp_id == "E0b"}  # E0b's configuration (E2b, E3a, E4b are it too)
     bug = []
     for r in encoders:
         reasons = []
@@ -443,7 +446,8 @@ def _direction(interval: tuple[float, float]) -> str:
 
 
 def after_e0b(e0b: Configuration, base: Configuration | None) -> Decision:
-    """E0b's train accuracy against the plan's success (>90%) and failure (<80%) lines, by its interval."""
+    """E0b's train accuracy against the plan's success (>90%) and failure (<80%) lines, by its interval; a success
+    that converges slower than a static baseline (`convergence`) is the plan's "works but slower than ETRM"."""
     acc = e0b.estimate("train_acc")
     evidence = [f"{e0b.label} train acc {level(acc)}"]
     base_acc = base.estimate("train_acc") if base is not None and base is not e0b else None

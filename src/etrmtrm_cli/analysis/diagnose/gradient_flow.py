@@ -91,7 +91,8 @@ def check_gradient_flow(subject: Subject) -> CheckResult:
                                 f"{len(named) - len(lacking)}/{len(named)}", f"{len(named)}/{len(named)}",
                                 "pass" if named and not lacking else "fail"))
     norms = grad_norms(model, encoder_parameters(model))
-    share, enc_norm = norms["grad/encoder_share"], min(step_norms)
+    share = norms["grad/encoder_share"]
+    enc_norm = min(step_norms) if all(map(math.isfinite, step_norms)) else math.nan  # min() may skip a NaN
     rows.append(Measurement("grad/decoder_norm (sum of both steps)", number(norms["grad/decoder_norm"]), "> 0",
                             "pass" if norms["grad/decoder_norm"] > 0 else "fail"))
     rows.append(Measurement("grad/encoder_norm before clipping, step " + " / ".join(map(str, range(1, GRAD_STEPS + 1))),
