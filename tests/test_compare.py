@@ -412,6 +412,14 @@ def test_after_week_2_takes_the_plans_scenario_lines(tmp_path: Path, e3b: float,
     assert week2.decided == decided and week2.decision.startswith(decision), week2.decision
 
 
+def test_after_week_2_does_not_call_the_variants_similar_while_one_has_no_finished_run(tmp_path: Path) -> None:
+    seeded(tmp_path, "E0a", BASE)
+    seeded(tmp_path, "E3b", tight(0.1))  # similar to E0a
+    write_run(tmp_path, "E2d", flat(0.99)[:5], status="running", seed=0)
+    week2 = decisions(tmp_path, ["E0a", "E3b", "E2d"])["After Week 2"]
+    assert not week2.decided and week2.decision == "not decided: no finished run yet of E2d", week2.decision
+
+
 def test_after_e0b_names_a_success_that_converges_slower_than_etrm(tmp_path: Path) -> None:
     """The plan's "If E0b works but slower than ETRM": above 90%, but more steps to 90% on every paired seed."""
     for seed, (fast, slow) in enumerate(((5, 20), (6, 22), (4, 21))):
