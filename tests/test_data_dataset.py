@@ -28,12 +28,14 @@ def pair_grids(p: int) -> dict[str, list[list[int]]]:
 
 
 def write_task(folder: Path, name: str, n_train: int, n_test: int, swapped: bool = False) -> None:
-    """`swapped`: each pair's input and output exchanged, so that an eval task shares no pair with a train task
-    (an eval task whose test pair a train task holds is left out as trained on)."""
+    """`swapped`: each pair's input and output exchanged, the output in the input's shape, so that an eval task
+    holds no pair of a train task nor any view of one that augmentation draws (a train pair's two grids differ in
+    shape; an eval task whose test pair training holds is left out as trained on)."""
     folder.mkdir(parents=True, exist_ok=True)
     pairs = [pair_grids(p) for p in range(n_train + n_test)]
     if swapped:
-        pairs = [{"input": pair["output"], "output": pair["input"]} for pair in pairs]
+        pairs = [{"input": pair["output"], "output": np.full(np.shape(pair["output"]), pair["input"][0][0]).tolist()}
+                 for pair in pairs]
     (folder / f"{name}.json").write_text(json.dumps({"train": pairs[:n_train], "test": pairs[n_train:]}))
 
 
@@ -153,15 +155,16 @@ def test_train_examples_are_translated_and_augmented_consistently(arc_data: ArcD
 
 
 def test_eval_batches_are_untranslated_test_queries_with_padding(arc_data: ArcData) -> None:
-    batches = list(arc_data.eval_batches(10))
-    rows = sum(int(b.valid.sum()) for b in batches)
-    assert rows == arc_data.num_eval_examples
+    rows = arc_data.num_eval_examples
+    size = next(n for n in range(7, rows) if rows % n)  # a batch size that leaves the last batch padded
+    batches = list(arc_data.eval_batches(size))
+    assert rows == sum(int(b.valid.sum()) for b in batches)
     assert rows == sum(len(t.test_pairs) for t in arc_data.eval_split.tasks) * (ARC_CFG.eval_num_aug + 1)
-    assert len(batches) == -(-rows // 10) and not batches[-1].valid.all()
+    assert len(batches) == -(-rows // size) and not batches[-1].valid.all()
     augs = Counter(int(a) for b in batches for a in b.aug_ids[b.valid])
     assert augs == Counter(dict.fromkeys(range(ARC_CFG.eval_num_aug + 1), rows // 4))
     for batch in batches:
-        for row in range(10):
+        for row in range(size):
             if not batch.valid[row]:
                 assert (batch.inputs[row] == PAD).all() and (batch.labels[row] == IGNORE_LABEL).all()
                 assert not batch.demo_mask[row].any() and batch.puzzle_ids[row] == 0

