@@ -8,6 +8,7 @@ from etrmtrm_cli.data.augment import (
     augmentation_for,
     dihedral,
     dihedral_for,
+    distinct_views,
 )
 from etrmtrm_cli.data.canvas import encode_grid
 
@@ -77,3 +78,22 @@ def test_rejects_a_colour_map_that_moves_black() -> None:
         Augmentation(0, (1, 0, 2, 3, 4, 5, 6, 7, 8, 9))
     with pytest.raises(ValueError, match="not an augmentation"):
         Augmentation(8)
+
+
+def views_content(seed: int, key: str, grids: list[np.ndarray], views: tuple[int, ...]) -> set[bytes]:
+    augs = [augmentation_for(seed, key, i) for i in views]
+    return {b"".join(a.apply(g).tobytes() + bytes(a.apply(g).shape) for g in grids) for a in augs}
+
+
+def test_distinct_views_keeps_the_original_then_only_new_puzzles() -> None:
+    """As TRM's dataset build: num_aug unique augmentations plus the original, from at most 5 * num_aug tries."""
+    rng = np.random.default_rng(RNG_SEED)
+    varied = [random_grid(rng, 3, 4), random_grid(rng, 4, 3)]
+    views = distinct_views(7, "varied", varied, 30)
+    assert views[0] == 0 and len(views) == 31 and list(views) == sorted(set(views))
+    assert len(views_content(7, "varied", varied, views)) == 31
+    # One colour on a square grid: only the colour map of that one colour changes the puzzle, 9 views at most.
+    plain = [np.full((2, 2), 3, dtype=np.uint8)]
+    views = distinct_views(7, "plain", plain, 30)
+    assert len(views) == 9 == len(views_content(7, "plain", plain, views))
+    assert distinct_views(7, "plain", plain, 0) == (0,)

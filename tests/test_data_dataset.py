@@ -154,6 +154,23 @@ def test_train_examples_are_translated_and_augmented_consistently(arc_data: ArcD
     assert {offset_of(tokens) for tokens in unshifted.inputs} == {(0, 0)}
 
 
+def test_a_task_with_few_distinct_views_is_evaluated_once_per_view(tmp_path: Path) -> None:
+    """Colours 3 and 4 on square one-colour grids: 9 x 8 colour maps make every distinct view there is."""
+    write_task(tmp_path / "train", "t1", n_train=3, n_test=1)
+    same, other = np.full((2, 2), 3).tolist(), np.full((2, 2), 4).tolist()
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "plain.json").write_text(json.dumps(
+        {"train": [{"input": same, "output": same}], "test": [{"input": same, "output": other}]}))
+    cfg = DataConfig(train_sources=(str(tmp_path / "train"),), eval_sources=(str(tmp_path / "eval"),),
+                     train_groups="all", eval_groups="all", num_aug=100, eval_num_aug=100, max_grid_size=8)
+    data = build_arc_data(cfg, seed=0)
+    assert data.num_views(1) == 72 and data.num_eval_examples == 72
+    rows = [(int(b.inputs[r].sum()), int(b.labels[r].sum()), int(b.aug_ids[r]))
+            for b in data.eval_batches(16) for r in range(16) if b.valid[r]]
+    assert len({(i, label) for i, label, _ in rows}) == 72  # every view a different puzzle
+    assert summarize(data).eval.puzzles == 72
+
+
 def test_eval_batches_are_untranslated_test_queries_with_padding(arc_data: ArcData) -> None:
     rows = arc_data.num_eval_examples
     size = next(n for n in range(7, rows) if rows % n)  # a batch size that leaves the last batch padded

@@ -68,9 +68,9 @@ def load_splits(cfg: DataConfig) -> tuple[Split, Split]:
                 "eval tasks are never trained on, so remove it from data.train_sources or data.eval_sources"
             )
     # An eval task whose answer a train task holds is no unseen task: ARC-AGI-1's evaluation task 070dd51e has its
-    # test pair in training task 40853293, and 50a16a69's test pair is a recoloured pair of caa06a1f (colours 4, 5, 6 as 8, 6, 3), a
-    # view that training's augmentation can draw. It leaves the pool before the draw, whatever train_groups picks,
-    # so the eval subset does not depend on the train subset.
+    # test pair in training task 40853293, and 50a16a69's test pair is a recoloured pair of caa06a1f (colours 4, 5
+    # and 6 as 8, 6 and 3), a view that training's augmentation can draw. It leaves the pool before the draw,
+    # whatever train_groups picks, so the eval subset does not depend on the train subset.
     train_pairs = {_pair_key(pair) for task in train for pair in task.pairs}
     unseen = [t for t in evals if not any(_pair_key(pair) in train_pairs for pair in t.test_pairs)]
     sides = []

@@ -8,6 +8,7 @@ run resumed anywhere sees the same puzzles.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +83,27 @@ def augmentation_for(seed: int, key: str, index: int) -> Augmentation:
         rest, pick = divmod(rest, remaining)
         colours.append(pool.pop(pick))
     return Augmentation(tid, tuple(colours))
+
+
+def distinct_views(seed: int, key: str, grids: Sequence[np.ndarray], num_aug: int) -> tuple[int, ...]:
+    """The indices of the task's augmentations (augmentation_for(seed, key, i)) whose augmented grids differ from
+    every earlier one: index 0 (the original) first, then up to `num_aug` more, from at most 5 * num_aug tries.
+    This is TRM's dataset build (num_aug unique augmentations plus the original, deduplicated by content): a task
+    with few colours or a symmetric one has fewer distinct views than draws, and a vote over repeated views would
+    weigh them by chance. grids: every grid of the task, in a fixed order."""
+    cells = [np.concatenate([dihedral(g, tid).ravel() for g in grids]) for tid in range(8)]  # (cells,) uint8
+    shapes = [tuple(dihedral(g, tid).shape for g in grids) for tid in range(8)]
+    seen: set[tuple[tuple[tuple[int, ...], ...], bytes]] = set()
+    kept: list[int] = []
+    for index in range(1 + 5 * num_aug):
+        aug = augmentation_for(seed, key, index)
+        content = (shapes[aug.dihedral], np.asarray(aug.colours, dtype=np.uint8)[cells[aug.dihedral]].tobytes())
+        if content not in seen:
+            seen.add(content)
+            kept.append(index)
+            if len(kept) == num_aug + 1:
+                break
+    return tuple(kept)
 
 
 def dihedral_for(seed: int, key: str, index: int) -> int:

@@ -17,7 +17,7 @@ import torch
 
 from etrmtrm_cli.config import DataConfig
 from etrmtrm_cli.data.arc import Split, load_splits
-from etrmtrm_cli.data.augment import TRANSPOSING, Augmentation, augmentation_for, dihedral_for
+from etrmtrm_cli.data.augment import TRANSPOSING, Augmentation, augmentation_for, dihedral_for, distinct_views
 from etrmtrm_cli.data.canvas import IGNORE_LABEL, PAD
 from etrmtrm_cli.data.group import Group, build_group
 
@@ -82,6 +82,11 @@ class ArcData:
             build_group(t, cfg.query_mode, cfg.max_demos) for t in train_split.tasks
         ) + tuple(build_group(t, "test", cfg.max_demos) for t in eval_split.tasks)
         self.num_train_groups = len(train_split.tasks)
+        # Each group's distinct augmented views, as augmentation indices: view v of group g is augmentation
+        # self._views[g][v]; view 0 is the original puzzle.
+        num_aug = [cfg.num_aug] * self.num_train_groups + [cfg.eval_num_aug] * len(eval_split.tasks)
+        self._views = tuple(distinct_views(seed, g.task.id, g.task.grids, n) for g, n in zip(self.groups, num_aug,
+                                                                                           strict=True))
         train_groups = self.groups[: self.num_train_groups]
         self._queries = np.array([len(g.queries) for g in train_groups])  # (Gt,)
         self._first_query = np.cumsum(self._queries) - self._queries  # (Gt,) row of each group in _extents
@@ -108,12 +113,17 @@ class ArcData:
 
     @property
     def num_eval_examples(self) -> int:
-        """Real rows eval_batches yields: every eval query x (eval_num_aug + 1) puzzles."""
-        queries = sum(len(g.queries) for g in self.groups[self.num_train_groups :])
-        return queries * (self.cfg.eval_num_aug + 1)
+        """Real rows eval_batches yields: every eval query x its group's distinct views (eval_num_aug + 1 at most)."""
+        evals = range(self.num_train_groups, len(self.groups))
+        return sum(len(self.groups[g].queries) * self.num_views(g) for g in evals)
+
+    def num_views(self, group_id: int) -> int:
+        """The group's distinct augmented views, the original included: num_aug + 1 (eval_num_aug + 1) at most."""
+        return len(self._views[group_id])
 
     def augmentation(self, group_id: int, aug_id: int) -> Augmentation:
-        return augmentation_for(self.seed, self.groups[group_id].task.id, aug_id)
+        """View `aug_id` of the group (0: the original puzzle)."""
+        return augmentation_for(self.seed, self.groups[group_id].task.id, self._views[group_id][aug_id])
 
     def train_batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> Batch:
         """Rank `rank`'s contiguous slice of global batch `step` (global size `batch_size`)."""
@@ -127,7 +137,8 @@ class ArcData:
         return self._assemble(_Examples.concat(parts), local)
 
     def eval_batches(self, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
-        """Every eval group's test queries on the original puzzle and data.eval_num_aug augmentations.
+        """Every eval group's test queries on each of its distinct views: the original puzzle and up to
+        data.eval_num_aug augmentations.
 
         Deterministic and untranslated; the last batch is padded with valid=False rows.
         """
@@ -142,7 +153,7 @@ class ArcData:
         parts = []
         for g in range(self.num_train_groups, len(self.groups)):
             queries = len(self.groups[g].queries)
-            n = queries * (self.cfg.eval_num_aug + 1)
+            n = queries * self.num_views(g)
             aug, query = np.divmod(np.arange(n), queries)
             parts.append(_Examples(np.full(n, g), query, aug, np.zeros((n, 2), dtype=np.int64)))
         return _Examples.concat(parts)
@@ -158,14 +169,16 @@ class ArcData:
     def _make_plan(self, epoch: int) -> _Examples:
         rng = np.random.default_rng([self.seed, _TRAIN_STREAM, epoch])
         order = rng.permutation(self.num_train_groups)  # (Gt,)
-        aug_of_group = rng.integers(0, self.cfg.num_aug + 1, size=self.num_train_groups)  # (Gt,)
+        views = np.array([self.num_views(g) for g in range(self.num_train_groups)])  # (Gt,)
+        aug_of_group = rng.integers(0, views)  # (Gt,) one view per group and epoch, uniform over its views
         counts = self._queries[order]
         group = np.repeat(order, counts)  # (E,)
         query = np.arange(len(group)) - np.repeat(np.cumsum(counts) - counts, counts)  # (E,)
         offset = np.zeros((len(group), 2), dtype=np.int64)
         if self.cfg.translate:
             tasks = [group.task.id for group in self.groups]
-            dihedrals = [dihedral_for(self.seed, tasks[g], a) for g, a in enumerate(aug_of_group.tolist())]
+            dihedrals = [dihedral_for(self.seed, tasks[g], self._views[g][a])
+                         for g, a in enumerate(aug_of_group.tolist())]
             transposed = np.isin(dihedrals, list(TRANSPOSING))  # (Gt,)
             extent = self._extents[self._first_query[group] + query]  # (E, 2) max (h, w) of each example
             extent = np.where(transposed[group, None], extent[:, ::-1], extent)

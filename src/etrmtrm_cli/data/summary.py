@@ -15,7 +15,7 @@ from etrmtrm_cli.data.group import Group
 class SplitSummary:
     sources: tuple[str, ...]
     groups: int
-    puzzles: int  # groups * (num_aug + 1), for eval groups * (eval_num_aug + 1)
+    puzzles: int  # the groups' distinct views: groups * (num_aug + 1) at most, for eval (eval_num_aug + 1)
     examples_per_epoch: int  # train: one epoch; eval: one pass of eval_batches
     demos_min: int
     demos_mean: float
@@ -37,22 +37,23 @@ class DataSummary:
 
 
 def summarize(data: ArcData) -> DataSummary:
-    n, cfg = data.num_train_groups, data.cfg
+    n = data.num_train_groups
+    views = [data.num_views(g) for g in range(len(data.groups))]
     return DataSummary(
-        train=_summarize_split(data.train_split, data.groups[:n], cfg.num_aug, data.examples_per_epoch),
-        eval=_summarize_split(data.eval_split, data.groups[n:], cfg.eval_num_aug, data.num_eval_examples),
+        train=_summarize_split(data.train_split, data.groups[:n], views[:n], data.examples_per_epoch),
+        eval=_summarize_split(data.eval_split, data.groups[n:], views[n:], data.num_eval_examples),
         canvas_size=data.canvas_size,
         num_puzzle_ids=data.num_puzzle_ids,
     )
 
 
-def _summarize_split(split: Split, groups: tuple[Group, ...], num_aug: int, examples: int) -> SplitSummary:
+def _summarize_split(split: Split, groups: tuple[Group, ...], views: list[int], examples: int) -> SplitSummary:
     demos = np.array([len(d) for g in groups for d in g.demos])  # (queries,)
     shapes = np.array([grid.shape for g in groups for grid in g.task.grids])  # (grids, 2)
     return SplitSummary(
         sources=split.sources,
         groups=len(groups),
-        puzzles=len(groups) * (num_aug + 1),
+        puzzles=sum(views),
         examples_per_epoch=examples,
         demos_min=int(demos.min()),
         demos_mean=float(demos.mean()),
