@@ -71,8 +71,8 @@ def load_splits(cfg: DataConfig) -> tuple[Split, Split]:
     # test pair in training task 40853293, and 50a16a69's test pair is a recoloured pair of caa06a1f (colours 4, 5
     # and 6 as 8, 6 and 3), a view that training's augmentation can draw. It leaves the pool before the draw,
     # whatever train_groups picks, so the eval subset does not depend on the train subset.
-    train_pairs = {_pair_key(pair) for task in train for pair in task.pairs}
-    unseen = [t for t in evals if not any(_pair_key(pair) in train_pairs for pair in t.test_pairs)]
+    held = _trained_on(train, evals)
+    unseen = [t for t in evals if t.id not in held]
     sides = []
     for split, tasks, skipped, sources, wanted, trained_on in (
         ("train", train, train_skipped, cfg.train_sources, cfg.train_groups, 0),
@@ -82,6 +82,25 @@ def load_splits(cfg: DataConfig) -> tuple[Split, Split]:
         chosen = select_groups(fitting, wanted, cfg.subset_seed, split, cfg.max_grid_size)
         sides.append(Split(tuple(sources), chosen, skipped, len(tasks) - len(fitting), trained_on))
     return sides[0], sides[1]
+
+
+def _trained_on(train: Sequence[Task], evals: Sequence[Task]) -> set[str]:
+    """The ids of the eval tasks with a test pair that is a train pair up to what training augments (_pair_key).
+    A cheap invariant of those transforms (_invariant) picks the few pairs worth comparing in full."""
+    train_pairs = [pair for task in train for pair in task.pairs]
+    test_pairs = [(task.id, pair) for task in evals for pair in task.test_pairs]
+    shared = {_invariant(pair) for pair in train_pairs} & {_invariant(pair) for _, pair in test_pairs}
+    held = {_pair_key(pair) for pair in train_pairs if _invariant(pair) in shared}
+    return {tid for tid, pair in test_pairs if _invariant(pair) in shared and _pair_key(pair) in held}
+
+
+def _invariant(pair: Pair) -> tuple[object, ...]:
+    """What neither a dihedral transform of both grids nor a permutation of colours 1-9 changes: the two shapes
+    up to transposing both, the cell counts of colour 0 in each grid, and, sorted, those of colours 1-9."""
+    grid_in, grid_out = pair
+    counts = np.stack([np.bincount(g.ravel(), minlength=10) for g in pair], axis=1)  # (10 colours, 2 grids)
+    shapes = min((grid_in.shape, grid_out.shape), (grid_in.shape[::-1], grid_out.shape[::-1]))
+    return shapes, tuple(counts[0]), tuple(sorted(map(tuple, counts[1:].tolist())))
 
 
 def _pair_key(pair: Pair) -> tuple[tuple[int, ...], bytes, tuple[int, ...], bytes]:
