@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -339,6 +341,77 @@ def test_two_process_gloo_equals_one_process(tmp_path: Path) -> None:
     weights_two = rundir.load_weights(tmp_path / "two" / "E0b" / "model.safetensors")
     for key, value in weights_one.items():
         torch.testing.assert_close(weights_two[key], value, rtol=1e-4, atol=1e-5)
+
+
+class _Killed(Exception):
+    """The process dying at this point."""
+
+
+def test_saving_a_step_again_never_leaves_its_checkpoint_half_deleted(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop on a checkpoint step saves that step twice; a kill during the second save must leave a whole
+    checkpoint as the latest."""
+    run, real_rmtree = tmp_path / "run", shutil.rmtree
+
+    def save(step: int, text: str) -> None:
+        tmp = rundir.begin_checkpoint(run, step)
+        for name in ("a", "b"):
+            (tmp / name).write_text(text)
+        with contextlib.suppress(_Killed):
+            rundir.commit_checkpoint(tmp, keep=3)
+
+    def killed_midway(path: Any, *args: Any, **kwargs: Any) -> None:  # a kill while step 4's directory is deleted
+        if Path(path).name == "step_00000004":
+            next(Path(path).iterdir()).unlink()
+            raise _Killed
+        real_rmtree(path, *args, **kwargs)
+
+    save(2, "old")
+    save(4, "old")
+    monkeypatch.setattr(rundir.shutil, "rmtree", killed_midway)
+    save(4, "new")
+    latest = rundir.latest_checkpoint(run)
+    assert latest is not None and sorted(p.name for p in latest.iterdir()) == ["a", "b"], latest
+
+
+class _StopOnRankOne:
+    """A stop request that only rank 1 sees, from its third look on (as a signal that reaches one rank first)."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank, self.looks = rank, 0
+
+    @property
+    def requested(self) -> bool:
+        self.looks += 1
+        return self.rank == 1 and self.looks >= 3
+
+
+def _train_rank(rank: int, runs_dir: str, port: int) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        exp = tiny("E0b", ["decoder=none", "train.eval_interval=100", "train.checkpoint_interval=100"])
+        train(exp, TrainOptions(runs_dir=Path(runs_dir), max_steps=50), DistContext(rank, 2, CPU),
+              stop=_StopOnRankOne(rank))  # type: ignore[arg-type]
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_stop_seen_by_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
+    """Without agreement one rank waits at the checkpoint's barrier and the other in the gradient all-reduce."""
+    context = torch.multiprocessing.start_processes(_train_rank, args=(str(tmp_path), 29633), nprocs=2, join=False,
+                                                    start_method="spawn")
+    deadline = time.time() + 120
+    while not context.join(timeout=1):
+        if time.time() > deadline:
+            for proc in context.processes:
+                proc.kill()
+            pytest.fail("the ranks did not stop together: the run hung")
+    summary = rundir.read_summary(tmp_path / "E0b")
+    assert (summary["status"], summary["step"]) == ("interrupted", 2), summary
+    assert rundir.latest_checkpoint(tmp_path / "E0b") == rundir.checkpoint_dir(tmp_path / "E0b", 2)
 
 
 def test_missing_optional_logger_gives_an_install_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

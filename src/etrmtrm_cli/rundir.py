@@ -498,11 +498,17 @@ def begin_checkpoint(run_dir: Path, step: int) -> Path:
 
 
 def commit_checkpoint(tmp: Path, keep: int) -> Path:
-    """Make a fully written checkpoint visible, then drop all but the newest `keep`."""
+    """Make a fully written checkpoint visible, then drop all but the newest `keep`. A step saved again (a stop
+    on a checkpoint step) replaces its checkpoint by two renames, never by deleting it first: a kill between
+    them leaves the step's old copy aside (`.old`, which no listing counts) and the previous step's checkpoint
+    as the latest, never a half-deleted one."""
     final = tmp.with_suffix("")
+    aside = final.with_suffix(".old")
+    shutil.rmtree(aside, ignore_errors=True)
     if final.exists():
-        shutil.rmtree(final)
+        os.replace(final, aside)
     os.replace(tmp, final)
+    shutil.rmtree(aside, ignore_errors=True)
     for old in list_checkpoints(final.parent)[:-keep]:
         shutil.rmtree(old)
     return final

@@ -153,7 +153,9 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     wall_s = lambda: earlier_s + time.perf_counter() - started  # noqa: E731
     eval_batch = exp.train.eval_batch_size or exp.train.batch_size
     try:
-        while (state.step < total or pending is not None) and not stop.requested:
+        # Every rank stops at the same step: a signal that reaches one rank first would otherwise send it to
+        # the checkpoint's barrier while the others wait in the next step's gradient all-reduce.
+        while (state.step < total or pending is not None) and not ctx.any_rank(stop.requested):
             if pending is not None:  # stopped during this step's eval: its train metrics were checkpointed
                 metrics, pending = pending, None
             else:
