@@ -188,6 +188,23 @@ def test_stop_flag_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert (resumed.status, resumed.step) == ("finished", 8)
 
 
+def test_a_resumed_run_compiles_or_not_as_it_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto decides by the run's length, not the steps it has left: compiled and eager steps differ in their last
+    bits, so a resume that switched would not log what the uninterrupted run logs."""
+    from etrmtrm_cli.training import loop
+
+    asked: list[int] = []
+    monkeypatch.setattr(loop, "choose_compile", lambda device, steps, compile: (asked.append(steps), (False, ""))[1])
+    exp, stop = tiny("E0b", FAST), StopFlag()
+
+    def request_stop(kind: str, payload: dict[str, Any]) -> None:
+        stop.requested = stop.requested or (kind == "step" and payload["step"] == 2)
+
+    train(exp, TrainOptions(runs_dir=tmp_path, max_steps=6), SINGLE, request_stop, stop)
+    train(exp, TrainOptions(runs_dir=tmp_path, max_steps=6, resume=True), SINGLE)
+    assert asked == [6, 6]
+
+
 def test_kill_during_checkpoint_write_keeps_the_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     exp = tiny("E0b", FAST)
     real_save_state = rundir.save_state

@@ -130,7 +130,9 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
             earlier_s = float(rundir.read_summary(run_dir).get("wall_time_s", 0.0))
     else:
         state, pending, earlier_s = fresh_state(model, _batch(data, 0, exp, ctx), exp.seed, ctx.rank), None, 0.0
-    compiled, compile_note = choose_compile(ctx.device, total - state.step, options.compile)
+    # By the run's whole length, not the steps left: a resumed run computes as it started (compiled and eager
+    # steps differ in their last bits).
+    compiled, compile_note = choose_compile(ctx.device, total, options.compile)
     if compiled:
         parts = replace(parts, forward=compile_model(model))
     runtime = {"forward_dtype": exp.arch.forward_dtype, "dtype_note": dtype.warning, "dtype_hint": dtype.why,

@@ -139,13 +139,13 @@ def compile_model(model: nn.Module, mode: str = "default") -> Callable[..., Any]
     return torch.compile(model, mode=mode)
 
 
-def choose_compile(device: torch.device, steps_to_take: int, compile: bool | None) -> tuple[bool, str]:
-    """Whether to torch.compile a run with `steps_to_take` steps left, and why. `compile` None is auto; True or
-    False is the user's choice and is kept (a forced compile without a C++ compiler fails as torch reports it)."""
+def choose_compile(device: torch.device, run_steps: int, compile: bool | None) -> tuple[bool, str]:
+    """Whether to torch.compile a run of `run_steps` steps, and why. `compile` None is auto; True or False is the
+    user's choice and is kept (a forced compile without a C++ compiler fails as torch reports it)."""
     if compile is not None:
         return compile, "--compile" if compile else "--no-compile"
-    if steps_to_take < COMPILE_MIN_STEPS:
-        return False, f"auto: {steps_to_take} steps do not earn back the compile time"
+    if run_steps < COMPILE_MIN_STEPS:
+        return False, f"auto: {run_steps} steps do not earn back the compile time"
     if device.type == "cpu" and shutil.which("c++") is None and shutil.which("g++") is None:
         return False, "auto: no C++ compiler for torch.compile on the CPU"
-    return True, f"auto: {steps_to_take} steps"
+    return True, f"auto: {run_steps} steps"
