@@ -188,6 +188,22 @@ def test_stop_flag_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert (resumed.status, resumed.step) == ("finished", 8)
 
 
+def test_extending_a_finished_run_is_recorded_and_it_is_not_finished_while_it_runs(tmp_path: Path) -> None:
+    exp = tiny("E0b", FAST)
+    train(exp, TrainOptions(runs_dir=tmp_path, max_steps=3), SINGLE)
+    run = tmp_path / "E0b"
+    seen: list[str] = []
+
+    def status_while_training(kind: str, payload: dict[str, Any]) -> None:
+        if kind == "step":
+            seen.append(rundir.read_summary(run)["status"])
+
+    longer = train(exp, TrainOptions(runs_dir=tmp_path, max_steps=5, resume=True), SINGLE, status_while_training)
+    assert (longer.status, longer.step) == ("finished", 5) and seen == ["running", "running"]
+    meta = json.loads((run / rundir.META).read_text())
+    assert meta["resumed_with_changes"] == [{"step": 3, "changed": {"total_steps": [3, 5]}}]  # its lr schedule
+
+
 def test_a_resumed_run_compiles_or_not_as_it_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """auto decides by the run's length, not the steps it has left: compiled and eager steps differ in their last
     bits, so a resume that switched would not log what the uninterrupted run logs."""

@@ -143,6 +143,13 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     if ctx.is_main and not options.resume:
         meta = _meta(exp, ctx, data, total, options.command) | {"runtime": runtime, "decoder": _decoder_meta(report)}
         rundir.write_run_files(run_dir, exp.model_dump(mode="json"), meta, total)
+    if ctx.is_main and options.resume:
+        # A changed length (--max-steps) changes the learning-rate schedule from here on: recorded as any change.
+        before = rundir.read_summary(run_dir).get("total_steps", total)
+        changed = changed | ({"total_steps": (before, total)} if before != total else {})
+        # Not "finished" while it runs again (a finished run extended): a kill must not leave that status
+        # beside the shorter run's final weights.
+        rundir.mark_running(run_dir)
     if ctx.is_main and changed:
         rundir.record_resume_changes(run_dir, exp.model_dump(mode="json"), changed, state.step)
     emit("start", {"exp": exp, "total_steps": total, "start_step": state.step, "decoder_report": report,
