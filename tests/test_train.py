@@ -419,32 +419,61 @@ class _StopOnRankOne:
         return self.rank == 1 and self.looks >= 3
 
 
-def _train_rank(rank: int, runs_dir: str, port: int) -> None:
+def _train_rank(rank: int, runs_dir: str, port: int, case: str) -> None:
+    """Rank `rank` of a 2-process gloo run; case "stop": only rank 1 sees a stop request; "inf": only rank 1's
+    loss is infinite, at step 2. Writes the error the rank ends with to rank<N>.err."""
     import torch.distributed as dist
 
+    from etrmtrm_cli.training import step
+
+    if case == "inf" and rank == 1:
+        real_loss, calls = step.act_loss, []
+
+        def infinite_at_step_2(*args: Any) -> Any:
+            calls.append(1)
+            loss, sums = real_loss(*args)
+            return (loss * float("inf") if len(calls) == 2 else loss), sums
+
+        step.act_loss = infinite_at_step_2
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         exp = tiny("E0b", ["decoder=none", "train.eval_interval=100", "train.checkpoint_interval=100"])
-        train(exp, TrainOptions(runs_dir=Path(runs_dir), max_steps=50), DistContext(rank, 2, CPU),
-              stop=_StopOnRankOne(rank))  # type: ignore[arg-type]
+        stop = _StopOnRankOne(rank) if case == "stop" else StopFlag()
+        train(exp, TrainOptions(runs_dir=Path(runs_dir), max_steps=50), DistContext(rank, 2, CPU), stop=stop)
+    except RunError as err:
+        Path(runs_dir, f"rank{rank}.err").write_text(str(err))
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.slow
-def test_a_stop_seen_by_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
-    """Without agreement one rank waits at the checkpoint's barrier and the other in the gradient all-reduce."""
-    context = torch.multiprocessing.start_processes(_train_rank, args=(str(tmp_path), 29633), nprocs=2, join=False,
-                                                    start_method="spawn")
+def _two_ranks(runs_dir: Path, port: int, case: str) -> None:
+    context = torch.multiprocessing.start_processes(_train_rank, args=(str(runs_dir), port, case), nprocs=2,
+                                                    join=False, start_method="spawn")
     deadline = time.time() + 120
     while not context.join(timeout=1):
         if time.time() > deadline:
             for proc in context.processes:
                 proc.kill()
             pytest.fail("the ranks did not stop together: the run hung")
+
+
+@pytest.mark.slow
+def test_a_stop_seen_by_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
+    """Without agreement one rank waits at the checkpoint's barrier and the other in the gradient all-reduce."""
+    _two_ranks(tmp_path, 29633, "stop")
     summary = rundir.read_summary(tmp_path / "E0b")
     assert (summary["status"], summary["step"]) == ("interrupted", 2), summary
     assert rundir.latest_checkpoint(tmp_path / "E0b") == rundir.checkpoint_dir(tmp_path / "E0b", 2)
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_the_same_error(tmp_path: Path) -> None:
+    """Rank 1 raising alone would leave rank 0 in the gradient all-reduce (a broken connection under gloo, a hang
+    under NCCL): the ranks' losses are summed first, so both see it."""
+    _two_ranks(tmp_path, 29634, "inf")
+    for rank in (0, 1):
+        said = (tmp_path / f"rank{rank}.err").read_text()
+        assert said.startswith("E0b: train/loss is inf at step 2; stopped before the update"), (rank, said)
 
 
 def test_missing_optional_logger_gives_an_install_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,6 +38,14 @@ class DistContext:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def total(self, local: Tensor) -> Tensor:
+        """The sum of `local` over the ranks (a copy; `local` itself in one process)."""
+        if self.world_size == 1:
+            return local
+        value = local.detach().clone()
+        dist.all_reduce(value)
+        return value
+
     def gather_rows(self, local: Tensor) -> Tensor:
         """A per-slot tensor (B_local, ...) -> (B_global, ...): every rank's rows in rank order, which is
         the global batch's order (each rank holds a contiguous slice of it)."""

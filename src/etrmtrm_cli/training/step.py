@@ -79,15 +79,19 @@ def fresh_state(model: ACTModel, first: Mapping[str, Tensor], seed: int, rank: i
 
 
 def forward_backward(forward: ForwardFn, carry: ACTCarry, batch: Mapping[str, Tensor],
-                     generator: torch.Generator | None, loss_type: LossType, global_batch: int
+                     generator: torch.Generator | None, loss_type: LossType, global_batch: int,
+                     over_ranks: Callable[[Tensor], Tensor] = lambda loss: loss
                      ) -> tuple[ACTCarry, dict[str, Tensor], dict[str, Tensor]]:
     """One ACT step, its loss and backward -> (new carry, outputs, metric sums of act_loss).
 
-    Gradients accumulate into .grad; a non-finite loss raises NonFiniteError before the backward."""
+    Gradients accumulate into .grad; a non-finite loss raises NonFiniteError before the backward. Under DDP
+    `over_ranks` sums the ranks' losses (DistContext.total), so that every rank raises together: one raising
+    alone would leave the others waiting in the gradient all-reduce."""
     new_carry, outputs = forward(carry, batch, generator)
     loss, sums = act_loss(outputs, new_carry.current_data["labels"], new_carry.halted, new_carry.steps, loss_type)
-    if not torch.isfinite(loss):
-        raise NonFiniteError("train/loss", float(loss.detach()))
+    summed = over_ranks(loss.detach())
+    if not torch.isfinite(summed):
+        raise NonFiniteError("train/loss", float(summed))
     (loss / global_batch).backward()
     return new_carry, outputs, sums
 
@@ -101,7 +105,7 @@ def train_step(parts: Trainable, batch: Mapping[str, Tensor], state: StepState, 
     step = state.step + 1
     before = state.carry
     carry, outputs, sums = forward_backward(parts.forward, before, batch, state.halt_rng, exp.arch.loss_type,
-                                            exp.train.batch_size)
+                                            exp.train.batch_size, ctx.total)
     all_reduce_grads(model, ctx.world_size)
     metrics = grad_norms(model, encoder_parameters(model))
     if not math.isfinite(metrics["grad/total_norm"]):
