@@ -407,6 +407,22 @@ def test_saving_a_step_again_never_leaves_its_checkpoint_half_deleted(tmp_path: 
     assert latest is not None and sorted(p.name for p in latest.iterdir()) == ["a", "b"], latest
 
 
+def test_weights_that_fail_mid_write_leave_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import safetensors.torch
+
+    path = tmp_path / "model.safetensors"
+    rundir.save_weights(path, {"w": torch.ones(3)})
+
+    def dies_half_written(tensors: dict[str, torch.Tensor], filename: str) -> None:
+        Path(filename).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_half_written)
+    with pytest.raises(RunError, match="No space left on device"):
+        rundir.save_weights(path, {"w": torch.zeros(3)})
+    assert torch.equal(rundir.load_weights(path)["w"], torch.ones(3)) and not list(tmp_path.glob("*.tmp"))
+
+
 class _StopOnRankOne:
     """A stop request that only rank 1 sees, from its third look on (as a signal that reaches one rank first)."""
 

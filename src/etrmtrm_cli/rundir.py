@@ -452,13 +452,27 @@ def read_sidecar(weights: Path) -> dict[str, Any]:
 
 
 def save_weights(path: Path, state: dict[str, Tensor]) -> None:
+    """Write atomically (temp file, flushed to disk, then renamed): a kill or a full disk leaves the old file."""
     from safetensors.torch import save_file
 
+    tmp = path.with_name(path.name + ".tmp")
     # safetensors refuses shared or non-contiguous storage: store independent contiguous copies.
     try:
-        save_file({k: v.detach().contiguous().clone().cpu() for k, v in state.items()}, str(path))
+        save_file({k: v.detach().contiguous().clone().cpu() for k, v in state.items()}, str(tmp))
+        _flush_to_disk(tmp)
+        os.replace(tmp, path)
     except Exception as err:  # OSError, or safetensors' own error for a full disk
+        tmp.unlink(missing_ok=True)
         raise RunError(f"{path}: cannot write ({_reason(err, path)}); the previous checkpoint is kept") from None
+
+
+def _flush_to_disk(path: Path) -> None:
+    """fsync a file or a directory: a rename that makes it visible must not outlive its contents in a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_fitting(model: nn.Module, weights: Mapping[str, Tensor], source: Path | str) -> None:
@@ -509,6 +523,8 @@ def commit_checkpoint(tmp: Path, keep: int) -> Path:
     as the latest, never a half-deleted one."""
     final = tmp.with_suffix("")
     aside = final.with_suffix(".old")
+    for path in (*tmp.iterdir(), tmp):  # its files on disk before the rename that makes it the latest
+        _flush_to_disk(path)
     shutil.rmtree(aside, ignore_errors=True)
     if final.exists():
         os.replace(final, aside)
