@@ -516,6 +516,30 @@ def test_tensorboard_and_offline_wandb_log_the_run(tmp_path: Path, monkeypatch: 
     assert list((run / "wandb").glob("offline-run-*"))
 
 
+def test_a_resumed_run_logs_each_step_once_to_tensorboard_and_to_one_wandb_run(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    exp = tiny("E0b", ["train.eval_interval=100", "train.checkpoint_interval=2"])
+
+    def killed_after_step_3(kind: str, payload: dict[str, Any]) -> None:  # steps 3 logged, checkpoint at 2
+        if kind == "step" and payload["step"] == 3:
+            raise Crash("killed")
+
+    with pytest.raises(Crash):
+        train(exp, TrainOptions(runs_dir=tmp_path, max_steps=4, tensorboard=True, wandb=True), SINGLE,
+              killed_after_step_3)
+    train(exp, TrainOptions(runs_dir=tmp_path, max_steps=4, tensorboard=True, wandb=True, resume=True), SINGLE)
+    run = tmp_path / "E0b"
+    events = event_accumulator.EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    sessions = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(sessions) == 2 and len({s.name.rsplit("-", 1)[1] for s in sessions}) == 1  # one wandb run id
+
+
 def test_the_start_line_says_where_the_decoder_comes_from() -> None:
     def start_line(start_step: int, report: ImportReport | None) -> str:
         console = Console(record=True, width=300, force_terminal=False)

@@ -26,7 +26,7 @@ class MetricsLog:
             self.file = self.path.open("a", encoding="utf-8")
         except OSError as err:
             raise RunError(f"{self.path}: cannot write ({err.strerror})") from None
-        self.tb = _tensorboard(run_dir) if tensorboard else None
+        self.tb = _tensorboard(run_dir, resume_from) if tensorboard else None
         self.wandb = _wandb(run_dir, exp) if wandb else None
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
@@ -76,9 +76,23 @@ def _import_wandb() -> Any:
     return wandb
 
 
-def _tensorboard(run_dir: Path) -> Any:
-    return _import_tensorboard()(log_dir=str(run_dir / "tensorboard"))
+def _tensorboard(run_dir: Path, resume_from: int) -> Any:
+    """On resume, TensorBoard drops what the interrupted session logged past the checkpoint (purge_step), as
+    metrics.jsonl does."""
+    return _import_tensorboard()(log_dir=str(run_dir / "tensorboard"), purge_step=resume_from + 1 if resume_from
+                                 else None)
+
+
+WANDB_ID = "wandb_id"  # the run's Weights & Biases id, so that a resumed session logs to the same wandb run
 
 
 def _wandb(run_dir: Path, exp: Experiment) -> Any:
-    return _import_wandb().init(project="etrmtrm", name=exp.id, dir=str(run_dir), config=exp.model_dump(mode="json"))
+    """A resumed run's sessions log to one wandb run. Steps past the checkpoint that the interrupted session
+    logged are not logged again: wandb keeps a run's steps increasing, and a resume logs the same values."""
+    id_file = run_dir / WANDB_ID
+    known = id_file.read_text().strip() if id_file.is_file() else None
+    run = _import_wandb().init(project="etrmtrm", name=exp.id, dir=str(run_dir), config=exp.model_dump(mode="json"),
+                               id=known, resume="allow" if known else None)
+    if known is None:
+        write_text(id_file, run.id + "\n")
+    return run
