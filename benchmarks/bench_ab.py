@@ -139,10 +139,12 @@ def main() -> None:
         parser.error(f"--malloc takes two of {', '.join(MALLOCS)}, A's then B's: got {args.malloc!r}")
     if args.rounds < 2:
         parser.error("--rounds must be at least 2")
-    encoder = argparse.ArgumentParser(add_help=False)
-    encoder.add_argument("--encoder", default="static")
+    from bench_step import add_model_arguments
+
+    model = argparse.ArgumentParser(add_help=False)
+    add_model_arguments(model)
     if any(kind == "reference" for kind, _ in args.sides) and \
-            encoder.parse_known_args(step_args)[0].encoder not in ("static", "recurrent_standard"):
+            model.parse_known_args(step_args)[0].encoder not in ("static", "recurrent_standard"):
         parser.error("--reference compares the public code with `static` and `recurrent_standard` only")
     workers = [start_worker(kind, path, malloc, step_args)
                for (kind, path), malloc in zip(args.sides, mallocs, strict=True)]

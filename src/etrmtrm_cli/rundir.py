@@ -430,14 +430,18 @@ def read_metrics(path: Path, *, strict: bool = False, tail_bytes: int | None = N
     return rows
 
 
-def judged_weights(run_dir: Path) -> Path | None:
-    """The weights a run is judged by: final, else the latest checkpoint's EMA (or model) weights."""
+def judged_weights(run_dir: Path) -> Path:
+    """The weights a run is judged by: final, else the latest checkpoint's EMA (or model) weights; an error
+    naming why where there are none."""
     final = run_dir / FINAL_WEIGHTS
     if final.is_file():
         return final
     latest = latest_checkpoint(run_dir)
     if latest is None:
-        return None
+        if run_status(run_dir) == "finished":
+            raise CheckpointError(f"{run_dir}: finished, but its {FINAL_WEIGHTS} is missing (a record holds it only "
+                                  "when exported with --weights)")
+        raise CheckpointError(f"{run_dir}: no weights yet (no checkpoint); train it further first")
     ema = latest / "ema.safetensors"
     return ema if ema.is_file() else latest / "model.safetensors"
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from etrmtrm_cli import rundir
-from etrmtrm_cli.errors import RunError
 from etrmtrm_cli.rundir import RunFiles
 
 
@@ -47,9 +46,6 @@ def per_task_accuracy(run: RunFiles, device: str = "cpu", batch_size: int | None
     data = build_arc_data(exp.data, exp.seed)
     model = build_model(exp, data.seq_len, data.num_puzzle_ids)
     weights = rundir.judged_weights(run.run_dir)
-    if weights is None:  # a finished run without them: a record exported without --weights
-        raise RunError(f"{run.run_dir}: finished, but its {rundir.FINAL_WEIGHTS} is missing (a record holds it only "
-                       "when exported with --weights), so there is nothing to evaluate")
     rundir.load_fitting(model, rundir.load_weights(weights), weights)
     model.to(device).eval()
     size = batch_size or exp.train.eval_batch_size or exp.train.batch_size

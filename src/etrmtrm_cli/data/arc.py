@@ -87,11 +87,11 @@ def load_splits(cfg: DataConfig) -> tuple[Split, Split]:
 def _trained_on(train: Sequence[Task], evals: Sequence[Task]) -> set[str]:
     """The ids of the eval tasks with a test pair that is a train pair up to what training augments (_pair_key).
     A cheap invariant of those transforms (_invariant) picks the few pairs worth comparing in full."""
-    train_pairs = [pair for task in train for pair in task.pairs]
-    test_pairs = [(task.id, pair) for task in evals for pair in task.test_pairs]
-    shared = {_invariant(pair) for pair in train_pairs} & {_invariant(pair) for _, pair in test_pairs}
-    held = {_pair_key(pair) for pair in train_pairs if _invariant(pair) in shared}
-    return {tid for tid, pair in test_pairs if _invariant(pair) in shared and _pair_key(pair) in held}
+    train_pairs = [(pair, _invariant(pair)) for task in train for pair in task.pairs]
+    test_pairs = [(task.id, pair, _invariant(pair)) for task in evals for pair in task.test_pairs]
+    shared = {inv for _, inv in train_pairs} & {inv for _, _, inv in test_pairs}
+    held = {_pair_key(pair) for pair, inv in train_pairs if inv in shared}
+    return {tid for tid, pair, inv in test_pairs if inv in shared and _pair_key(pair) in held}
 
 
 def _invariant(pair: Pair) -> tuple[object, ...]:

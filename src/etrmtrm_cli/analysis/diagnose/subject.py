@@ -15,7 +15,7 @@ from torch import Tensor
 from etrmtrm_cli import rundir
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.data.dataset import ArcData, build_arc_data
-from etrmtrm_cli.errors import CheckpointError, ConfigError, RunError
+from etrmtrm_cli.errors import ConfigError, RunError
 from etrmtrm_cli.models.act import ACTModel
 from etrmtrm_cli.models.build import build_model
 from etrmtrm_cli.training.runtime import choose_dtype
@@ -72,10 +72,6 @@ def run_subject(run_dir: Path, device: torch.device) -> Subject:
     exp = rundir.read_config(run_dir)
     _require_encoder(exp)
     weights_path = rundir.judged_weights(run_dir)
-    if weights_path is None:
-        raise CheckpointError(f"{run_dir}: finished, but its {rundir.FINAL_WEIGHTS} is missing (a record holds it "
-                              "only when exported with --weights)" if rundir.run_status(run_dir) == "finished" else
-                              f"{run_dir}: no weights yet (no checkpoint); train it further first")
     return Subject(exp, build_arc_data(exp.data, exp.seed), device, rundir.load_weights(weights_path),
                    f"{weights_path}", run_dir, rundir.read_metrics(run_dir / rundir.METRICS, strict=True))
 
