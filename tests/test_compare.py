@@ -272,6 +272,9 @@ def test_a_scenario_names_the_settings_besides_the_encoder_in_which_the_run_diff
     found = {s.run: s for s in compare.compare_runs(tmp_path, ["E0a", "E0b", "E3b"],
                                                     with_baselines=False).verdict.scenarios}
     assert found["E3b"].letter == found["E0b"].letter == "C/D"
+    assert found["E0b"].title == "recurrence slightly worse (between the plan's C and D)"
+    assert found["E3b"].title == ("slightly worse (between the plan's C and D), with recurrence and train.lr "
+                                  "changed together")  # the gap is not laid to recurrence alone
     assert ("E3b differs from E0a in more than its encoder type (train.lr: 0.0001 -> 5e-05): the difference is "
             "theirs together, not recurrence's alone") in found["E3b"].caveats, found["E3b"].caveats
     assert not any("more than its encoder type" in c for c in found["E0b"].caveats)
@@ -594,6 +597,19 @@ def test_unfinished_runs_are_marked_and_left_out_of_every_figure_over_seeds(tmp_
     assert "not judged until it finishes: E0b s2 (interrupted at step 30 of 100)" in flag1.evidence
 
 
+def test_every_paired_comparison_names_the_seeds_it_left_out(tmp_path: Path) -> None:
+    seeded(tmp_path, "E0a", BASE)
+    seeded(tmp_path, "E0b", BASE)
+    seeded(tmp_path, "E1a", BASE[:3])  # seeds 0-2 only: seeds 3 and 4 of E0a and E0b have no partner
+    result = compare.compare_runs(tmp_path, ["E0a", "E0b", "E1a"], with_baselines=False).verdict
+    left_out = "seeds left out of the paired difference (a value missing in one arm): "
+    (e1a,) = [p for p in result.parents if p.run == "E1a"]
+    assert left_out + "E0b s3, E0b s4" in e1a.evidence, e1a.evidence
+    (week_2,) = [d for d in result.decisions if d.point == "After Week 2"]
+    assert left_out + "E0a s3, E0a s4" in week_2.evidence, week_2.evidence
+    assert result.best is not None and left_out + "E0a s3, E0a s4" in result.best.evidence, result.best.evidence
+
+
 def test_a_run_without_a_finished_seed_is_not_yet_compared_with_its_parent(tmp_path: Path) -> None:
     write_run(tmp_path, "E0a", flat(0.90), seed=0)
     write_run(tmp_path, "E0b", flat(0.50, 40), seed=0, status="running", total=100)
@@ -607,7 +623,15 @@ def test_steps_to_90_names_the_seeds_that_never_got_there(tmp_path: Path) -> Non
     seeded(tmp_path, "E0b", [0.95, 0.85, 0.85])  # seeds 1 and 2 never reach 90%
     (parent,) = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict.parents
     (line,) = [e for e in parent.evidence if e.startswith("steps to 90%")]
-    assert "n = 1" in line and line.endswith("over the seeds that got there; never: 2 of 3 E0b")
+    assert "n = 1" in line and line.endswith("over the seeds that got there; never: 2 of 3 E0b (the slowest seeds, "
+                                             "left out: this understates how slow E0b is)")
+
+
+def test_steps_to_90_says_so_when_no_seed_of_both_arms_got_there(tmp_path: Path) -> None:
+    seeded(tmp_path, "E0a", [0.95, 0.85])
+    seeded(tmp_path, "E0b", [0.85, 0.95])  # each arm reaches 90% in the seed where the other does not
+    (parent,) = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict.parents
+    assert "steps to 90%: no seed of both arms got there (never: 1 of 2 E0a, 1 of 2 E0b)" in parent.evidence
 
 
 def test_a_figure_that_fewer_seeds_have_states_its_own_n(tmp_path: Path) -> None:

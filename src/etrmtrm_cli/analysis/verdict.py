@@ -58,6 +58,10 @@ BANDS = (Band("A", SIGNIFICANT_GAIN_PTS, math.inf), Band("B", SLIGHT_GAIN_PTS, S
          Band("D", -math.inf, -CLEARLY_WORSE_PTS, lo_closed=False, hi_closed=True))
 TITLES = {"A": "recurrence helps significantly", "B": "recurrence helps slightly", "C": "no difference",
           "C/D": "recurrence slightly worse (between the plan's C and D)", "D": "recurrence hurts"}
+# The same bands for a run that differs from the baseline in more than its encoder type (E3b: half the learning rate
+# too): the title names the gap, not its cause.
+MIXED_TITLES = {"A": "significantly better", "B": "slightly better", "C": "no difference",
+                "C/D": "slightly worse (between the plan's C and D)", "D": "clearly worse"}
 ONE_SEED = "one seed cannot separate the arms from noise"
 ENCODER_TYPE = "arch.recurrent_encoder_type"  # the setting a scenario judges (static against a recurrent one)
 INCONCLUSIVE = "inconclusive"
@@ -195,15 +199,18 @@ def paired_figure(base: Configuration, run: Configuration, figure: str, what: st
     """The paired difference run - base of a figure, and the evidence line that gives it (None, "" without a
     seed in which both have it)."""
     fa, fb = points(base, figure, scale), points(run, figure, scale)
+    left = [(c.label, c.n - len(f), c.n) for c, f in ((base, fa), (run, fb)) if len(f) < c.n]
+    missing = ", ".join(f"{k} of {n} {label}" for label, k, n in left)
+    reached = figure.startswith("steps_to")  # a seed without it never got there (censored), not just unlogged
     if not set(fa) & set(fb):
-        return None, ""
+        return None, f"{what}: no seed of both arms got there (never: {missing})" if reached and left else ""
     diff = paired_difference(fa, fb)
     line = f"{what}: {describe(diff, unit)}"
-    left = [(c.label, c.n - len(f), c.n) for c, f in ((base, fa), (run, fb)) if len(f) < c.n]
-    if left:  # a seed without the figure (never got there, or did not log it): the difference is over the others
-        reached = figure.startswith("steps_to")
-        words = "the seeds that got there; never" if reached else "the seeds that logged it; not logged"
-        line += f" over {words}: " + ", ".join(f"{k} of {n} {label}" for label, k, n in left)
+    if left and reached:  # the seeds left out are the slowest ones: the difference is biased towards their arm
+        line += (f" over the seeds that got there; never: {missing} (the slowest seeds, left out: this understates "
+                 f"how slow {' and '.join(label for label, _, _ in left)} is)")
+    elif left:
+        line += f" over the seeds that logged it; not logged: {missing}"
     return diff, line
 
 
@@ -238,6 +245,9 @@ def scenario(run: Configuration, base: Configuration, family: int = 1, also_diff
         band = classify(diff.interval, BANDS)
         letter, title = (band.name, TITLES[band.name]) if band else (INCONCLUSIVE, "the interval spans more than one "
                                                                      "of the plan's bands")
+        if band and also_differs:
+            names = ", ".join(s.split(":")[0] for s in also_differs)
+            title = f"{MIXED_TITLES[band.name]}, with recurrence and {names} changed together"
     bands = ", ".join(f"{band.name} {band.describe()}" for band in BANDS)
     evidence = [f"train acc {level(base.estimate('train_acc'))} ({base.label}) vs "
                 f"{level(run.estimate('train_acc'))} ({run.label})",
@@ -368,7 +378,7 @@ def best_configuration(configs: Sequence[Configuration], base: Configuration | N
             line += f"; {other.label} is ahead on the seeds both have"
         elif not separated:
             line += "; not separated, either may be the best"
-        evidence.append(line)
+        evidence += [line, *unpaired(other, best, lead)]
     if best.n < 2:
         evidence.append(f"{ONE_SEED}: the ranking may change with more seeds")
     return Best(best.label, base.label if base else None, evidence, tuple(close))
@@ -393,7 +403,7 @@ def parent_comparison(run: Configuration, parent: Configuration, settings: list[
         return ParentComparison(run.label, parent.label, None, "no seed in common", settings,
                                 [f"{parent.label} has seeds {sorted(a)}, {run.label} has seeds {sorted(b)}"])
     finding = ONE_SEED if diff.interval is None else _direction(diff.interval)
-    evidence = [f"train acc: {describe(diff)}"]
+    evidence = [f"train acc: {describe(diff)}", *unpaired(parent, run, diff)]
     if family > 1 and diff.interval is not None and finding != "no difference shown":
         wide, words = for_all_at_once(a, b, family)
         held = _direction(wide)
@@ -527,8 +537,9 @@ def gains(runs: Sequence[Configuration], base: Configuration, waiting: Sequence[
             diffs.append(paired_difference(points(base, "train_acc"), points(run, "train_acc"), level=family))
         except NoSharedSeed:  # no seed in common
             diffs.append(None)
-    evidence = [f"{run.label} - {base.label}: {describe(d) if d else 'no seed in common'}"
-                for run, d in zip(runs, diffs, strict=True)]
+    evidence = [line for run, d in zip(runs, diffs, strict=True)
+                for line in ([f"{run.label} - {base.label}: {describe(d)}", *unpaired(base, run, d)] if d else
+                             [f"{run.label} - {base.label}: no seed in common"])]
     if k > 1:
         evidence.append(f"{k} comparisons: each interval at {100 * family:g}% (Bonferroni), 95% for all")
     evidence += unfinished(base, *runs, *waiting)
