@@ -876,3 +876,11 @@ def test_a_configuration_whose_parent_is_not_compared_is_named(tmp_path: Path) -
     assert ("Not compared with their parent, which is not among the runs: E2c (parent E0b) (name the parent too to "
             "compare them)") in " ".join(result.output.split()), result.output
     assert "E2c vs its parent" not in result.output
+
+
+def test_a_wall_time_reads_at_every_scale() -> None:
+    from etrmtrm_cli.analysis.text import duration
+
+    assert [duration(s) for s in (None, 0.42, 9.96, 95, 1_800, 11_160, 216_000)] == [
+        "—", "0.4 s", "10.0 s", "95 s", "30 min", "3.1 h", "2.5 days"]  # a short run is not "0 s"
+    assert duration(None, "unknown") == "unknown"

@@ -12,11 +12,13 @@ from unittest import mock
 import pytest
 import torch
 from conftest import CPU, EXPERIMENTS, tiny
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from etrmtrm_cli.config import ArchConfig
 from etrmtrm_cli.encoders import build_encoder, get_encoder, list_encoders, registry
+from etrmtrm_cli.encoders.base import DemoEncoder as DemoEncoder_
+from etrmtrm_cli.encoders.base import reset_slots as registry_reset_slots
 from etrmtrm_cli.encoders.registry import register_encoder, validate_encoder_params
 from etrmtrm_cli.errors import ConfigError, PluginError
 from etrmtrm_cli.models.build import build_model, encoder_parameters
@@ -274,6 +276,77 @@ def test_registration_requires_a_state_key_exactly_for_recurrent_encoders() -> N
     assert [spec.name for spec in list_encoders()] == NAMES  # neither was registered
 
 
+class CarryConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Carried(nn.Module):  # the carry protocol of a recurrent encoder, with a state_key that it may not keep
+    state_key = "h"
+
+    def __init__(self, arch: ArchConfig, params: BaseModel, seq_len: int) -> None:
+        super().__init__()
+
+    def initial_carry(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+        return {"hidden": torch.zeros(batch_size, 1)}
+
+    def reset_carry(self, reset: torch.Tensor, carry: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return carry
+
+
+def test_a_recurrent_encoder_defines_its_carry_and_keeps_its_state_key_in_it() -> None:
+    """Without these checks a recurrent encoder trained without ever resetting its carry (DemoEncoder's stateless
+    reset_carry), or failed at its first step with a KeyError naming its state_key."""
+    with pytest.raises(PluginError, match=r"'no_reset' .* is recurrent but does not define its own reset_carry "
+                                          r"\(base.reset_slots"):
+        @register_encoder("no_reset", CarryConfig, recurrent=True)
+        class NoReset(DemoEncoder_):
+            state_key = "h"
+
+            def initial_carry(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+                return {"h": torch.zeros(batch_size, 1)}
+    exp = tiny("E0b", ["decoder=none"])
+    model = build_model(exp, exp.data.max_grid_size**2, 1)
+    model.provider = Carried(exp.arch, CarryConfig(), 0)
+    with pytest.raises(PluginError, match=r"test_encoders\.Carried: its state_key 'h' is not an entry of its "
+                                          r"initial_carry \(keys: \['hidden'\]\)"):
+        model.initial_carry({"inputs": torch.ones(3, 4, dtype=torch.long)})
+    assert [spec.name for spec in list_encoders()] == NAMES
+
+
+def test_a_carry_that_breaks_its_contract_is_named() -> None:
+    """A reset or a read that returns a carry with other keys fails at the encoder, not steps later as a KeyError
+    in the training step's carry metrics."""
+    exp = tiny("E0b", ["decoder=none"])
+    model = build_model(exp, exp.data.max_grid_size**2, 1)
+    batch = demo_batch() | {"inputs": torch.ones(3, exp.data.max_grid_size**2, dtype=torch.long),
+                            "puzzle_ids": torch.zeros(3, dtype=torch.long)}
+    carry = model.initial_carry(batch)
+    enc = model.provider
+    name = r"etrmtrm_cli\.encoders\.recurrent_standard\.RecurrentStandardEncoder"
+    good_reset = enc.reset_carry
+    enc.reset_carry = lambda reset, c: {"h": c["z_e"]}
+    with pytest.raises(PluginError, match=name + r"\.reset_carry returned a carry with keys \['h'\]; expected the "
+                                                 r"keys of its initial_carry, \['z_e'\]"):
+        model(carry, batch)
+    enc.reset_carry = lambda reset, c: registry_reset_slots(reset, c, {"h": enc.z_init})
+    with pytest.raises(PluginError, match=r"reset_slots: no init state for carry entries \['z_e'\] \(the init "
+                                          r"states given are \['h'\]\)"):
+        model(carry, batch)
+    enc.reset_carry = good_reset
+    context = torch.zeros(3, enc.context_tokens, enc.hidden_size)
+    enc.read = lambda c, demos, mask: (context, None)
+    with pytest.raises(PluginError, match=name + r"\.read returned a carry with keys NoneType"):
+        model(carry, batch)
+    enc.read = lambda c, demos, mask: (context, {"z_e": c["z_e"][:1]})
+    with pytest.raises(PluginError, match=name + r"\.read returned carry\['z_e'\] of shape \(1, "):
+        model(carry, batch)
+    forward = enc.forward  # a provider that is not a DemoEncoder: checked by the ACT model
+    enc.forward = lambda c, b: (context, {})
+    with pytest.raises(PluginError, match=name + r"\.forward returned a carry with keys \[\]; expected"):
+        model(carry, batch)
+    enc.forward = forward
+
+
 class Loose(BaseModel):  # pydantic's default: unknown keys ignored, fields mutable
     scale: float = 1.0
 
@@ -313,6 +386,17 @@ def test_a_frozen_config_that_refuses_unknown_keys_registers(config: type[BaseMo
             pass
         assert get_encoder("strict").config_cls is config
     assert [spec.name for spec in list_encoders()] == NAMES
+
+
+def test_the_listed_defaults_of_an_encoders_settings_are_values() -> None:
+    class Settings(BaseModel):
+        model_config = ConfigDict(frozen=True, extra="forbid")
+        width: int
+        dims: list[int] = Field(default_factory=lambda: [4, 8])
+        scale: float = 0.5
+
+    spec = registry.EncoderSpec("settings", Settings, nn.Module, False, "test:Settings")
+    assert registry.config_defaults(spec) == {"width": "required", "dims": [4, 8], "scale": 0.5}
 
 
 def test_a_constructor_with_the_wrong_signature_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -384,6 +468,9 @@ def etrmtrm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(("change", "said"), [
     (("return self.scale * mean + self.slots, carry", "return mean[:, 0], carry"),  # (B, D): no token axis
      r"mean_plugin\.MeanEncoder\.read returned a context of shape \(4, 16\); expected \(B, C, D\)"),
+    (("return self.scale * mean + self.slots, carry", "return self.scale * mean + self.slots, {'z': mean}"),
+     r"mean_plugin\.MeanEncoder\.read returned a carry with keys \['z'\]; expected the keys of its "
+     r"initial_carry, \[\]"),
     (("@register_encoder(\"mean_plugin\", MeanConfig, recurrent=False)", ""),  # the decorator forgotten
      r"entry point 'mean_plugin' \(mean_plugin\) of etrmtrm.encoders registered no encoder: decorate its class"),
     (("    scale: float = 1.0", "    scale: float = 1.0\n    bad = undefined_name"),  # fails on import

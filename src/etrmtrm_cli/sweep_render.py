@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 from rich.text import Text
 
+from etrmtrm_cli.analysis.text import duration
+
 if TYPE_CHECKING:
     from etrmtrm_cli.sweep import PlannedJob
     from etrmtrm_cli.sweep_cost import Estimate
@@ -18,18 +20,6 @@ ACTIONS = {"new": "start", "resumable": "resume", "unsaved": "start over", "fini
            "running": "skip (another process writes it)"}
 STATE_STYLES = {"finished": "green", "running": "cyan", "queued": "dim", "failed": "bold red", "stopped": "yellow",
                 "unreadable": "bold red"}
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 def flops(value: float | None) -> str:
@@ -50,7 +40,7 @@ def plan_table(planned: Sequence[PlannedJob], estimates: Sequence[Estimate], tit
     for job, est in zip(planned, estimates, strict=True):
         table.add_row(Text(job.key, style="bold cyan"), job.state, ACTIONS.get(job.state, job.state),
                       job.waits_for or "", f"{est.steps:,}", flops(est.flops_per_step), flops(est.flops),
-                      duration(est.seconds))
+                      duration(est.seconds, 'unknown'))
     return table
 
 
@@ -66,7 +56,7 @@ def profile_table(per_profile: dict[str, Sequence[Estimate]], jobs: int, chosen:
         total = None if any(e.flops is None for e in estimates) else sum(e.flops or 0.0 for e in estimates)
         bases = sorted({e.basis for e in estimates})
         table.add_row(Text(profile, style="bold" if profile == chosen else ""), f"{sum(e.steps for e in estimates):,}",
-                      flops(total), duration(total_seconds(estimates)), "; ".join(bases))
+                      flops(total), duration(total_seconds(estimates), 'unknown'), "; ".join(bases))
     return table
 
 

@@ -23,12 +23,17 @@ def steps(value: int | None) -> str:
     return DASH if value is None else str(value)
 
 
-def duration(seconds: float | None) -> str:
+def duration(seconds: float | None, missing: str = DASH) -> str:
+    """A wall time for people: 4.2 s, 95 s, 35 min, 3.1 h, 2.5 days."""
     if seconds is None:
-        return DASH
+        return missing
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 120:
         return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 48 * 3600 else f"{seconds / 86400:.1f} days"
 
 
 def delta_pts(a: float | None, b: float | None) -> str:

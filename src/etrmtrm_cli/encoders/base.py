@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from etrmtrm_cli.config import ArchConfig
 from etrmtrm_cli.encoders.grid import DemoGridEncoder
 from etrmtrm_cli.errors import PluginError
+from etrmtrm_cli.models.act import check_carry
 from etrmtrm_cli.models.layers import CrossAttention, SwiGLU, rms_norm
 
 Carry = dict[str, Tensor]
@@ -76,10 +77,10 @@ class DemoEncoder(nn.Module):
     def forward(self, carry: Carry, batch: dict[str, Tensor]) -> ReadResult:
         demos = self.grid(batch["demo_inputs"], batch["demo_labels"], batch["demo_mask"])  # (B, K, D)
         result = self.read(carry, demos, batch["demo_mask"])
-        self._check_read(result, demos.shape[0])
+        self._check_read(result, demos.shape[0], carry)
         return result
 
-    def _check_read(self, result: object, batch_size: int) -> None:
+    def _check_read(self, result: object, batch_size: int, carry: Carry) -> None:
         """A read's contract, checked here: a wrong return would otherwise fail later, in the decoder, as
         something else (a (B, D) context reads as D context tokens), or log nonsense (a (B, D) stat)."""
         name = f"{type(self).__module__}.{type(self).__qualname__}.read"
@@ -92,6 +93,7 @@ class DemoEncoder(nn.Module):
             got = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
             raise PluginError(f"{name} returned a context of shape {got}; expected (B, C, D) = {expected}, "
                               "C = arch.context_tokens")
+        check_carry(name, carry, result[1])
         stats = result[2] if len(result) == 3 else {}
         if not isinstance(stats, dict):
             raise PluginError(f"{name} returned stats of type {type(stats).__name__}; expected {{name: (B,) tensor}}")
@@ -126,5 +128,8 @@ class ReadLayer(nn.Module):
 
 def reset_slots(reset: Tensor, carry: Carry, init: Carry) -> Carry:
     """Slots with reset=True take their init state; all others keep theirs."""
+    if missing := sorted(set(carry) - set(init)):
+        raise PluginError(f"reset_slots: no init state for carry entries {missing} (the init states given are "
+                          f"{sorted(init)}): give one for each key of initial_carry")
     flag = reset.view(-1, 1, 1)
     return {key: torch.where(flag, init[key].to(value.dtype), value) for key, value in carry.items()}

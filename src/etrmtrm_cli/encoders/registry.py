@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
+from etrmtrm_cli.encoders.base import DemoEncoder
 from etrmtrm_cli.errors import ConfigKeyError, PluginError
 
 ENTRY_POINT_GROUP = "etrmtrm.encoders"
@@ -63,6 +64,13 @@ def register_encoder(name: str, config_cls: type[BaseModel], *, recurrent: bool)
                 + ("no state_key: name the carry entry whose norm and change are logged (state_key = '<key>')"
                    if recurrent else f"state_key = {cls.state_key!r}: a stateless encoder keeps it None")
             )
+        # DemoEncoder's stateless defaults would give a recurrent encoder no carry, or one that never resets
+        undefined = [m for m in ("initial_carry", "reset_carry")
+                     if getattr(cls, m, None) in (None, getattr(DemoEncoder, m))]
+        if recurrent and undefined:
+            raise PluginError(f"encoder {name!r} ({origin}) is recurrent but does not define its own "
+                              f"{' and '.join(undefined)} (base.reset_slots puts the reset slots back to their "
+                              "initial state; see encoders/recurrent_standard.py)")
         settings = getattr(config_cls, "model_config", {}) if _is_model(config_cls) else {}
         if settings.get("frozen") is not True or settings.get("extra") != "forbid":
             raise PluginError(
@@ -145,8 +153,9 @@ def validate_encoder_params(name: str, params: Mapping[str, Any]) -> BaseModel:
 
 
 def config_defaults(spec: EncoderSpec) -> dict[str, Any]:
-    """The encoder's own settings with their defaults, for `etrmtrm encoders`."""
-    return {k: f.default for k, f in spec.config_cls.model_fields.items()}
+    """The encoder's own settings with their defaults, for `etrmtrm encoders` ("required" where it has none)."""
+    return {k: "required" if f.is_required() else f.get_default(call_default_factory=True)
+            for k, f in spec.config_cls.model_fields.items()}
 
 
 def build_encoder(arch: Any, seq_len: int) -> nn.Module:

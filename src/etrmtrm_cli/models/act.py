@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from etrmtrm_cli.config import ArchConfig
+from etrmtrm_cli.errors import PluginError
 from etrmtrm_cli.models.decoder import DecoderCarry, TRMDecoder
 
 
@@ -95,9 +96,14 @@ class ACTModel(nn.Module):
         """A carry in which every slot counts as halted, so the first step resets and loads all of them."""
         inputs = batch["inputs"]
         batch_size, device = inputs.shape[0], inputs.device
+        provider = self.provider.initial_carry(batch_size, device)
+        if (key := getattr(self.provider, "state_key", None)) is not None and key not in provider:
+            # the carry entry whose norm and change the training step logs (encoders/base.py)
+            raise PluginError(f"{type(self.provider).__module__}.{type(self.provider).__qualname__}: its state_key "
+                              f"{key!r} is not an entry of its initial_carry (keys: {sorted(provider)})")
         return ACTCarry(
             decoder=self.decoder.initial_carry(batch_size, device),
-            provider=self.provider.initial_carry(batch_size, device),
+            provider=provider,
             steps=torch.zeros(batch_size, dtype=torch.int32, device=device),
             halted=torch.ones(batch_size, dtype=torch.bool, device=device),
             current_data={k: torch.zeros_like(v) for k, v in batch.items()},
@@ -116,10 +122,12 @@ class ACTModel(nn.Module):
         halted = carry.halted
         decoder_carry = self.decoder.reset_carry(halted, carry.decoder)
         provider_carry = self.provider.reset_carry(halted, carry.provider)
+        check_provider_carry(self.provider, "reset_carry", carry.provider, provider_carry)
         steps = torch.where(halted, torch.zeros_like(carry.steps), carry.steps)
         data = {k: rows_where(halted, batch[k], v) for k, v in carry.current_data.items()}
 
         provided = self.provider(provider_carry, data)  # (context (B, C, D), carry[, stats])
+        check_provider_carry(self.provider, "forward", provider_carry, provided[1])
         context, provider_carry = provided[0], provided[1]
         prefix = self._pad_context(context)  # (B, P, D)
         decoder_carry, logits, q_halt, q_continue = self.decoder(decoder_carry, data["inputs"], prefix)
@@ -179,3 +187,22 @@ def halting_decision(steps: Tensor, q_halt: Tensor, q_continue: Tensor, *, max_s
         min_steps = (explore * min_steps).to(device=steps.device, dtype=steps.dtype)
         halted = halted & (steps >= min_steps)
     return halted
+
+
+def check_provider_carry(provider: nn.Module, call: str, before: Mapping[str, Tensor], after: object) -> None:
+    check_carry(f"{type(provider).__module__}.{type(provider).__qualname__}.{call}", before, after)
+
+
+def check_carry(name: str, before: Mapping[str, Tensor], after: object) -> None:
+    """The protocol's carry, checked where `name` returned it: the keys of the carry handed in, each a tensor with a
+    row per slot. A wrong one would otherwise fail steps later, as a KeyError or AttributeError in the training step.
+    (Under torch.compile this runs while tracing: keys and shapes are fixed there.)"""
+    if not isinstance(after, Mapping) or set(after) != set(before):
+        got = sorted(after) if isinstance(after, Mapping) else type(after).__name__
+        raise PluginError(f"{name} returned a carry with keys {got}; expected the keys of its initial_carry, "
+                          f"{sorted(before)} ({{}} for a stateless encoder)")
+    for key, value in after.items():
+        if not isinstance(value, Tensor) or value.shape[:1] != before[key].shape[:1]:
+            got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            raise PluginError(f"{name} returned carry[{key!r}] of {got}; expected a tensor with one row per slot, "
+                              f"shape ({before[key].shape[0]}, ...)")
