@@ -447,3 +447,15 @@ def test_status_lists_every_run_when_one_cannot_be_read(tmp_path: Path) -> None:
     assert out.code == 0, out.text
     assert re.search(r"│ E0b +│ +0 │ finished", out.text), out.text
     assert re.search(r"│ E0b +│ +1 │ unreadable .*seed-1/summary.json: status 'done' is not one of", out.text), out.text
+
+
+def test_a_time_limit_shorter_than_the_checkpoint_warning_is_refused(tmp_path: Path) -> None:
+    """A job told to checkpoint signal_delay_s (120 s) before a 1-minute limit stopped as it started, and again
+    at every requeue."""
+    out = cli("sweep", "E0a", "--dry-run", "--profile", "tiny", "--executor", "local", "--time-min", "1",
+              "--runs-dir", tmp_path / "runs")
+    assert out.code == 1, out.text
+    assert "time_min 1 is too short for signal_delay_s 120" in " ".join(out.text.split()), out.text
+    assert "at least twice that (4 min)" in " ".join(out.text.split()), out.text
+    assert cli("sweep", "E0a", "--dry-run", "--profile", "tiny", "--executor", "local", "--time-min", "4",
+               "--runs-dir", tmp_path / "runs").code == 0

@@ -106,7 +106,7 @@ def test_slurm_sweep_and_a_requeued_job_resumes(tmp_path: Path) -> None:
     out = cli("sweep", "E0a", "E0b", "--seeds", "2", "--max-steps", 300, *tiny, cwd=project)
     p0 = re.search(r"P0: start \(SLURM job (\d+)\)", out)
     assert p0, out
-    assert re.search(r"E0a/seed-0: start \(SLURM job (\d+)_0, after P0\)", out), out  # an array after P0
+    assert re.search(rf"E0a/seed-0: start \(SLURM job (\d+)_0, after P0 \(job {p0[1]}\)\)", out), out  # an array
     keys = ["E0a/seed-0", "E0a/seed-1", "E0b/seed-0", "E0b/seed-1"]
     ids = {key: record(project, key, "submit")["job_id"] for key in keys}
     array = ids["E0a/seed-0"].split("_")[0]
@@ -146,6 +146,35 @@ def test_slurm_sweep_and_a_requeued_job_resumes(tmp_path: Path) -> None:
     assert re.search(r"\(resumable\): .* --resume$", log, re.MULTILINE), log
     err = Path(record(project, target, "run")["log_err"]).read_text()
     assert "SIGTERM: finishing this step, then saving a checkpoint" in err, err
+
+
+def test_a_rerun_while_p0_is_queued_waits_for_its_job_and_submits_it_once(tmp_path: Path) -> None:
+    """A second sweep while P0's job is queued or running: P0 is not submitted again, and E0a waits for P0's job
+    (before, it was submitted with no dependency and failed: "no finished run of P0")."""
+    project = tmp_path
+    (project / "experiments.toml").write_text((REPO / "experiments.toml").read_text())
+    tiny = [a for a in TINY if a not in ("--set", "decoder=none")]
+    p0 = re.search(r"P0: start \(SLURM job (\d+)\)", cli("sweep", "P0", "--max-steps", 5000, *tiny, cwd=project))
+    assert p0, "P0 was not submitted"
+    try:
+        out = cli("sweep", "E0a", "--seeds", "1", "--max-steps", 5000, *tiny, cwd=project)
+        assert f"P0: already in SLURM job {p0[1]}, not submitted again" in out, out
+        e0a = re.search(rf"E0a/seed-0: start \(SLURM job (\d+), after P0 \(job {p0[1]}\)\)", out)
+        assert e0a, out
+        shown = subprocess.run(["scontrol", "show", "job", e0a[1]], capture_output=True, text=True).stdout
+        assert f"afterok:{p0[1]}" in shown, shown
+    finally:
+        subprocess.run(["scancel", "-u", os.environ.get("USER", "root")], capture_output=True)
+
+
+def test_a_setting_that_sbatch_refuses_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "experiments.toml").write_text((REPO / "experiments.toml").read_text())
+    out = subprocess.run([sys.executable, "-m", "etrmtrm_cli", "sweep", "E0a", "--max-steps", "5", *TINY,
+                          "--partition", "no_such_partition"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "sbatch refused the job: " in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) <= 3, out.stderr
 
 
 def run_running(run: Path) -> bool:

@@ -26,7 +26,7 @@ from etrmtrm_cli.cli import (
     resolve_profile,
 )
 from etrmtrm_cli.config import SweepConfig
-from etrmtrm_cli.errors import ConfigError, RunError
+from etrmtrm_cli.errors import ConfigError, RunError, first_line
 from etrmtrm_cli.experiments_file import ExperimentsFile, load_experiments, sweep_config
 
 if TYPE_CHECKING:
@@ -123,7 +123,14 @@ def sweep(
                 made.update_parameters(slurm_dependency=dependency)
             return made
 
-        sw.submit_slurm(planned, executor_for, _print_event)
+        from submitit.core.utils import FailedJobError
+
+        try:
+            sw.submit_slurm(planned, executor_for, _print_event)
+        except FailedJobError as err:  # sbatch refused it: most often a setting the cluster does not have
+            said = [line for line in str(err).splitlines() if "error" in line.lower()] or [first_line(err)]
+            raise ConfigError(f"sbatch refused the job: {said[-1].strip()} (check --partition, --account, --qos, "
+                              "--time-min, --mem-gb, --gpus-per-job against the cluster: `sinfo`)") from None
         console.print(f"submitted; watch with: etrmtrm status --runs-dir {runs_dir}", highlight=False)
         return
     try:
@@ -159,6 +166,8 @@ def _print_event(kind: str, job: Any, detail: str) -> None:
     if kind == "skip":
         what = "finished run" if job.state == "finished" else "run written by another process"
         console.print(f"[dim]{stamp} {job.key}: {what}, skipped ({detail})[/]", highlight=False)
+    elif kind == "queued":
+        console.print(f"[dim]{stamp} {job.key}: {detail}[/]", highlight=False)
     elif kind == "start":
         console.print(f"{stamp} [cyan]{job.key}[/]: {sweep_render.ACTIONS.get(job.state, job.state)} ({detail})",
                       highlight=False)

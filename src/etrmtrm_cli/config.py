@@ -265,3 +265,12 @@ class SweepConfig(Frozen):
                               "job is requeued by SLURM whatever this says)")
     account: str | None = Field(None, min_length=1, description="SLURM account")
     qos: str | None = Field(None, min_length=1, description="SLURM quality of service")
+
+    @model_validator(mode="after")
+    def _check_time_limit(self) -> SweepConfig:
+        # A job is told to checkpoint signal_delay_s before its limit: a shorter limit would stop it as it starts
+        if self.time_min is not None and 60 * self.time_min < 2 * self.signal_delay_s:
+            raise ValueError(f"time_min {self.time_min} is too short for signal_delay_s {self.signal_delay_s}: a job "
+                             f"is told to checkpoint {self.signal_delay_s} s before its limit, so the limit must be at "
+                             f"least twice that ({-(-2 * self.signal_delay_s // 60)} min) for it to train at all")
+        return self

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from etrmtrm_cli.config import Experiment, SweepConfig
-from etrmtrm_cli.errors import ConfigError
+from etrmtrm_cli.errors import ConfigError, RunError, first_line
 from etrmtrm_cli.experiments_file import ExperimentsFile
 from etrmtrm_cli.rundir import SEED_PREFIX, read_json, run_path, run_status
 from etrmtrm_cli.sweep_job import JobSpec, TrainJob, record_path, usable_cores, write_record
@@ -146,9 +146,10 @@ def local_threads(jobs: int, cores: int | None = None) -> int:
 def make_executor(kind: str, folder: Path, config: SweepConfig, threads: int | None) -> Any:
     import submitit
 
-    if kind == "local":
-        executor = submitit.AutoExecutor(folder=folder, cluster="local", local_max_num_timeout=config.max_requeues)
-        executor.update_parameters(timeout_min=config.time_min or NO_LIMIT_MIN, name="etrmtrm")
+    if kind == "local":  # its own class: AutoExecutor does not pass signal_delay_s to a local job
+        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=config.max_requeues)
+        executor.update_parameters(timeout_min=config.time_min or NO_LIMIT_MIN, name="etrmtrm",
+                                   signal_delay_s=config.signal_delay_s)
         return executor
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=config.max_requeues)
     executor.update_parameters(
@@ -248,39 +249,77 @@ def _local_outcome(job: PlannedJob, handle: Any) -> tuple[str, str]:
             detail += f" (log: {record.get('log_err')})"
         return record["state"], detail.strip()
     if record.get("sweep_id") == job.spec.sweep_id and record.get("state") == "requeued":
-        why = "time limit: requeued as often as submitit's local executor restarts a job (6 times)"
+        why = "time limit: requeued as often as the local executor restarts a job (sweep.max_requeues)"
         write_record(job.spec.folder, job.key, "run", {**record, "state": "stopped", "reason": why})
         return "stopped", why
     return "failed", f"the job ended without saying how (log: {handle.paths.stderr})"
 
 
-def submit_slurm(planned: Sequence[PlannedJob], executor_for: Callable[[str | None], Any],
-                 on_event: EventFn) -> dict[str, str]:
+def submit_slurm(planned: Sequence[PlannedJob], executor_for: Callable[[str | None], Any], on_event: EventFn,
+                 live: set[str] | None = None) -> dict[str, str]:
     """Submit the unfinished runs' jobs -> key -> SLURM job id. `executor_for(dependency)` makes an executor
-    whose jobs carry that sbatch dependency (None: none)."""
-    todo = [job for job in planned if job.state not in ("finished", "running")]
-    for job in planned:
-        if job.state in ("finished", "running"):
-            on_event("skip", job, job.spec.run_dir)
-    waited = {job.waits_for for job in todo if job.waits_for}
+    whose jobs carry that sbatch dependency (None: none). A run whose last SLURM job is still queued or running
+    (`live`: slurm_live_jobs()) is not submitted again, and the runs that start from it wait for that job; a run
+    that starts from a decoder which another process is writing is not submitted (rerun the sweep after it)."""
+    live = slurm_live_jobs() if live is None else live
     ids: dict[str, str] = {}
+    todo = []
+    for job in planned:
+        previous = _read_record(job, "submit")
+        if job.state != "finished" and previous.get("executor") == "slurm" and previous.get("job_id") in live:
+            ids[job.key] = previous["job_id"]
+            on_event("queued", job, f"already in SLURM job {previous['job_id']}, not submitted again")
+        elif job.state in ("finished", "running"):
+            on_event("skip", job, job.spec.run_dir)
+        else:
+            todo.append(job)
+    state = {job.key: job.state for job in planned}
+    blocked = [job for job in todo if job.waits_for and job.waits_for not in ids and state[job.waits_for] == "running"]
+    for job in blocked:  # its decoder is written by a process of no SLURM job of ours: nothing to wait for
+        why = f"not started: it starts from {job.waits_for}, which is running elsewhere; rerun the sweep after it"
+        _submit_record(job, "failed", executor="slurm", error=why)
+        on_event("end", job, f"failed: {why}")
+    todo = [job for job in todo if job not in blocked]
+    waited = {job.waits_for for job in todo if job.waits_for}
     first = [job for job in todo if job.key in waited]  # decoders others wait for: one job each, first
     rest = [job for job in todo if job.key not in waited]
     for job in first:
         _submit_group([job], executor_for(None), ids, on_event)
     groups: dict[str | None, list[PlannedJob]] = {}
-    for job in rest:
+    for job in rest:  # a decoder that is finished (or not in the sweep) has no job to wait for
         groups.setdefault(ids.get(job.waits_for) if job.waits_for else None, []).append(job)
     for dep_id, group in groups.items():
-        _submit_group(group, executor_for(f"afterok:{dep_id}" if dep_id else None), ids, on_event)
+        _submit_group(group, executor_for(f"afterok:{dep_id}" if dep_id else None), ids, on_event, dep_id)
     return ids
 
 
-def _submit_group(group: Sequence[PlannedJob], executor: Any, ids: dict[str, str], on_event: EventFn) -> None:
-    """One job, or a job array (submitit's batch) for several."""
+def slurm_live_jobs() -> set[str]:
+    """The ids of this user's SLURM jobs that are queued or running, one per array task (`squeue -r`)."""
+    import getpass
+
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"], capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise RunError(f"squeue: {err}: cannot tell which of the sweep's jobs are still queued") from None
+    if out.returncode != 0:
+        raise RunError(f"squeue failed ({first_line(RuntimeError(out.stderr or out.stdout))}): cannot tell which of "
+                       "the sweep's jobs are still queued")
+    return set(out.stdout.split())
+
+
+def _read_record(job: PlannedJob, kind: str) -> dict[str, Any]:
+    path = record_path(job.spec.folder, job.key, kind)
+    return read_json(path) if path.is_file() else {}
+
+
+def _submit_group(group: Sequence[PlannedJob], executor: Any, ids: dict[str, str], on_event: EventFn,
+                  dep_id: str | None = None) -> None:
+    """One job, or a job array (submitit's batch) for several; `dep_id`: the job they wait for."""
     with executor.batch():
         handles = [executor.submit(TrainJob(job.spec)) for job in group]
     for job, handle in zip(group, handles, strict=True):
         ids[job.key] = str(handle.job_id)
         _submit_record(job, "submitted", executor="slurm", **_job_logs(handle))
-        on_event("start", job, f"SLURM job {handle.job_id}" + (f", after {job.waits_for}" if job.waits_for else ""))
+        on_event("start", job, f"SLURM job {handle.job_id}" + (f", after {job.waits_for} (job {dep_id})"
+                                                                 if dep_id else ""))
