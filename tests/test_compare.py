@@ -696,6 +696,23 @@ def test_config_differences_leave_out_the_encoder_of_a_trm_run(tmp_path: Path) -
 # --- output: terminal, markdown, plot ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("option", "where", "said"), [
+    ("--markdown", "runs/E0a/summary.json", "inside the run directory"),  # it replaced the run's summary
+    ("--markdown", "runs/E0a/notes/report.md", "inside the run directory"),
+    ("--plot", "runs/E0a/model.safetensors", "give a name ending in .png"),  # it replaced the final weights
+    ("--plot", "runs/E0a/curves.png", "inside the run directory"),
+    ("--plot", "curves.txt", "the file is written as PNG; give a name ending in .png"),
+])
+def test_a_report_is_never_written_into_a_run(tmp_path: Path, option: str, where: str, said: str) -> None:
+    runs = tmp_path / "runs"
+    write_run(runs, "E0a", flat(0.9))
+    write_run(runs, "E0b", flat(0.9))
+    before = {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()}
+    result = invoke("E0a", "E0b", "--runs-dir", str(runs), option, str(tmp_path / where))
+    assert result.exit_code == 1 and said in " ".join(result.output.split()), result.output
+    assert {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()} == before  # nothing written or replaced
+
+
 def test_terminal_markdown_and_plot(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     runs = tmp_path / "runs"

@@ -401,6 +401,9 @@ def compare(
 
     if plot is not None:
         report_plot.require_matplotlib()
+    for option, path, suffix in (("--plot", plot, ".png"), ("--markdown", markdown, None)):
+        if path is not None:
+            _check_report_path(option, path, suffix)
     if experiments.is_file():
         queues = load_experiments(experiments).queues
         runs = [exp_id for name in runs for exp_id in queues.get(name, (name,))]
@@ -422,9 +425,26 @@ def compare(
         report_plot.plot_curves(result, plot)
         console.print(f"[green]wrote[/] {plot}", highlight=False)
     if markdown is not None:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
         markdown.write_text(report_render.comparison_markdown(result, markdown, plot, per_task), encoding="utf-8")
         console.print(f"[green]wrote[/] {markdown}", highlight=False)
+
+
+def _check_report_path(option: str, path: Path, suffix: str | None) -> None:
+    """Before anything is written: a report never lands in a run's directory (it would replace the run's files),
+    a PNG's name says so, and its folder can be made."""
+    from etrmtrm_cli.rundir import CONFIG, SUMMARY
+
+    if suffix and path.suffix.lower() != suffix:
+        raise ConfigError(f"{option} {path}: the file is written as {suffix[1:].upper()}; give a name ending in "
+                          f"{suffix}")
+    for folder in path.resolve().parents:
+        if (folder / CONFIG).is_file() or (folder / SUMMARY).is_file():
+            raise RunError(f"{option} {path}: inside the run directory {folder}, whose files it could replace; "
+                           "write the report elsewhere")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{option} {path}: cannot make its folder {path.parent} ({err.strerror})") from None
 
 
 @app.command("export")
