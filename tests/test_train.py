@@ -204,6 +204,28 @@ def test_extending_a_finished_run_is_recorded_and_it_is_not_finished_while_it_ru
     assert meta["resumed_with_changes"] == [{"step": 3, "changed": {"total_steps": [3, 5]}}]  # its lr schedule
 
 
+def test_a_resume_that_cannot_go_on_leaves_the_finished_run_as_it_was(tmp_path: Path) -> None:
+    """A shorter --max-steps than the run has trained, or a damaged meta.json, stops the resume before it writes
+    anything (before, the first rewrote the run's length and the second left it marked running); a resume with
+    no step left keeps the run's last metrics (before, they were emptied)."""
+    exp = tiny("E0b", FAST)
+    train(exp, TrainOptions(runs_dir=tmp_path, max_steps=3), SINGLE)
+    run = tmp_path / "E0b"
+    files = {name: (run / name).read_bytes() for name in (rundir.SUMMARY, rundir.META, rundir.CONFIG)}
+    with pytest.raises(RunError, match=r"its checkpoint is at step 3, past the 2 steps asked .* not shorten it"):
+        train(exp, TrainOptions(runs_dir=tmp_path, max_steps=2, resume=True), SINGLE)
+    assert {name: (run / name).read_bytes() for name in files} == files
+    meta = json.loads(files[rundir.META])
+    (run / rundir.META).write_text(json.dumps({**meta, "resumed_with_changes": 5}))
+    with pytest.raises(RunError, match="resumed_with_changes is not a list"):
+        train(exp, TrainOptions(runs_dir=tmp_path, max_steps=4, resume=True), SINGLE)
+    assert (run / rundir.SUMMARY).read_bytes() == files[rundir.SUMMARY]  # still "finished", not "running"
+    (run / rundir.META).write_bytes(files[rundir.META])
+    last = json.loads(files[rundir.SUMMARY])["last"]
+    assert last and train(exp, TrainOptions(runs_dir=tmp_path, max_steps=3, resume=True), SINGLE).status == "finished"
+    assert json.loads((run / rundir.SUMMARY).read_text())["last"] == last
+
+
 def test_a_resumed_run_compiles_or_not_as_it_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """auto decides by the run's length, not the steps it has left: compiled and eager steps differ in their last
     bits, so a resume that switched would not log what the uninterrupted run logs."""

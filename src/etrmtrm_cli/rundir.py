@@ -290,6 +290,9 @@ def record_resume_changes(run_dir: Path, config: dict[str, Any], changed: dict[s
     """A resume that changed settings allowed to change: config.json takes the new values, meta.json
     records what changed at which step."""
     meta = read_json(run_dir / META) if (run_dir / META).is_file() else {}
+    if not isinstance(meta.get("resumed_with_changes", []), list):
+        raise RunError(f"{run_dir / META}: resumed_with_changes is not a list of changes; the run's files were "
+                       "edited or damaged")
     history = [*meta.get("resumed_with_changes", []),
                {"step": step, "changed": {k: list(v) for k, v in sorted(changed.items())}}]
     write_json(run_dir / META, {**meta, "resumed_with_changes": history})

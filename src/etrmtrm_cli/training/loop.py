@@ -128,6 +128,9 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
         state, pending, earlier_s = _restore(run_dir, parts, ctx)
         if earlier_s is None:  # a checkpoint from before checkpoints recorded it: the summary's (a kill writes none)
             earlier_s = float(rundir.read_summary(run_dir).get("wall_time_s", 0.0))
+        if total < state.step:  # it would be recorded as a run of `total` steps that trained more
+            raise RunError(f"{run_dir}: its checkpoint is at step {state.step}, past the {total} steps asked "
+                           "(--max-steps): a resumed run can keep its length or extend it, not shorten it")
     else:
         state, pending, earlier_s = fresh_state(model, _batch(data, 0, exp, ctx), exp.seed, ctx.rank), None, 0.0
     # By the run's whole length, not the steps left: a resumed run computes as it started (compiled and eager
@@ -147,17 +150,20 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
         # A changed length (--max-steps) changes the learning-rate schedule from here on: recorded as any change.
         before = rundir.read_summary(run_dir).get("total_steps", total)
         changed = changed | ({"total_steps": (before, total)} if before != total else {})
-        # Not "finished" while it runs again (a finished run extended): a kill must not leave that status
-        # beside the shorter run's final weights.
-        rundir.mark_running(run_dir)
     if ctx.is_main and changed:
         rundir.record_resume_changes(run_dir, exp.model_dump(mode="json"), changed, state.step)
+    if ctx.is_main and options.resume:
+        # Not "finished" while it runs again (a finished run extended): a kill must not leave that status
+        # beside the shorter run's final weights. Last, once nothing that reads the run's files can fail.
+        rundir.mark_running(run_dir)
     emit("start", {"exp": exp, "total_steps": total, "start_step": state.step, "decoder_report": report,
                    "run_dir": run_dir, "device": str(ctx.device), "world_size": ctx.world_size, "runtime": runtime})
 
     # The status is written from what happened: "finished" only once the final weights are saved; any
     # exception is "failed"; a stop request, or a signal that interrupts anything, is "interrupted".
-    started, status, error, last = time.perf_counter(), "interrupted", None, {}
+    started, status, error = time.perf_counter(), "interrupted", None
+    # The last logged metrics: a resumed run that has no step left to train keeps its earlier ones
+    last = rundir.read_summary(run_dir).get("last", {}) if options.resume and ctx.is_main else {}
     # The run's wall time so far: its earlier sessions' (as its checkpoint recorded them) and this one's
     wall_s = lambda: earlier_s + time.perf_counter() - started  # noqa: E731
     eval_batch = exp.train.eval_batch_size or exp.train.batch_size
