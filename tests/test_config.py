@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from etrmtrm_cli.config import SweepConfig
 from etrmtrm_cli.encoders import list_encoders
 from etrmtrm_cli.errors import ConfigError
 from etrmtrm_cli.experiments_file import load_experiments
@@ -243,3 +245,15 @@ def test_runs_with_seeds_are_seed_major() -> None:
     jobs = load_experiments(REAL).jobs("week1", "tiny", [], seeds=[0, 1])
     assert [(exp.id, exp.seed, per_seed) for exp, per_seed in jobs] == [
         ("E0a", 0, True), ("E0b", 0, True), ("E2b", 0, True), ("E0a", 1, True), ("E0b", 1, True), ("E2b", 1, True)]
+
+
+@pytest.mark.parametrize("setting", ["train.lr=true", "seed=true", "arch.hidden_size=false", "train.time_min=true"])
+def test_a_boolean_is_not_read_as_a_number(setting: str) -> None:
+    """pydantic reads true as 1: `--set train.lr=true` trained at a learning rate of 1.0."""
+    key = setting.split("=")[0]
+    if key == "train.time_min":  # not a training setting: the sweep's, with its int | None
+        with pytest.raises(ValidationError, match="a number, not true"):
+            SweepConfig(time_min=True)
+        return
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}: a number, not (true|false) \(set in --set\)"):
+        load_experiments(REPO / "experiments.toml").resolve("E0a", "tiny", [setting])

@@ -6,10 +6,12 @@ experiments_file.py reads experiments.toml and resolves an experiment from its l
 from __future__ import annotations
 
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from etrmtrm_cli.errors import ConfigError
 
@@ -66,6 +68,21 @@ def names_a_run(decoder: str) -> bool:
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # lr = inf is a typo, never a setting
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1 for an int or float: `--set train.lr=true` would train at lr 1.0
+        if isinstance(value, bool) and _numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"a number, not {str(value).lower()}")
+        return value
+
+
+def _numeric(annotation: Any) -> bool:
+    """int or float, alone or in a union (int | None), and not bool."""
+    kinds = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (
+        annotation,)
+    return bool not in kinds and any(k in (int, float) for k in kinds)
 
 
 class DataConfig(Frozen):

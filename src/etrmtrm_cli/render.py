@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from etrmtrm_cli.analysis.matrix import FINAL_FRACTION, final_value
+from etrmtrm_cli.analysis.text import duration
 from etrmtrm_cli.config import Experiment, changed_keys
 from etrmtrm_cli.experiments_file import ExperimentsFile
 
@@ -163,7 +164,7 @@ def summary_line(summary: RunSummary, rows: Sequence[Row]) -> str:
     """The run's end: its train figures as `compare` gives them (over the last 10 % of its logged steps, from
     the rows of metrics.jsonl), its last eval's as they are."""
     parts = [f"[bold]{summary.exp_id}[/] {summary.status} at step {summary.step}/{summary.total_steps} "
-             f"in {summary.wall_time_s:.0f} s"]
+             f"in {duration(summary.wall_time_s)}"]
     for key, label in (("train/accuracy", "train acc"), ("train/exact_accuracy", "train exact")):
         if (value := final_value(rows, key)) is not None:
             parts.append(f"{label} {value:.1%}")
