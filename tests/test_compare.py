@@ -901,3 +901,16 @@ def test_a_wall_time_reads_at_every_scale() -> None:
     assert [duration(s) for s in (None, 0.42, 9.96, 95, 1_800, 11_160, 216_000)] == [
         "—", "0.4 s", "10.0 s", "95 s", "30 min", "3.1 h", "2.5 days"]  # a short run is not "0 s"
     assert duration(None, "unknown") == "unknown"
+
+
+@pytest.mark.parametrize(("file", "key", "value"), [("config.json", "seed", "x"), ("config.json", "arch", 5),
+                                                   ("meta.json", "decoder", "abc")])
+def test_a_run_file_with_a_value_of_the_wrong_kind_is_named(tmp_path: Path, file: str, key: str, value: Any) -> None:
+    write_run(tmp_path, "E0a", flat(0.9))
+    write_run(tmp_path, "E0b", flat(0.9))
+    path = tmp_path / "E0a" / file
+    path.write_text(json.dumps({**(json.loads(path.read_text()) if path.is_file() else {}), key: value}))
+    result = invoke("E0a", "E0b", "--runs-dir", str(tmp_path))
+    assert result.exit_code == 1, result.output
+    assert f"{tmp_path / 'E0a'}: its config.json or meta.json holds a value of the wrong kind" in " ".join(
+        result.output.split()), result.output

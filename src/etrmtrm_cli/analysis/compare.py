@@ -15,7 +15,7 @@ from etrmtrm_cli.analysis.configs import Configuration, group_configurations
 from etrmtrm_cli.analysis.matrix import FROM_SCRATCH, NOT_RECORDED, RunRow, config_differences, run_row
 from etrmtrm_cli.analysis.per_task import TaskScore
 from etrmtrm_cli.analysis.verdict import Verdict, verdict
-from etrmtrm_cli.errors import ConfigError
+from etrmtrm_cli.errors import ConfigError, RunError
 from etrmtrm_cli.rundir import RunFiles
 
 
@@ -69,6 +69,16 @@ class Comparison:
         return out
 
 
+def _row(run: RunFiles) -> RunRow:
+    """The run's row; a config.json or meta.json whose values are not of the kinds etrmtrm writes (edited or
+    damaged: a seed "x", an arch that is a number) is named, not a traceback."""
+    try:
+        return run_row(run)
+    except (TypeError, ValueError, AttributeError, KeyError) as err:
+        raise RunError(f"{run.run_dir}: its {rundir.CONFIG} or {rundir.META} holds a value of the wrong kind "
+                       f"({type(err).__name__}: {err}); the run's files were edited or damaged") from None
+
+
 def compare_runs(runs_dir: Path, exp_ids: Sequence[str], *, with_baselines: bool = True) -> Comparison:
     runs = rundir.load_runs(runs_dir, exp_ids)
     profiles = {str(r.config.get("profile")) for r in runs}
@@ -76,7 +86,7 @@ def compare_runs(runs_dir: Path, exp_ids: Sequence[str], *, with_baselines: bool
         each = ", ".join(f"{r.exp_id}: {r.config.get('profile')}" for r in runs)
         raise ConfigError(f"the runs were trained at different profiles ({each}): their sizes differ, so their "
                           "figures are not comparable; compare runs of one profile")
-    rows = [run_row(r) for r in runs]
+    rows = [_row(r) for r in runs]
     configs = group_configurations(rows)
     firsts = [next(run for run, row in zip(runs, rows, strict=True) if row is c.first) for c in configs]
     differences = config_differences(firsts)
