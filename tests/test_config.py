@@ -257,3 +257,16 @@ def test_a_boolean_is_not_read_as_a_number(setting: str) -> None:
         return
     with pytest.raises(ConfigError, match=rf"{re.escape(key)}: a number, not (true|false) \(set in --set\)"):
         load_experiments(REPO / "experiments.toml").resolve("E0a", "tiny", [setting])
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    (MINIMAL.format(body='parent = "E0b"'), r"experiments.E0b.parent: the parents come back round \(E0b -> E0b\)"),
+    (MINIMAL.format(body='parent = "E0a"').replace('[experiments.E0a]', '[experiments.E0a]\nparent = "E0b"'),
+     r"experiments.E0b.parent: the parents come back round \(E0a -> E0b -> E0a\)"),
+    (MINIMAL.format(body="").replace('decoder = "none"', 'decoder = "none"\nparent = "E0a"'),
+     r"base.parent: the parents come back round \(E0a -> E0a\)"),
+])
+def test_parents_that_come_back_round_are_refused(tmp_path: Path, text: str, said: str) -> None:
+    """A run compared with itself: the plan's comparison silently disappeared."""
+    with pytest.raises(ConfigError, match=said):
+        load_experiments(write(tmp_path, text=text))

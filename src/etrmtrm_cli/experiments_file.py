@@ -190,9 +190,26 @@ def load_experiments(path: Path) -> ExperimentsFile:
         parent = body.get("parent")
         if parent is not None and parent not in experiments:
             raise ConfigError(f"{path}: experiments.{exp_id}.parent: unknown experiment {parent!r}")
+    _check_parent_cycles(base, experiments, path)
     sweep = sweep_config(_table(raw, "sweep", path), f"{path}: sweep.")
     return ExperimentsFile(path=path, base=base, experiments=experiments, profiles=profiles, queues=queues,
                            sweep=sweep)
+
+
+def _check_parent_cycles(base: Mapping[str, Any], experiments: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+    """An experiment is compared with its parent, the parent with its own: a chain that comes back (E0b's parent
+    E0b, or E0b <-> E0c, or a parent in [base] that its own experiment inherits) would compare a run with itself."""
+    def parent_of(exp_id: str) -> Any:
+        return experiments[exp_id].get("parent", base.get("parent"))
+
+    for exp_id in experiments:
+        chain = [exp_id]
+        while (parent := parent_of(chain[-1])) is not None and parent in experiments:
+            if parent in chain:
+                where = "base.parent" if "parent" not in experiments[chain[-1]] else f"experiments.{chain[-1]}.parent"
+                raise ConfigError(f"{path}: {where}: the parents come back round ({' -> '.join([*chain, parent])}); "
+                                  "each experiment is compared with its parent, so the chain must end")
+            chain.append(parent)
 
 
 def sweep_config(values: Mapping[str, Any], where: str, base: SweepConfig | None = None) -> SweepConfig:
