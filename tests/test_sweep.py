@@ -459,3 +459,37 @@ def test_a_time_limit_shorter_than_the_checkpoint_warning_is_refused(tmp_path: P
     assert "at least twice that (4 min)" in " ".join(out.text.split()), out.text
     assert cli("sweep", "E0a", "--dry-run", "--profile", "tiny", "--executor", "local", "--time-min", "4",
                "--runs-dir", tmp_path / "runs").code == 0
+
+
+def test_a_second_local_sweep_over_the_same_runs_is_refused(tmp_path: Path) -> None:
+    """Two local sweeps at once each started the other's queued runs, and one then failed on the other's lock."""
+    from etrmtrm_cli.run_lock import RunLock
+
+    folder = tmp_path / "runs" / ".submitit"
+    folder.mkdir(parents=True)
+    first = RunLock(folder)  # the running sweep's lock
+    try:
+        out = cli("sweep", "E0a", "--profile", "tiny", "--executor", "local", "--max-steps", "2", "--runs-dir",
+                  tmp_path / "runs")
+    finally:
+        first.release()
+    assert out.code == 1 and "another local sweep (process" in out.text and "is running over these runs" in out.text
+    assert not (folder / "records").exists()  # nothing queued, nothing started
+
+
+def test_status_reads_a_queued_run_whose_local_sweep_ended_as_stopped(tmp_path: Path) -> None:
+    from etrmtrm_cli.run_lock import RunLock
+    from etrmtrm_cli.sweep_job import write_record
+
+    runs, folder = tmp_path / "runs", tmp_path / "runs" / ".submitit"
+    run_dir = runs / "E0a" / "seed-0"
+    write_record(folder, "E0a/seed-0", "submit", {"state": "queued", "sweep_id": "s", "exp_id": "E0a", "seed": 0,
+                                                  "run_dir": str(run_dir.resolve()), "waits_for": None,
+                                                  "executor": "local"})
+    out = cli("status", "--runs-dir", runs)
+    assert re.search(r"E0a +│ +0 +│ stopped .*its sweep ended before it started", out.text), out.text
+    sweep = RunLock(folder)  # while a local sweep runs, the same record is a queued run
+    try:
+        assert re.search(r"E0a +│ +0 +│ queued", cli("status", "--runs-dir", runs).text)
+    finally:
+        sweep.release()

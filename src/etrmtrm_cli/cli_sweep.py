@@ -133,6 +133,7 @@ def sweep(
                               "--time-min, --mem-gb, --gpus-per-job against the cluster: `sinfo`)") from None
         console.print(f"submitted; watch with: etrmtrm status --runs-dir {runs_dir}", highlight=False)
         return
+    sweep_lock = _one_local_sweep(folder)
     try:
         outcome = sw.run_local(planned, sw.make_executor(kind, folder, config, threads), config.jobs, _print_event)
     except KeyboardInterrupt:
@@ -143,6 +144,8 @@ def sweep(
         still = f"; still saving: {', '.join(map(str, held))}" if held else ""
         err_console.print(f"stopped{still}. The same command resumes the sweep.", highlight=False)
         raise typer.Exit(130) from None
+    finally:
+        sweep_lock.release()
     planned_dirs = {job.spec.run_dir for job in planned}
     _print_rows(runs_dir, folder, "The sweep's runs", lambda row: str(row.run_dir) in planned_dirs)
     failed = [key for key, state in outcome.items() if state not in ("finished", "skipped")]
@@ -150,6 +153,20 @@ def sweep(
         err_console.print(f"[bold red]{len(failed)} of {len(planned)} runs did not finish:[/] {', '.join(failed)}",
                           highlight=False)
         raise typer.Exit(1)
+
+
+def _one_local_sweep(folder: Path) -> Any:
+    """The lock of the local sweep over a submitit folder, held while it runs: a second one would start the first
+    one's queued runs as well (and `status` reads a queued run whose sweep holds no lock as stopped)."""
+    from etrmtrm_cli.run_lock import LOCK, RunLock
+
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return RunLock(folder)
+    except RunError:
+        holder = (folder / LOCK).read_text(encoding="utf-8", errors="replace").strip() or "another process"
+        raise RunError(f"another local sweep ({holder}) is running over these runs (its folder {folder}); wait for "
+                       "it to end or stop it (Ctrl-C), then run this one: it skips what the other finished") from None
 
 
 def _sweep_profile(profile: str, kind: str, config: SweepConfig) -> str:

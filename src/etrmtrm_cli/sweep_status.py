@@ -6,7 +6,8 @@ a sweep runs and after, locally or on a cluster's shared disk.
 
 States: running (a process holds the run's lock, or its job says so from another host), finished, failed (the
 run, or its job before the run could start; with the log to read), stopped (interrupted, or killed: it resumes
-with `--resume` or the next sweep), queued (submitted or waiting, not started yet).
+with `--resume` or the next sweep; or queued by a local sweep that has ended), queued (submitted or waiting, not
+started yet).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def run_rows(runs_dir: Path, folder: Path | None = None) -> list[RunRow]:
     dirs = {p.resolve(): None for p in run_dirs(runs_dir)}
     for path in records:
         dirs.setdefault(Path(path), None)
-    rows = [_row(run_dir, records.get(str(run_dir), {})) for run_dir in dirs]
+    local_sweep = lock_held(folder or runs_dir / SWEEP_FOLDER)  # a local sweep running now (cli_sweep's lock)
+    rows = [_row(run_dir, records.get(str(run_dir), {}), local_sweep) for run_dir in dirs]
     return sorted(rows, key=lambda r: (r.exp_id, -1 if r.seed is None else r.seed))
 
 
@@ -70,7 +72,7 @@ def read_records(folder: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _row(run_dir: Path, rec: dict[str, Any]) -> RunRow:
+def _row(run_dir: Path, rec: dict[str, Any], local_sweep: bool | None = None) -> RunRow:
     submit, job = rec.get("submit"), rec.get("run")
     if submit and job and job.get("sweep_id") != submit.get("sweep_id"):
         job = None  # a job of an earlier sweep: this sweep's submission is newer
@@ -81,7 +83,7 @@ def _row(run_dir: Path, rec: dict[str, Any]) -> RunRow:
     if seed is None and run_dir.name.startswith(SEED_PREFIX):
         seed = int(run_dir.name[len(SEED_PREFIX):])
     held = lock_held(run_dir)
-    state, log, note = _state(run_dir, summary, submit, job, held)
+    state, log, note = _state(run_dir, summary, submit, job, held, local_sweep)
     step, accuracy = _progress(run_dir, summary)
     wall = summary.get("wall_time_s") if isinstance(summary.get("wall_time_s"), int | float) else None
     if state == "running" and held:  # this session so far: since the lock was taken, plus earlier sessions
@@ -92,7 +94,7 @@ def _row(run_dir: Path, rec: dict[str, Any]) -> RunRow:
 
 
 def _state(run_dir: Path, summary: dict[str, Any], submit: dict[str, Any] | None, job: dict[str, Any] | None,
-           held: bool | None) -> tuple[str, str | None, str | None]:
+           held: bool | None, local_sweep: bool | None = None) -> tuple[str, str | None, str | None]:
     """(state, log, note) from the lock, the run's files and the records, in that order of trust."""
     if held:
         return "running", None, None
@@ -113,6 +115,9 @@ def _state(run_dir: Path, summary: dict[str, Any], submit: dict[str, Any] | None
     elif submit:
         if submit.get("state") == "failed":
             return "failed", None, submit.get("error")
+        if submit.get("state") in ("queued", "submitted") and submit.get("executor") == "local" and \
+                local_sweep is False:  # no local sweep runs now: nothing will start it
+            return "stopped", None, "its sweep ended before it started; the same sweep command starts it"
         if submit.get("state") in ("queued", "submitted"):
             waits = submit.get("waits_for")
             pending = waits and run_status(_dep_dir(run_dir, waits, submit)) != "finished"
