@@ -493,3 +493,14 @@ def test_status_reads_a_queued_run_whose_local_sweep_ended_as_stopped(tmp_path: 
         assert re.search(r"E0a +│ +0 +│ queued", cli("status", "--runs-dir", runs).text)
     finally:
         sweep.release()
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="--jobs 2 needs two cores")
+def test_the_decoder_that_every_run_waits_for_takes_every_core(tmp_path: Path) -> None:
+    """P0 runs alone while the others wait for it: it got one job's share of the cores, the rest sat idle."""
+    (tmp_path / "experiments.toml").write_text((Path(__file__).resolve().parents[1] / "experiments.toml").read_text())
+    out = cli_proc("sweep", "E0a", "--seeds", "1", "--jobs", "2", "--max-steps", "2", "--profile", "tiny",
+                   "--executor", "local", cwd=tmp_path)
+    assert out.code == 0, out.text
+    done = records(tmp_path / "runs", "run")
+    assert (done["P0"]["threads"], done["E0a.seed-0"]["threads"]) == (usable_cores(), usable_cores() // 2), done

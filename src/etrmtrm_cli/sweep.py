@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -208,11 +208,14 @@ def run_local(planned: Sequence[PlannedJob], executor: Any, jobs: int, on_event:
                     _submit_record(job, "failed", executor="local", error=why)
                     on_event("end", job, f"failed: {why}")
                     continue
+                # A run that every other waits for (P0) runs alone: it takes every job's cores, not one share
+                alone = not running and bool(waiting) and all(other.waits_for == job.key for other in waiting)
+                spec = replace(job.spec, threads=job.spec.threads * jobs) if alone and job.spec.threads else job.spec
                 with _sigint_ignored_by_children():
-                    handle = executor.submit(TrainJob(job.spec))
+                    handle = executor.submit(TrainJob(spec))
                 running[job.key] = (job, handle)
                 _submit_record(job, "submitted", executor="local", **_job_logs(handle))
-                on_event("start", job, f"job {handle.job_id}, {job.spec.threads} threads, log {handle.paths.stdout}")
+                on_event("start", job, f"job {handle.job_id}, {spec.threads} threads, log {handle.paths.stdout}")
             time.sleep(poll_s)
     except KeyboardInterrupt:  # a terminal's Ctrl-C reached the jobs too; a signal to this process alone did not
         time.sleep(1.5)
