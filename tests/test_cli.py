@@ -250,3 +250,10 @@ def test_the_progress_line_gives_the_plans_share_of_the_gradient() -> None:
     # ||g_enc|| / ||g|| = 0.4 is a share of 0.16 of the gradient (its squared norm): the plan's "~40 %" is the latter
     line = TrainProgress._metrics_text({"grad/encoder_share": 0.4, "grad/encoder_share_sq": 0.16}, TrainProgress._SHOWN)
     assert line == "enc grad share 0.16"
+
+
+def test_resume_and_force_together_are_refused(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "E0a", "--profile", "tiny", "--runs-dir", str(tmp_path), "--resume",
+                                 "--force"])
+    assert result.exit_code == 1 and "--resume and --force" in result.output, result.output
+    assert not any(tmp_path.iterdir())  # nothing started, nothing moved aside

@@ -270,3 +270,10 @@ def test_parents_that_come_back_round_are_refused(tmp_path: Path, text: str, sai
     """A run compared with itself: the plan's comparison silently disappeared."""
     with pytest.raises(ConfigError, match=said):
         load_experiments(write(tmp_path, text=text))
+
+
+def test_a_profile_named_auto_is_refused(tmp_path: Path) -> None:
+    """--profile auto picks paper or cpu, so a [profiles.auto] was accepted and could never be used."""
+    text = MINIMAL.format(body="") + "[profiles.auto]\ntrain = { batch_divisor = 64 }\n"
+    with pytest.raises(ConfigError, match=r"profiles.auto: 'auto' is --profile's choice of paper or cpu"):
+        load_experiments(write(tmp_path, text=text))

@@ -204,6 +204,8 @@ def train(
     from etrmtrm_cli.training.loop import StopFlag, TrainOptions
     from etrmtrm_cli.training.loop import train as run_training
 
+    if resume and force:
+        raise ConfigError("--resume and --force: one goes on from the checkpoint, the other starts over; choose one")
     if threads is not None:
         import torch
 

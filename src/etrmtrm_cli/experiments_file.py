@@ -307,6 +307,9 @@ def _check_unique_ids(experiments: Mapping[str, Any], path: Path) -> None:
 
 
 def _check_profile(name: str, profile: Any, path: Path) -> None:
+    if name == "auto":  # --profile auto chooses paper or cpu: a profile of that name could never be used
+        raise ConfigError(f"{path}: profiles.auto: 'auto' is --profile's choice of paper or cpu, not a profile name; "
+                          "name it otherwise")
     if not isinstance(profile, dict):
         raise ConfigError(f"{path}: profiles.{name}: must be a table")
     for section, body in profile.items():
