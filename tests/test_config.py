@@ -277,3 +277,10 @@ def test_a_profile_named_auto_is_refused(tmp_path: Path) -> None:
     text = MINIMAL.format(body="") + "[profiles.auto]\ntrain = { batch_divisor = 64 }\n"
     with pytest.raises(ConfigError, match=r"profiles.auto: 'auto' is --profile's choice of paper or cpu"):
         load_experiments(write(tmp_path, text=text))
+
+
+def test_a_setting_of_several_kinds_gets_one_line_at_its_own_key(tmp_path: Path) -> None:
+    """train_groups is an int or 'all': pydantic's two errors read as two made-up keys (data.train_groups.int)."""
+    said = resolve_error(tmp_path, "", overrides=("data.train_groups=ALL",))
+    assert said.splitlines() == [f"{tmp_path / 'experiments.toml'}: E0b: data.train_groups: Input should be a valid "
+                                 "integer, unable to parse string as an integer; or 'all' (set in --set)"], said

@@ -328,9 +328,16 @@ def _check_profile(name: str, profile: Any, path: Path) -> None:
 
 def _describe(err: ValidationError, path: Path, exp_id: str, layers: Mapping[str, Mapping[str, Any]]) -> str:
     """One line per pydantic error: file, experiment, key path, message, and which layer set it."""
-    lines = []
+    lines: list[str] = []
+    branches: dict[str, list[str]] = {}  # key -> what each branch of a union setting (int | 'all') expected
     for e in err.errors():
         loc = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
+        if _union_branch(loc):  # pydantic gives one error per branch, at a made-up key (data.train_groups.int)
+            loc = loc[:-1]
+            if ".".join(loc) in branches:
+                branches[".".join(loc)].append(e["msg"].removeprefix("Input should be "))
+                continue
+            branches[".".join(loc)] = []
         key = ".".join(loc) or "(experiment)"
         origin = next((name for name, tree in reversed(layers.items()) if _has_path(tree, loc)), None)
         where = f" (set in {origin})" if origin else ""
@@ -343,7 +350,17 @@ def _describe(err: ValidationError, path: Path, exp_id: str, layers: Mapping[str
             hint = difflib.get_close_matches(loc[-1], list(section.model_fields), n=1) if section else []
             msg = f"unknown key{f'; did you mean {hint[0]!r}?' if hint else ''} (valid: {valid})"
         lines.append(f"{path}: {exp_id}: {key}: {msg}{where}")
+    for key, others in branches.items():  # "Input should be a valid integer, ..., or 'all'"
+        i = next(i for i, line in enumerate(lines) if line.startswith(f"{path}: {exp_id}: {key}: "))
+        line, where = lines[i].rsplit(" (set in ", 1) if " (set in " in lines[i] else (lines[i], None)
+        lines[i] = "; or ".join([line, *others]) + (f" (set in {where}" if where else "")
     return "\n".join(lines)
+
+
+def _union_branch(loc: Sequence[str]) -> bool:
+    """Whether an error's last loc names the branch of a union-typed setting rather than a key."""
+    parent = _section_model(loc[:-2]) if len(loc) >= 2 else None
+    return parent is not None and loc[-2] in parent.model_fields and _section_model(loc[:-1]) is None
 
 
 def _encoder_origin(err: ConfigError, layers: Mapping[str, Mapping[str, Any]]) -> str:
