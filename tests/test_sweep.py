@@ -302,6 +302,7 @@ def test_dry_run_times_from_runs_measured_here(swept: Swept) -> None:
     out = cli_proc("sweep", "E0a", "--seeds", "3", "--dry-run", "--max-steps", STEPS, *TINY, cwd=swept.project)
     assert out.code == 0, out.text
     assert re.search(r"E0a/seed-2 +│ new +│ start .* [\d.]+ s │", out.text), out.text  # 2 measured, 1 new
+    assert re.search(r"still to train at profile tiny: 1 of 3 runs, about [\d.]+ s of steps here", out.text), out.text
     assert re.search(r"E0a/seed-0 +│ finished +│ skip \(finished\)", out.text), out.text
     assert "run(s) of this config here" in out.text
 

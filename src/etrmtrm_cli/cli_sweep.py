@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from etrmtrm_cli import sweep_render
+from etrmtrm_cli.analysis.text import duration
 from etrmtrm_cli.cli import (
     ExperimentsPath,
     ProfileOpt,
@@ -111,6 +112,9 @@ def sweep(
     if kind == "local" and slurm_only:
         console.print(f"[yellow]{', '.join(slurm_only)}: SLURM settings, unused by the local executor[/]",
                       highlight=False)
+    if kind == "slurm" and jobs is not None:
+        console.print("[yellow]--jobs: a local setting, unused on SLURM (--array-parallelism limits the jobs "
+                      "running at once)[/]", highlight=False)
     if dry_run:
         _dry_run(file, request, planned, folder, threads, kind, config)
         return
@@ -212,6 +216,13 @@ def _dry_run(file: ExperimentsFile, request: Any, planned: list[Any], folder: Pa
     title = f"sweep {' '.join(request.targets)} at profile {request.profile} ({len(planned)} runs, {kind})"
     console.print(sweep_render.plan_table(planned, per_profile[request.profile], title))
     console.print(sweep_render.profile_table(per_profile, len(planned), request.profile))
+    left = [e for job, e in zip(planned, per_profile[request.profile], strict=True)
+            if job.state not in ("finished", "running")]
+    seconds = sweep_cost.total_seconds(left)
+    console.print(f"still to train at profile {request.profile}: {len(left)} of {len(planned)} runs, "
+                  + (f"about {duration(seconds)} of steps here, one after another, plus a few seconds each to start"
+                     if seconds is not None else "their time unknown here")
+                  + " (the tables count every run, finished ones too)", highlight=False)
     console.print(f"[dim]dry run: nothing submitted. Time here is measured on {device} in {request.runs_dir} "
                   f"({len(measured)} run(s) measured); FLOPs count matmuls and attention of one step.[/]",
                   highlight=False)
