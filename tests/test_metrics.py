@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from etrmtrm_cli.training.evaluate import Votes, answer_of, pass_at_k
+from etrmtrm_cli.training.evaluate import Votes, answer_of, confidence, pass_at_k
 from etrmtrm_cli.training.metrics import (
     carry_change,
     carry_norm,
@@ -103,6 +103,18 @@ def test_an_exact_tie_ranks_the_same_whatever_order_the_answers_arrived_in() -> 
     assert one.ranked((0, 0)) == rank0.ranked((0, 0))
     truth = {(0, 0): one.ranked((0, 0))[0]}
     assert pass_at_k(one, truth)["pass@1"] == pass_at_k(rank0, truth)["pass@1"] == 1.0
+
+
+def test_confident_answers_rank_by_confidence_as_trm_ranks_them() -> None:
+    """sigmoid(q_halt) in float32 is exactly 1.0 from a logit of about 17: two confident answers tied and fell to
+    their bytes. TRM takes it in float64, where the more confident one still wins."""
+    low_bytes, high_bytes = grid([1, 2]), grid([2, 1])  # an exact tie would rank high_bytes first
+    votes = Votes()
+    conf = confidence(torch.tensor([20.0, 18.0]))
+    votes.add((0, 0), low_bytes, float(conf[0]))
+    votes.add((0, 0), high_bytes, float(conf[1]))
+    assert votes.ranked((0, 0))[0] == low_bytes
+    assert conf.dtype == torch.float64 and torch.sigmoid(torch.tensor([20.0, 18.0])).eq(1.0).all()  # float32 ties
 
 
 def test_votes_merge_like_one_table() -> None:

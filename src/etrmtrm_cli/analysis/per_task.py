@@ -40,7 +40,7 @@ def per_task_accuracy(run: RunFiles, device: str = "cpu", batch_size: int | None
 
     from etrmtrm_cli.data.dataset import build_arc_data
     from etrmtrm_cli.models.build import build_model
-    from etrmtrm_cli.training.evaluate import Votes, leading_rows, pass_per_task, scores, truths_of, vote
+    from etrmtrm_cli.training.evaluate import Votes, confidence, leading_rows, pass_per_task, scores, truths_of, vote
 
     exp = rundir.read_config(run.run_dir)
     data = build_arc_data(exp.data, exp.seed)
@@ -60,7 +60,7 @@ def per_task_accuracy(run: RunFiles, device: str = "cpu", batch_size: int | None
             inputs, outputs = leading_rows(model, batch, rows, device)
         preds, acc, exact = scores(outputs["logits"], inputs["labels"])
         if split == "eval":
-            vote(votes, data, batch, preds.cpu().numpy(), torch.sigmoid(outputs["q_halt_logits"]).cpu())
+            vote(votes, data, batch, preds.cpu().numpy(), confidence(outputs["q_halt_logits"]).cpu())
         acc, exact = acc.tolist(), exact.tolist()
         for row in range(rows):
             entry = sums.setdefault((split, data.groups[int(batch.group_ids[row])].task.id), [0.0, 0.0, 0.0])

@@ -30,6 +30,12 @@ def answer_of(grid: np.ndarray) -> Answer:
     return (grid.shape[0], grid.shape[1]), np.ascontiguousarray(grid, dtype=np.uint8).tobytes()
 
 
+def confidence(q_halt_logits: Tensor) -> Tensor:
+    """A prediction's confidence, sigmoid(q_halt), in float64 as TRM's evaluator takes it: in float32 it is exactly
+    1.0 from a logit of about 17, so confident answers would tie and fall to the answer's bytes (float64: from 37)."""
+    return torch.sigmoid(q_halt_logits.detach().to(torch.float64))
+
+
 @dataclass
 class Votes:
     """(group, query) -> answer -> [votes, sum of sigmoid(q_halt)]. Plain dicts: ranks gather them."""
@@ -47,9 +53,9 @@ class Votes:
                 self.add(key, answer, conf, count)
 
     def ranked(self, key: tuple[int, int]) -> list[Answer]:
-        """Most votes first, then the highest mean confidence. An exact tie of both (sigmoid is exactly 1.0 in
-        float32 from logit 17) falls to the answer itself: the order in which answers arrived depends on how
-        many processes evaluated, and a ranking must not."""
+        """Most votes first, then the highest mean confidence. An exact tie of both falls to the answer itself
+        (TRM's keeps the one that arrived first): the order in which answers arrive depends on how many processes
+        evaluated, and a ranking must not."""
         answers = self.table.get(key, {})
         return sorted(answers, key=lambda a: (answers[a][0], answers[a][1] / answers[a][0], a), reverse=True)
 
@@ -135,7 +141,7 @@ def evaluate(model: ACTModel, data: ArcData, batch_size: int, device: torch.devi
         inputs, outputs = leading_rows(model, batch, real, device)
         preds, token_acc, exact = scores(outputs["logits"], inputs["labels"])  # every row run is a real one
         sums += torch.stack([token_acc.new_tensor(real), token_acc.sum(), exact.sum()]).double()
-        vote(votes, data, batch, preds.cpu().numpy(), torch.sigmoid(outputs["q_halt_logits"]).cpu())
+        vote(votes, data, batch, preds.cpu().numpy(), confidence(outputs["q_halt_logits"]).cpu())
     if world_size > 1:
         dist.all_reduce(sums)
         gathered: list[Votes | None] = [None] * world_size
