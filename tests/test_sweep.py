@@ -153,7 +153,7 @@ def test_second_sweep_skips_finished_runs_and_fails_the_broken_again(swept: Swep
     for exp in ("E0a", "E0b"):
         for seed in (0, 1):
             assert f"{exp}/seed-{seed}: finished run, skipped" in out.text, out.text
-    assert "Broken/seed-0: failed: no-such-tasks" in out.text, out.text
+    assert "Broken/seed-0: failed: data.train_sources: no-such-tasks" in out.text, out.text
     now = {str(p): p.stat().st_mtime for p in (swept.project / "runs").glob("E0*/seed-*/summary.json")}
     assert now == swept.mtimes  # not touched
 
@@ -276,7 +276,7 @@ def test_runs_waiting_for_a_failed_p0_are_not_started(tmp_path: Path) -> None:
     out = cli_proc("sweep", "E0a", "--seeds", "2", "--jobs", "2", "--max-steps", 12, "--profile", "tiny",
                    "--executor", "local", cwd=tmp_path)
     assert out.code == 1, out.text
-    assert re.search(r"P0: start .*\n.*P0: failed: no-such-tasks", out.text), out.text
+    assert re.search(r"P0: start .*\n.*P0: failed: data.train_sources: no-such-tasks", out.text), out.text
     for seed in (0, 1):
         assert f"E0a/seed-{seed}: failed: not started: it starts from P0, which is failed" in out.text, out.text
     assert out.text.count(": start (") == 1  # P0 alone ran
