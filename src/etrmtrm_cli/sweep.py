@@ -258,13 +258,13 @@ def _local_outcome(job: PlannedJob, handle: Any) -> tuple[str, str]:
     return "failed", f"the job ended without saying how (log: {handle.paths.stderr})"
 
 
-def submit_slurm(planned: Sequence[PlannedJob], executor_for: Callable[[str | None], Any], on_event: EventFn,
-                 live: set[str] | None = None) -> dict[str, str]:
+def submit_slurm(planned: Sequence[PlannedJob], executor_for: Callable[[str | None], Any],
+                 on_event: EventFn) -> dict[str, str]:
     """Submit the unfinished runs' jobs -> key -> SLURM job id. `executor_for(dependency)` makes an executor
     whose jobs carry that sbatch dependency (None: none). A run whose last SLURM job is still queued or running
-    (`live`: slurm_live_jobs()) is not submitted again, and the runs that start from it wait for that job; a run
-    that starts from a decoder which another process is writing is not submitted (rerun the sweep after it)."""
-    live = slurm_live_jobs() if live is None else live
+    is not submitted again, and the runs that start from it wait for that job; a run that starts from a decoder
+    which another process is writing is not submitted (rerun the sweep after it)."""
+    live = slurm_live_jobs()
     ids: dict[str, str] = {}
     todo = []
     for job in planned:

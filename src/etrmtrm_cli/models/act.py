@@ -99,8 +99,8 @@ class ACTModel(nn.Module):
         provider = self.provider.initial_carry(batch_size, device)
         if (key := getattr(self.provider, "state_key", None)) is not None and key not in provider:
             # the carry entry whose norm and change the training step logs (encoders/base.py)
-            raise PluginError(f"{type(self.provider).__module__}.{type(self.provider).__qualname__}: its state_key "
-                              f"{key!r} is not an entry of its initial_carry (keys: {sorted(provider)})")
+            raise PluginError(f"{self._provider_name}: its state_key {key!r} is not an entry of its initial_carry "
+                              f"(keys: {sorted(provider)})")
         return ACTCarry(
             decoder=self.decoder.initial_carry(batch_size, device),
             provider=provider,
@@ -122,12 +122,12 @@ class ACTModel(nn.Module):
         halted = carry.halted
         decoder_carry = self.decoder.reset_carry(halted, carry.decoder)
         provider_carry = self.provider.reset_carry(halted, carry.provider)
-        check_provider_carry(self.provider, "reset_carry", carry.provider, provider_carry)
+        check_carry(f"{self._provider_name}.reset_carry", carry.provider, provider_carry)
         steps = torch.where(halted, torch.zeros_like(carry.steps), carry.steps)
         data = {k: rows_where(halted, batch[k], v) for k, v in carry.current_data.items()}
 
         provided = self.provider(provider_carry, data)  # (context (B, C, D), carry[, stats])
-        check_provider_carry(self.provider, "forward", provider_carry, provided[1])
+        check_carry(f"{self._provider_name}.forward", provider_carry, provided[1])
         context, provider_carry = provided[0], provided[1]
         prefix = self._pad_context(context)  # (B, P, D)
         decoder_carry, logits, q_halt, q_continue = self.decoder(decoder_carry, data["inputs"], prefix)
@@ -154,6 +154,10 @@ class ACTModel(nn.Module):
 
         new_provider_carry = {k: v.detach() for k, v in provider_carry.items()}
         return ACTCarry(decoder_carry, new_provider_carry, steps, new_halted, data), outputs
+
+    @property
+    def _provider_name(self) -> str:  # for the errors that a provider's broken contract raises
+        return f"{type(self.provider).__module__}.{type(self.provider).__qualname__}"
 
     def _pad_context(self, context: Tensor) -> Tensor:
         # context: (B, C, D) -> (B, P, D), zeros after position C
@@ -187,10 +191,6 @@ def halting_decision(steps: Tensor, q_halt: Tensor, q_continue: Tensor, *, max_s
         min_steps = (explore * min_steps).to(device=steps.device, dtype=steps.dtype)
         halted = halted & (steps >= min_steps)
     return halted
-
-
-def check_provider_carry(provider: nn.Module, call: str, before: Mapping[str, Tensor], after: object) -> None:
-    check_carry(f"{type(provider).__module__}.{type(provider).__qualname__}.{call}", before, after)
 
 
 def check_carry(name: str, before: Mapping[str, Tensor], after: object) -> None:
