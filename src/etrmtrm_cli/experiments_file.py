@@ -328,19 +328,17 @@ def _check_profile(name: str, profile: Any, path: Path) -> None:
 
 def _describe(err: ValidationError, path: Path, exp_id: str, layers: Mapping[str, Mapping[str, Any]]) -> str:
     """One line per pydantic error: file, experiment, key path, message, and which layer set it."""
-    lines: list[str] = []
-    branches: dict[str, list[str]] = {}  # key -> what each branch of a union setting (int | 'all') expected
+    lines: list[list[str]] = []  # [key, message, where] each
+    unions: dict[str, list[str]] = {}  # a union setting's key -> its line (one for all its branches)
     for e in err.errors():
         loc = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
-        if _union_branch(loc):  # pydantic gives one error per branch, at a made-up key (data.train_groups.int)
-            loc = loc[:-1]
-            if ".".join(loc) in branches:
-                branches[".".join(loc)].append(e["msg"].removeprefix("Input should be "))
-                continue
-            branches[".".join(loc)] = []
+        union = _union_branch(loc)  # pydantic gives one error per branch, at a made-up key (data.train_groups.int)
+        loc = loc[:-1] if union else loc
         key = ".".join(loc) or "(experiment)"
+        if union and key in unions:  # "Input should be a valid integer, ...; or 'all'"
+            unions[key][1] += f"; or {e['msg'].removeprefix('Input should be ')}"
+            continue
         origin = next((name for name, tree in reversed(layers.items()) if _has_path(tree, loc)), None)
-        where = f" (set in {origin})" if origin else ""
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] in ("less_than_equal", "greater_than_equal") and loc and loc[-1] in BOUND_REASONS:
             msg += f" ({BOUND_REASONS[loc[-1]]})"
@@ -349,12 +347,10 @@ def _describe(err: ValidationError, path: Path, exp_id: str, layers: Mapping[str
             valid = ", ".join(section.model_fields) if section else ""
             hint = difflib.get_close_matches(loc[-1], list(section.model_fields), n=1) if section else []
             msg = f"unknown key{f'; did you mean {hint[0]!r}?' if hint else ''} (valid: {valid})"
-        lines.append(f"{path}: {exp_id}: {key}: {msg}{where}")
-    for key, others in branches.items():  # "Input should be a valid integer, ..., or 'all'"
-        i = next(i for i, line in enumerate(lines) if line.startswith(f"{path}: {exp_id}: {key}: "))
-        line, where = lines[i].rsplit(" (set in ", 1) if " (set in " in lines[i] else (lines[i], None)
-        lines[i] = "; or ".join([line, *others]) + (f" (set in {where}" if where else "")
-    return "\n".join(lines)
+        lines.append([key, msg, f" (set in {origin})" if origin else ""])
+        if union:
+            unions[key] = lines[-1]
+    return "\n".join(f"{path}: {exp_id}: {key}: {msg}{where}" for key, msg, where in lines)
 
 
 def _union_branch(loc: Sequence[str]) -> bool:

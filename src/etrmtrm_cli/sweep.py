@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from etrmtrm_cli.config import Experiment, SweepConfig
-from etrmtrm_cli.errors import ConfigError, RunError, first_line
+from etrmtrm_cli.errors import ConfigError, RunError
 from etrmtrm_cli.experiments_file import ExperimentsFile
 from etrmtrm_cli.rundir import SEED_PREFIX, read_json, run_path, run_status
 from etrmtrm_cli.sweep_job import JobSpec, TrainJob, record_path, usable_cores, write_record
@@ -129,8 +129,7 @@ def slurm_answers() -> tuple[bool, str]:
     except (OSError, subprocess.TimeoutExpired) as err:
         return False, f"sinfo: {err}"
     if out.returncode != 0:
-        lines = (out.stderr or out.stdout).strip().splitlines()
-        return False, f"sinfo failed: {lines[-1] if lines else f'exit code {out.returncode}'}"
+        return False, f"sinfo failed: {_last_line(out)}"
     return True, f"sinfo answers ({' | '.join(out.stdout.split(chr(10))[:3]).strip()})"
 
 
@@ -306,9 +305,14 @@ def slurm_live_jobs() -> set[str]:
     except (OSError, subprocess.TimeoutExpired) as err:
         raise RunError(f"squeue: {err}: cannot tell which of the sweep's jobs are still queued") from None
     if out.returncode != 0:
-        raise RunError(f"squeue failed ({first_line(RuntimeError(out.stderr or out.stdout))}): cannot tell which of "
-                       "the sweep's jobs are still queued")
+        raise RunError(f"squeue failed ({_last_line(out)}): cannot tell which of the sweep's jobs are still queued")
     return set(out.stdout.split())
+
+
+def _last_line(out: subprocess.CompletedProcess) -> str:
+    """What a failed SLURM command said last (its error), or its exit code."""
+    lines = (out.stderr or out.stdout).strip().splitlines()
+    return lines[-1] if lines else f"exit code {out.returncode}"
 
 
 def _read_record(job: PlannedJob, kind: str) -> dict[str, Any]:

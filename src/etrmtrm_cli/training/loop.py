@@ -124,10 +124,11 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     ema = copy.deepcopy(model) if exp.train.ema else None
     parts = Trainable(model, model, build_optimizers(model, exp), ema)
     total = total_steps(exp, data, options)
+    previous = rundir.read_summary(run_dir) if options.resume else {}  # the summary of the sessions before
     if options.resume:
         state, pending, earlier_s = _restore(run_dir, parts, ctx)
         if earlier_s is None:  # a checkpoint from before checkpoints recorded it: the summary's (a kill writes none)
-            earlier_s = float(rundir.read_summary(run_dir).get("wall_time_s", 0.0))
+            earlier_s = float(previous.get("wall_time_s", 0.0))
         if total < state.step:  # it would be recorded as a run of `total` steps that trained more
             raise RunError(f"{run_dir}: its checkpoint is at step {state.step}, past the {total} steps asked "
                            "(--max-steps): a resumed run can keep its length or extend it, not shorten it")
@@ -148,7 +149,7 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
         rundir.write_run_files(run_dir, exp.model_dump(mode="json"), meta, total)
     if ctx.is_main and options.resume:
         # A changed length (--max-steps) changes the learning-rate schedule from here on: recorded as any change.
-        before = rundir.read_summary(run_dir).get("total_steps", total)
+        before = previous.get("total_steps", total)
         changed = changed | ({"total_steps": (before, total)} if before != total else {})
     if ctx.is_main and changed:
         rundir.record_resume_changes(run_dir, exp.model_dump(mode="json"), changed, state.step)
@@ -163,7 +164,7 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     # exception is "failed"; a stop request, or a signal that interrupts anything, is "interrupted".
     started, status, error = time.perf_counter(), "interrupted", None
     # The last logged metrics: a resumed run that has no step left to train keeps its earlier ones
-    last = rundir.read_summary(run_dir).get("last", {}) if options.resume and ctx.is_main else {}
+    last = previous.get("last", {}) if ctx.is_main else {}
     # The run's wall time so far: its earlier sessions' (as its checkpoint recorded them) and this one's
     wall_s = lambda: earlier_s + time.perf_counter() - started  # noqa: E731
     eval_batch = exp.train.eval_batch_size or exp.train.batch_size
