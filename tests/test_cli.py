@@ -82,8 +82,16 @@ def test_missing_file_exit_1(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "no such experiments file" in result.output
 
 
-def test_usage_error_exit_2() -> None:
-    assert runner.invoke(app, ["experiments", "--no-such-flag"]).exit_code == 2
+@pytest.mark.parametrize(("args", "named"), [
+    (["experiments", "--no-such-flag"], "--no-such-flag"),
+    (["train", "E0a", "--max-steps", "0"], "--max-steps"),
+    (["experiments", "--experiments", "."], "--experiments"),
+    (["no-such-command"], "no-such-command"),
+])
+def test_a_usage_error_exits_1_naming_what_is_wrong(args: list[str], named: str) -> None:
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 1, result.output
+    assert named in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("quiet", [False, True])

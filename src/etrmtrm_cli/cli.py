@@ -1,6 +1,7 @@
 """The `etrmtrm` command line: parse, load the config, call one library function, render, map errors to
-exit codes: 0 success, 1 a handled error (or a failed diagnose check), 2 a usage error, 3 a diagnose warning,
-130 a training run interrupted (it saved a checkpoint to resume from, unless stopped a second time)."""
+exit codes: 0 success, 1 a wrong input (a key, value, option or file) or another handled error, or a failed
+diagnose check, 3 a diagnose warning, 130 a training run interrupted (it saved a checkpoint to resume from, unless
+stopped a second time)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 from rich.markup import escape
 
 from etrmtrm_cli import __version__, render
@@ -28,7 +30,21 @@ from etrmtrm_cli.train_command import train_arguments
 if TYPE_CHECKING:
     from etrmtrm_cli.training.loop import StopFlag
 
+class _Commands(TyperGroup):
+    """click exits 2 on a value or option it checks itself (`--max-steps 0`, `--no-such-flag`); here a wrong input
+    exits 1 wherever it is found, so that a script needs one test for it."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit as done:
+            raise SystemExit(1 if done.code == USAGE_EXIT else done.code) from None
+
+
+USAGE_EXIT = 2  # click.UsageError.exit_code
+
 app = typer.Typer(
+    cls=_Commands,
     help="ETRM vs ETRMTRM: run the overfit-phase experiments of the research plan from experiments.toml.",
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
