@@ -505,3 +505,26 @@ def test_the_decoder_that_every_run_waits_for_takes_every_core(tmp_path: Path) -
     assert out.code == 0, out.text
     done = records(tmp_path / "runs", "run")
     assert (done["P0"]["threads"], done["E0a.seed-0"]["threads"]) == (usable_cores(), usable_cores() // 2), done
+
+
+@pytest.mark.parametrize(("child", "state", "says"), [
+    ("raise SystemExit(130)", "stopped", "a signal to the run itself"),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "failed",
+     "killed by SIGKILL, often the kernel's out-of-memory killer; the same sweep command resumes the run"),
+])
+def test_a_run_that_a_signal_ended_says_why_and_what_comes_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 child: str, state: str, says: str) -> None:
+    """A run interrupted by a signal to it (exit 130, a checkpoint saved) is stopped, not "exit code 130"; one
+    killed outright is failed, and the record says that the sweep resumes it."""
+    from etrmtrm_cli import sweep_job
+
+    for name, value in {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_FOLDER": str(tmp_path), "SUBMITIT_LOCAL_JOB_ID": "1",
+                        "SUBMITIT_LOCAL_GLOBALID": "0", "SUBMITIT_LOCAL_LOCALID": "0"}.items():
+        monkeypatch.setenv(name, value)
+    spec = sweep_job.JobSpec(key="E0a", exp_id="E0a", seed=None, run_dir=str(tmp_path / "runs/E0a"),
+                             argv=(sys.executable, "-c", child), cwd=str(tmp_path), threads=1, folder=str(tmp_path),
+                             sweep_id="s1")
+    with pytest.raises(RuntimeError, match=re.escape(says)):
+        sweep_job.TrainJob(spec)()
+    record = json.loads(sweep_job.record_path(tmp_path, "E0a", "run").read_text())
+    assert record["state"] == state and says in (record.get("reason") or record.get("error")), record

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from etrmtrm_cli import __version__, render
 from etrmtrm_cli.allocator import AllocatorChoiceError, reexec_with_tcmalloc

@@ -130,14 +130,15 @@ class TrainJob(submitit.helpers.Checkpointable):
             write_record(spec.folder, spec.key, "run", {**record, **ended, "state": "finished"})
             return {"key": spec.key, "state": "finished", "skipped": False}
         if code == STOPPED_EXIT or self._signalled is not None:
-            why = signal.Signals(self._signalled).name if self._signalled else f"exit code {code}"
+            why = signal.Signals(self._signalled).name if self._signalled else "a signal to the run itself"
             if logs["executor"] == "slurm":
                 why += " from SLURM: requeued, preempted or cancelled"
             write_record(spec.folder, spec.key, "run", {**record, **ended, "state": "stopped", "reason": why})
             raise RuntimeError(f"{spec.key}: stopped ({why}); the run resumes from its checkpoint when the job runs "
                                "again")
         if code is not None and code < 0:  # killed without a chance to say why: SIGKILL is often the kernel's OOM
-            error = f"etrmtrm train was killed by {signal.Signals(-code).name}"
+            error = (f"etrmtrm train was killed by {signal.Signals(-code).name}, often the kernel's out-of-memory "
+                     "killer; the same sweep command resumes the run from its last checkpoint, if it saved one")
         else:
             error = last_error(Path(logs["log_err"])) or f"etrmtrm train exited with code {code}"
         write_record(spec.folder, spec.key, "run", {**record, **ended, "state": "failed", "error": error})
