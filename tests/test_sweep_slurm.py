@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from etrmtrm_cli import rundir
-from etrmtrm_cli.sweep import slurm_answers
+from etrmtrm_cli.slurm_query import slurm_answers
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[1]
@@ -163,6 +164,38 @@ def test_a_rerun_while_p0_is_queued_waits_for_its_job_and_submits_it_once(tmp_pa
         assert e0a, out
         shown = subprocess.run(["scontrol", "show", "job", e0a[1]], capture_output=True, text=True).stdout
         assert f"afterok:{p0[1]}" in shown, shown
+    finally:
+        subprocess.run(["scancel", "-u", os.environ.get("USER", "root")], capture_output=True)
+
+
+def test_status_asks_squeue_about_jobs_that_ended_without_a_word(tmp_path: Path) -> None:
+    """A job cancelled while queued and a job killed outright write no record of their end; status must not
+    call them queued and running forever. Before, E0a stayed "queued", and a job killed on another node than
+    status's stayed "running"."""
+    from etrmtrm_cli.sweep_status import run_rows
+
+    project = tmp_path
+    (project / "experiments.toml").write_text((REPO / "experiments.toml").read_text())
+    tiny = [a for a in TINY if a not in ("--set", "decoder=none")]
+    cli("sweep", "E0a", "--seeds", "1", "--max-steps", 100000, *tiny, cwd=project)
+    p0, e0a = record(project, "P0", "submit")["job_id"], record(project, "E0a/seed-0", "submit")["job_id"]
+    try:
+        wait_for(lambda: record(project, "P0", "run").get("state") == "running", 180, "P0's job started")
+        rows = {row.exp_id: row for row in run_rows(project / "runs")}
+        assert (rows["P0"].state, rows["E0a"].state) == ("running", "queued"), rows
+        subprocess.run(["scancel", e0a], check=True)
+        # P0's job killed outright, as the kernel's OOM killer or a node's crash does: no chance to write a record
+        # (scancel would send SIGTERM first, and the job would record that it stopped)
+        wait_for(lambda: run_running(project / "runs/P0"), 180, "P0's run started")
+        os.killpg(os.getpgid(record(project, "P0", "run")["pid"]), signal.SIGKILL)  # the job and its run
+        wait_for(lambda: not squeue(e0a) and not squeue(p0), 120, "both jobs left the queue")
+        rows = {row.exp_id: row for row in run_rows(project / "runs")}
+        assert rows["E0a"].state == "stopped", rows["E0a"]
+        assert f"SLURM job {e0a} left the queue without starting" in str(rows["E0a"].note), rows["E0a"]
+        assert rows["P0"].state == "stopped", rows["P0"]
+        assert f"SLURM job {p0} ended without recording how" in str(rows["P0"].note), rows["P0"]
+        assert record(project, "P0", "run")["state"] == "running"  # what the files alone would say
+        cli("status", "--runs-dir", "runs", cwd=project)
     finally:
         subprocess.run(["scancel", "-u", os.environ.get("USER", "root")], capture_output=True)
 

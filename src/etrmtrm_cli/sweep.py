@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from etrmtrm_cli.config import Experiment, SweepConfig
-from etrmtrm_cli.errors import ConfigError, RunError
+from etrmtrm_cli.errors import ConfigError
 from etrmtrm_cli.experiments_file import ExperimentsFile
 from etrmtrm_cli.rundir import SEED_PREFIX, read_json, run_path, run_status
+from etrmtrm_cli.slurm_query import slurm_answers, slurm_live_jobs
 from etrmtrm_cli.sweep_job import JobSpec, TrainJob, record_path, usable_cores, write_record
 from etrmtrm_cli.sweep_status import lock_held
 from etrmtrm_cli.train_command import train_arguments
@@ -118,19 +117,6 @@ def choose_executor(kind: str) -> tuple[str, str]:
             raise ConfigError(f"--executor slurm: no SLURM cluster answers here ({why})")
         return "slurm", "--executor slurm"
     return ("slurm", f"auto: {why}") if answers else ("local", f"auto: no SLURM ({why})")
-
-
-def slurm_answers() -> tuple[bool, str]:
-    """Whether a SLURM controller answers `sinfo`, and in words why (not)."""
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        return False, "sbatch/sinfo not found"
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%P %a %D %t"], capture_output=True, text=True, timeout=15)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return False, f"sinfo: {err}"
-    if out.returncode != 0:
-        return False, f"sinfo failed: {_last_line(out)}"
-    return True, f"sinfo answers ({' | '.join(out.stdout.split(chr(10))[:3]).strip()})"
 
 
 def local_threads(jobs: int, cores: int | None = None) -> int:
@@ -293,26 +279,6 @@ def submit_slurm(planned: Sequence[PlannedJob], executor_for: Callable[[str | No
     for dep_id, group in groups.items():
         _submit_group(group, executor_for(f"afterok:{dep_id}" if dep_id else None), ids, on_event, dep_id)
     return ids
-
-
-def slurm_live_jobs() -> set[str]:
-    """The ids of this user's SLURM jobs that are queued or running, one per array task (`squeue -r`)."""
-    import getpass
-
-    try:
-        out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"], capture_output=True,
-                             text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise RunError(f"squeue: {err}: cannot tell which of the sweep's jobs are still queued") from None
-    if out.returncode != 0:
-        raise RunError(f"squeue failed ({_last_line(out)}): cannot tell which of the sweep's jobs are still queued")
-    return set(out.stdout.split())
-
-
-def _last_line(out: subprocess.CompletedProcess) -> str:
-    """What a failed SLURM command said last (its error), or its exit code."""
-    lines = (out.stderr or out.stdout).strip().splitlines()
-    return lines[-1] if lines else f"exit code {out.returncode}"
 
 
 def _read_record(job: PlannedJob, kind: str) -> dict[str, Any]:

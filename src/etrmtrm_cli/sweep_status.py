@@ -1,13 +1,15 @@
-"""`etrmtrm status`: every run of a runs directory and where it stands, read from files only.
+"""`etrmtrm status`: every run of a runs directory and where it stands.
 
 It reads the run directories (summary.json, the tail of metrics.jsonl, the run's lock) and a sweep's records
-(`<runs>/.submitit/records/`: what the sweep submitted, what each job did), never a scheduler, so it works while
-a sweep runs and after, locally or on a cluster's shared disk.
+(`<runs>/.submitit/records/`: what the sweep submitted, what each job did), so it works while a sweep runs and
+after, locally or on a cluster's shared disk. One thing only the scheduler knows: whether a SLURM job that the
+records call queued or running still is. A job cancelled while queued (its `afterok` decoder failed, or
+`scancel`) or killed outright writes no record, so where such records exist and `squeue` answers, status asks it.
 
 States: running (a process holds the run's lock, or its job says so from another host), finished, failed (the
 run, or its job before the run could start; with the log to read), stopped (interrupted, or killed: it resumes
-with `--resume` or the next sweep; or queued by a local sweep that has ended), queued (submitted or waiting, not
-started yet).
+with `--resume` or the next sweep; or queued by a local sweep that has ended, or by a SLURM job that squeue no
+longer lists), queued (submitted or waiting, not started yet).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from etrmtrm_cli.errors import RunError, first_line
 from etrmtrm_cli.run_lock import LOCK
 from etrmtrm_cli.rundir import CONFIG, SEED_PREFIX, SUMMARY, metrics_path, read_json, read_metrics, run_dirs, run_status
+from etrmtrm_cli.slurm_query import slurm_live_jobs
 from etrmtrm_cli.sweep_job import RECORDS
 
 SWEEP_FOLDER = ".submitit"  # in the runs directory, unless `sweep --folder` says otherwise
@@ -46,12 +49,13 @@ def run_rows(runs_dir: Path, folder: Path | None = None) -> list[RunRow]:
     """Every run under `runs_dir` and every run a sweep there submitted, sorted by experiment and seed."""
     if runs_dir.exists() and not runs_dir.is_dir():
         raise RunError(f"{runs_dir}: not a directory; pass the runs directory (default: runs)")
-    records = read_records(folder or runs_dir / SWEEP_FOLDER)
+    folder = folder or runs_dir / SWEEP_FOLDER
+    records, gone = _records_and_gone_slurm_jobs(folder)
     dirs = {p.resolve(): None for p in run_dirs(runs_dir)}
     for path in records:
         dirs.setdefault(Path(path), None)
-    local_sweep = lock_held(folder or runs_dir / SWEEP_FOLDER)  # a local sweep running now (cli_sweep's lock)
-    rows = [_row(run_dir, records.get(str(run_dir), {}), local_sweep) for run_dir in dirs]
+    local_sweep = lock_held(folder)  # a local sweep running now (cli_sweep's lock)
+    rows = [_row(run_dir, records.get(str(run_dir), {}), local_sweep, gone) for run_dir in dirs]
     return sorted(rows, key=lambda r: (r.exp_id, -1 if r.seed is None else r.seed))
 
 
@@ -72,10 +76,44 @@ def read_records(folder: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _row(run_dir: Path, rec: dict[str, Any], local_sweep: bool | None = None) -> RunRow:
+def _records_and_gone_slurm_jobs(folder: Path) -> tuple[dict[str, dict[str, Any]], frozenset[str]]:
+    """The records, and the SLURM jobs they call queued or running that squeue no longer lists (empty where none
+    is pending or squeue cannot answer). The records are read again after squeue: a job that ended in between
+    has written how, and a job submitted in between is not in the first reading, so neither is taken for gone."""
+    records = read_records(folder)
+    pending = _pending_slurm_jobs(records)
+    if not pending:
+        return records, frozenset()
+    try:
+        live = slurm_live_jobs()
+    except RunError:  # no SLURM here (the records were copied, or the disk is mounted elsewhere): files only
+        return records, frozenset()
+    records = read_records(folder)
+    return records, frozenset((pending & _pending_slurm_jobs(records)) - live)
+
+
+def _pending_slurm_jobs(records: dict[str, dict[str, Any]]) -> set[str]:
+    """The SLURM job ids of runs whose latest record says the job is submitted, running or requeued."""
+    out = set()
+    for rec in records.values():
+        submit, job = _this_sweeps(rec)
+        latest = job or submit or {}
+        if latest.get("executor") == "slurm" and latest.get("state") in ("submitted", "running", "requeued"):
+            out.add(str(latest.get("job_id")))
+    return out
+
+
+def _this_sweeps(rec: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(submit, job) records of a run; a job of an earlier sweep than the submission is dropped."""
     submit, job = rec.get("submit"), rec.get("run")
     if submit and job and job.get("sweep_id") != submit.get("sweep_id"):
         job = None  # a job of an earlier sweep: this sweep's submission is newer
+    return submit, job
+
+
+def _row(run_dir: Path, rec: dict[str, Any], local_sweep: bool | None = None,
+         gone: frozenset[str] = frozenset()) -> RunRow:
+    submit, job = _this_sweeps(rec)
     summary = _read(run_dir / SUMMARY)
     config = _read(run_dir / CONFIG)
     exp_id = str(config.get("id") or (job or submit or {}).get("exp_id") or run_dir.name)
@@ -83,7 +121,7 @@ def _row(run_dir: Path, rec: dict[str, Any], local_sweep: bool | None = None) ->
     if seed is None and run_dir.name.startswith(SEED_PREFIX):
         seed = int(run_dir.name[len(SEED_PREFIX):])
     held = lock_held(run_dir)
-    state, log, note = _state(run_dir, summary, submit, job, held, local_sweep)
+    state, log, note = _state(run_dir, summary, submit, job, held, local_sweep, gone)
     step, accuracy = _progress(run_dir, summary)
     wall = summary.get("wall_time_s") if isinstance(summary.get("wall_time_s"), int | float) else None
     if state == "running" and held:  # this session so far: since the lock was taken, plus earlier sessions
@@ -94,8 +132,10 @@ def _row(run_dir: Path, rec: dict[str, Any], local_sweep: bool | None = None) ->
 
 
 def _state(run_dir: Path, summary: dict[str, Any], submit: dict[str, Any] | None, job: dict[str, Any] | None,
-           held: bool | None, local_sweep: bool | None = None) -> tuple[str, str | None, str | None]:
-    """(state, log, note) from the lock, the run's files and the records, in that order of trust."""
+           held: bool | None, local_sweep: bool | None = None, gone: frozenset[str] = frozenset()
+           ) -> tuple[str, str | None, str | None]:
+    """(state, log, note) from the lock, the run's files and the records, in that order of trust; `gone`: the
+    SLURM jobs that squeue no longer lists."""
     if held:
         return "running", None, None
     try:
@@ -104,6 +144,15 @@ def _state(run_dir: Path, summary: dict[str, Any], submit: dict[str, Any] | None
         return "unreadable", None, first_line(err)
     if status_now == "finished":
         return "finished", None, None
+    latest = job or submit or {}
+    if latest.get("executor") == "slurm" and str(latest.get("job_id")) in gone:
+        job_id = latest["job_id"]
+        if not job:
+            return "stopped", None, (f"SLURM job {job_id} left the queue without starting (cancelled: `sacct -j "
+                                     f"{job_id}` says why); the same sweep command submits it again")
+        return "stopped", job.get("log_err"), (
+            f"SLURM job {job_id} ended without recording how (killed or cancelled: `sacct -j {job_id}` says which); "
+            "the same sweep command resumes the run from its last checkpoint, if it saved one")
     if job:
         log = job.get("log_err")
         if job.get("state") == "failed":
