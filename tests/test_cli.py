@@ -111,10 +111,30 @@ def test_queue_skips_finished_runs(tmp_path: Path) -> None:
             "--max-steps", "2", "--set", "decoder=none", "--quiet"]
     first = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert first.exit_code == 0, first.output
-    assert [line.split()[0] for line in first.output.splitlines() if "finished at step" in line] == [
-        "E0a", "E0b", "E2b"]
+    assert [line.split()[0] for line in first.output.splitlines() if "finished at step" in line] == ["E0a", "E0b"]
     again = runner.invoke(app, args, env={"COLUMNS": "200"})
-    assert again.exit_code == 0 and again.output.count("finished run in") == 3
+    assert again.exit_code == 0 and again.output.count("finished run in") == 2
+
+
+def test_a_queue_trains_a_configuration_once_and_compare_reads_it_for_both_names(tmp_path: Path) -> None:
+    """week1 is E0a, E0b and E2b, and E2b resolves to E0b's configuration: its runs would repeat E0b's bit for bit.
+    The queue trains E0b alone, saying so, and `compare E0a E2b` reads E0b's runs for E2b, saying so."""
+    args = ["--profile", "tiny", "--experiments", REAL, "--runs-dir", str(tmp_path)]
+    queue = runner.invoke(app, ["train", "week1", *args, "--max-steps", "2", "--set", "decoder=none", "--seeds", "2",
+                                "--quiet"], env={"COLUMNS": "250"})
+    assert queue.exit_code == 0, queue.output
+    said = " ".join(queue.output.split())
+    assert "not trained, each the configuration and seed of an earlier run here" in said, said
+    assert "E2b seed 0 (E0b's), E2b seed 1 (E0b's)" in said, said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["E0a", "E0b"]
+    compared = runner.invoke(app, ["compare", "E0a", "E2b", "--runs-dir", str(tmp_path), "--experiments", REAL,
+                                   "--markdown", str(tmp_path.parent / "report.md")], env={"COLUMNS": "250"})
+    assert compared.exit_code == 0, compared.output
+    shown = " ".join(compared.output.split())
+    assert "Runs read for another experiment: E2b's are E0b's." in shown, shown
+    assert "E0b = E2b" in shown, shown
+    report = (tmp_path.parent / "report.md").read_text()
+    assert "# Comparison: E0a vs E0b = E2b" in report and "compare E0a E0b E2b --runs-dir" in report, report
 
 
 def test_queue_refuses_a_finished_run_that_is_not_the_experiment(tmp_path: Path) -> None:

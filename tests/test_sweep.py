@@ -290,9 +290,10 @@ def test_dry_run_lists_jobs_steps_and_compute_per_profile(tmp_path: Path) -> Non
               "--experiments", _two_tiny_profiles(tmp_path), "--runs-dir", tmp_path / "runs")
     assert out.code == 0, out.text
     jobs = re.findall(r"│ (P0|E\w+/seed-\d) +│ new +│ start +│ (P0)? *│ +([\d,]+) │ +([\d.]+ MFLOP)", out.text)
-    assert [j[0] for j in jobs] == ["P0", "E0a/seed-0", "E0b/seed-0", "E2b/seed-0", "E0a/seed-1", "E0b/seed-1",
-                                    "E2b/seed-1"], out.text  # P0 first, then seed-major
-    assert [j[1] for j in jobs] == ["", *["P0"] * 6]  # P0 once, every other run waits for it
+    # P0 first, then seed-major; E2b is E0b's configuration, so its runs would repeat E0b's: not trained
+    assert [j[0] for j in jobs] == ["P0", "E0a/seed-0", "E0b/seed-0", "E0a/seed-1", "E0b/seed-1"], out.text
+    assert [j[1] for j in jobs] == ["", *["P0"] * 4]  # P0 once, every other run waits for it
+    assert "E2b seed 0 (E0b's), E2b seed 1 (E0b's)" in " ".join(out.text.split()), out.text
     assert re.search(r"│ tiny +│ +[\d,]+ │ +[\d.]+ GFLOP │ +unknown │ unknown: no tiny float32 run", out.text), out.text
     assert re.search(r"│ mini +│", out.text), out.text
     assert not (tmp_path / "runs").exists()  # nothing submitted

@@ -10,7 +10,7 @@ import functools
 import os
 import shlex
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -24,7 +24,7 @@ from etrmtrm_cli import __version__, render
 from etrmtrm_cli.allocator import AllocatorChoiceError, reexec_with_tcmalloc
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.errors import ConfigError, EtrmtrmError, RunError
-from etrmtrm_cli.experiments_file import ExperimentsFile, load_experiments
+from etrmtrm_cli.experiments_file import ExperimentsFile, load_experiments, split_repeats
 from etrmtrm_cli.train_command import train_arguments
 
 if TYPE_CHECKING:
@@ -86,6 +86,13 @@ def handles_errors(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def repeats_line(repeats: Sequence[tuple[Experiment, Experiment]]) -> str:
+    """One line for the runs that `split_repeats` left out."""
+    each = ", ".join(f"{a.id} seed {a.seed} ({b.id}'s)" for a, b in repeats)
+    return (f"not trained, each the configuration and seed of an earlier run here, which it would repeat bit for bit "
+            f"(compare reads that experiment's runs for it): {each}")
 
 
 def resolve_profile(profile: str) -> str:
@@ -230,12 +237,16 @@ def train(
     chosen = resolve_profile(profile)
     ctx = init_distributed(os.environ, device)
     jobs = file.jobs(target, chosen, overrides or (), parse_seeds(seeds), ctx.world_size)
+    queue = len(jobs) > 1  # a queue skips finished runs and continues interrupted ones
+    jobs, repeats = split_repeats(jobs)
+    if repeats and ctx.is_main:
+        console.print(f"[dim]{repeats_line(repeats)}[/]", highlight=False)
     options = TrainOptions(runs_dir=runs_dir, max_steps=max_steps, resume=resume, force=force, compile=compile,
                            tensorboard=tensorboard, wandb=wandb)
     for exp, per_seed in jobs:  # before any run of a queue starts
         place = run_path(runs_dir, exp.id, exp.seed if per_seed else None)
         check_run_layout(place, per_seed)
-        if len(jobs) > 1 and not force and run_status(place) == "finished":  # skipped: it must be what it counts as
+        if queue and not force and run_status(place) == "finished":  # skipped: it must be what it counts as
             check_finished_run(place, exp, max_steps, _train_command(exp, experiments, runs_dir, overrides or [],
                                                                      max_steps, per_seed))
     stop = StopFlag()
@@ -244,7 +255,7 @@ def train(
             for exp, per_seed in jobs:
                 run_options = replace(options, per_seed=per_seed)
                 run_dir = run_path(runs_dir, exp.id, exp.seed if per_seed else None)
-                if len(jobs) > 1:  # a queue skips finished runs and continues interrupted ones
+                if queue:
                     status = run_status(run_dir)
                     if status == "finished" and not force:
                         if ctx.is_main:
@@ -413,7 +424,7 @@ def compare(
     --per-puzzle is the one option that runs the models: it evaluates both runs' final weights.
     """
     from etrmtrm_cli import report_plot, report_render
-    from etrmtrm_cli.analysis.compare import compare_runs
+    from etrmtrm_cli.analysis.compare import compare_runs, stand_ins
     from etrmtrm_cli.analysis.per_task import per_task_accuracy, per_task_table, pool_seeds
     from etrmtrm_cli.training.distributed import pick_device
 
@@ -422,12 +433,14 @@ def compare(
     for option, path, suffix in (("--plot", plot, ".png"), ("--markdown", markdown, None)):
         if path is not None:
             _check_report_path(option, path, suffix)
+    standing_in: dict[str, str] = {}
     if experiments.is_file():
-        queues = load_experiments(experiments).queues
-        runs = [exp_id for name in runs for exp_id in queues.get(name, (name,))]
+        file = load_experiments(experiments)
+        runs = [exp_id for name in runs for exp_id in file.queues.get(name, (name,))]
+        standing_in = stand_ins(file, runs_dir, runs)
     if per_puzzle and len(runs) != 2:
         raise ConfigError(f"--per-puzzle shows two experiments side by side; got {len(runs)}: {' '.join(runs)}")
-    result = compare_runs(runs_dir, runs)
+    result = compare_runs(runs_dir, runs, stand_ins=standing_in)
     for renderable in report_render.comparison_renderables(result):
         console.print(renderable)
     per_task = []

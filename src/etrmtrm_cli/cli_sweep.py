@@ -24,6 +24,7 @@ from etrmtrm_cli.cli import (
     err_console,
     handles_errors,
     parse_seeds,
+    repeats_line,
     resolve_profile,
 )
 from etrmtrm_cli.config import SweepConfig
@@ -99,7 +100,9 @@ def sweep(
                               runs_dir, max_steps, device, compile)
     sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
     stop_timeout = max(5.0, config.signal_delay_s - 15.0)
-    planned = sw.plan_sweep(file, request, folder, threads, sweep_id, stop_timeout)
+    planned, repeats = sw.plan_sweep(file, request, folder, threads, sweep_id, stop_timeout)
+    if repeats:
+        console.print(f"[dim]{repeats_line(repeats)}[/]", highlight=False)
     for job in planned:  # before anything is submitted
         check_run_layout(Path(job.spec.run_dir), job.spec.seed is not None)
         if job.state == "finished":  # skipped as done: it must be the run it will count as
@@ -210,7 +213,7 @@ def _dry_run(file: ExperimentsFile, request: Any, planned: list[Any], folder: Pa
     per_profile: dict[str, list[sweep_cost.Estimate]] = {}
     for profile in dict.fromkeys([request.profile, *file.profiles]):
         jobs = planned if profile == request.profile else sw.plan_sweep(
-            file, replace(request, profile=profile), folder, threads, "dry-run")
+            file, replace(request, profile=profile), folder, threads, "dry-run")[0]
         per_profile[profile] = [sweep_cost.estimate(job.exp, sweep_cost.steps_of(job.exp, request.max_steps), device,
                                                     measured) for job in jobs]
     title = f"sweep {' '.join(request.targets)} at profile {request.profile} ({len(planned)} runs, {kind})"

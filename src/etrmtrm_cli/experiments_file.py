@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from etrmtrm_cli.config import BOUND_REASONS, PROFILE_KEYS, Experiment, SweepConfig, check_name, names_a_run
 from etrmtrm_cli.errors import ConfigError, ConfigKeyError
+from etrmtrm_cli.rundir import config_hash
 
 
 class ExperimentsFile(BaseModel):
@@ -127,6 +128,21 @@ class ExperimentsFile(BaseModel):
                     for s in seeds or () for e in ids if e not in decoders]
         return once + per_seed
 
+    def same_configuration(self, exp_id: str, profile: str) -> str:
+        """The first experiment of the file whose resolved config at `profile` is exp_id's in everything but name,
+        description and parent (exp_id itself where none comes before it): E2b, E3a and E4b -> E0b in the plan.
+        Experiments that do not resolve at that profile are passed over."""
+        target = config_hash(self.resolve(exp_id, profile).model_dump(mode="json"))
+        for other in self.experiments:
+            if other == exp_id:
+                break
+            try:
+                if config_hash(self.resolve(other, profile).model_dump(mode="json")) == target:
+                    return other
+            except ConfigError:
+                continue
+        return exp_id
+
     def targets(self, name: str) -> tuple[str, ...]:
         """An experiment ID or a queue name -> the experiment IDs to run, in order."""
         if name in self.queues:
@@ -141,6 +157,24 @@ class ExperimentsFile(BaseModel):
                 f"{self.path}: unknown experiment or queue {exp_id!r}{_did_you_mean(exp_id, known)} "
                 f"(experiments: {', '.join(self.experiments)}; queues: {', '.join(self.queues) or 'none'})"
             )
+
+
+Run = tuple[Experiment, bool]  # an experiment resolved at its seed, and whether it is one of several seeds
+
+
+def split_repeats(runs: Sequence[Run]) -> tuple[list[Run], list[tuple[Experiment, Experiment]]]:
+    """(the runs to train, [(a run left out, the earlier run it repeats)]). A run whose resolved config and seed are
+    an earlier run's of another experiment (E2b's are E0b's in the plan) would repeat it bit for bit: training is
+    deterministic for a seed. `compare` reads the earlier experiment's runs for the one left out."""
+    first: dict[tuple[str, int], Experiment] = {}
+    keep, repeats = [], []
+    for exp, per_seed in runs:
+        earlier = first.setdefault((config_hash(exp.model_dump(mode="json")), exp.seed), exp)
+        if earlier.id == exp.id:
+            keep.append((exp, per_seed))
+        else:
+            repeats.append((exp, earlier))
+    return keep, repeats
 
 
 def load_experiments(path: Path) -> ExperimentsFile:

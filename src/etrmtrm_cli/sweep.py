@@ -27,7 +27,7 @@ from typing import Any
 
 from etrmtrm_cli.config import Experiment, SweepConfig
 from etrmtrm_cli.errors import ConfigError
-from etrmtrm_cli.experiments_file import ExperimentsFile
+from etrmtrm_cli.experiments_file import ExperimentsFile, Run, split_repeats
 from etrmtrm_cli.rundir import SEED_PREFIX, read_json, run_path, run_status
 from etrmtrm_cli.slurm_query import slurm_answers, slurm_live_jobs
 from etrmtrm_cli.sweep_job import JobSpec, TrainJob, record_path, usable_cores, write_record
@@ -71,16 +71,18 @@ def job_key(exp_id: str, seed: int | None) -> str:
 
 
 def plan_sweep(file: ExperimentsFile, req: SweepRequest, folder: Path, threads: int | None, sweep_id: str,
-               stop_timeout_s: float = 300.0) -> list[PlannedJob]:
-    """One job per run of `req.targets` (queues expanded), decoders first; every experiment is resolved (and
-    so validated) here, before anything is submitted."""
-    runs: list[tuple[Experiment, bool]] = []
+               stop_timeout_s: float = 300.0) -> tuple[list[PlannedJob], list[tuple[Experiment, Experiment]]]:
+    """One job per run of `req.targets` (queues expanded), decoders first; and the runs left out as repeats of an
+    earlier one (`split_repeats`). Every experiment is resolved (and so validated) here, before anything is
+    submitted."""
+    runs: list[Run] = []
     for target in req.targets:
         runs += file.jobs(target, req.profile, req.overrides, req.seeds)
     runs.sort(key=lambda run: run[0].seed if run[1] else -1)  # seed-major across targets too (stable)
     while missing := [exp.decoder for exp, _ in runs if exp.decoder in file.experiments
                       and all(other.id != exp.decoder for other, _ in runs)]:
         runs = [*file.jobs(missing[0], req.profile, req.overrides, None), *runs]  # each decoder once, first
+    runs, repeats = split_repeats(runs)
     jobs: dict[str, PlannedJob] = {}
     for exp, per_seed in runs:
         seed = exp.seed if per_seed else None
@@ -94,7 +96,7 @@ def plan_sweep(file: ExperimentsFile, req: SweepRequest, folder: Path, threads: 
         waits = job_key(exp.decoder, None) if exp.decoder in file.experiments else None
         state = "running" if lock_held(run_dir) else run_status(run_dir)  # running: written by another process
         jobs[key] = PlannedJob(spec, exp, state, waits)
-    return list(jobs.values())
+    return list(jobs.values()), repeats
 
 
 def _train_argv(exp: Experiment, req: SweepRequest, seed: int | None) -> list[str]:

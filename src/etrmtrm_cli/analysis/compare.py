@@ -4,7 +4,7 @@ is the one part that runs models."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from etrmtrm_cli.analysis.matrix import FROM_SCRATCH, NOT_RECORDED, RunRow, conf
 from etrmtrm_cli.analysis.per_task import TaskScore
 from etrmtrm_cli.analysis.verdict import Verdict, verdict
 from etrmtrm_cli.errors import ConfigError, RunError
+from etrmtrm_cli.experiments_file import ExperimentsFile
 from etrmtrm_cli.rundir import RunFiles
 
 
@@ -57,9 +58,11 @@ class Comparison:
     origins: list[Origin]
     runs_dir: Path = Path("runs")
     per_task: list[TaskScore] = field(default_factory=list)
+    stand_ins: dict[str, str] = field(default_factory=dict)  # named experiment without runs -> whose runs stand in
 
     def counted_runs(self, exp_id: str) -> list[RunFiles]:
         """exp_id's finished runs, one per seed (the first where a seed ran twice): what its figures are over."""
+        exp_id = self.stand_ins.get(exp_id, exp_id)
         seeds: set[int] = set()
         out = []
         for run, row in zip(self.runs, self.rows, strict=True):
@@ -79,16 +82,41 @@ def _row(run: RunFiles) -> RunRow:
                        f"({type(err).__name__}: {err}); the run's files were edited or damaged") from None
 
 
-def compare_runs(runs_dir: Path, exp_ids: Sequence[str], *, with_baselines: bool = True) -> Comparison:
-    runs = rundir.load_runs(runs_dir, exp_ids)
+def stand_ins(file: ExperimentsFile, runs_dir: Path, exp_ids: Sequence[str]) -> dict[str, str]:
+    """Named experiments with no run of their own whose configuration is an earlier experiment's, at the profile
+    that experiment's runs trained at -> that experiment (E2b -> E0b: a queue with both trains E0b alone,
+    `experiments_file.split_repeats`)."""
+    out = {}
+    for exp_id in exp_ids:
+        if exp_id not in file.experiments or rundir.seed_runs(runs_dir, exp_id):
+            continue
+        for profile in file.profiles:
+            try:
+                original = file.same_configuration(exp_id, profile)
+            except ConfigError:  # it does not resolve at this profile
+                continue
+            trained_at = {rundir.read_json(run / rundir.CONFIG).get("profile")
+                          for run in rundir.seed_runs(runs_dir, original)}
+            if original != exp_id and profile in trained_at:
+                out[exp_id] = original
+                break
+    return out
+
+
+def compare_runs(runs_dir: Path, exp_ids: Sequence[str], *, with_baselines: bool = True,
+                 stand_ins: Mapping[str, str] | None = None) -> Comparison:
+    """The comparison of these experiments' runs; `stand_ins` (from `stand_ins`) reads another experiment's runs for
+    a named one without its own."""
+    stand_ins = dict(stand_ins or {})
+    runs = rundir.load_runs(runs_dir, list(dict.fromkeys(stand_ins.get(e, e) for e in exp_ids)))
     profiles = {str(r.config.get("profile")) for r in runs}
     if len(profiles) > 1:
         each = ", ".join(f"{r.exp_id}: {r.config.get('profile')}" for r in runs)
         raise ConfigError(f"the runs were trained at different profiles ({each}): their sizes differ, so their "
                           "figures are not comparable; compare runs of one profile")
     rows = [_row(r) for r in runs]
-    configs = group_configurations(rows)
+    configs = group_configurations(rows, stand_ins)
     firsts = [next(run for run, row in zip(runs, rows, strict=True) if row is c.first) for c in configs]
     differences = config_differences(firsts)
     return Comparison(runs, rows, configs, differences, trivial_baselines(runs) if with_baselines else [],
-                      verdict(rows, configs, differences), origins(rows), runs_dir)
+                      verdict(rows, configs, differences), origins(rows), runs_dir, stand_ins=stand_ins)

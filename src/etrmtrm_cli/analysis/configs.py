@@ -11,7 +11,7 @@ its "final" figures are not final: it is listed as pending and enters no mean, i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from etrmtrm_cli.analysis.matrix import CONVERGENCE_LEVELS, RunRow
@@ -61,8 +61,10 @@ def _figure(row: RunRow, figure: str) -> float | None:
     return None if value is None else float(value)
 
 
-def group_configurations(rows: Sequence[RunRow]) -> list[Configuration]:
-    """Configurations in the order their first run was named; within one, seeds in ascending order."""
+def group_configurations(rows: Sequence[RunRow], stand_ins: Mapping[str, str] | None = None) -> list[Configuration]:
+    """Configurations in the order their first run was named; within one, seeds in ascending order. `stand_ins`:
+    experiments without runs of their own whose configuration is that of an experiment here (E2b -> E0b): named
+    with it ("E0b = E2b")."""
     by_hash: dict[str, list[RunRow]] = {}
     for row in rows:
         by_hash.setdefault(row.config_hash, []).append(row)
@@ -77,6 +79,7 @@ def group_configurations(rows: Sequence[RunRow]) -> list[Configuration]:
                 seeds[row.seed] = row
         pending = tuple(r for r in members if not r.finished and r.seed not in seeds)
         ids = tuple(dict.fromkeys(r.exp_id for r in members))
+        ids += tuple(name for name, original in (stand_ins or {}).items() if original in ids and name not in ids)
         out.append(Configuration(" = ".join(ids), ids, config_hash, dict(sorted(seeds.items())), tuple(repeats),
                                  pending))
     return out
