@@ -285,3 +285,15 @@ def test_resume_and_force_together_are_refused(tmp_path: Path) -> None:
                                  "--force"])
     assert result.exit_code == 1 and "--resume and --force" in result.output, result.output
     assert not any(tmp_path.iterdir())  # nothing started, nothing moved aside
+
+
+def test_the_advice_to_resume_a_multi_process_run_launches_as_many() -> None:
+    """A checkpoint of 2 processes resumes with 2: `etrmtrm train ... --resume` alone was refused."""
+    from conftest import tiny
+
+    from etrmtrm_cli.cli import _train_command
+
+    exp = tiny("E0b")
+    assert _train_command(exp, Path("experiments.toml"), Path("runs"), [], 12, world_size=2) == (
+        "torchrun --nproc-per-node 2 -m etrmtrm_cli train E0b --profile tiny --max-steps 12")
+    assert _train_command(exp, Path("experiments.toml"), Path("runs"), [], None) == "etrmtrm train E0b --profile tiny"

@@ -175,6 +175,9 @@ def test_set_seed_and_seeds_together_are_refused(tmp_path: Path) -> None:
 def test_batch_must_divide_by_world_size(tmp_path: Path) -> None:
     message = resolve_error(tmp_path, "train = { global_batch_size = 192 }", world_size=5)
     assert "batch 3 is not divisible by the world size 5" in message
+    # the eval batch too: before, a 2-process run with eval batch 5 failed at its first eval, before any checkpoint
+    message = resolve_error(tmp_path, "train = { eval_batch_size = 5 }", world_size=2)
+    assert "train.eval_batch_size: 5 is not divisible by the world size 2" in message
 
 
 def test_error_says_which_layer_set_the_value(tmp_path: Path) -> None:

@@ -529,3 +529,16 @@ def test_a_run_that_a_signal_ended_says_why_and_what_comes_next(tmp_path: Path, 
         sweep_job.TrainJob(spec)()
     record = json.loads(sweep_job.record_path(tmp_path, "E0a", "run").read_text())
     assert record["state"] == state and says in (record.get("reason") or record.get("error")), record
+
+
+def test_status_prints_a_note_with_brackets_as_it_is() -> None:
+    """A run's error may hold brackets (gloo's "[/__w/pytorch/.../pair.cc:553]"): read as markup, it crashed status."""
+    from rich.console import Console
+
+    from etrmtrm_cli.sweep_render import status_table
+    from etrmtrm_cli.sweep_status import RunRow
+
+    note = "step 7: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer"
+    console = Console(record=True, width=300)
+    console.print(status_table([RunRow("E0b", None, Path("runs/E0b"), "failed", 6, 12, None, None, None, note)], "t"))
+    assert note in console.export_text()

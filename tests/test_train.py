@@ -459,27 +459,31 @@ class _StopOnRankOne:
 
 def _train_rank(rank: int, runs_dir: str, port: int, case: str) -> None:
     """Rank `rank` of a 2-process gloo run; case "stop": only rank 1 sees a stop request; "inf": only rank 1's
-    loss is infinite, at step 2. Writes the error the rank ends with to rank<N>.err."""
+    loss is infinite, at step 2; "crash": rank 1's step 3 raises; "resume": both resume the run. Writes the error
+    the rank ends with to rank<N>.err, as "<its type>: <its message>"."""
     import torch.distributed as dist
 
     from etrmtrm_cli.training import step
 
-    if case == "inf" and rank == 1:
+    if case in ("inf", "crash") and rank == 1:
         real_loss, calls = step.act_loss, []
 
-        def infinite_at_step_2(*args: Any) -> Any:
+        def failing_at(*args: Any) -> Any:
             calls.append(1)
             loss, sums = real_loss(*args)
-            return (loss * float("inf") if len(calls) == 2 else loss), sums
+            if case == "crash" and len(calls) == 3:
+                raise ValueError("rank 1 broke at step 3")
+            return (loss * float("inf") if case == "inf" and len(calls) == 2 else loss), sums
 
-        step.act_loss = infinite_at_step_2
+        step.act_loss = failing_at
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         exp = tiny("E0b", ["decoder=none", "train.eval_interval=100", "train.checkpoint_interval=100"])
         stop = _StopOnRankOne(rank) if case == "stop" else StopFlag()
-        train(exp, TrainOptions(runs_dir=Path(runs_dir), max_steps=50), DistContext(rank, 2, CPU), stop=stop)
-    except RunError as err:
-        Path(runs_dir, f"rank{rank}.err").write_text(str(err))
+        options = TrainOptions(runs_dir=Path(runs_dir), max_steps=50, resume=case == "resume")
+        train(exp, options, DistContext(rank, 2, CPU), stop=stop)
+    except Exception as err:  # noqa: BLE001 (what the rank ended with is the test's subject)
+        Path(runs_dir, f"rank{rank}.err").write_text(f"{type(err).__name__}: {err}")
     finally:
         dist.destroy_process_group()
 
@@ -511,7 +515,42 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_the_same_error(tmp_
     _two_ranks(tmp_path, 29634, "inf")
     for rank in (0, 1):
         said = (tmp_path / f"rank{rank}.err").read_text()
-        assert said.startswith("E0b: train/loss is inf at step 2; stopped before the update"), (rank, said)
+        assert said.startswith("RunError: E0b: train/loss is inf at step 2; stopped before the update"), (rank, said)
+
+
+@pytest.mark.slow
+def test_a_rank_that_fails_alone_is_the_one_that_says_why(tmp_path: Path) -> None:
+    """A rank that cannot start, or fails mid-run, while the other can: before, the other crashed at its next
+    collective with gloo's "Connection closed by peer", which the run's summary then recorded as its error (and a
+    run whose checkpoint rank 1 could not read was marked failed by rank 0)."""
+    def ended_with() -> tuple[str, str]:
+        return tuple((tmp_path / f"rank{rank}.err").read_text() for rank in (0, 1))  # type: ignore[return-value]
+
+    (tmp_path / "E0b").mkdir()  # a run folder, without a checkpoint: rank 0 refuses it, rank 1 cannot know
+    _two_ranks(tmp_path, 29635, "new")
+    said = ended_with()
+    assert said[0].startswith("RunError: ") and "E0b exists" in said[0], said
+    assert said[1] == "PeerFailed: another process of the run failed; it reports why", said
+    (tmp_path / "E0b").rmdir()
+
+    _two_ranks(tmp_path, 29636, "stop")  # interrupted at step 2, with a checkpoint of both ranks
+    state = rundir.checkpoint_dir(tmp_path / "E0b", 2) / "state.rank1.pt"
+    state.write_bytes(b"garbage")
+    before = (tmp_path / "E0b" / "summary.json").read_text()
+    _two_ranks(tmp_path, 29637, "resume")
+    said = ended_with()
+    assert said[0] == "PeerFailed: another process of the run failed; it reports why", said
+    assert said[1].startswith("CheckpointError: ") and "state.rank1.pt: not a readable" in said[1], said
+    assert (tmp_path / "E0b" / "summary.json").read_text() == before  # still interrupted at step 2, resumable
+
+    shutil.rmtree(tmp_path / "E0b")
+    _two_ranks(tmp_path, 29638, "crash")
+    said = ended_with()
+    assert said == ("PeerFailed: step 3: another process of the run failed (its output says why)",
+                    "ValueError: rank 1 broke at step 3"), said
+    summary = rundir.read_summary(tmp_path / "E0b")
+    assert (summary["status"], summary["error"]) == ("failed", "step 3: another process of the run failed (its "
+                                                                "output says why)"), summary
 
 
 def test_missing_optional_logger_gives_an_install_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

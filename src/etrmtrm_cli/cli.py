@@ -23,7 +23,7 @@ from typer.core import TyperGroup
 from etrmtrm_cli import __version__, render
 from etrmtrm_cli.allocator import AllocatorChoiceError, reexec_with_tcmalloc
 from etrmtrm_cli.config import Experiment
-from etrmtrm_cli.errors import ConfigError, EtrmtrmError, RunError
+from etrmtrm_cli.errors import ConfigError, EtrmtrmError, PeerFailed, RunError
 from etrmtrm_cli.experiments_file import ExperimentsFile, load_experiments, split_repeats
 from etrmtrm_cli.train_command import train_arguments
 
@@ -76,6 +76,8 @@ def handles_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except PeerFailed:  # the process that failed has said why
+            raise typer.Exit(1) from None
         except EtrmtrmError as err:
             for line in str(err).splitlines():  # escaped: "pip install 'etrmtrm[plot]'" must keep its brackets
                 err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
@@ -248,10 +250,10 @@ def train(
         check_run_layout(place, per_seed)
         if queue and not force and run_status(place) == "finished":  # skipped: it must be what it counts as
             check_finished_run(place, exp, max_steps, _train_command(exp, experiments, runs_dir, overrides or [],
-                                                                     max_steps, per_seed))
+                                                                     max_steps, per_seed, ctx.world_size))
     stop = StopFlag()
     try:
-        with stop_on_signals(stop):
+        with stop_on_signals(stop, say=ctx.is_main):
             for exp, per_seed in jobs:
                 run_options = replace(options, per_seed=per_seed)
                 run_dir = run_path(runs_dir, exp.id, exp.seed if per_seed else None)
@@ -266,22 +268,25 @@ def train(
                                       f"moved aside, starting over[/]")
                     run_options = replace(run_options, resume=status == "resumable" and not force,
                                           force=force or status == "unsaved")
-                again = _train_command(exp, experiments, runs_dir, overrides or [], max_steps, per_seed)
+                again = _train_command(exp, experiments, runs_dir, overrides or [], max_steps, per_seed,
+                                       ctx.world_size)
                 run_options = replace(run_options, command=again)
                 try:
                     with render.TrainProgress(console, quiet=quiet or not ctx.is_main) as progress:
                         summary = run_training(exp, run_options, ctx, progress.on_event, stop)
                 except KeyboardInterrupt:  # a second signal: stopped at once, mid-step
                     how = "--resume" if run_status(run_dir) in ("resumable", "finished") else "--force"
-                    err_console.print(f"stopped at once; continue from the last checkpoint with: {again} {how}",
-                                      soft_wrap=True, highlight=False, markup=False)
+                    if ctx.is_main:
+                        err_console.print(f"stopped at once; continue from the last checkpoint with: {again} {how}",
+                                          soft_wrap=True, highlight=False, markup=False)
                     raise typer.Exit(130) from None
                 if ctx.is_main:
                     rows = read_metrics(metrics_path(summary.run_dir))
                     console.print(render.summary_line(summary, rows))
                 if summary.status != "finished":
-                    err_console.print(f"interrupted at step {summary.step}; continue with: {again} --resume",
-                                      soft_wrap=True, highlight=False, markup=False)
+                    if ctx.is_main:
+                        err_console.print(f"interrupted at step {summary.step}; continue with: {again} --resume",
+                                          soft_wrap=True, highlight=False, markup=False)
                     raise typer.Exit(130)
     finally:
         shutdown_distributed()
@@ -310,12 +315,13 @@ def parse_seeds(text: str | None) -> tuple[int, ...] | None:
 
 
 def _train_command(exp: Experiment, experiments: Path, runs_dir: Path, overrides: list[str],
-                   max_steps: int | None, per_seed: bool = False) -> str:
-    """`etrmtrm train` for this run as it was started (profile, file, runs directory, overrides): the base of
-    every command the tool advises, so that the advice works as printed."""
-    words = ["etrmtrm", *train_arguments(exp.id, exp.profile, experiments, runs_dir, overrides, max_steps,
-                                         exp.seed if per_seed else None)]
-    return shlex.join(words)
+                   max_steps: int | None, per_seed: bool = False, world_size: int = 1) -> str:
+    """`etrmtrm train` for this run as it was started (profile, file, runs directory, overrides; under torchrun
+    with as many processes, which a resume needs): the base of every command the tool advises, so that the
+    advice works as printed."""
+    launch = ["torchrun", "--nproc-per-node", str(world_size), "-m", "etrmtrm_cli"] if world_size > 1 else ["etrmtrm"]
+    return shlex.join([*launch, *train_arguments(exp.id, exp.profile, experiments, runs_dir, overrides, max_steps,
+                                                 exp.seed if per_seed else None)])
 
 
 def check_finished_run(run_dir: Path, exp: Experiment, max_steps: int | None, again: str) -> None:
@@ -331,14 +337,17 @@ def check_finished_run(run_dir: Path, exp: Experiment, max_steps: int | None, ag
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: StopFlag) -> Iterator[None]:
-    """Ctrl-C / SIGTERM: finish the current step, save a checkpoint, return. A second Ctrl-C aborts."""
+def stop_on_signals(stop: StopFlag, say: bool = True) -> Iterator[None]:
+    """Ctrl-C / SIGTERM: finish the current step, save a checkpoint, return. A second Ctrl-C aborts. `say`: print
+    that it stops (one process of a torchrun launch does)."""
 
     def handler(signum: int, frame: object) -> None:
         if stop.requested:
             raise KeyboardInterrupt
         stop.requested = True
-        err_console.print(f"[yellow]{signal.Signals(signum).name}: finishing this step, then saving a checkpoint[/]")
+        if say:
+            err_console.print(f"[yellow]{signal.Signals(signum).name}: finishing this step, then saving a "
+                              "checkpoint[/]")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

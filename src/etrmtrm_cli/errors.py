@@ -40,3 +40,7 @@ class CheckpointError(EtrmtrmError):
 
 class RunError(EtrmtrmError):
     """A run directory is in a state that forbids the requested action."""
+
+
+class PeerFailed(EtrmtrmError):
+    """Another process of a torchrun launch failed, and reports why itself: this one stops without a word."""

@@ -79,6 +79,9 @@ class ExperimentsFile(BaseModel):
                 f"{self.path}: {exp_id}: train.global_batch_size: batch {exp.train.batch_size} is not "
                 f"divisible by the world size {world_size}"
             )
+        if (exp.train.eval_batch_size or 0) % world_size:  # each rank evaluates an equal share of every batch
+            raise ConfigError(f"{self.path}: {exp_id}: train.eval_batch_size: {exp.train.eval_batch_size} is not "
+                              f"divisible by the world size {world_size}")
         return exp
 
     def _check_layers(self, exp_id: str, layers: Mapping[str, Mapping[str, Any]]) -> None:

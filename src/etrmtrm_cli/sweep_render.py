@@ -71,7 +71,8 @@ def status_table(rows: Sequence[RunRow], title: str) -> Table:
         wall = "" if row.wall_time_s is None else duration(row.wall_time_s)
         extra = " ".join(part for part in (row.log, f"({row.note})" if row.note and row.log else row.note) if part)
         table.add_row(Text(row.exp_id, style="bold cyan"), "" if row.seed is None else str(row.seed),
-                      Text(row.state, style=STATE_STYLES.get(row.state, "")), step, accuracy, wall, extra)
+                      Text(row.state, style=STATE_STYLES.get(row.state, "")), step, accuracy, wall,
+                      Text(extra))  # plain text: an error may hold brackets (gloo's "[/__w/pytorch/...]")
     return table
 
 

@@ -6,14 +6,19 @@ as TRM does; NCCL on CUDA, gloo on CPU.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from etrmtrm_cli.errors import ConfigError
+from etrmtrm_cli.errors import ConfigError, PeerFailed
+
+T = TypeVar("T")
+# How gloo reports a collective whose other side has gone ("... This is typically caused by a remote worker crashing")
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,26 @@ class DistContext:
         value = torch.tensor([int(flag)], device=self.device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
+
+    def together(self, step: Callable[[], T]) -> T:
+        """`step()` on every rank, which go on only where it succeeded on all: a rank where it raised re-raises its
+        error (and reports it), the others raise PeerFailed. Otherwise a rank that fails alone leaves the others to
+        fail at their next collective with a lost connection, which hides the cause, or to act on a run the failed
+        rank could not read. `step` must hold no collective: a rank that fails before one would pair its neighbours'
+        collective with this one's."""
+        try:
+            result = step()
+        except Exception:
+            self.any_rank(True)
+            raise
+        if self.any_rank(False):
+            raise PeerFailed("another process of the run failed; it reports why")
+        return result
+
+    def peer_gone(self, err: BaseException) -> bool:
+        """Whether `err` is a collective of this rank failing because another process ended (gloo's words for it):
+        that process reports the cause."""
+        return self.world_size > 1 and isinstance(err, RuntimeError) and any(w in str(err) for w in PEER_GONE)
 
     def total(self, local: Tensor) -> Tensor:
         """The sum of `local` over the ranks (a copy; `local` itself in one process)."""

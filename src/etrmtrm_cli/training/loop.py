@@ -26,7 +26,7 @@ from etrmtrm_cli import __version__, rundir
 from etrmtrm_cli.allocator import loaded_allocator
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.data.dataset import ArcData, build_arc_data
-from etrmtrm_cli.errors import CheckpointError, RunError, first_line
+from etrmtrm_cli.errors import CheckpointError, PeerFailed, RunError, first_line
 from etrmtrm_cli.models.act import ACTCarry, ACTModel
 from etrmtrm_cli.models.build import build_model, load_decoder
 from etrmtrm_cli.models.decoder import DecoderCarry
@@ -94,24 +94,30 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
     emit = on_event if (on_event is not None and ctx.is_main) else (lambda kind, payload: None)
     stop = stop or StopFlag()
     run_dir = rundir.run_path(options.runs_dir, exp.id, exp.seed if options.per_seed else None)
-    # Loggers, resume checks, data, model and decoder first: a bad input fails before a run is touched.
-    rundir.check_run_layout(run_dir, options.per_seed)
-    require_loggers(options.tensorboard, options.wandb)
-    recorded = _recorded_dtype(run_dir) if options.resume else None
-    # Before the resume check: config.json holds what ran
-    dtype = choose_dtype(exp, ctx.device, native_on_every_rank(ctx), recorded, ctx.world_size)
-    exp = dtype.exp
-    changed = _check_resume(run_dir, exp) if options.resume else {}
-    torch.manual_seed(exp.seed)  # parameter init: identical on every rank
-    data = build_arc_data(exp.data, exp.seed)
-    check_memory(exp, data.seq_len, data.num_puzzle_ids, ctx.device, ctx.world_size)
-    model = build_model(exp, data.seq_len, data.num_puzzle_ids)
-    train_tasks = [g.task.id for g in data.groups[: data.num_train_groups]]
-    report = None if options.resume else load_decoder(model, exp, data.seq_len, options.runs_dir, train_tasks)
-    lock = rundir.prepare_run_dir(run_dir, resume=options.resume, force=options.force) if ctx.is_main else None
+    native = native_on_every_rank(ctx)  # a collective: before the steps that may fail on one rank alone
+
+    def prepare() -> tuple[DtypeChoice, dict[str, tuple[Any, Any]], ArcData, ACTModel, ImportReport | None]:
+        # Loggers, resume checks, data, model and decoder first: a bad input fails before a run is touched.
+        rundir.check_run_layout(run_dir, options.per_seed)
+        require_loggers(options.tensorboard, options.wandb)
+        recorded = _recorded_dtype(run_dir) if options.resume else None
+        # Before the resume check: config.json holds what ran
+        dtype = choose_dtype(exp, ctx.device, native, recorded, ctx.world_size)
+        changed = _check_resume(run_dir, dtype.exp) if options.resume else {}
+        torch.manual_seed(exp.seed)  # parameter init: identical on every rank
+        data = build_arc_data(exp.data, exp.seed)
+        check_memory(dtype.exp, data.seq_len, data.num_puzzle_ids, ctx.device, ctx.world_size)
+        model = build_model(dtype.exp, data.seq_len, data.num_puzzle_ids)
+        train_tasks = [g.task.id for g in data.groups[: data.num_train_groups]]
+        report = None if options.resume else load_decoder(model, dtype.exp, data.seq_len, options.runs_dir,
+                                                          train_tasks)
+        return dtype, changed, data, model, report
+
+    dtype, changed, data, model, report = ctx.together(prepare)
+    lock = ctx.together(lambda: rundir.prepare_run_dir(run_dir, resume=options.resume, force=options.force)
+                        if ctx.is_main else None)
     try:
-        ctx.barrier()
-        return _train(exp, options, ctx, emit, stop, run_dir, data, model, report, changed, dtype)
+        return _train(dtype.exp, options, ctx, emit, stop, run_dir, data, model, report, changed, dtype)
     finally:
         if lock is not None:
             lock.release()
@@ -125,8 +131,8 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     parts = Trainable(model, model, build_optimizers(model, exp), ema)
     total = total_steps(exp, data, options)
     previous = rundir.read_summary(run_dir) if options.resume else {}  # the summary of the sessions before
-    if options.resume:
-        state, pending, earlier_s = _restore(run_dir, parts, ctx)
+    if options.resume:  # every rank reads its own state: the others must not go on where one cannot
+        state, pending, earlier_s = ctx.together(lambda: _restore(run_dir, parts, ctx))
         if earlier_s is None:  # a checkpoint from before checkpoints recorded it: the summary's (a kill writes none)
             earlier_s = float(previous.get("wall_time_s", 0.0))
         if total < state.step:  # it would be recorded as a run of `total` steps that trained more
@@ -168,6 +174,7 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     # The run's wall time so far: its earlier sessions' (as its checkpoint recorded them) and this one's
     wall_s = lambda: earlier_s + time.perf_counter() - started  # noqa: E731
     eval_batch = exp.train.eval_batch_size or exp.train.batch_size
+    doing = f"step {state.step + 1}"  # what a failure interrupted, for the summary
     try:
         # Every rank stops at the same step: a signal that reaches one rank first would otherwise send it to
         # the checkpoint's barrier while the others wait in the next step's gradient all-reduce.
@@ -175,11 +182,13 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
             if pending is not None:  # stopped during this step's eval: its train metrics were checkpointed
                 metrics, pending = pending, None
             else:
+                doing = f"step {state.step + 1}"
                 try:
                     metrics = train_step(parts, _batch(data, state.step, exp, ctx), state, exp, ctx, total)
                 except NonFiniteError as err:
                     raise _non_finite(err, exp, state.step + 1, options.command) from None
             if state.step % exp.train.eval_interval == 0 or state.step == total:
+                doing = f"the eval of step {state.step}"
                 eval_started = time.perf_counter()
                 results = evaluate(ema or model, data, eval_batch, ctx.device, ctx.rank, ctx.world_size,
                                    should_stop=lambda: ctx.any_rank(stop.requested))
@@ -202,7 +211,10 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
                 rundir.save_weights(run_dir / rundir.FINAL_WEIGHTS, (ema or model).state_dict())
             status = "finished"
     except Exception as err:
-        status, error = "failed", f"step {state.step + 1}: {err}"
+        status, error = "failed", f"{doing}: {err}"
+        if ctx.peer_gone(err):  # that process says why; the summary says where to look
+            error = f"{doing}: another process of the run failed (its output says why)"
+            raise PeerFailed(error) from None
         raise
     finally:
         if log is not None:
