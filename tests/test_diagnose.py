@@ -65,6 +65,29 @@ class ConstantContext(StaticEncoder):
         return self.queries.to(demos.dtype).expand(demos.shape[0], -1, -1), carry
 
 
+class ReadsTheQuery(StaticEncoder):
+    """Reads its query grid where the demos belong: contexts differ across puzzles, yet ignore the demos."""
+
+    def forward(self, carry: Carry, batch: dict[str, Tensor]) -> tuple[Tensor, Carry]:
+        query = batch["inputs"].unsqueeze(1).expand(-1, batch["demo_inputs"].shape[1], -1)  # (B, K, S²)
+        everywhere = torch.ones_like(batch["demo_mask"])
+        return self.read(carry, self.grid(query, query, everywhere), everywhere)
+
+
+class NanGradient(StaticEncoder):
+    """A context whose value is right but whose gradient is NaN (sqrt at 0)."""
+
+    def read(self, carry: Carry, demos: Tensor, demo_mask: Tensor) -> tuple[Tensor, Carry]:
+        z, carry = super().read(carry, demos, demo_mask)
+        return z + torch.sqrt(z * 0), carry
+
+
+class NanContext(StaticEncoder):
+    def read(self, carry: Carry, demos: Tensor, demo_mask: Tensor) -> tuple[Tensor, Carry]:
+        z, carry = super().read(carry, demos, demo_mask)
+        return z * float("nan"), carry
+
+
 class OsSeededNoise(StaticEncoder):
     """Noise from a generator seeded by the OS: no experiment seed reproduces it."""
 
@@ -79,6 +102,9 @@ BROKEN = {
     "test_diag_no_reset": (NeverResets, RecurrentStandardConfig, True),
     "test_diag_constant": (ConstantContext, StaticConfig, False),
     "test_diag_os_noise": (OsSeededNoise, StaticConfig, False),
+    "test_diag_query": (ReadsTheQuery, StaticConfig, False),
+    "test_diag_nan_grad": (NanGradient, StaticConfig, False),
+    "test_diag_nan_context": (NanContext, StaticConfig, False),
 }
 
 
@@ -153,7 +179,9 @@ def test_detached_context_fails_gradient_flow(data: ArcData) -> None:
 def test_carry_never_reset_fails_carry_reset_naming_the_encoder_carry(data: ArcData) -> None:
     result = diagnose.check_carry_reset(subject(data, "test_diag_no_reset"))
     assert result.status == "fail"
-    assert "encoder carry (z_e)" in result.message and "not reset" in result.message
+    assert result.message == ("the encoder 'test_diag_no_reset': reset_carry does not put the encoder carry (z_e) of "
+                              "halted slots at its init state, so a new puzzle starts from the previous puzzle's "
+                              "encoder state (the rows after one step follow from it)"), result.message
     assert row(result, "provider.reset_carry puts the encoder carry (z_e) of halted slots").verdict == "fail"
     assert row(result, "after one step: encoder carry (z_e) of halted slots").verdict == "fail"
     # only the encoder is broken: the decoder's reset and the slots that did not halt are fine
@@ -165,8 +193,36 @@ def test_carry_never_reset_fails_carry_reset_naming_the_encoder_carry(data: ArcD
 def test_constant_context_fails_encoder_variance(data: ArcData) -> None:
     result = diagnose.check_encoder_variance(subject(data, "test_diag_constant", SHORT))
     assert result.status == "fail"
-    assert "collapse" in result.message
+    assert result.message.startswith("the context does not depend on the demos: another task's demos change the "
+                                     "fresh model's context by 0 (relative)"), result.message
     assert float(row(result, "fresh model: mean").value) < thresholds.COLLAPSED_VAR
+    assert row(result, "fresh model: mean").verdict == "warn"  # an untrained encoder's contexts may start alike
+
+
+def test_an_encoder_that_reads_the_query_instead_of_the_demos_fails_encoder_variance(data: ArcData) -> None:
+    """Its contexts differ across puzzles (through their queries), which the variance alone took for health."""
+    result = diagnose.check_encoder_variance(subject(data, "test_diag_query", SHORT))
+    assert row(result, "fresh model: mean").verdict == "pass", result
+    assert row(result, "fresh model: context change with another task's demos").verdict == "fail", result
+    assert result.status == "fail" and "does not depend on the demos" in result.message, result
+
+
+def test_non_finite_gradients_and_contexts_are_named_as_such(data: ArcData) -> None:
+    nan_grad = diagnose.check_gradient_flow(subject(data, "test_diag_nan_grad"))
+    assert nan_grad.status == "fail" and nan_grad.message.startswith("non-finite gradient in "), nan_grad.message
+    nan_context = diagnose.run_checks(subject(data, "test_diag_nan_context", SHORT), ["gradient-flow", "carry-reset"])
+    assert [r.name for r in nan_context] == ["gradient-flow", "carry-reset"]  # the other checks still run
+    assert nan_context[0].status == "fail" and row(nan_context[0], "step 1: train/loss").value == "nan"
+    assert nan_context[0].message.startswith("train/loss is nan at step 1"), nan_context[0].message
+
+
+def test_a_starved_encoder_is_named_by_the_rows_that_failed() -> None:
+    rows = [Measurement("grad/encoder_share_sq", "7.81e-16", "< 0.0025 = starved", "fail"),
+            Measurement("grad/encoder_norm", "8.26e-08", "> 0.2 (plan), each", "warn")]
+    said = gradient_flow._flow_message("recurrent_standard", rows, False, False, [], [], 15, 7.81e-16)
+    assert said == ("the encoder 'recurrent_standard' is starved: the gradient reaches every encoder parameter, but "
+                    "grad/encoder_share_sq = 7.81e-16 (fail: < 0.0025 = starved); grad/encoder_norm = 8.26e-08 "
+                    "(warn: > 0.2 (plan), each)")
 
 
 def test_static_encoder_variance_is_healthy(data: ArcData) -> None:
@@ -244,7 +300,7 @@ def test_cli_exit_0_when_every_check_passes() -> None:
 def test_cli_exit_1_on_a_failed_check() -> None:
     result = invoke("E0b", "--check", "carry-reset", "--set", "arch.recurrent_encoder_type=test_diag_no_reset")
     assert result.exit_code == 1, result.output
-    assert "FAIL carry-reset" in result.output and "not reset" in result.output
+    assert "FAIL carry-reset" in result.output and "reset_carry does not put" in result.output
 
 
 def test_cli_exit_3_on_warnings_only(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -312,9 +368,29 @@ def test_a_run_diagnose_cannot_read_is_one_line_naming_it(tmp_path: Path) -> Non
         return " ".join(out.output.split())
 
     assert f"{run.parent}: not a run (no config.json); it holds the seed runs seed-0: pass one" in diagnosed(run.parent)
+    assert f"{tmp_path / 'E0c'}: no such run folder" in diagnosed(tmp_path / "E0c")
     config = (run / "config.json").read_text()
     (run / "config.json").write_text(config.replace('"hidden_size": 16', '"hidden_size": 32'))
     assert "the weights do not fit the run's model: " in diagnosed(run)  # names the tensors
     assert " is (" in diagnosed(run) and "in the file, (" in diagnosed(run)
     (run / "config.json").write_text("{}")
     assert f"{run / 'config.json'}: not a config this version can read" in diagnosed(run)
+
+
+def test_a_queue_given_for_one_experiment_says_so() -> None:
+    result = invoke("week1")
+    assert result.exit_code == 1, result.output
+    assert "'week1' is a queue (E0a, E0b, E2b), and this command takes one experiment" in " ".join(
+        result.output.split()), result.output
+
+
+@pytest.mark.parametrize(("drop", "changed", "said"), [
+    (41.9, 0.667, "the answers depend on the demos: another task's demos cost 41.9 points"),
+    (-10.1, 0.731, "another task's demos do not cost train accuracy (-10.1 points), though they change 73% of the "
+                   "predicted tokens: the context is read"),
+    (0.0, 0.0, "the answers barely depend on the demos (+0.0 points with another task's, 0.0% of the predicted "
+               "tokens changed)"),
+])
+def test_context_use_says_what_the_drop_and_the_changed_tokens_show(drop: float, changed: float, said: str) -> None:
+    """A negative drop with most tokens changed is no sign of an unused context (before, it said unused)."""
+    assert context_use.use_message(drop, changed).startswith(said)

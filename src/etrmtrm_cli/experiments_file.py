@@ -154,6 +154,9 @@ class ExperimentsFile(BaseModel):
         return (name,)
 
     def _require_experiment(self, exp_id: str) -> None:
+        if exp_id in self.queues:
+            raise ConfigError(f"{self.path}: {exp_id!r} is a queue ({', '.join(self.queues[exp_id])}), and this "
+                              "command takes one experiment: name one of them")
         if exp_id not in self.experiments:
             known = [*self.experiments, *self.queues]
             raise ConfigError(

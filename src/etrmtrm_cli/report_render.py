@@ -27,7 +27,7 @@ from etrmtrm_cli.analysis.per_task import TaskScore
 from etrmtrm_cli.analysis.text import PAST_SCALE_NOTE, duration, num, pct, steps, with_interval
 from etrmtrm_cli.analysis.verdict import NOISY_LOSS_CV, Verdict
 
-_STYLE: dict[Status, str] = {"pass": "green", "warn": "yellow", "fail": "bold red"}
+_STYLE: dict[Status, str] = {"pass": "green", "warn": "yellow", "fail": "bold red", "info": "dim"}
 
 # --- diagnose --------------------------------------------------------------------------------------------------
 

@@ -138,17 +138,32 @@ def _data_row(before: ACTCarry, after: ACTCarry, new: dict[str, Tensor], halted:
 
 
 def _carry_message(rows: Sequence[Measurement], enc_name: str, encoder: str) -> str:
+    """The cause, found in the order faults propagate: a slot that kept its old example, or a reset function that
+    is wrong, makes every row after one step differ too; those rows alone mean the ACT step does not apply a reset
+    function that is right."""
     failed = [r.what for r in rows if r.verdict == "fail"]
     if not failed:
         warned = [r.what for r in rows if r.verdict == "warn"]
         return "inconclusive: " + "; ".join(warned) if warned else \
             "halted slots restart from init (decoder and encoder), the others continue"
+    if any(w.startswith("current_data") for w in failed):
+        row = next(r for r in rows if r.what.startswith("current_data"))
+        return (f"the ACT step does not swap the new batch's example into halted slots alone ({row.value}): a slot "
+                "goes on with another puzzle than the one it now holds (the other rows follow from it)")
     found = []
-    if any(enc_name in w and "halted" in w for w in failed):
-        found.append(f"the {enc_name} of {encoder!r} is not reset when a slot halts: a new puzzle starts from the "
-                     "previous puzzle's encoder state (check reset_carry / needs_reset handling)")
-    if any(w.startswith("provider.reset_carry leaves") or (enc_name in w and "other slots" in w) for w in failed):
-        found.append(f"the {enc_name} of slots that did not halt is changed by the reset")
+    if any(w.startswith("provider.reset_carry puts") for w in failed):
+        found.append(f"the encoder {encoder!r}: reset_carry does not put the {enc_name} of halted slots at its init "
+                     "state, so a new puzzle starts from the previous puzzle's encoder state")
+    if any(w.startswith("provider.reset_carry leaves") for w in failed):
+        found.append(f"the encoder {encoder!r}: reset_carry changes the {enc_name} of slots that did not halt")
     if any(w.startswith("decoder.reset_carry") for w in failed):
-        found.append("the decoder carry (z_H, z_L) is not reset exactly where a slot halted")
-    return "; ".join(found) or "carry reset is wrong: " + "; ".join(failed)
+        found.append("the decoder's reset_carry does not reset the carry (z_H, z_L) exactly where a slot halted")
+    if found:
+        return "; ".join(found) + " (the rows after one step follow from it)"
+    if any(w.startswith("after one step") and enc_name in w for w in failed):
+        return (f"the encoder {encoder!r}: reset_carry is right, but the ACT step does not apply it where a slot "
+                f"halts: its {enc_name} after one step is not what a reset by hand gives")
+    if any(w.startswith("after one step") for w in failed):
+        return ("the decoder's reset_carry is right, but the ACT step does not apply it where a slot halts: its carry "
+                "after one step is not what a reset by hand gives")
+    return "carry reset is wrong: the failed rows: " + "; ".join(failed)

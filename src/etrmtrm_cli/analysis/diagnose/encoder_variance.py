@@ -1,4 +1,5 @@
-"""encoder-variance: the context tells puzzles apart (no collapse to one context for every demo set)."""
+"""encoder-variance: the context depends on the demos and tells puzzles apart (no collapse to one context for every
+demo set)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import torch
 from torch import Tensor
 
+from etrmtrm_cli.analysis.diagnose.context_use import DEMO_KEYS, other_task_rows
 from etrmtrm_cli.analysis.diagnose.subject import (
     MIN_MEASURE_BATCH,
     CheckResult,
@@ -29,7 +31,10 @@ def check_encoder_variance(subject: Subject) -> CheckResult:
     """Variance of the context across distinct puzzles (metrics.cross_sample_var), at every ACT step of an
     eval-mode pass of halt_max_steps steps; the verdict is on its mean over those steps, which is what a
     training log averages over (a recurrent encoder starts every slot from one shared init, so its first
-    contexts are alike by design). With a run: the run's weights are judged, the fresh model is shown."""
+    contexts are alike by design). And whether the context depends on the demos at all: rows of different
+    puzzles can differ through their query grids alone. With a run: the run's weights are judged, the fresh
+    model is shown. A fresh model's variance at most warns: its contexts may start alike, and training decides
+    whether they part."""
     size = max(subject.exp.train.batch_size, MIN_MEASURE_BATCH)
     batch = train_batch(subject, 0, size)
     distinct = int(batch["puzzle_ids"].unique().numel())
@@ -37,43 +42,71 @@ def check_encoder_variance(subject: Subject) -> CheckResult:
     if distinct < 2:
         rows.append(Measurement("distinct puzzles in the batch", str(distinct), "≥ 2", "warn"))
         return CheckResult("encoder-variance", "warn", rows, "not measurable: the batch holds a single puzzle")
-    models = [("fresh model", build(subject, trained=False))]
-    if subject.weights is not None:
-        models.append(("trained run", build(subject)))
+    trained = subject.weights is not None
+    models = [("fresh model", build(subject, trained=False))] + ([("trained run", build(subject))] if trained else [])
     judged = math.nan
     for label, model in models:
         per_step = context_variance(model, batch, subject.exp.arch.halt_max_steps)
-        mean = sum(per_step) / len(per_step)
+        judged = sum(per_step) / len(per_step)
         rows.append(Measurement(f"{label}: cross-sample variance at ACT step 1 / {len(per_step)}",
-                                f"{number(per_step[0])} / {number(per_step[-1])}", "(for reference)", "pass"))
+                                f"{number(per_step[0])} / {number(per_step[-1])}", "(for reference)", "info"))
+        verdict = variance_verdict(judged)
         rows.append(Measurement(f"{label}: mean over the {len(per_step)} ACT steps ({distinct} distinct puzzles)",
-                                number(mean), f"> {HEALTHY_VAR:g} healthy; < {COLLAPSED_VAR:g} collapse",
-                                variance_verdict(mean)))
-        judged = mean
+                                number(judged), f"> {HEALTHY_VAR:g} healthy; < {COLLAPSED_VAR:g} collapse",
+                                "info" if label == "fresh model" and trained else
+                                "warn" if label == "fresh model" and verdict == "fail" else verdict))
+    label, model = models[-1]  # the judged one
+    donors = other_task_rows(batch["group_ids"])
+    change = demo_dependence(model, batch, donors, subject.exp.arch.halt_max_steps) if donors is not None else None
+    if change is not None:
+        rows.append(Measurement(f"{label}: context change with another task's demos (relative, mean over steps)",
+                                number(change), f"≥ {MIN_DEMO_DEPENDENCE:g}",
+                                "pass" if change >= MIN_DEMO_DEPENDENCE else "fail"))
     # The figure compare's red flag 1 reads: across puzzles at one ACT step; old runs logged only the plain one.
     logged_key, logged = next(((key, value) for key in ("train/encoder_var_same_step", "train/encoder_cross_sample_var")
                                if (value := final_value(subject.logged, key)) is not None), ("", None))
     if logged is not None:
         rows.append(Measurement(f"run's metrics.jsonl: {logged_key}, last 10% of steps",
                                 number(logged), f"> {HEALTHY_VAR:g}", variance_verdict(logged)))
-    status = variance_verdict(judged)
+    status = worst([r.verdict for r in rows])
     encoder = subject.exp.arch.recurrent_encoder_type
-    who = "trained run" if subject.weights is not None else "fresh model"
-    if logged is not None and worst([variance_verdict(logged), status]) != status:
+    who = "trained run" if trained else "fresh model"
+    if change is not None and change < MIN_DEMO_DEPENDENCE:
+        message = (f"the context does not depend on the demos: another task's demos change the {who}'s context by "
+                   f"{number(change)} (relative); {encoder!r} reads something else, such as the query")
+    elif logged is not None and worst([variance_verdict(logged), variance_verdict(judged)]) != variance_verdict(judged):
         # The run's own log, over its training, is what compare's red flag 1 reads: one batch does not clear it.
-        status = variance_verdict(logged)
-        what, line = ("collapse", f"< {COLLAPSED_VAR:g}") if status == "fail" else ("low variance",
-                                                                                  f"≤ {HEALTHY_VAR:g}")
+        what, line = ("collapse", f"< {COLLAPSED_VAR:g}") if variance_verdict(logged) == "fail" else (
+            "low variance", f"≤ {HEALTHY_VAR:g}")
         message = (f"encoder {what} in the run's log: {logged_key} {logged:.3g} over its last 10% of steps ({line}), "
                    f"where one batch's eval rollout of the {who} gives {judged:.3g}")
-    elif status == "fail":
-        message = (f"encoder collapse: the {who}'s context varies {judged:.3g} across puzzles (< {COLLAPSED_VAR:g}); "
-                   f"{encoder!r} gives (nearly) the same context whatever the demos")
-    elif status == "warn":
-        message = f"low context variance across puzzles: {judged:.3g} (healthy > {HEALTHY_VAR:g})"
+    elif trained and variance_verdict(judged) == "fail":
+        message = (f"encoder collapse: the trained run's context varies {judged:.3g} across puzzles "
+                   f"(< {COLLAPSED_VAR:g}); {encoder!r} gives (nearly) the same context whatever the demos")
+    elif variance_verdict(judged) != "pass":
+        start = "" if trained else ("the fresh model's contexts start alike, which an untrained encoder may: "
+                                    "watch the run's train/encoder_var_same_step; ")
+        message = f"{start}low context variance across puzzles: {judged:.3g} (healthy > {HEALTHY_VAR:g})"
     else:
-        message = f"the context tells puzzles apart: variance {judged:.3g} across puzzles"
+        depends = "" if change is None else f"the context depends on the demos (another task's change it by " \
+                                            f"{number(change)}) and "
+        message = f"{depends}differs across puzzles: variance {judged:.3g}"
     return CheckResult("encoder-variance", status, rows, message)
+
+
+# A context that another task's demos change by less than this (relative to its size) does not read the demos
+MIN_DEMO_DEPENDENCE = 1e-3
+
+
+@torch.no_grad()
+def demo_dependence(model: ACTModel, batch: dict[str, Tensor], donors: Tensor, steps: int) -> float:
+    """The mean over `steps` eval-mode ACT steps of ||context with another task's demos - context|| / ||context||
+    (`donors`: each row's row of another task, context_use.other_task_rows)."""
+    model.eval()
+    swapped = {**batch, **{key: batch[key][donors] for key in DEMO_KEYS}}
+    changes = [float((b["context"] - a["context"]).float().norm() / a["context"].float().norm().clamp_min(1e-12))
+               for (_, a), (_, b) in zip(rollout(model, batch, steps), rollout(model, swapped, steps), strict=True)]
+    return sum(changes) / len(changes)
 
 
 @torch.no_grad()

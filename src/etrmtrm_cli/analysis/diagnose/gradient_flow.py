@@ -30,7 +30,7 @@ from etrmtrm_cli.analysis.thresholds import (
 from etrmtrm_cli.models.act import ACTCarry
 from etrmtrm_cli.models.build import encoder_parameters
 from etrmtrm_cli.training.metrics import grad_norms
-from etrmtrm_cli.training.step import forward_backward
+from etrmtrm_cli.training.step import NonFiniteError, forward_backward
 
 # Below half of the expected share: worth a look, not a bug by itself.
 LOW_GRAD_SHARE = 0.2
@@ -65,11 +65,17 @@ def check_gradient_flow(subject: Subject) -> CheckResult:
             outputs["context"].retain_grad()  # to measure the gradient that reaches it
         return carry, outputs
 
+    nonfinite: set[str] = set()
     for step in range(1, GRAD_STEPS + 1):
         previous = {n: p.grad.clone() if p.grad is not None else None for n, p in named}
         # Slots that halted last step start again from the init carry: a trained run's may halt after one step.
         carried = size - int(carry.halted.sum()) if step > 1 else 0
-        carry, outputs, _ = forward_backward(forward, carry, batch, gen, subject.exp.arch.loss_type, size)
+        try:
+            carry, outputs, _ = forward_backward(forward, carry, batch, gen, subject.exp.arch.loss_type, size)
+        except NonFiniteError as err:  # no gradient to measure: the loss itself is the finding
+            rows.append(Measurement(f"step {step}: {err.what}", str(err.value), "finite", "fail"))
+            return CheckResult("gradient-flow", "fail", rows, f"{err.what} is {err.value} at step {step}: the "
+                               "forward pass (the context, or what the decoder makes of it) is not finite")
         context = outputs["context"]
         in_graph = context.requires_grad
         where = "init carry" if step == 1 else f"carried state in {carried}/{size} slots"
@@ -86,6 +92,7 @@ def check_gradient_flow(subject: Subject) -> CheckResult:
         no_context_grad |= in_graph and not ok
         step_norms.append(_added_norm(named, previous))
         lacking = [n for n, p in named if not _got_gradient(p.grad, previous[n])]
+        nonfinite.update(n for n, p in named if not _finite_gradient(p.grad, previous[n]))
         missing.update(lacking)
         rows.append(Measurement(f"step {step}: encoder parameters with a finite non-zero gradient",
                                 f"{len(named) - len(lacking)}/{len(named)}", f"{len(named)}/{len(named)}",
@@ -108,12 +115,16 @@ def check_gradient_flow(subject: Subject) -> CheckResult:
         f"< {STARVED_GRAD_SHARE_SQ:g} = starved", share_sq_verdict(share_sq)))
     status = worst([r.verdict for r in rows])
     message = _flow_message(subject.exp.arch.recurrent_encoder_type, rows, detached, no_context_grad,
-                            sorted(missing), len(named), share_sq)
+                            sorted(missing), sorted(nonfinite), len(named), share_sq)
     return CheckResult("gradient-flow", status, rows, message)
 
 
 def _flow_message(encoder: str, rows: Sequence[Measurement], detached: bool, no_context_grad: bool,
-                  missing: Sequence[str], total: int, share_sq: float) -> str:
+                  missing: Sequence[str], nonfinite: Sequence[str], total: int, share_sq: float) -> str:
+    if nonfinite:
+        more = f" and {len(nonfinite) - 6} more" if len(nonfinite) > 6 else ""
+        return (f"non-finite gradient in {len(nonfinite)}/{total} encoder parameters of {encoder!r}: "
+                f"{', '.join(nonfinite[:6])}{more}")
     if detached:
         return (f"the encoder {encoder!r} gets no gradient: the context fed to the decoder is detached from the "
                 "graph, so the task loss never reaches the encoder's parameters (the public ETRMTRM bug: a "
@@ -125,10 +136,11 @@ def _flow_message(encoder: str, rows: Sequence[Measurement], detached: bool, no_
     if missing:
         more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
         return f"encoder parameters without gradient: {', '.join(missing[:6])}{more}"
-    warned = [f"{r.what} = {r.value}" for r in rows if r.verdict == "warn"]
-    if warned:
-        return (f"the gradient reaches every encoder parameter, but {'; '.join(warned)} "
-                f"(the plan expects ≈ {EXPECTED_GRAD_SHARE:g} of the gradient, ||g_enc||² / ||g||²)")
+    flagged = [r for r in rows if r.verdict == "fail"] + [r for r in rows if r.verdict == "warn"]
+    if flagged:
+        lead = (f"the encoder {encoder!r} is starved: the gradient reaches every encoder parameter, but"
+                if flagged[0].verdict == "fail" else "the gradient reaches every encoder parameter, but")
+        return f"{lead} " + "; ".join(f"{r.what} = {r.value} ({r.verdict}: {r.threshold})" for r in flagged)
     return (f"the task loss reaches every encoder parameter through the context; the encoder's share of the "
             f"gradient (||g_enc||² / ||g||²) {number(share_sq)}")
 
@@ -137,6 +149,11 @@ def _added_norm(named: Sequence[tuple[str, Tensor]], previous: Mapping[str, Tens
     """The norm of the gradient this step added to the parameters (gradients accumulate over the steps)."""
     added = [p.grad if previous[n] is None else p.grad - previous[n] for n, p in named if p.grad is not None]
     return math.sqrt(sum(float(g.float().pow(2).sum()) for g in added))
+
+
+def _finite_gradient(grad: Tensor | None, previous: Tensor | None) -> bool:
+    """This step added no inf or NaN (no gradient at all counts as finite: `_got_gradient` names it)."""
+    return grad is None or bool(torch.isfinite(grad if previous is None else grad - previous).all())
 
 
 def _got_gradient(grad: Tensor | None, previous: Tensor | None) -> bool:

@@ -20,7 +20,7 @@ from etrmtrm_cli.models.act import ACTModel
 from etrmtrm_cli.models.build import build_model
 from etrmtrm_cli.training.runtime import choose_dtype
 
-Status = Literal["pass", "warn", "fail"]
+Status = Literal["pass", "warn", "fail", "info"]  # info: a row shown for reference, judged by nothing
 MIN_MEASURE_BATCH = 16  # gradient share and variance on a tiny profile's 4-row batch are mostly noise
 
 
@@ -64,6 +64,8 @@ def fresh_subject(exp: Experiment, device: torch.device) -> Subject:
 
 def run_subject(run_dir: Path, device: torch.device) -> Subject:
     """A run's config.json and the weights it is judged by (rundir.judged_weights: final, else latest EMA)."""
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: no such run folder; pass a run's folder, runs/<ID>/ or runs/<ID>/seed-<N>/")
     if not (run_dir / rundir.CONFIG).is_file():
         seeds = [p.name for p in rundir.seed_folders(run_dir) if (p / rundir.CONFIG).is_file()]
         raise RunError(f"{run_dir}: not a run (no {rundir.CONFIG}); " + (
