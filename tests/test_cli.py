@@ -297,3 +297,30 @@ def test_the_advice_to_resume_a_multi_process_run_launches_as_many() -> None:
     assert _train_command(exp, Path("experiments.toml"), Path("runs"), [], 12, world_size=2) == (
         "torchrun --nproc-per-node 2 -m etrmtrm_cli train E0b --profile tiny --max-steps 12")
     assert _train_command(exp, Path("experiments.toml"), Path("runs"), [], None) == "etrmtrm train E0b --profile tiny"
+    assert _train_command(exp, Path("experiments.toml"), Path("runs"), [], None, world_size=8, local_world_size=4
+                          ).startswith("torchrun --nnodes 2 --nproc-per-node 4 -m etrmtrm_cli train E0b")
+
+
+def test_a_repeat_is_read_either_way_round_and_left_out_only_without_runs_of_its_own(tmp_path: Path) -> None:
+    """A queue that lists E2b before E0b trains E2b, and compare reads E2b's runs for E0b. An experiment that already
+    has runs of its own trains on: left out, compare would not read the other's runs for it."""
+    experiments = tmp_path / "experiments.toml"
+    week1 = 'week1 = ["E0a", "E0b", "E2b"]'
+    experiments.write_text(Path(REAL).read_text().replace(week1, f'{week1}\nswapped = ["E0a", "E2b", "E0b"]'))
+    runs = tmp_path / "runs"
+    args = ["--profile", "tiny", "--experiments", str(experiments), "--runs-dir", str(runs)]
+    train_args = [*args, "--max-steps", "2", "--set", "decoder=none", "--quiet"]
+    swapped = runner.invoke(app, ["train", "swapped", *train_args], env={"COLUMNS": "250"})
+    assert swapped.exit_code == 0 and "E0b seed 0 (E2b's)" in " ".join(swapped.output.split()), swapped.output
+    assert sorted(p.name for p in runs.iterdir()) == ["E0a", "E2b"]
+    compared = runner.invoke(app, ["compare", "E0a", "E0b", "--runs-dir", str(runs), "--experiments",
+                                   str(experiments)], env={"COLUMNS": "250"})
+    assert compared.exit_code == 0, compared.output
+    assert "Runs read for another experiment: E0b's are E2b's." in " ".join(compared.output.split())
+
+    own = tmp_path / "own"
+    own_args = [a if a != str(runs) else str(own) for a in train_args]
+    assert runner.invoke(app, ["train", "E2b", *own_args, "--seeds", "0,"]).exit_code == 0
+    queue = runner.invoke(app, ["train", "week1", *own_args, "--seeds", "2"], env={"COLUMNS": "250"})
+    assert queue.exit_code == 0 and "not trained" not in queue.output, queue.output
+    assert sorted(p.name for p in (own / "E2b").iterdir()) == ["seed-0", "seed-1"]  # it trains on, as before

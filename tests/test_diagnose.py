@@ -214,6 +214,11 @@ def test_non_finite_gradients_and_contexts_are_named_as_such(data: ArcData) -> N
     assert [r.name for r in nan_context] == ["gradient-flow", "carry-reset"]  # the other checks still run
     assert nan_context[0].status == "fail" and row(nan_context[0], "step 1: train/loss").value == "nan"
     assert nan_context[0].message.startswith("train/loss is nan at step 1"), nan_context[0].message
+    assert nan_context[1].status == "fail" and nan_context[1].message.startswith("the carries are not finite ("), \
+        nan_context[1].message  # not a reset function blamed
+    variance = diagnose.check_encoder_variance(subject(data, "test_diag_nan_context", SHORT))
+    assert variance.message == "the fresh model's context is not finite (variance nan): 'test_diag_nan_context' " \
+                               "computes NaN or inf", variance.message
 
 
 def test_a_starved_encoder_is_named_by_the_rows_that_failed() -> None:

@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from etrmtrm_cli.training.loop import StopFlag
 
 class _Commands(TyperGroup):
-    """click exits 2 on a value or option it checks itself (`--max-steps 0`, `--no-such-flag`); here a wrong input
-    exits 1 wherever it is found, so that a script needs one test for it."""
+    """click exits 2 on a value or option it checks itself (`--max-steps 0`, `--no-such-flag`, no command at all);
+    here a wrong input exits 1 wherever it is found, so that a script needs one test for it. typer raises its own
+    copy of click's UsageError, so the exit code is mapped, not the exception: no command of ours exits 2."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -41,7 +42,7 @@ class _Commands(TyperGroup):
             raise SystemExit(1 if done.code == USAGE_EXIT else done.code) from None
 
 
-USAGE_EXIT = 2  # click.UsageError.exit_code
+USAGE_EXIT = 2  # click's UsageError.exit_code
 
 app = typer.Typer(
     cls=_Commands,
@@ -238,9 +239,10 @@ def train(
     file = load_experiments(experiments)
     chosen = resolve_profile(profile)
     ctx = init_distributed(os.environ, device)
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))  # processes per node (torchrun)
     jobs = file.jobs(target, chosen, overrides or (), parse_seeds(seeds), ctx.world_size)
     queue = len(jobs) > 1  # a queue skips finished runs and continues interrupted ones
-    jobs, repeats = split_repeats(jobs)
+    jobs, repeats = split_repeats(jobs, has_runs=lambda exp_id: (runs_dir / exp_id).exists())
     if repeats and ctx.is_main:
         console.print(f"[dim]{repeats_line(repeats)}[/]", highlight=False)
     options = TrainOptions(runs_dir=runs_dir, max_steps=max_steps, resume=resume, force=force, compile=compile,
@@ -250,7 +252,8 @@ def train(
         check_run_layout(place, per_seed)
         if queue and not force and run_status(place) == "finished":  # skipped: it must be what it counts as
             check_finished_run(place, exp, max_steps, _train_command(exp, experiments, runs_dir, overrides or [],
-                                                                     max_steps, per_seed, ctx.world_size))
+                                                                     max_steps, per_seed, ctx.world_size,
+                                                                     local_world_size))
     stop = StopFlag()
     try:
         with stop_on_signals(stop, say=ctx.is_main):
@@ -269,7 +272,7 @@ def train(
                     run_options = replace(run_options, resume=status == "resumable" and not force,
                                           force=force or status == "unsaved")
                 again = _train_command(exp, experiments, runs_dir, overrides or [], max_steps, per_seed,
-                                       ctx.world_size)
+                                       ctx.world_size, local_world_size)
                 run_options = replace(run_options, command=again)
                 try:
                     with render.TrainProgress(console, quiet=quiet or not ctx.is_main) as progress:
@@ -315,11 +318,15 @@ def parse_seeds(text: str | None) -> tuple[int, ...] | None:
 
 
 def _train_command(exp: Experiment, experiments: Path, runs_dir: Path, overrides: list[str],
-                   max_steps: int | None, per_seed: bool = False, world_size: int = 1) -> str:
+                   max_steps: int | None, per_seed: bool = False, world_size: int = 1,
+                   local_world_size: int | None = None) -> str:
     """`etrmtrm train` for this run as it was started (profile, file, runs directory, overrides; under torchrun
-    with as many processes, which a resume needs): the base of every command the tool advises, so that the
-    advice works as printed."""
-    launch = ["torchrun", "--nproc-per-node", str(world_size), "-m", "etrmtrm_cli"] if world_size > 1 else ["etrmtrm"]
+    with as many processes per node and nodes, which a resume needs): the base of every command the tool advises,
+    so that the advice works as printed (a launch over several nodes also needs its rendezvous options)."""
+    local = local_world_size or world_size
+    nodes = ["--nnodes", str(world_size // local)] if local != world_size else []
+    launch = ["torchrun", *nodes, "--nproc-per-node", str(local), "-m", "etrmtrm_cli"] if world_size > 1 else \
+        ["etrmtrm"]
     return shlex.join([*launch, *train_arguments(exp.id, exp.profile, experiments, runs_dir, overrides, max_steps,
                                                  exp.seed if per_seed else None)])
 
@@ -449,6 +456,10 @@ def compare(
         standing_in = stand_ins(file, runs_dir, runs)
     if per_puzzle and len(runs) != 2:
         raise ConfigError(f"--per-puzzle shows two experiments side by side; got {len(runs)}: {' '.join(runs)}")
+    if per_puzzle and len({standing_in.get(name, name) for name in runs}) < 2:
+        raise ConfigError(f"--per-puzzle: {' and '.join(runs)} are one configuration, read from the same runs "
+                          f"({', '.join(f'{a} stands for {b}' for a, b in standing_in.items())}): nothing to set "
+                          "side by side")
     result = compare_runs(runs_dir, runs, stand_ins=standing_in)
     for renderable in report_render.comparison_renderables(result):
         console.print(renderable)

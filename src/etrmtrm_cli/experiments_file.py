@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,20 +131,13 @@ class ExperimentsFile(BaseModel):
                     for s in seeds or () for e in ids if e not in decoders]
         return once + per_seed
 
-    def same_configuration(self, exp_id: str, profile: str) -> str:
-        """The first experiment of the file whose resolved config at `profile` is exp_id's in everything but name,
-        description and parent (exp_id itself where none comes before it): E2b, E3a and E4b -> E0b in the plan.
-        Experiments that do not resolve at that profile are passed over."""
-        target = config_hash(self.resolve(exp_id, profile).model_dump(mode="json"))
-        for other in self.experiments:
-            if other == exp_id:
-                break
-            try:
-                if config_hash(self.resolve(other, profile).model_dump(mode="json")) == target:
-                    return other
-            except ConfigError:
-                continue
-        return exp_id
+    def same_configuration(self, a: str, b: str, profile: str) -> bool:
+        """Whether experiments a and b resolve at `profile` to one configuration (in everything but name,
+        description and parent): E2b, E3a and E4b are E0b's in the plan. False where either does not resolve."""
+        try:
+            return len({config_hash(self.resolve(e, profile).model_dump(mode="json")) for e in (a, b)}) == 1
+        except ConfigError:
+            return False
 
     def targets(self, name: str) -> tuple[str, ...]:
         """An experiment ID or a queue name -> the experiment IDs to run, in order."""
@@ -168,15 +161,17 @@ class ExperimentsFile(BaseModel):
 Run = tuple[Experiment, bool]  # an experiment resolved at its seed, and whether it is one of several seeds
 
 
-def split_repeats(runs: Sequence[Run]) -> tuple[list[Run], list[tuple[Experiment, Experiment]]]:
+def split_repeats(runs: Sequence[Run], has_runs: Callable[[str], bool] = lambda exp_id: False
+                  ) -> tuple[list[Run], list[tuple[Experiment, Experiment]]]:
     """(the runs to train, [(a run left out, the earlier run it repeats)]). A run whose resolved config and seed are
     an earlier run's of another experiment (E2b's are E0b's in the plan) would repeat it bit for bit: training is
-    deterministic for a seed. `compare` reads the earlier experiment's runs for the one left out."""
+    deterministic for a seed. It is left out where its experiment has no run yet (`has_runs`), and `compare` reads
+    the other experiment's runs for it; an experiment with runs of its own trains on as before."""
     first: dict[tuple[str, int], Experiment] = {}
     keep, repeats = [], []
     for exp, per_seed in runs:
         earlier = first.setdefault((config_hash(exp.model_dump(mode="json")), exp.seed), exp)
-        if earlier.id == exp.id:
+        if earlier.id == exp.id or has_runs(exp.id):
             keep.append((exp, per_seed))
         else:
             repeats.append((exp, earlier))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import shutil
 import subprocess
+from collections.abc import Iterable
 
 from etrmtrm_cli.errors import RunError
 
@@ -23,11 +24,13 @@ def slurm_answers() -> tuple[bool, str]:
     return True, f"sinfo answers ({' | '.join(out.stdout.split(chr(10))[:3]).strip()})"
 
 
-def slurm_live_jobs() -> set[str]:
-    """The ids of this user's SLURM jobs that are queued or running, one per array task (`squeue -r`)."""
+def slurm_live_jobs(users: Iterable[str] = ()) -> set[str]:
+    """The ids of these users' SLURM jobs (default: this user's) that are queued or running, one per array task
+    (`squeue -r`)."""
+    who = ",".join(sorted(users)) or getpass.getuser()
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"], capture_output=True,
-                             text=True, timeout=60)
+        out = subprocess.run(["squeue", "-h", "-r", "-u", who, "-o", "%i"], capture_output=True, text=True,
+                             timeout=60)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise RunError(f"squeue: {err}: cannot tell which of the sweep's jobs are still queued") from None
     if out.returncode != 0:

@@ -16,6 +16,7 @@ second sweep resumes what stopped. Each job leaves records beside submitit's fil
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import signal
 import sys
@@ -82,7 +83,7 @@ def plan_sweep(file: ExperimentsFile, req: SweepRequest, folder: Path, threads: 
     while missing := [exp.decoder for exp, _ in runs if exp.decoder in file.experiments
                       and all(other.id != exp.decoder for other, _ in runs)]:
         runs = [*file.jobs(missing[0], req.profile, req.overrides, None), *runs]  # each decoder once, first
-    runs, repeats = split_repeats(runs)
+    runs, repeats = split_repeats(runs, has_runs=lambda exp_id: (req.runs_dir / exp_id).exists())
     jobs: dict[str, PlannedJob] = {}
     for exp, per_seed in runs:
         seed = exp.seed if per_seed else None
@@ -153,7 +154,7 @@ def _submit_record(job: PlannedJob, state: str, **fields: Any) -> None:
     spec = job.spec
     write_record(spec.folder, spec.key, "submit", {
         "state": state, "sweep_id": spec.sweep_id, "exp_id": spec.exp_id, "seed": spec.seed,
-        "run_dir": spec.run_dir, "waits_for": job.waits_for, **fields})
+        "run_dir": spec.run_dir, "waits_for": job.waits_for, "user": getpass.getuser(), **fields})
 
 
 def _job_logs(job: Any) -> dict[str, str]:

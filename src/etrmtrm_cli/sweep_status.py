@@ -14,6 +14,7 @@ longer lists), queued (submitted or waiting, not started yet).
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import socket
@@ -84,22 +85,23 @@ def _records_and_gone_slurm_jobs(folder: Path) -> tuple[dict[str, dict[str, Any]
     pending = _pending_slurm_jobs(records)
     if not pending:
         return records, frozenset()
-    try:
-        live = slurm_live_jobs()
+    try:  # the jobs of whoever submitted them: a shared runs directory may hold another user's sweep
+        live = slurm_live_jobs(set(pending.values()))
     except RunError:  # no SLURM here (the records were copied, or the disk is mounted elsewhere): files only
         return records, frozenset()
     records = read_records(folder)
-    return records, frozenset((pending & _pending_slurm_jobs(records)) - live)
+    return records, frozenset((pending.keys() & _pending_slurm_jobs(records).keys()) - live)
 
 
-def _pending_slurm_jobs(records: dict[str, dict[str, Any]]) -> set[str]:
-    """The SLURM job ids of runs whose latest record says the job is submitted, running or requeued."""
-    out = set()
+def _pending_slurm_jobs(records: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """job id -> the user who submitted it, of the SLURM jobs whose latest record says submitted, running or
+    requeued (records from before they named the user: this user)."""
+    out = {}
     for rec in records.values():
         submit, job = _this_sweeps(rec)
         latest = job or submit or {}
         if latest.get("executor") == "slurm" and latest.get("state") in ("submitted", "running", "requeued"):
-            out.add(str(latest.get("job_id")))
+            out[str(latest.get("job_id"))] = str((submit or {}).get("user") or getpass.getuser())
     return out
 
 

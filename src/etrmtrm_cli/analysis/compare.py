@@ -83,22 +83,19 @@ def _row(run: RunFiles) -> RunRow:
 
 
 def stand_ins(file: ExperimentsFile, runs_dir: Path, exp_ids: Sequence[str]) -> dict[str, str]:
-    """Named experiments with no run of their own whose configuration is an earlier experiment's, at the profile
-    that experiment's runs trained at -> that experiment (E2b -> E0b: a queue with both trains E0b alone,
-    `experiments_file.split_repeats`)."""
+    """Named experiments without a run folder whose configuration, at the profile another experiment's runs trained
+    at, is that experiment's -> that experiment (E2b -> E0b where a queue with both trained E0b alone,
+    `experiments_file.split_repeats`; or the other way round)."""
     out = {}
     for exp_id in exp_ids:
-        if exp_id not in file.experiments or rundir.seed_runs(runs_dir, exp_id):
+        if exp_id not in file.experiments or (runs_dir / exp_id).exists():
             continue
-        for profile in file.profiles:
-            try:
-                original = file.same_configuration(exp_id, profile)
-            except ConfigError:  # it does not resolve at this profile
-                continue
-            trained_at = {rundir.read_json(run / rundir.CONFIG).get("profile")
-                          for run in rundir.seed_runs(runs_dir, original)}
-            if original != exp_id and profile in trained_at:
-                out[exp_id] = original
+        for other in file.experiments:
+            runs = rundir.seed_runs(runs_dir, other)
+            profiles = {rundir.read_json(run / rundir.CONFIG).get("profile") for run in runs}
+            if other != exp_id and any(file.same_configuration(exp_id, other, p) for p in profiles
+                                       if p in file.profiles):
+                out[exp_id] = other
                 break
     return out
 

@@ -45,3 +45,11 @@ UPDATE_RATIO_EXPLODING = 10.0
 # collapsed, and the answers did not need it). A model that reads its demos falls towards the mode-colour
 # baseline (~73 %); under a fifth of that ~25-point fall, the answers barely depend on the demos.
 DEMO_USE_DROP_PTS = 5.0
+# ... and another task's demos that change this share of the predicted tokens or more are read, whatever they do
+# to accuracy (a drop below the line above, even a gain, then says the answers do not rely on their own demos, not
+# that the context is unused).
+DEMOS_READ_CHANGED = 0.05
+# diagnose's encoder-variance: a context that another task's demos change by less than this, relative to its own
+# size, does not read the demos. Fresh tiny models: E0a 1.35, E0b 1.23, E0c 0.086; an encoder that reads the query
+# grid in place of the demos: 1.2e-7 (float rounding), a constant context: 0.
+MIN_DEMO_DEPENDENCE = 1e-3

@@ -52,11 +52,20 @@ class DistContext:
         try:
             result = step()
         except Exception:
-            self.any_rank(True)
+            self._agree(True)
             raise
-        if self.any_rank(False):
+        if self._agree(False):
             raise PeerFailed("another process of the run failed; it reports why")
         return result
+
+    def _agree(self, failed: bool) -> bool:
+        """any_rank(failed), where a rank that has gone (killed, as by the OOM killer) counts as failed."""
+        try:
+            return self.any_rank(failed)
+        except RuntimeError as err:
+            if self.peer_gone(err):
+                raise PeerFailed("another process of the run ended; its output may say why") from None
+            raise
 
     def peer_gone(self, err: BaseException) -> bool:
         """Whether `err` is a collective of this rank failing because another process ended (gloo's words for it):

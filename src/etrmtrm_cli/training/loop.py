@@ -198,6 +198,7 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
                 metrics.update(results)
                 metrics["time/eval_s"] = time.perf_counter() - eval_started
                 emit("eval", {"step": state.step, "metrics": metrics})
+            doing = f"saving step {state.step}"
             if log is not None:
                 log.write(state.step, metrics)
             last = metrics
@@ -205,6 +206,7 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
             if state.step % exp.train.checkpoint_interval == 0 and state.step < total:
                 _save_checkpoint(run_dir, exp, parts, state, ctx, wall_s())
                 emit("checkpoint", {"step": state.step})
+        doing = f"saving step {state.step}"
         _save_checkpoint(run_dir, exp, parts, state, ctx, wall_s(), pending)
         if state.step >= total and pending is None:
             if ctx.is_main:
@@ -213,7 +215,7 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     except Exception as err:
         status, error = "failed", f"{doing}: {err}"
         if ctx.peer_gone(err):  # that process says why; the summary says where to look
-            error = f"{doing}: another process of the run failed (its output says why)"
+            error = f"{doing}: another process of the run ended (its output, if any, says why)"
             raise PeerFailed(error) from None
         raise
     finally:

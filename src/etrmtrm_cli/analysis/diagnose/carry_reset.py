@@ -146,6 +146,9 @@ def _carry_message(rows: Sequence[Measurement], enc_name: str, encoder: str) -> 
         warned = [r.what for r in rows if r.verdict == "warn"]
         return "inconclusive: " + "; ".join(warned) if warned else \
             "halted slots restart from init (decoder and encoder), the others continue"
+    if broken := [r.what for r in rows if r.value.endswith(("nan", "inf"))]:
+        return (f"the carries are not finite ({'; '.join(broken[:2])}: NaN or inf), so no reset can be checked: the "
+                "model computes non-finite values (gradient-flow names them)")
     if any(w.startswith("current_data") for w in failed):
         row = next(r for r in rows if r.what.startswith("current_data"))
         return (f"the ACT step does not swap the new batch's example into halted slots alone ({row.value}): a slot "

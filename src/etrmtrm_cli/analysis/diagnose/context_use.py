@@ -22,14 +22,12 @@ from etrmtrm_cli.analysis.diagnose.subject import (
     number,
     train_batch,
 )
-from etrmtrm_cli.analysis.thresholds import DEMO_USE_DROP_PTS
+from etrmtrm_cli.analysis.thresholds import DEMO_USE_DROP_PTS, DEMOS_READ_CHANGED
 from etrmtrm_cli.data.canvas import IGNORE_LABEL
 from etrmtrm_cli.models.act import ACTModel
 from etrmtrm_cli.training.evaluate import final_outputs, scores
 
 DEMO_KEYS = ("demo_inputs", "demo_labels", "demo_mask")
-# Another task's demos that change this share of the predicted tokens or more are read, whatever they do to accuracy
-DEMOS_READ_CHANGED = 0.05
 
 
 def check_context_use(subject: Subject) -> CheckResult:

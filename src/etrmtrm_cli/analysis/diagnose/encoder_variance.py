@@ -21,7 +21,7 @@ from etrmtrm_cli.analysis.diagnose.subject import (
     worst,
 )
 from etrmtrm_cli.analysis.matrix import final_value
-from etrmtrm_cli.analysis.thresholds import COLLAPSED_VAR, HEALTHY_VAR
+from etrmtrm_cli.analysis.thresholds import COLLAPSED_VAR, HEALTHY_VAR, MIN_DEMO_DEPENDENCE
 from etrmtrm_cli.models.act import ACTModel
 from etrmtrm_cli.training.evaluate import rollout
 from etrmtrm_cli.training.metrics import cross_sample_var
@@ -71,7 +71,9 @@ def check_encoder_variance(subject: Subject) -> CheckResult:
     status = worst([r.verdict for r in rows])
     encoder = subject.exp.arch.recurrent_encoder_type
     who = "trained run" if trained else "fresh model"
-    if change is not None and change < MIN_DEMO_DEPENDENCE:
+    if not math.isfinite(judged) or (change is not None and not math.isfinite(change)):
+        message = f"the {who}'s context is not finite (variance {judged}): {encoder!r} computes NaN or inf"
+    elif change is not None and change < MIN_DEMO_DEPENDENCE:
         message = (f"the context does not depend on the demos: another task's demos change the {who}'s context by "
                    f"{number(change)} (relative); {encoder!r} reads something else, such as the query")
     elif logged is not None and worst([variance_verdict(logged), variance_verdict(judged)]) != variance_verdict(judged):
@@ -92,10 +94,6 @@ def check_encoder_variance(subject: Subject) -> CheckResult:
                                             f"{number(change)}) and "
         message = f"{depends}differs across puzzles: variance {judged:.3g}"
     return CheckResult("encoder-variance", status, rows, message)
-
-
-# A context that another task's demos change by less than this (relative to its size) does not read the demos
-MIN_DEMO_DEPENDENCE = 1e-3
 
 
 @torch.no_grad()

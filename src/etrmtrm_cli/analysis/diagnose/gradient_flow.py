@@ -138,8 +138,9 @@ def _flow_message(encoder: str, rows: Sequence[Measurement], detached: bool, no_
         return f"encoder parameters without gradient: {', '.join(missing[:6])}{more}"
     flagged = [r for r in rows if r.verdict == "fail"] + [r for r in rows if r.verdict == "warn"]
     if flagged:
-        lead = (f"the encoder {encoder!r} is starved: the gradient reaches every encoder parameter, but"
-                if flagged[0].verdict == "fail" else "the gradient reaches every encoder parameter, but")
+        starved = any(r.verdict == "fail" and r.what.startswith("grad/encoder_share") for r in flagged)
+        lead = (f"the encoder {encoder!r} is starved: the gradient reaches every encoder parameter, but" if starved
+                else "the gradient reaches every encoder parameter, but")
         return f"{lead} " + "; ".join(f"{r.what} = {r.value} ({r.verdict}: {r.threshold})" for r in flagged)
     return (f"the task loss reaches every encoder parameter through the context; the encoder's share of the "
             f"gradient (||g_enc||² / ||g||²) {number(share_sq)}")
