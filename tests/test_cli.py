@@ -135,6 +135,10 @@ def test_a_queue_trains_a_configuration_once_and_compare_reads_it_for_both_names
     assert "E0b = E2b" in shown, shown
     report = (tmp_path.parent / "report.md").read_text()
     assert "# Comparison: E0a vs E0b = E2b" in report and "compare E0a E0b E2b --runs-dir" in report, report
+    exported = runner.invoke(app, ["export", "week1", "--runs-dir", str(tmp_path), "--experiments", REAL, "--to",
+                                   str(tmp_path.parent / "records")], env={"COLUMNS": "250"})
+    assert exported.exit_code == 0, exported.output
+    assert "no run of its own (E0b's runs stand for it)" in exported.output, exported.output
 
 
 def test_queue_refuses_a_finished_run_that_is_not_the_experiment(tmp_path: Path) -> None:

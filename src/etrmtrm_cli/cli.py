@@ -515,13 +515,18 @@ def export(
     machine's runs directory, they let a sweep skip the runs they hold. Unfinished runs are left out, and so are
     experiments without a run yet: the sweep's own targets export what it has finished so far.
     """
+    from etrmtrm_cli.analysis.compare import stand_ins
     from etrmtrm_cli.run_export import export_runs
 
     file = load_experiments(experiments)
     exp_ids = list(dict.fromkeys(exp_id for name in runs for exp_id in file.targets(name)))
+    standing_in = stand_ins(file, runs_dir, exp_ids)  # E2b, which a queue with E0b leaves out: E0b's runs are its
     for item in export_runs(runs_dir, exp_ids, to, weights=weights):
         style = {"not finished": "yellow", "no run yet": "dim"}.get(item.action, "green")
-        console.print(f"[{style}]{item.action}[/] {item.source} -> {item.dest}", highlight=False)
+        action = item.action
+        if action == "no run yet" and item.source.name in standing_in:
+            action = f"no run of its own ({standing_in[item.source.name]}'s runs stand for it)"
+        console.print(f"[{style}]{action}[/] {item.source} -> {item.dest}", highlight=False)
 
 
 # Output into a pipe or a file has no terminal width, and rich would fit it into 80 columns, cutting the
