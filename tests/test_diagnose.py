@@ -399,3 +399,17 @@ def test_a_queue_given_for_one_experiment_says_so() -> None:
 def test_context_use_says_what_the_drop_and_the_changed_tokens_show(drop: float, changed: float, said: str) -> None:
     """A negative drop with most tokens changed is no sign of an unused context (before, it said unused)."""
     assert context_use.use_message(drop, changed).startswith(said)
+
+
+def test_a_damaged_log_stops_only_the_check_that_reads_it(tmp_path: Path) -> None:
+    """Before, a bad line in metrics.jsonl stopped every check, carry-reset included, which never reads it."""
+    exp = tiny("E0b", ["train.eval_interval=100", "train.checkpoint_interval=100"])
+    train(exp, TrainOptions(runs_dir=tmp_path, max_steps=1), DistContext(0, 1, CPU))
+    with (tmp_path / "E0b" / "metrics.jsonl").open("a") as log:
+        log.write("not a metrics row\n{}\n")
+    carry = runner.invoke(app, ["diagnose", "--run", str(tmp_path / "E0b"), "--check", "carry-reset"],
+                          env={"COLUMNS": "200"})
+    assert carry.exit_code == 0 and "PASS carry-reset" in carry.output, carry.output
+    variance = diagnose.check_encoder_variance(diagnose.run_subject(tmp_path / "E0b", CPU))
+    assert row(variance, "run's metrics.jsonl").verdict == "warn" and variance.status != "pass", variance
+    assert "the run's metrics.jsonl could not be read (" in variance.message, variance.message

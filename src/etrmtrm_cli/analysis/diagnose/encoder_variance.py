@@ -68,6 +68,8 @@ def check_encoder_variance(subject: Subject) -> CheckResult:
     if logged is not None:
         rows.append(Measurement(f"run's metrics.jsonl: {logged_key}, last 10% of steps",
                                 number(logged), f"> {HEALTHY_VAR:g}", variance_verdict(logged)))
+    if subject.log_error:  # what the log says is unknown: the rollout alone cannot clear the run
+        rows.append(Measurement("run's metrics.jsonl", "unreadable", subject.log_error, "warn"))
     status = worst([r.verdict for r in rows])
     encoder = subject.exp.arch.recurrent_encoder_type
     who = "trained run" if trained else "fresh model"
@@ -93,6 +95,8 @@ def check_encoder_variance(subject: Subject) -> CheckResult:
         depends = "" if change is None else f"the context depends on the demos (another task's change it by " \
                                             f"{number(change)}) and "
         message = f"{depends}differs across puzzles: variance {judged:.3g}"
+    if subject.log_error:
+        message += f"; the run's metrics.jsonl could not be read ({subject.log_error})"
     return CheckResult("encoder-variance", status, rows, message)
 
 

@@ -15,7 +15,7 @@ from torch import Tensor
 from etrmtrm_cli import rundir
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.data.dataset import ArcData, build_arc_data
-from etrmtrm_cli.errors import ConfigError, RunError
+from etrmtrm_cli.errors import ConfigError, RunError, first_line
 from etrmtrm_cli.models.act import ACTModel
 from etrmtrm_cli.models.build import build_model
 from etrmtrm_cli.training.runtime import choose_dtype
@@ -53,6 +53,7 @@ class Subject:
     source: str = "fresh model"
     run_dir: Path | None = None
     logged: list[dict[str, Any]] = field(default_factory=list)  # the run's metrics.jsonl rows
+    log_error: str | None = None  # why metrics.jsonl could not be read (only encoder-variance reads it)
 
 
 def fresh_subject(exp: Experiment, device: torch.device) -> Subject:
@@ -74,8 +75,12 @@ def run_subject(run_dir: Path, device: torch.device) -> Subject:
     exp = rundir.read_config(run_dir)
     _require_encoder(exp)
     weights_path = rundir.judged_weights(run_dir)
+    try:
+        logged, log_error = rundir.read_metrics(run_dir / rundir.METRICS, strict=True), None
+    except RunError as err:  # the checks that do not read the log still run
+        logged, log_error = [], first_line(err)
     return Subject(exp, build_arc_data(exp.data, exp.seed), device, rundir.load_weights(weights_path),
-                   f"{weights_path}", run_dir, rundir.read_metrics(run_dir / rundir.METRICS, strict=True))
+                   f"{weights_path}", run_dir, logged, log_error)
 
 
 def _require_encoder(exp: Experiment) -> None:
