@@ -328,3 +328,14 @@ def test_a_repeat_is_read_either_way_round_and_left_out_only_without_runs_of_its
     queue = runner.invoke(app, ["train", "week1", *own_args, "--seeds", "2"], env={"COLUMNS": "250"})
     assert queue.exit_code == 0 and "not trained" not in queue.output, queue.output
     assert sorted(p.name for p in (own / "E2b").iterdir()) == ["seed-0", "seed-1"]  # it trains on, as before
+
+
+def test_the_progress_of_a_model_without_an_encoder_shows_no_encoder_share(tmp_path: Path) -> None:
+    """P0 has no demo encoder: its lines said "enc grad share 0.00", as if an encoder got no gradient."""
+    shown = {}
+    for exp_id in ("P0", "E0b"):
+        out = runner.invoke(app, ["train", exp_id, "--profile", "tiny", "--experiments", REAL, "--runs-dir",
+                                  str(tmp_path), "--max-steps", "2", "--set", "decoder=none"], env={"COLUMNS": "200"})
+        assert out.exit_code == 0, out.output
+        shown[exp_id] = next(line for line in out.output.splitlines() if line.startswith("step 2/2: "))
+    assert "enc grad share" not in shown["P0"] and "enc grad share" in shown["E0b"], shown

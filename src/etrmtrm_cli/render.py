@@ -85,6 +85,7 @@ class TrainProgress:
         self.last_eval = ""
         self.latest: dict[str, float] = {}
         self.every = 1
+        self.shown = self._SHOWN
 
     def __enter__(self) -> TrainProgress:
         return self
@@ -110,6 +111,8 @@ class TrainProgress:
     def _start(self, payload: dict[str, Any]) -> None:
         exp, total = payload["exp"], payload["total_steps"]
         self.every = max(1, total // 20)
+        if exp.model != "etrm":  # no demo encoder (P0: its puzzle table is no parameter), so no encoder share
+            self.shown = tuple(item for item in self._SHOWN if item[0] != "grad/encoder_share_sq")
         report, start = payload["decoder_report"], payload["start_step"]
         if report is not None:
             decoder = (f"{exp.decoder} (sha256 {report.sha256}): {len(report.loaded)} tensors loaded, "
@@ -138,7 +141,7 @@ class TrainProgress:
         # Accuracy and ACT steps exist only on steps where some slot halted: show the latest known value.
         self.latest.update({k: v for k, v in payload["metrics"].items() if isinstance(v, float) and math.isfinite(v)})
         metrics = self.latest
-        info = self._metrics_text(metrics, self._SHOWN)
+        info = self._metrics_text(metrics, self.shown)
         if self.progress is not None and self.task is not None:
             rate = 1.0 / metrics["time/step_s"] if metrics.get("time/step_s") else 0.0
             eval_text = f" | eval {self.last_eval}" if self.last_eval else ""
