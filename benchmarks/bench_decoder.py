@@ -226,7 +226,7 @@ def main() -> None:
             entry.update(reference_ms_per_step=round(ref_ms, 2), reference_frac_of_peak=round(frac["reference"], 4),
                          speedup_over_reference=round(ref_ms / ms, 3))
             line += (f"  | reference {ref_ms:8.1f} ms/step ({100 * frac['reference']:.1f}% of peak): "
-                     f"ours {ref_ms / ms:.2f}x faster")
+                     f"ours {ref_ms / ms:.2f}x as fast")
         print(line)
         result[mode] = entry
     print(json.dumps(result))
