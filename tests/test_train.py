@@ -543,6 +543,14 @@ def test_a_rank_that_fails_alone_is_the_one_that_says_why(tmp_path: Path) -> Non
     assert said[1].startswith("CheckpointError: ") and "state.rank1.pt: not a readable" in said[1], said
     assert (tmp_path / "E0b" / "summary.json").read_text() == before  # still interrupted at step 2, resumable
 
+    shutil.rmtree(tmp_path / "E0b")  # a checkpoint of 1 process, resumed by 2: rank 0 says so, once
+    exp = tiny("E0b", ["decoder=none", "train.eval_interval=100", "train.checkpoint_interval=100"])
+    train(exp, TrainOptions(runs_dir=tmp_path, max_steps=2), DistContext(0, 1, CPU))
+    _two_ranks(tmp_path, 29639, "resume")
+    said = ended_with()
+    assert said[0].startswith("RunError: ") and "written by 1 processes; resume it with as many" in said[0], said
+    assert said[1] == "PeerFailed: process 0 failed too, and reports why", said  # its missing state file, unsaid
+
     shutil.rmtree(tmp_path / "E0b")
     _two_ranks(tmp_path, 29638, "crash")
     said = ended_with()

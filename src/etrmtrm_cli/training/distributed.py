@@ -44,28 +44,37 @@ class DistContext:
         return bool(value.item())
 
     def together(self, step: Callable[[], T]) -> T:
-        """`step()` on every rank, which go on only where it succeeded on all: a rank where it raised re-raises its
-        error (and reports it), the others raise PeerFailed. Otherwise a rank that fails alone leaves the others to
-        fail at their next collective with a lost connection, which hides the cause, or to act on a run the failed
-        rank could not read. `step` must hold no collective: a rank that fails before one would pair its neighbours'
-        collective with this one's."""
+        """`step()` on every rank, which go on only where it succeeded on all. Rank 0, where it failed, reports its
+        error; else each rank that failed does; every other rank raises PeerFailed (which says nothing): one cause
+        is printed once, not once per rank (a checkpoint of 1 process resumed by 2: rank 0 says so, and rank 1's
+        missing state file follows from it). Otherwise a rank that fails alone leaves the others to fail at their
+        next collective with a lost connection, which hides the cause, or to act on a run the failed rank could not
+        read. `step` must hold no collective: a rank that fails before one would pair its neighbours' collective
+        with this one's."""
         try:
             result = step()
         except Exception:
-            self._agree(True)
+            _, main_failed = self._agree(True)
+            if main_failed and not self.is_main:
+                raise PeerFailed("process 0 failed too, and reports why") from None
             raise
-        if self._agree(False):
+        if self._agree(False)[0]:
             raise PeerFailed("another process of the run failed; it reports why")
         return result
 
-    def _agree(self, failed: bool) -> bool:
-        """any_rank(failed), where a rank that has gone (killed, as by the OOM killer) counts as failed."""
+    def _agree(self, failed: bool) -> tuple[bool, bool]:
+        """(whether any rank failed, whether rank 0 did), where a rank that has gone (killed, as by the OOM killer)
+        counts as failed."""
+        if self.world_size == 1:
+            return failed, failed
+        value = torch.tensor([int(failed), int(failed and self.is_main)], device=self.device)
         try:
-            return self.any_rank(failed)
+            dist.all_reduce(value, op=dist.ReduceOp.MAX)
         except RuntimeError as err:
             if self.peer_gone(err):
                 raise PeerFailed("another process of the run ended; its output may say why") from None
             raise
+        return bool(value[0]), bool(value[1])
 
     def peer_gone(self, err: BaseException) -> bool:
         """Whether `err` is a collective of this rank failing because another process ended (gloo's words for it):
