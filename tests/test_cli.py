@@ -247,8 +247,13 @@ def test_a_queue_counts_a_finished_run_only_at_the_length_and_dtype_it_would_tra
     assert "Start it over alone with `etrmtrm train E0a --profile tiny" in said and "--max-steps 3 " in said, said
 
     run = tmp_path / "E0a"  # computed in float32 (tiny)
-    assert finished_run_differences(run, tiny_exp("E0a", ["arch.forward_dtype='auto'"]), 2) == ""  # auto's choice
-    assert finished_run_differences(run, tiny_exp("E0a", ["arch.forward_dtype='bfloat16'"]), 2) == ""  # emulated
+    # where the machine that would train it is unknown (a SLURM job's), auto's or an emulated bfloat16's choice
+    assert finished_run_differences(run, tiny_exp("E0a", ["arch.forward_dtype='auto'"]), 2) == ""
+    assert finished_run_differences(run, tiny_exp("E0a", ["arch.forward_dtype='bfloat16'"]), 2) == ""
+    # here, what auto would choose: a bfloat16 seed beside float32 ones would split the arm in two
+    assert finished_run_differences(run, tiny_exp("E0a", ["arch.forward_dtype='auto'"]), 2, "float32") == ""
+    assert finished_run_differences(run, tiny_exp("E0a", ["arch.forward_dtype='auto'"]), 2, "bfloat16") == (
+        "arch.forward_dtype: 'float32' in the run, 'bfloat16' now")
     config = (run / "config.json").read_text()
     (run / "config.json").write_text(config.replace('"forward_dtype": "float32"', '"forward_dtype": "bfloat16"'))
     assert finished_run_differences(run, tiny_exp("E0a"), 2) == (
@@ -339,3 +344,22 @@ def test_the_progress_of_a_model_without_an_encoder_shows_no_encoder_share(tmp_p
         assert out.exit_code == 0, out.output
         shown[exp_id] = next(line for line in out.output.splitlines() if line.startswith("step 2/2: "))
     assert "enc grad share" not in shown["P0"] and "enc grad share" in shown["E0b"], shown
+
+
+def test_a_queue_with_auto_refuses_finished_runs_of_another_dtype(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    """Seeds 0-1 trained in float32, then the queue asked for seeds 0-2 with auto on a CPU where auto is bfloat16:
+    before, seeds 0-1 were skipped as done and seed 2 trained in bfloat16, and compare showed two configurations
+    both labelled E0a."""
+    from etrmtrm_cli.training import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: True)  # whatever this machine's CPU is
+    args = ["train", "week1", "--profile", "tiny", "--experiments", REAL, "--runs-dir", str(tmp_path),
+            "--max-steps", "2", "--set", "decoder=none", "--quiet"]
+    assert runner.invoke(app, [*args, "--seeds", "2"]).exit_code == 0  # tiny: float32
+    queue = runner.invoke(app, [*args, "--seeds", "3", "--set", "arch.forward_dtype=auto"], env={"COLUMNS": "300"})
+    said = " ".join(queue.output.split())
+    assert queue.exit_code == 1, queue.output
+    assert "finished, but not as E0a is now (arch.forward_dtype: 'float32' in the run, 'bfloat16' now)" in said, said
+    assert "add `--set arch.forward_dtype=float32` to this command to train the rest as it ran" in said, said
+    assert not (tmp_path / "E0a" / "seed-2").exists()

@@ -28,6 +28,8 @@ from etrmtrm_cli.experiments_file import ExperimentsFile, load_experiments, spli
 from etrmtrm_cli.train_command import train_arguments
 
 if TYPE_CHECKING:
+    import torch
+
     from etrmtrm_cli.training.loop import StopFlag
 
 class _Commands(TyperGroup):
@@ -253,7 +255,7 @@ def train(
         if queue and not force and run_status(place) == "finished":  # skipped: it must be what it counts as
             check_finished_run(place, exp, max_steps, _train_command(exp, experiments, runs_dir, overrides or [],
                                                                      max_steps, per_seed, ctx.world_size,
-                                                                     local_world_size))
+                                                                     local_world_size), ctx.device)
     stop = StopFlag()
     try:
         with stop_on_signals(stop, say=ctx.is_main):
@@ -331,16 +333,23 @@ def _train_command(exp: Experiment, experiments: Path, runs_dir: Path, overrides
                                                  exp.seed if per_seed else None)])
 
 
-def check_finished_run(run_dir: Path, exp: Experiment, max_steps: int | None, again: str) -> None:
+def check_finished_run(run_dir: Path, exp: Experiment, max_steps: int | None, again: str,
+                       device: torch.device | None) -> None:
     """A finished run that a queue or sweep would skip as done (`again`: the command that trains it alone): refused
-    where it is not `exp` as this command would train it (rundir.finished_run_differences)."""
-    from etrmtrm_cli.rundir import finished_run_differences
+    where it is not `exp` as this command would train it on `device` (None: on a machine unknown here, a SLURM
+    job's) (rundir.finished_run_differences)."""
+    from etrmtrm_cli.rundir import finished_run_differences, saved_config
     from etrmtrm_cli.sweep_cost import steps_of
+    from etrmtrm_cli.training.runtime import choose_dtype
 
-    if differs := finished_run_differences(run_dir, exp, steps_of(exp, max_steps)):
+    here = None if device is None else choose_dtype(exp, device).exp.arch.forward_dtype
+    if differs := finished_run_differences(run_dir, exp, steps_of(exp, max_steps), here):
+        ran = saved_config(run_dir)["arch"]["forward_dtype"]
+        as_it_ran = (f", add `--set arch.forward_dtype={ran}` to this command to train the rest as it ran"
+                     if "arch.forward_dtype" in differs else "")
         raise RunError(f"{run_dir}: finished, but not as {exp.id} is now ({differs}), so it cannot count as "
-                       f"{exp.id}. Start it over alone with `{again} --force` (the old run is kept beside it), or use "
-                       "another --runs-dir")
+                       f"{exp.id}. Start it over alone with `{again} --force` (the old run is kept beside it)"
+                       f"{as_it_ran}, or use another --runs-dir")
 
 
 @contextlib.contextmanager

@@ -84,7 +84,7 @@ def sweep(
     from etrmtrm_cli import sweep as sw
     from etrmtrm_cli.rundir import check_run_layout
     from etrmtrm_cli.sweep_status import SWEEP_FOLDER
-    from etrmtrm_cli.training.distributed import check_device_name
+    from etrmtrm_cli.training.distributed import check_device_name, pick_device
 
     file = load_experiments(experiments)
     given = {"executor": executor, "jobs": jobs, "time_min": time_min, "partition": partition,
@@ -107,7 +107,8 @@ def sweep(
         check_run_layout(Path(job.spec.run_dir), job.spec.seed is not None)
         if job.state == "finished":  # skipped as done: it must be the run it will count as
             check_finished_run(Path(job.spec.run_dir), job.exp, max_steps, _train_command(
-                job.exp, experiments, runs_dir, list(overrides or ()), max_steps, job.spec.seed is not None))
+                job.exp, experiments, runs_dir, list(overrides or ()), max_steps, job.spec.seed is not None),
+                pick_device(device) if kind == "local" else None)  # a SLURM job's machine is unknown here
     where = (f"local: {config.jobs} at once, {threads} thread(s) each" if kind == "local" else
              f"SLURM: {threads or 'all allocated'} core(s), {config.gpus_per_job} GPU(s) per job")
     console.print(f"[dim]executor {kind} ({why}); {where}; submitit folder {folder}[/]", highlight=False)
