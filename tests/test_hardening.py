@@ -597,6 +597,7 @@ def test_non_finite_loss_advice_is_true_and_runnable(project: Path) -> None:
     assert_handled(out)
     problem = r"\b(nan|inf)\b|non-finite"
     assert re.search(problem, out.text, re.IGNORECASE), out.text
+    assert len(re.findall(r"--set train\.lr=", out.text)) == 1, out.text  # the new lr, not beside the old one
     if latest_checkpoint(run) is None:
         assert not re.search(r"checkpoint[^.]*\bkept|kept[^.]*checkpoint", out.text, re.IGNORECASE), (
             f"claims a checkpoint is kept, but {run} has none:\n{out.text}")

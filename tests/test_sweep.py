@@ -457,7 +457,8 @@ def test_a_time_limit_shorter_than_the_checkpoint_warning_is_refused(tmp_path: P
     out = cli("sweep", "E0a", "--dry-run", "--profile", "tiny", "--executor", "local", "--time-min", "1",
               "--runs-dir", tmp_path / "runs")
     assert out.code == 1, out.text
-    assert "time_min 1 is too short for signal_delay_s 120" in " ".join(out.text.split()), out.text
+    assert "error: sweep settings: time_min 1 is too short for signal_delay_s 120" in " ".join(out.text.split()), \
+        out.text  # not "--(sweep)"
     assert "at least twice that (4 min)" in " ".join(out.text.split()), out.text
     assert cli("sweep", "E0a", "--dry-run", "--profile", "tiny", "--executor", "local", "--time-min", "4",
                "--runs-dir", tmp_path / "runs").code == 0

@@ -256,13 +256,16 @@ def sweep_config(values: Mapping[str, Any], where: str, base: SweepConfig | None
     except ValidationError as err:
         lines = []
         for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"]) or "(sweep)"
+            key = ".".join(str(p) for p in e["loc"])
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "extra_forbidden":
                 hint = difflib.get_close_matches(key, list(SweepConfig.model_fields), n=1)
                 msg = (f"unknown key{f'; did you mean {hint[0]!r}?' if hint else ''} "
                        f"(valid: {', '.join(SweepConfig.model_fields)})")
-            label = where.format(key=key.replace("_", "-")) if "{key}" in where else f"{where}{key}"
+            if not key:  # a check of several settings together: its message names them
+                label = "sweep settings" if "{key}" in where else where.rstrip(".")
+            else:
+                label = where.format(key=key.replace("_", "-")) if "{key}" in where else f"{where}{key}"
             lines.append(f"{label}: {msg}")
         raise ConfigError("\n".join(lines)) from None
 

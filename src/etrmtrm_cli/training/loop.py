@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import platform
+import shlex
 import shutil
 import subprocess
 import time
@@ -236,7 +237,9 @@ def _batch(data: ArcData, step: int, exp: Experiment, ctx: DistContext) -> dict[
 
 def _non_finite(err: NonFiniteError, exp: Experiment, step: int, command: str) -> RunError:
     """The message for a NaN/inf: a resumed run replays the same steps, so the advice is to start over."""
-    again = command or f"etrmtrm train {exp.id} --profile {exp.profile}"
+    words = shlex.split(command or f"etrmtrm train {exp.id} --profile {exp.profile}")
+    lr_set = {i for i, w in enumerate(words[1:], 1) if words[i - 1] == "--set" and w.startswith("train.lr=")}
+    again = shlex.join(w for i, w in enumerate(words) if i not in lr_set and i + 1 not in lr_set)  # the new lr wins
     return RunError(
         f"{exp.id}: {err.what} is {err.value} at step {step}; stopped before the update. The run replays "
         f"exactly, so resuming it would meet the same value: start over with a lower learning rate, e.g. "
