@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from etrmtrm_cli.training.loop import StopFlag
 
+
 class _Commands(TyperGroup):
     """click exits 2 on a value or option it checks itself (`--max-steps 0`, `--no-such-flag`, no command at all);
     here a wrong input exits 1 wherever it is found, so that a script needs one test for it. typer raises its own
