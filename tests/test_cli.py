@@ -135,6 +135,8 @@ def test_a_queue_trains_a_configuration_once_and_compare_reads_it_for_both_names
     assert "E0b = E2b" in shown, shown
     report = (tmp_path.parent / "report.md").read_text()
     assert "# Comparison: E0a vs E0b = E2b" in report and "compare E0a E0b E2b --runs-dir" in report, report
+    (tmp_path / "E3a").mkdir()  # another experiment's damaged run: named by what reads it, not by export week1
+    (tmp_path / "E3a" / "config.json").write_text("not json")
     exported = runner.invoke(app, ["export", "week1", "--runs-dir", str(tmp_path), "--experiments", REAL, "--to",
                                    str(tmp_path.parent / "records")], env={"COLUMNS": "250"})
     assert exported.exit_code == 0, exported.output
@@ -361,5 +363,14 @@ def test_a_queue_with_auto_refuses_finished_runs_of_another_dtype(tmp_path: Path
     said = " ".join(queue.output.split())
     assert queue.exit_code == 1, queue.output
     assert "finished, but not as E0a is now (arch.forward_dtype: 'float32' in the run, 'bfloat16' now)" in said, said
-    assert "add `--set arch.forward_dtype=float32` to this command to train the rest as it ran" in said, said
+    assert "to train the rest in the dtype it ran in, add `--set arch.forward_dtype=float32`" in said, said
     assert not (tmp_path / "E0a" / "seed-2").exists()
+    # A bfloat16 run where bfloat16 is emulated: adding its dtype could not help, so the advice does not say to
+    bf16 = [*(str(tmp_path / "bf16") if a == str(tmp_path) else a for a in args),
+            "--set", "arch.forward_dtype=bfloat16"]
+    assert runner.invoke(app, [*bf16, "--seeds", "1"]).exit_code == 0  # native here (patched above)
+    monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: False)
+    again = runner.invoke(app, [*bf16, "--seeds", "2"], env={"COLUMNS": "300"})
+    said = " ".join(again.output.split())
+    assert again.exit_code == 1 and "it ran in bfloat16, which this machine would emulate" in said, said
+    assert "add `--set arch.forward_dtype" not in said, said

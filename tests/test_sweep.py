@@ -543,3 +543,12 @@ def test_status_prints_a_note_with_brackets_as_it_is() -> None:
     console = Console(record=True, width=300)
     console.print(status_table([RunRow("E0b", None, Path("runs/E0b"), "failed", 6, 12, None, None, None, note)], "t"))
     assert note in console.export_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_local_sweep_on_a_device_this_machine_lacks_is_refused_up_front(tmp_path: Path) -> None:
+    """Before, the error came only where a run was finished (its check resolved the device), else the dry run
+    went on and timed the jobs on cuda."""
+    out = cli("sweep", "E0a", "--dry-run", "--profile", "tiny", "--executor", "local", "--device", "cuda",
+              "--runs-dir", tmp_path / "runs")
+    assert out.code == 1 and "--device cuda: no CUDA device is available" in out.text, out.text

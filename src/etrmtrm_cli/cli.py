@@ -341,16 +341,20 @@ def check_finished_run(run_dir: Path, exp: Experiment, max_steps: int | None, ag
     job's) (rundir.finished_run_differences)."""
     from etrmtrm_cli.rundir import finished_run_differences, saved_config
     from etrmtrm_cli.sweep_cost import steps_of
-    from etrmtrm_cli.training.runtime import choose_dtype
+    from etrmtrm_cli.training.runtime import choose_dtype, with_dtype
 
     here = None if device is None else choose_dtype(exp, device).exp.arch.forward_dtype
     if differs := finished_run_differences(run_dir, exp, steps_of(exp, max_steps), here):
-        ran = saved_config(run_dir)["arch"]["forward_dtype"]
-        as_it_ran = (f", add `--set arch.forward_dtype={ran}` to this command to train the rest as it ran"
-                     if "arch.forward_dtype" in differs else "")
+        dtype = ""
+        if device is not None and "arch.forward_dtype" in differs:
+            ran = saved_config(run_dir)["arch"]["forward_dtype"]
+            can = choose_dtype(with_dtype(exp, ran), device).exp.arch.forward_dtype == ran
+            dtype = (f"; to train the rest in the dtype it ran in, add `--set arch.forward_dtype={ran}`" if can else
+                     f"; it ran in {ran}, which this machine would emulate: train the rest on one like the machine "
+                     "it ran on")
         raise RunError(f"{run_dir}: finished, but not as {exp.id} is now ({differs}), so it cannot count as "
-                       f"{exp.id}. Start it over alone with `{again} --force` (the old run is kept beside it)"
-                       f"{as_it_ran}, or use another --runs-dir")
+                       f"{exp.id}. Start it over alone with `{again} --force` (the old run is kept beside it), or use "
+                       f"another --runs-dir{dtype}")
 
 
 @contextlib.contextmanager

@@ -103,12 +103,13 @@ def sweep(
     planned, repeats = sw.plan_sweep(file, request, folder, threads, sweep_id, stop_timeout)
     if repeats:
         console.print(f"[dim]{repeats_line(repeats)}[/]", highlight=False)
+    here = pick_device(device) if kind == "local" else None  # the jobs' device; a SLURM job's machine is unknown
     for job in planned:  # before anything is submitted
         check_run_layout(Path(job.spec.run_dir), job.spec.seed is not None)
         if job.state == "finished":  # skipped as done: it must be the run it will count as
             check_finished_run(Path(job.spec.run_dir), job.exp, max_steps, _train_command(
                 job.exp, experiments, runs_dir, list(overrides or ()), max_steps, job.spec.seed is not None),
-                pick_device(device) if kind == "local" else None)  # a SLURM job's machine is unknown here
+                here)
     where = (f"local: {config.jobs} at once, {threads} thread(s) each" if kind == "local" else
              f"SLURM: {threads or 'all allocated'} core(s), {config.gpus_per_job} GPU(s) per job")
     console.print(f"[dim]executor {kind} ({why}); {where}; submitit folder {folder}[/]", highlight=False)

@@ -91,13 +91,20 @@ def stand_ins(file: ExperimentsFile, runs_dir: Path, exp_ids: Sequence[str]) -> 
         if exp_id not in file.experiments or (runs_dir / exp_id).exists():
             continue
         for other in file.experiments:
-            runs = rundir.seed_runs(runs_dir, other)
-            profiles = {rundir.read_json(run / rundir.CONFIG).get("profile") for run in runs}
+            profiles = {_profile(run) for run in rundir.seed_runs(runs_dir, other)}
             if other != exp_id and any(file.same_configuration(exp_id, other, p) for p in profiles
                                        if p in file.profiles):
                 out[exp_id] = other
                 break
     return out
+
+
+def _profile(run: Path) -> str | None:
+    """The profile a run trained at; None where its config.json cannot be read (named where the run is read)."""
+    try:
+        return rundir.read_json(run / rundir.CONFIG).get("profile")
+    except RunError:
+        return None
 
 
 def compare_runs(runs_dir: Path, exp_ids: Sequence[str], *, with_baselines: bool = True,

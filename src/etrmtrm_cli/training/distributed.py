@@ -53,8 +53,11 @@ class DistContext:
         with this one's."""
         try:
             result = step()
-        except Exception:
-            _, main_failed = self._agree(True)
+        except Exception as err:
+            try:
+                _, main_failed = self._agree(True)
+            except PeerFailed:  # another rank has gone too: this one's own error is the cause to report
+                raise err from None
             if main_failed and not self.is_main:
                 raise PeerFailed("process 0 failed too, and reports why") from None
             raise
