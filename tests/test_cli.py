@@ -253,8 +253,8 @@ def test_a_queue_counts_a_finished_run_only_at_the_length_and_dtype_it_would_tra
     assert finished_run_differences(run, tiny_exp("E0a", ["arch.forward_dtype='auto'"]), 2) == ""
     assert finished_run_differences(run, tiny_exp("E0a", ["arch.forward_dtype='bfloat16'"]), 2) == ""
     # here, what auto would choose: a bfloat16 seed beside float32 ones would split the arm in two
-    assert finished_run_differences(run, tiny_exp("E0a", ["arch.forward_dtype='auto'"]), 2, "float32") == ""
-    assert finished_run_differences(run, tiny_exp("E0a", ["arch.forward_dtype='auto'"]), 2, "bfloat16") == (
+    assert finished_run_differences(run, tiny_exp("E0a", ["arch.forward_dtype='float32'"]), 2, True) == ""
+    assert finished_run_differences(run, tiny_exp("E0a", ["arch.forward_dtype='bfloat16'"]), 2, True) == (
         "arch.forward_dtype: 'float32' in the run, 'bfloat16' now")
     config = (run / "config.json").read_text()
     (run / "config.json").write_text(config.replace('"forward_dtype": "float32"', '"forward_dtype": "bfloat16"'))

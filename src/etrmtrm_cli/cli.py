@@ -343,8 +343,8 @@ def check_finished_run(run_dir: Path, exp: Experiment, max_steps: int | None, ag
     from etrmtrm_cli.sweep_cost import steps_of
     from etrmtrm_cli.training.runtime import choose_dtype, with_dtype
 
-    here = None if device is None else choose_dtype(exp, device).exp.arch.forward_dtype
-    if differs := finished_run_differences(run_dir, exp, steps_of(exp, max_steps), here):
+    here = exp if device is None else choose_dtype(exp, device).exp  # in the dtype it would compute in there
+    if differs := finished_run_differences(run_dir, here, steps_of(exp, max_steps), dtype_resolved=device is not None):
         dtype = ""
         if device is not None and "arch.forward_dtype" in differs:
             ran = saved_config(run_dir)["arch"]["forward_dtype"]

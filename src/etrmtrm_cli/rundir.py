@@ -175,18 +175,16 @@ def config_changes(saved: dict[str, Any], exp: Experiment) -> tuple[dict[str, tu
     return changed, "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, (old, new) in sorted(refused.items()))
 
 
-def finished_run_differences(run_dir: Path, exp: Experiment, steps: int, dtype_here: str | None = None) -> str:
+def finished_run_differences(run_dir: Path, exp: Experiment, steps: int, dtype_resolved: bool = False) -> str:
     """How a finished run differs from `exp` trained for `steps` steps, as text ("" where it is that run): a queue
     or sweep skips it as done only then, or it would stand for `exp` in every comparison without being it (a
     `--set` run under its name, a short smoke test, a float32 run among the bfloat16 seeds `auto` would add).
-    `dtype_here`: the dtype `exp` would compute in (runtime.choose_dtype on the machine that would train it); where
+    `dtype_resolved`: `exp` computes in the dtype the machine that would train it chose (runtime.choose_dtype); where
     that machine is unknown (a SLURM job's), the dtype `auto` or an emulated bfloat16 chose is no difference. Nor is
     a decoder file named by another path."""
     saved = saved_config(run_dir)
     requested, ran = exp.arch.forward_dtype, saved["arch"]["forward_dtype"]
-    if dtype_here is not None:
-        exp = exp.model_copy(update={"arch": exp.arch.model_copy(update={"forward_dtype": dtype_here})})
-    elif requested == "auto" or (requested, ran) == ("bfloat16", "float32"):
+    if not dtype_resolved and (requested == "auto" or (requested, ran) == ("bfloat16", "float32")):
         saved["arch"]["forward_dtype"] = requested
     if saved.get("decoder") != exp.decoder and _same_decoder_file(run_dir, exp.decoder):
         saved["decoder"] = exp.decoder

@@ -44,9 +44,10 @@ def check_encoder_variance(subject: Subject) -> CheckResult:
         return CheckResult("encoder-variance", "warn", rows, "not measurable: the batch holds a single puzzle")
     trained = subject.weights is not None
     models = [("fresh model", build(subject, trained=False))] + ([("trained run", build(subject))] if trained else [])
-    judged = math.nan
+    judged, own = math.nan, []
     for label, model in models:
-        per_step = context_variance(model, batch, subject.exp.arch.halt_max_steps)
+        own = contexts(model, batch, subject.exp.arch.halt_max_steps)
+        per_step = [cross_sample_var(context, batch["puzzle_ids"]) for context in own]
         judged = sum(per_step) / len(per_step)
         rows.append(Measurement(f"{label}: cross-sample variance at ACT step 1 / {len(per_step)}",
                                 f"{number(per_step[0])} / {number(per_step[-1])}", "(for reference)", "info"))
@@ -57,7 +58,7 @@ def check_encoder_variance(subject: Subject) -> CheckResult:
                                 "warn" if label == "fresh model" and verdict == "fail" else verdict))
     label, model = models[-1]  # the judged one
     donors = other_task_rows(batch["group_ids"])
-    change = demo_dependence(model, batch, donors, subject.exp.arch.halt_max_steps) if donors is not None else None
+    change = demo_dependence(model, batch, donors, own) if donors is not None else None
     if change is not None:
         rows.append(Measurement(f"{label}: context change with another task's demos (relative, mean over steps)",
                                 number(change), f"≥ {MIN_DEMO_DEPENDENCE:g}",
@@ -101,22 +102,21 @@ def check_encoder_variance(subject: Subject) -> CheckResult:
 
 
 @torch.no_grad()
-def demo_dependence(model: ACTModel, batch: dict[str, Tensor], donors: Tensor, steps: int) -> float:
-    """The mean over `steps` eval-mode ACT steps of ||context with another task's demos - context|| / ||context||
-    (`donors`: each row's row of another task, context_use.other_task_rows)."""
+def contexts(model: ACTModel, batch: dict[str, Tensor], steps: int) -> list[Tensor]:
+    """The context (B, C, D) at each of `steps` eval-mode ACT steps from a fresh carry (nothing halts in eval, so
+    every row holds its batch row throughout)."""
     model.eval()
-    swapped = {**batch, **{key: batch[key][donors] for key in DEMO_KEYS}}
-    changes = [float((b["context"] - a["context"]).float().norm() / a["context"].float().norm().clamp_min(1e-12))
-               for (_, a), (_, b) in zip(rollout(model, batch, steps), rollout(model, swapped, steps), strict=True)]
+    return [outputs["context"] for _, outputs in rollout(model, batch, steps)]
+
+
+def demo_dependence(model: ACTModel, batch: dict[str, Tensor], donors: Tensor, own: list[Tensor]) -> float:
+    """The mean over the ACT steps of ||context with another task's demos - context|| / ||context|| (`own`: the
+    contexts of `contexts(model, batch, ...)`; `donors`: each row's row of another task,
+    context_use.other_task_rows)."""
+    swapped = contexts(model, {**batch, **{key: batch[key][donors] for key in DEMO_KEYS}}, len(own))
+    changes = [float((b - a).float().norm() / a.float().norm().clamp_min(1e-12))
+               for a, b in zip(own, swapped, strict=True)]
     return sum(changes) / len(changes)
-
-
-@torch.no_grad()
-def context_variance(model: ACTModel, batch: dict[str, Tensor], steps: int) -> list[float]:
-    """cross_sample_var of the context at each of `steps` eval-mode ACT steps from a fresh carry."""
-    model.eval()
-    return [cross_sample_var(outputs["context"], carry.current_data["puzzle_ids"])
-            for carry, outputs in rollout(model, batch, steps)]
 
 
 def variance_verdict(var: float) -> Status:
