@@ -106,7 +106,7 @@ def contexts(model: ACTModel, batch: dict[str, Tensor], steps: int) -> list[Tens
     """The context (B, C, D) at each of `steps` eval-mode ACT steps from a fresh carry (nothing halts in eval, so
     every row holds its batch row throughout)."""
     model.eval()
-    return [outputs["context"] for _, outputs in rollout(model, batch, steps)]
+    return [outputs["context"].detach() for _, outputs in rollout(model, batch, steps)]
 
 
 def demo_dependence(model: ACTModel, batch: dict[str, Tensor], donors: Tensor, own: list[Tensor]) -> float:
