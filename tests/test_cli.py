@@ -140,7 +140,18 @@ def test_a_queue_trains_a_configuration_once_and_compare_reads_it_for_both_names
     exported = runner.invoke(app, ["export", "week1", "--runs-dir", str(tmp_path), "--experiments", REAL, "--to",
                                    str(tmp_path.parent / "records")], env={"COLUMNS": "250"})
     assert exported.exit_code == 0, exported.output
-    assert "no run of its own (E0b's runs stand for it)" in exported.output, exported.output
+    assert f"no run of its own {tmp_path / 'E2b'}: E0b's runs stand for it\n" in exported.output, exported.output
+    # E2b named without E0b: its record needs E0b's runs, and `compare` reads them from the records for E2b
+    records = tmp_path.parent / "records-e2b"
+    alone = runner.invoke(app, ["export", "E0a", "E2b", "--runs-dir", str(tmp_path), "--experiments", REAL, "--to",
+                                str(records)], env={"COLUMNS": "250"})
+    assert alone.exit_code == 0, alone.output
+    assert "E0b's runs stand for it, exported with them" in alone.output, alone.output
+    assert sorted(p.name for p in records.iterdir()) == ["E0a", "E0b"]
+    from_records = runner.invoke(app, ["compare", "E0a", "E2b", "--runs-dir", str(records), "--experiments", REAL],
+                                 env={"COLUMNS": "250"})
+    assert from_records.exit_code == 0, from_records.output
+    assert "E0b = E2b" in " ".join(from_records.output.split()), from_records.output
 
 
 def test_queue_refuses_a_finished_run_that_is_not_the_experiment(tmp_path: Path) -> None:

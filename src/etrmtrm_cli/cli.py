@@ -527,20 +527,23 @@ def export(
 
     `compare --runs-dir DIR` and `status --runs-dir DIR` read the records as they read runs; copied into another
     machine's runs directory, they let a sweep skip the runs they hold. Unfinished runs are left out, and so are
-    experiments without a run yet: the sweep's own targets export what it has finished so far.
+    experiments without a run yet: the sweep's own targets export what it has finished so far. An experiment whose
+    configuration another's runs trained (E2b, E0b's) exports those runs, which `compare` reads for it.
     """
     from etrmtrm_cli.analysis.compare import stand_ins
     from etrmtrm_cli.run_export import export_runs
 
     file = load_experiments(experiments)
-    exp_ids = list(dict.fromkeys(exp_id for name in runs for exp_id in file.targets(name)))
-    standing_in = stand_ins(file, runs_dir, exp_ids)  # E2b, which a queue with E0b leaves out: E0b's runs are its
+    named = list(dict.fromkeys(exp_id for name in runs for exp_id in file.targets(name)))
+    # E2b, which a queue with E0b leaves out: E0b's runs are its runs, and a record of E2b needs them
+    standing_in = stand_ins(file, runs_dir, named)
+    exp_ids = list(dict.fromkeys(standing_in.get(exp_id, exp_id) for exp_id in named))
+    for exp_id, original in standing_in.items():
+        console.print(f"[dim]no run of its own[/] {runs_dir / exp_id}: {original}'s runs stand for it"
+                      f"{'' if original in named else ', exported with them'}", highlight=False)
     for item in export_runs(runs_dir, exp_ids, to, weights=weights):
         style = {"not finished": "yellow", "no run yet": "dim"}.get(item.action, "green")
-        action = item.action
-        if action == "no run yet" and item.source.name in standing_in:
-            action = f"no run of its own ({standing_in[item.source.name]}'s runs stand for it)"
-        console.print(f"[{style}]{action}[/] {item.source} -> {item.dest}", highlight=False)
+        console.print(f"[{style}]{item.action}[/] {item.source} -> {item.dest}", highlight=False)
 
 
 # Output into a pipe or a file has no terminal width, and rich would fit it into 80 columns, cutting the
