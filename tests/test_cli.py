@@ -154,6 +154,43 @@ def test_a_queue_trains_a_configuration_once_and_compare_reads_it_for_both_names
     assert "E0b = E2b" in " ".join(from_records.output.split()), from_records.output
 
 
+def test_a_queue_says_when_a_stopped_run_resumes_in_another_dtype_than_its_new_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seed 0 stopped in float32 where auto chose it; the queue goes on where auto is bfloat16. Seed 0 resumes in
+    float32 (a run keeps its dtype) and seed 1 starts in bfloat16: compare would show two configurations, so the
+    queue says so before it trains, with the setting that keeps every seed in one dtype."""
+    import torch
+
+    from etrmtrm_cli.experiments_file import load_experiments
+    from etrmtrm_cli.rundir import saved_config
+    from etrmtrm_cli.training import runtime
+    from etrmtrm_cli.training.distributed import DistContext
+    from etrmtrm_cli.training.loop import StopFlag, TrainOptions, train
+
+    overrides = ["decoder=none", "arch.forward_dtype=auto"]
+    monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: False)  # auto: float32
+    [(exp, _)] = load_experiments(Path(REAL)).jobs("E0a", "tiny", overrides, (0,), 1)
+    stop = StopFlag()
+
+    def stop_at_one(kind: str, payload: dict[str, object]) -> None:
+        stop.requested = stop.requested or (kind == "step" and payload["step"] == 1)
+
+    stopped = train(exp, TrainOptions(runs_dir=tmp_path, max_steps=2, per_seed=True),
+                    DistContext(0, 1, torch.device("cpu")), stop_at_one, stop)
+    assert (stopped.status, stopped.step) == ("interrupted", 1)
+    monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: True)  # auto: bfloat16
+    args = ["E0a", "--seeds", "2", "--profile", "tiny", "--experiments", REAL, "--runs-dir", str(tmp_path),
+            "--max-steps", "2", *(arg for o in overrides for arg in ("--set", o))]
+    note = (f"{tmp_path / 'E0a' / 'seed-0'}: stopped in float32, resumes in float32 (a run keeps the dtype it started "
+            "in), where a new run here computes in bfloat16: compare keeps the two dtypes apart as two configurations; "
+            "to train the rest in float32 too, add `--set arch.forward_dtype=float32`")
+    sweep = runner.invoke(app, ["sweep", *args, "--executor", "local", "--dry-run"], env={"COLUMNS": "300"})
+    assert sweep.exit_code == 0 and note in " ".join(sweep.output.split()), sweep.output
+    queue = runner.invoke(app, ["train", *args, "--quiet"], env={"COLUMNS": "300"})
+    assert queue.exit_code == 0 and note in " ".join(queue.output.split()), queue.output
+    dtypes = [saved_config(tmp_path / "E0a" / f"seed-{seed}")["arch"]["forward_dtype"] for seed in (0, 1)]
+    assert dtypes == ["float32", "bfloat16"]
+
 def test_queue_refuses_a_finished_run_that_is_not_the_experiment(tmp_path: Path) -> None:
     """A `--set` run under E0b's name, finished: a queue would skip it as E0b and compare would count it as E0b."""
     tiny = ["--profile", "tiny", "--experiments", REAL, "--runs-dir", str(tmp_path), "--max-steps", "2",

@@ -257,6 +257,9 @@ def train(
             check_finished_run(place, exp, max_steps, _train_command(exp, experiments, runs_dir, overrides or [],
                                                                      max_steps, per_seed, ctx.world_size,
                                                                      local_world_size), ctx.device)
+        elif queue and not force and run_status(place) == "resumable" and ctx.is_main and (
+                note := resumed_dtype_note(place, exp, ctx.device)):
+            err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
     stop = StopFlag()
     try:
         with stop_on_signals(stop, say=ctx.is_main):
@@ -341,20 +344,44 @@ def check_finished_run(run_dir: Path, exp: Experiment, max_steps: int | None, ag
     job's) (rundir.finished_run_differences)."""
     from etrmtrm_cli.rundir import finished_run_differences, saved_config
     from etrmtrm_cli.sweep_cost import steps_of
-    from etrmtrm_cli.training.runtime import choose_dtype, with_dtype
+    from etrmtrm_cli.training.runtime import choose_dtype
 
     here = exp if device is None else choose_dtype(exp, device).exp  # in the dtype it would compute in there
     if differs := finished_run_differences(run_dir, here, steps_of(exp, max_steps), dtype_resolved=device is not None):
         dtype = ""
         if device is not None and "arch.forward_dtype" in differs:
             ran = saved_config(run_dir)["arch"]["forward_dtype"]
-            can = choose_dtype(with_dtype(exp, ran), device).exp.arch.forward_dtype == ran
-            dtype = (f"; to train the rest in the dtype it ran in, add `--set arch.forward_dtype={ran}`" if can else
+            dtype = (f"; to train the rest in the dtype it ran in, add `--set arch.forward_dtype={ran}`"
+                     if _computes_in(exp, ran, device) else
                      f"; it ran in {ran}, which this machine would emulate: train the rest on one like the machine "
                      "it ran on")
         raise RunError(f"{run_dir}: finished, but not as {exp.id} is now ({differs}), so it cannot count as "
                        f"{exp.id}. Start it over alone with `{again} --force` (the old run is kept beside it), or use "
                        f"another --runs-dir{dtype}")
+
+
+def resumed_dtype_note(run_dir: Path, exp: Experiment, device: torch.device | None) -> str | None:
+    """A stopped run that a queue or sweep resumes keeps the dtype it started in (`auto`); where a new run on
+    `device` would compute in another, its seeds would split into two configurations in `compare`: say so first."""
+    from etrmtrm_cli.rundir import saved_config
+    from etrmtrm_cli.training.runtime import choose_dtype
+
+    if device is None or exp.arch.forward_dtype != "auto":
+        return None
+    ran, new = saved_config(run_dir)["arch"]["forward_dtype"], choose_dtype(exp, device).exp.arch.forward_dtype
+    if ran == new:
+        return None
+    keep = f"; to train the rest in {ran} too, add `--set arch.forward_dtype={ran}`" if _computes_in(
+        exp, ran, device) else ""
+    return (f"{run_dir}: stopped in {ran}, resumes in {ran} (a run keeps the dtype it started in), where a new run "
+            f"here computes in {new}: compare keeps the two dtypes apart as two configurations{keep}")
+
+
+def _computes_in(exp: Experiment, dtype: str, device: torch.device) -> bool:
+    """Whether `exp` asked to compute in `dtype` would on `device` (bfloat16 emulated on a CPU runs in float32)."""
+    from etrmtrm_cli.training.runtime import choose_dtype, with_dtype
+
+    return choose_dtype(with_dtype(exp, dtype), device).exp.arch.forward_dtype == dtype
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from etrmtrm_cli import sweep_render
 from etrmtrm_cli.analysis.text import duration
@@ -26,6 +27,7 @@ from etrmtrm_cli.cli import (
     parse_seeds,
     repeats_line,
     resolve_profile,
+    resumed_dtype_note,
 )
 from etrmtrm_cli.config import SweepConfig
 from etrmtrm_cli.errors import ConfigError, RunError, first_line
@@ -110,6 +112,8 @@ def sweep(
             check_finished_run(Path(job.spec.run_dir), job.exp, max_steps, _train_command(
                 job.exp, experiments, runs_dir, list(overrides or ()), max_steps, job.spec.seed is not None),
                 here)
+        elif job.state == "resumable" and (note := resumed_dtype_note(Path(job.spec.run_dir), job.exp, here)):
+            err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
     where = (f"local: {config.jobs} at once, {threads} thread(s) each" if kind == "local" else
              f"SLURM: {threads or 'all allocated'} core(s), {config.gpus_per_job} GPU(s) per job")
     console.print(f"[dim]executor {kind} ({why}); {where}; submitit folder {folder}[/]", highlight=False)
