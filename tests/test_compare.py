@@ -174,6 +174,13 @@ def seeded(runs_dir: Path, exp_id: str, finals: Sequence[float], **kwargs: Any) 
 
 
 BASE = [0.900, 0.905, 0.895, 0.902, 0.898]  # E0a over 5 seeds: 90 % with a 0.4-point spread
+JITTER = (0.0004, -0.0003, 0.0002, -0.0001, -0.0002)  # mean 0: a difference with some spread (sd 0.03 points)
+
+
+def shifted(delta: float, jitter: Sequence[float] = JITTER) -> list[float]:
+    """BASE moved by `delta` (a fraction), seed by seed give or take `jitter`: a paired difference of mean `delta`
+    with a spread. The same shift in every seed has none, and no interval (stats.paired_difference)."""
+    return [b + delta + j for b, j in zip(BASE, jitter, strict=True)]
 
 
 @pytest.mark.parametrize(("delta", "letter"), [
@@ -211,6 +218,24 @@ def test_one_seed_cannot_name_a_scenario(tmp_path: Path) -> None:
     assert scenario.difference.n == 1 and scenario.difference.interval is None
 
 
+def test_the_same_difference_in_every_seed_names_no_scenario_and_no_finding(tmp_path: Path) -> None:
+    """E0b 1 point above E0a in each of 5 seeds: the t interval would be [+1, +1], a band named with certainty
+    from a sample sd of 0. Neither the scenario, the parent comparison nor the decision points take it."""
+    seeded(tmp_path, "E0a", BASE)
+    seeded(tmp_path, "E0b", [b + 0.01 for b in BASE])
+    seeded(tmp_path, "E3b", [b + 0.01 for b in BASE])  # parent E0b: the same in every seed, no difference
+    found = compare.compare_runs(tmp_path, ["E0a", "E0b", "E3b"], with_baselines=False).verdict
+    scenarios = {s.run: s for s in found.scenarios}
+    assert (scenarios["E0b"].letter, scenarios["E0b"].title) == ("?", verdict.NO_SPREAD)
+    assert scenarios["E0b"].difference.interval is None and scenarios["E0b"].difference.n == 5
+    assert ("paired difference over seeds [0, 1, 2, 3, 4]: +1.00 points, n = 5, the same in every seed, no interval"
+            in scenarios["E0b"].evidence[1]), scenarios["E0b"].evidence
+    parents = {p.run: p for p in found.parents}
+    assert parents["E3b"].finding == "no difference shown"  # [0, 0]: the runs agree
+    assert parents["E0b"].finding == verdict.NO_SPREAD  # E0b's parent is E0a
+    week1 = {d.point: d for d in found.decisions}["After Week 1"]
+    assert not week1.decided and week1.decision == f"not decided: {verdict.NO_SPREAD}", week1
+
 def test_identical_configurations_are_pooled_and_a_repeated_seed_counts_once(tmp_path: Path) -> None:
     seeded(tmp_path, "E0b", [0.90, 0.91])
     seeded(tmp_path, "E2b", [0.90, 0.91, 0.92])  # E2b is E0b's configuration: seeds 0, 1 repeat E0b's
@@ -232,7 +257,7 @@ def test_seeds_that_ran_in_different_dtypes_are_two_configurations_never_pooled(
 
 def test_each_run_is_judged_against_its_parent_naming_the_settings_that_differ(tmp_path: Path) -> None:
     seeded(tmp_path, "E0b", BASE)
-    seeded(tmp_path, "E3b", [b - 0.03 for b in BASE])  # parent E0b; differs in train.lr
+    seeded(tmp_path, "E3b", shifted(-0.03))  # parent E0b; differs in train.lr
     seeded(tmp_path, "E2d", [b + 0.001 * (-1) ** i for i, b in enumerate(BASE)])  # parent E0b
     seeded(tmp_path, "E2c", BASE)  # parent E0b; the same train accuracy at every seed
     result = compare.compare_runs(tmp_path, ["E0b", "E3b", "E2d", "E2c"], with_baselines=False)
@@ -249,14 +274,14 @@ def test_each_run_is_judged_against_its_parent_naming_the_settings_that_differ(t
 
 def test_a_parent_finding_gives_the_interval_that_holds_for_all_parent_comparisons_at_once(tmp_path: Path) -> None:
     seeded(tmp_path, "E0b", BASE)
-    seeded(tmp_path, "E3b", [b - 0.03 for b in BASE])  # 3 points below E0b on every seed: worse at any level
+    seeded(tmp_path, "E3b", shifted(-0.03))  # about 3 points below E0b on every seed: worse at any level
     seeded(tmp_path, "E4c", [b + d for b, d in zip(BASE, (0.004, 0.012, 0.002, 0.010, 0.007), strict=True)])
     seeded(tmp_path, "E2c", [b + d for b, d in zip(BASE, (0.004, -0.003, 0.002, 0.001, -0.002), strict=True)])
     found = {p.run: p for p in compare.compare_runs(tmp_path, ["E0b", "E3b", "E4c", "E2c"],
                                                     with_baselines=False).verdict.parents}
     # 3 comparisons with a parent: each finding at 95 %, the family's at 1 - 0.05 / 3 each
     assert found["E3b"].finding == "worse"
-    assert any(e.startswith("one of 3 comparisons with a parent") and e.endswith("it is [-3.00, -3.00]: still worse")
+    assert any(e.startswith("one of 3 comparisons with a parent") and e.endswith("it is [-3.05, -2.95]: still worse")
                for e in found["E3b"].evidence), found["E3b"].evidence
     # E4c: +0.70 points, sd 0.41: its 95 % interval [+0.19, +1.21] excludes 0; at 98.33 % ([-0.03, +1.43]) not
     assert found["E4c"].finding == "better"
@@ -267,8 +292,8 @@ def test_a_parent_finding_gives_the_interval_that_holds_for_all_parent_compariso
 
 def test_a_scenario_names_the_settings_besides_the_encoder_in_which_the_run_differs(tmp_path: Path) -> None:
     seeded(tmp_path, "E0a", BASE)
-    seeded(tmp_path, "E0b", [b - 0.02 for b in BASE])  # static -> recurrent_standard, nothing else
-    seeded(tmp_path, "E3b", [b - 0.02 for b in BASE])  # recurrent_standard and half the learning rate
+    seeded(tmp_path, "E0b", shifted(-0.02))  # static -> recurrent_standard, nothing else
+    seeded(tmp_path, "E3b", shifted(-0.02))  # recurrent_standard and half the learning rate
     found = {s.run: s for s in compare.compare_runs(tmp_path, ["E0a", "E0b", "E3b"],
                                                     with_baselines=False).verdict.scenarios}
     assert found["E3b"].letter == found["E0b"].letter == "C/D"
@@ -294,11 +319,11 @@ def test_a_scenario_gives_the_plans_comparison_with_etrm(tmp_path: Path) -> None
     """Convergence, ACT steps and encoder variance as paired differences, beside train accuracy."""
     for seed, (a, b) in enumerate(((0.50, 0.30), (0.52, 0.31), (0.48, 0.30))):
         write_run(tmp_path, "E0a", flat(0.90), var=a, seed=seed)
-        write_run(tmp_path, "E0b", [0.5] * (seed + 2) + flat(0.90), var=b, act=6.0, seed=seed)
+        write_run(tmp_path, "E0b", [0.5] * (seed + 2) + flat(0.90), var=b, act=6.0 + 0.1 * seed, seed=seed)
     (found,) = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict.scenarios
     lines = {e.split(":")[0]: e for e in found.evidence}
     assert lines["encoder variance"] == "encoder variance: -0.20, 95% CI [-0.23, -0.16], n = 3", lines
-    assert lines["ACT steps"] == "ACT steps: +2.00 steps, 95% CI [+2.00, +2.00], n = 3"  # E0b - E0a
+    assert lines["ACT steps"] == "ACT steps: +2.10 steps, 95% CI [+1.85, +2.35], n = 3"  # E0b - E0a: 2.0, 2.1, 2.2
     assert lines["steps to 90%"].startswith("steps to 90%: +3.00 steps, 95% CI"), lines
 
 
@@ -377,7 +402,7 @@ def test_after_week_2_names_a_week_2_variant_better_than_etrm_and_ignores_e0b_re
     seeded(tmp_path, "E0a", BASE)
     seeded(tmp_path, "E0b", BASE)
     seeded(tmp_path, "E2b", BASE)  # E0b's configuration: pooled with it, no week-2 variant
-    seeded(tmp_path, "E3b", [b + 0.03 for b in BASE])  # parent E0b, 3 points above E0a on every seed
+    seeded(tmp_path, "E3b", shifted(0.03))  # parent E0b, about 3 points above E0a on every seed
     seeded(tmp_path, "E2d", BASE)
     seeded(tmp_path, "E3c", [b + 0.05 for b in BASE])  # week 3: after the decision point, not in its family
     week2 = decisions(tmp_path, ["E0a", "E0b", "E2b", "E3b", "E2d", "E3c"])["After Week 2"]
@@ -442,7 +467,7 @@ def test_after_e0b_names_a_success_that_converges_slower_than_etrm(tmp_path: Pat
 def test_no_gain_is_not_said_while_a_configuration_has_no_finished_run(tmp_path: Path) -> None:
     seeded(tmp_path, "E0a", BASE)
     seeded(tmp_path, "E0b", BASE)
-    seeded(tmp_path, "E1a", [b - 0.02 for b in BASE])  # finished, below E0a on every seed
+    seeded(tmp_path, "E1a", shifted(-0.02))  # finished, below E0a on every seed
     write_run(tmp_path, "E2c", flat(0.99)[:5], status="running", seed=0)  # week 2, nothing finished yet
     result = compare.compare_runs(tmp_path, ["E0a", "E0b", "E1a", "E2c"], with_baselines=False).verdict
     week2 = {d.point: d for d in result.decisions}["After Week 2"]
@@ -473,7 +498,7 @@ def flags(tmp_path: Path, ids: Sequence[str]) -> dict[int, verdict.RedFlag]:
 
 def test_healthy_runs_raise_no_red_flag(tmp_path: Path) -> None:
     seeded(tmp_path, "E0a", BASE)
-    seeded(tmp_path, "E0b", [b + 0.03 for b in BASE])
+    seeded(tmp_path, "E0b", shifted(0.03))
     assert [(f.number, f.assessed, f.holds) for f in flags(tmp_path, ["E0a", "E0b"]).values()] == \
         [(1, True, False), (2, True, False), (3, True, False)]
     write_run(tmp_path, "E1a", flat(0.90))  # one seed: red flag 3 cannot be assessed
@@ -526,16 +551,17 @@ def test_red_flag_2_instability(tmp_path: Path, kwargs: dict[str, Any], evidence
 
 def test_red_flag_3_no_improvement_and_the_best_configuration(tmp_path: Path) -> None:
     seeded(tmp_path, "E0a", BASE)
-    seeded(tmp_path, "E0b", [b + 0.002 for b in BASE])
-    seeded(tmp_path, "E1a", [b - 0.02 for b in BASE])
+    seeded(tmp_path, "E0b", shifted(0.002))
+    seeded(tmp_path, "E1a", shifted(-0.02, JITTER[::-1]))
     flag = flags(tmp_path, ["E0a", "E0b", "E1a"])[3]
     assert flag.assessed and flag.holds
-    assert flag.evidence[0].startswith("E0b - E0a: +0.20 points, 97.5% CI [+0.20, +0.20], n = 5")
+    assert flag.evidence[0].startswith("E0b - E0a: +0.20 points, 97.5% CI [+0.15, +0.25], n = 5")
     separated = compare.compare_runs(tmp_path, ["E0a", "E0b", "E1a"], with_baselines=False).verdict.best
     assert separated is not None and (separated.run, separated.not_separated) == ("E0b", ())  # above both everywhere
-    assert separated.evidence[1:] == ["train acc over the runner-up E0a: +0.20 points, 95% CI [+0.20, +0.20], n = 5"]
-    seeded(tmp_path, "E2c", [b + 0.05 for b in BASE], em=0.6)
-    seeded(tmp_path, "E2d", [b + 0.05 for b in BASE], em=0.7)
+    assert separated.evidence[1:] == ["train acc over the runner-up E0a: +0.20 points, 95% CI [+0.16, +0.24], n = 5"]
+    rotated = JITTER[1:] + JITTER[:1]
+    seeded(tmp_path, "E2c", shifted(0.05, rotated), em=0.6)
+    seeded(tmp_path, "E2d", shifted(0.05, rotated), em=0.7)  # the same as E2c's: +0.00, [0, 0]
     result = compare.compare_runs(tmp_path, ["E0a", "E0b", "E1a", "E2c", "E2d"], with_baselines=False)
     assert not {f.number: f for f in result.verdict.red_flags}[3].holds
     best = result.verdict.best
@@ -547,13 +573,13 @@ def test_red_flag_3_no_improvement_and_the_best_configuration(tmp_path: Path) ->
 
 
 def test_the_best_configuration_is_separated_from_every_other_not_only_the_runner_up(tmp_path: Path) -> None:
-    seeded(tmp_path, "E0a", [b + 0.05 for b in BASE])
-    seeded(tmp_path, "E0b", [b + 0.048 for b in BASE])  # the runner-up, 0.2 points below on every seed
+    seeded(tmp_path, "E0a", shifted(0.05))
+    seeded(tmp_path, "E0b", shifted(0.048, JITTER[::-1]))  # the runner-up, about 0.2 points below on every seed
     seeded(tmp_path, "E1a", [0.96, 0.90])  # third by its mean, but two seeds that disagree
     best = compare.compare_runs(tmp_path, ["E0a", "E0b", "E1a"], with_baselines=False).verdict.best
     assert best is not None and best.run == "E0a" and best.not_separated == ("E1a",), best
     assert best.evidence[1:3] == ["the baseline E0a has the highest mean",
-                                  "train acc over the runner-up E0b: +0.20 points, 95% CI [+0.20, +0.20], n = 5"]
+                                  "train acc over the runner-up E0b: +0.20 points, 95% CI [+0.14, +0.26], n = 5"]
     assert best.evidence[3].startswith("train acc over E1a: ") and best.evidence[3].endswith("either may be the best")
 
 

@@ -127,13 +127,25 @@ def test_paired_difference_matches_ttest_rel() -> None:
     assert p.interval == pytest.approx((ci.low, ci.high))
 
 
-def test_a_difference_exactly_on_a_band_edge_lands_in_the_band_that_owns_the_edge() -> None:
+def test_a_difference_on_a_band_edge_lands_in_the_band_that_owns_the_edge() -> None:
     # accuracies 0.8987 and 0.9037 in points: 100 * 0.9037 - 100 * 0.8987 is 0.4999999999999858 in floats, and
     # without rounding this +0.5 would fall in C instead of B
     diff = paired_difference({0: 100 * 0.8987, 1: 100 * 0.8987}, {0: 100 * 0.9037, 1: 100 * 0.9037})
-    assert diff.interval == (0.5, 0.5)
-    band = classify(diff.interval, SCENARIOS)
+    assert diff.mean == 0.5
+    band = classify((diff.mean, diff.mean), SCENARIOS)
     assert band is not None and band.name == "B"
+
+
+def test_the_same_nonzero_difference_in_every_seed_has_no_interval() -> None:
+    """A sample sd of 0 says nothing of the true spread: the t interval [d, d] would be certainty from 2 or 5 seeds
+    (R's t.test refuses such data as "essentially constant"). The seeds differ by +0.5 up to float rounding."""
+    for n in (2, 5):
+        a = {s: 100 * (0.8987 + 0.001 * s) for s in range(n)}
+        diff = paired_difference(a, {s: a[s] + 0.5 for s in range(n)})
+        assert (diff.n, diff.mean, diff.sd, diff.interval) == (n, 0.5, 0.0, None)
+    same = paired_difference({0: 90.0, 1: 91.0}, {0: 90.0, 1: 91.0})  # no difference at all: the runs agree
+    assert same.interval == (0.0, 0.0)
+    assert paired_difference({0: 1.0, 1: 2.0}, {0: 1.5, 1: 2.6}).interval is not None  # any spread: an interval
 
 
 def test_paired_difference_sign_is_b_minus_a() -> None:

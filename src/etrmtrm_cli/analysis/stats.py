@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = [
     "Band",
@@ -36,7 +36,8 @@ class Estimate:
     half_width = t_{1-(1-level)/2, n-1} · sd / sqrt(n);  lo, hi = mean ∓ half_width.
 
     `mean` is None when n == 0; `sd`, `half_width`, `lo` and `hi` are None when n < 2 (one seed has no spread
-    and so no interval). `seeds` holds the seeds the values came from, ascending, when they are known (a paired
+    and so no interval); a paired difference the same in every seed has sd 0 and no interval either
+    (`paired_difference`). `seeds` holds the seeds the values came from, ascending, when they are known (a paired
     difference); it is () for an `estimate` over bare values.
     """
 
@@ -160,6 +161,11 @@ def paired_difference(a: Mapping[int, float | None], b: Mapping[int, float | Non
     mean(d) ± t_{1-α/2, n-1} · sd(d) / sqrt(n). The seeds used are in the result's `seeds`, ascending.
 
     Raises NoSharedSeed when no seed has a value in both arms (the caller decides what to do then).
+
+    Where every seed's difference is the same nonzero value, the t interval is that value alone, [d, d]: certainty
+    drawn from a sample sd of 0, which says nothing of the true spread. Such an estimate has no interval (sd 0,
+    lo and hi None), as one seed has none. Where every difference is exactly 0 (identical runs, or both arms at a
+    ceiling) the interval [0, 0] stays: it says the runs did not differ.
     """
     _check_level(level)
     seeds = tuple(sorted(s for s in a.keys() & b.keys() if _present(a[s]) and _present(b[s])))
@@ -171,7 +177,10 @@ def paired_difference(a: Mapping[int, float | None], b: Mapping[int, float | Non
     # (n,) b - a per seed, rounded far below any printed digit: 90.37 - 89.87 is 0.4999999999999858 in floats,
     # and a difference exactly on a band's edge (+0.5) must land on the side the band's closedness says
     diffs = [round(float(b[s]) - float(a[s]), DIFFERENCE_DECIMALS) for s in seeds]  # type: ignore[arg-type]
-    return _estimate(diffs, level, seeds)
+    found = _estimate(diffs, level, seeds)
+    if found.sd == 0 and found.mean != 0:  # the same nonzero difference in every seed: see the docstring
+        return replace(found, half_width=None, lo=None, hi=None)
+    return found
 
 
 def detectable_difference(sd: float | None, n: int, level: float = 0.95, power: float = 0.8) -> float | None:

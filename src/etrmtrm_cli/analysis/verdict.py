@@ -63,6 +63,12 @@ TITLES = {"A": "recurrence helps significantly", "B": "recurrence helps slightly
 MIXED_TITLES = {"A": "significantly better", "B": "slightly better", "C": "no difference",
                 "C/D": "slightly worse (between the plan's C and D)", "D": "clearly worse"}
 ONE_SEED = "one seed cannot separate the arms from noise"
+NO_SPREAD = "every paired seed differs by the same amount: no spread to size an interval by, so no finding"
+
+
+def no_interval(e: Estimate) -> str:
+    """Why a paired difference has no interval: one seed, or the same difference in every seed (stats.py)."""
+    return ONE_SEED if e.n < 2 else NO_SPREAD
 ENCODER_TYPE = "arch.recurrent_encoder_type"  # the setting a scenario judges (static against a recurrent one)
 INCONCLUSIVE = "inconclusive"
 # Figures that still have room when train accuracy sits at a ceiling (figure, what, unit, scale to points).
@@ -123,7 +129,7 @@ class ParentComparison:
     run: str
     parent: str
     difference: Estimate | None  # train accuracy, points; None when no seed is shared
-    finding: str  # "better" | "worse" | "no difference shown" | ONE_SEED | "no seed in common" | "no finished run yet"
+    finding: str  # "better" | "worse" | "no difference shown" | ONE_SEED | NO_SPREAD | "no seed in common" | ...
     #               | "no train accuracy logged"
     settings: list[str]  # "train.lr: 0.0003 -> 0.00015"
     evidence: list[str]
@@ -173,7 +179,8 @@ def describe(e: Estimate, unit: str = "points") -> str:
         return "no value"
     unit = f" {unit}" if unit else ""
     if e.interval is None:
-        return f"{e.mean:+.2f}{unit}, n = {e.n}, no interval"
+        spread = "no interval" if e.n < 2 else "the same in every seed, no interval"
+        return f"{e.mean:+.2f}{unit}, n = {e.n}, {spread}"
     lo, hi = e.interval
     return f"{e.mean:+.2f}{unit}, {100 * e.level:g}% CI [{lo:+.2f}, {hi:+.2f}], n = {e.n}"
 
@@ -240,7 +247,7 @@ def scenario(run: Configuration, base: Configuration, family: int = 1, also_diff
                          "seeds of both (`etrmtrm train <ID> --seeds N`)"], caveats)
     assert diff.mean is not None
     if diff.interval is None:
-        letter, title = "?", ONE_SEED
+        letter, title = "?", no_interval(diff)
     else:
         band = classify(diff.interval, BANDS)
         letter, title = (band.name, TITLES[band.name]) if band else (INCONCLUSIVE, "the interval spans more than one "
@@ -402,7 +409,7 @@ def parent_comparison(run: Configuration, parent: Configuration, settings: list[
     except NoSharedSeed:
         return ParentComparison(run.label, parent.label, None, "no seed in common", settings,
                                 [f"{parent.label} has seeds {sorted(a)}, {run.label} has seeds {sorted(b)}"])
-    finding = ONE_SEED if diff.interval is None else _direction(diff.interval)
+    finding = no_interval(diff) if diff.interval is None else _direction(diff.interval)
     evidence = [f"train acc: {describe(diff)}", *unpaired(parent, run, diff)]
     if family > 1 and diff.interval is not None and finding != "no difference shown":
         wide, words = for_all_at_once(a, b, family)
@@ -545,7 +552,7 @@ def gains(runs: Sequence[Configuration], base: Configuration, waiting: Sequence[
     evidence += unfinished(base, *runs, *waiting)
     no_seed = [run.label for run, d in zip(runs, diffs, strict=True) if d is None]
     missing = (f"no seed in common with the baseline: {', '.join(no_seed)}" if no_seed
-               else ONE_SEED if any(d.interval is None for d in diffs if d) else "")
+               else next((no_interval(d) for d in diffs if d and d.interval is None), ""))
     return Gains(evidence, {run.label: d.interval if d else None for run, d in zip(runs, diffs, strict=True)},
                  missing, [c.label for c in waiting])
 
