@@ -464,6 +464,29 @@ def test_after_e0b_names_a_success_that_converges_slower_than_etrm(tmp_path: Pat
     assert "steps to 90%, E0b - E0a: +0.00 steps, 95% CI [+0.00, +0.00], n = 3" in after.evidence, after.evidence
 
 
+def test_slower_is_not_shown_where_the_baseline_never_reached_90_in_a_seed_where_e0b_did(tmp_path: Path) -> None:
+    """Seeds 0-2 as in the test above; in seed 3 E0a never reaches 90% in 40 steps and E0b does at step 11. Left out
+    of the paired difference, that seed would leave "slower" standing on the seeds where E0b was slower alone."""
+    for seed, (fast, slow) in enumerate(((5, 20), (6, 22), (4, 21), (40, 10))):
+        write_run(tmp_path, "E0a", [0.5] * fast + [0.95] * (40 - fast), seed=seed)
+        write_run(tmp_path, "E0b", [0.5] * slow + [0.95] * (40 - slow), seed=seed)
+    after = decisions(tmp_path, ["E0a", "E0b"])["After E0b"]
+    assert after.decision.startswith("E0b succeeds"), after.decision
+    assert any(e.startswith("steps to 90%, E0b - E0a: +16.00 steps, 95% CI") and "never: 1 of 4 E0a" in e
+               for e in after.evidence), after.evidence
+    assert ("not shown slower: E0a never reached 90% in seed(s) [3], where E0b did, faster there than the difference "
+            "above can count") in after.evidence, after.evidence
+
+
+def test_a_seed_that_logged_no_train_accuracy_is_not_called_one_that_never_got_there(tmp_path: Path) -> None:
+    seeded(tmp_path, "E0a", [0.95, 0.95])
+    write_run(tmp_path, "E0a", [None] * 20, seed=2)  # no slot halted: nothing logged, not slow
+    seeded(tmp_path, "E0b", [0.95, 0.85, 0.95])  # seed 1 never reaches 90%
+    (parent,) = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict.parents
+    (line,) = [e for e in parent.evidence if e.startswith("steps to 90%")]
+    assert line.endswith("over the seeds that got there; never: 1 of 3 E0b (the slowest seeds, left out: this "
+                         "understates how slow E0b is); not logged: 1 of 3 E0a"), line
+
 def test_no_gain_is_not_said_while_a_configuration_has_no_finished_run(tmp_path: Path) -> None:
     seeded(tmp_path, "E0a", BASE)
     seeded(tmp_path, "E0b", BASE)

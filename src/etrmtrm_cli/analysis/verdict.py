@@ -206,19 +206,30 @@ def paired_figure(base: Configuration, run: Configuration, figure: str, what: st
     """The paired difference run - base of a figure, and the evidence line that gives it (None, "" without a
     seed in which both have it)."""
     fa, fb = points(base, figure, scale), points(run, figure, scale)
-    left = [(c.label, c.n - len(f), c.n) for c, f in ((base, fa), (run, fb)) if len(f) < c.n]
-    missing = ", ".join(f"{k} of {n} {label}" for label, k, n in left)
     reached = figure.startswith("steps_to")  # a seed without it never got there (censored), not just unlogged
+    never = {c.label: never_reached(c, figure) if reached else [] for c in (base, run)}
+    unlogged = [(c.label, c.n - len(f) - len(never[c.label]), c.n) for c, f in ((base, fa), (run, fb))]
+    counts = [(label, len(seeds), c.n) for (label, seeds), c in zip(never.items(), (base, run), strict=True)]
+    said_never = ", ".join(f"{k} of {n} {label}" for label, k, n in counts if k)
+    said_unlogged = ", ".join(f"{k} of {n} {label}" for label, k, n in unlogged if k)
     if not set(fa) & set(fb):
-        return None, f"{what}: no seed of both arms got there (never: {missing})" if reached and left else ""
+        return None, f"{what}: no seed of both arms got there (never: {said_never})" if said_never else ""
     diff = paired_difference(fa, fb)
     line = f"{what}: {describe(diff, unit)}"
-    if left and reached:  # the seeds left out are the slowest ones: the difference is biased towards their arm
-        line += (f" over the seeds that got there; never: {missing} (the slowest seeds, left out: this understates "
-                 f"how slow {' and '.join(label for label, _, _ in left)} is)")
-    elif left:
-        line += f" over the seeds that logged it; not logged: {missing}"
+    if said_never:  # the seeds left out are the slowest ones: the difference is biased towards their arm
+        slow = " and ".join(label for label, k, _ in counts if k)
+        line += (f" over the seeds that got there; never: {said_never} (the slowest seeds, left out: this "
+                 f"understates how slow {slow} is)")
+    if said_unlogged:
+        line += f"{';' if said_never else ' over the seeds that logged it;'} not logged: {said_unlogged}"
     return diff, line
+
+
+def never_reached(config: Configuration, figure: str) -> list[int]:
+    """The seeds that logged train accuracy but never reached a steps_to figure's level (censored at the run's
+    length); a seed that logged no train accuracy is not among them: it has no figure at all."""
+    logged, reached = points(config, "train_acc"), points(config, figure, 1.0)
+    return [seed for seed in config.seeds if seed in logged and seed not in reached]
 
 
 Figure = tuple[str, str, str, float]  # (RunRow figure, what it is, unit, scale to that unit)
@@ -500,7 +511,14 @@ def convergence(e0b: Configuration, base: Configuration | None, evidence: list[s
         return False
     diff, line = paired_figure(base, e0b, "steps_to_90", f"steps to 90%, {e0b.label} - {base.label}", "steps", 1.0)
     evidence.append(line or f"steps to 90%: no seed in which both {base.label} and {e0b.label} reached 90%")
-    return diff is not None and diff.interval is not None and diff.interval[0] > 0
+    # A seed in which the baseline never reached 90% and E0b did is a seed where E0b was faster: left out of the
+    # difference, it would leave "slower" standing on the other seeds alone
+    slower = diff is not None and diff.interval is not None and diff.interval[0] > 0
+    faster = [s for s in never_reached(base, "steps_to_90") if s in points(e0b, "steps_to_90", 1.0)]
+    if slower and faster:
+        evidence.append(f"not shown slower: {base.label} never reached 90% in seed(s) {faster}, where "
+                        f"{e0b.label} did, faster there than the difference above can count")
+    return slower and not faster
 
 
 @dataclass(frozen=True)
