@@ -165,6 +165,7 @@ def test_status_table(swept: Swept) -> None:
     assert rows == {("Broken", "0"): "failed", ("Broken", "1"): "failed", ("E0a", "0"): "finished",
                     ("E0a", "1"): "finished", ("E0b", "0"): "finished", ("E0b", "1"): "finished"}, out.text
     assert f"{STEPS} / {STEPS}" in out.text
+    assert "last train acc" in out.text  # one step's, not compare's mean over the last 10 % of steps
     assert re.search(r"Broken .* failed .*\.submitit/\d+_0_log\.err", out.text), out.text
     assert "4 finished, 2 failed" in out.text
     only = cli_proc("status", "E0b", "--runs-dir", "runs", cwd=swept.project)

@@ -266,8 +266,9 @@ def status(
         help="A sweep's submitit folder, if not <runs-dir>/.submitit.", file_okay=False, show_default=False)] = None,
     experiments: ExperimentsPath = Path("experiments.toml"),
 ) -> None:
-    """Every run: experiment, seed, state (queued, running, finished, failed, stopped), step, train accuracy, wall
-    time, and for a failed one the log to read. Reads only files: works while a sweep runs and after."""
+    """Every run: experiment, seed, state (queued, running, finished, failed, stopped), step, train accuracy at the
+    last step that logged one (compare's is over the last 10 % of steps), wall time, and for a failed one the log to
+    read. Reads only files: works while a sweep runs and after."""
     if not runs_dir.is_dir():
         raise RunError(f"{runs_dir}: no such runs directory" + (" (it is a file)" if runs_dir.exists() else ""))
     if folder is not None and not folder.is_dir():

@@ -63,7 +63,7 @@ def profile_table(per_profile: dict[str, Sequence[Estimate]], jobs: int, chosen:
 def status_table(rows: Sequence[RunRow], title: str) -> Table:
     table = Table(title=title)
     for name, justify in (("experiment", "left"), ("seed", "right"), ("state", "left"), ("step", "right"),
-                          ("train acc", "right"), ("wall", "right"), ("log / note", "left")):
+                          ("last train acc", "right"), ("wall", "right"), ("log / note", "left")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in rows:
         step = "" if row.step is None else f"{row.step:,}" + (f" / {row.total_steps:,}" if row.total_steps else "")
