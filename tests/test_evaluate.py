@@ -7,6 +7,7 @@ import math
 import torch
 from conftest import CPU, tiny
 
+from etrmtrm_cli.data.canvas import IGNORE_LABEL
 from etrmtrm_cli.data.dataset import build_arc_data
 from etrmtrm_cli.models.build import build_model
 from etrmtrm_cli.training.evaluate import evaluate, final_outputs, scores
@@ -53,3 +54,13 @@ def test_an_eval_of_no_rows_logs_no_accuracy_rather_than_zero() -> None:
     assert metrics is not None and set(metrics) == {"eval/accuracy", "eval/exact_accuracy", "eval/pass@1",
                                                     "eval/pass@2"}
     assert all(math.isnan(v) for v in metrics.values()), metrics  # dropped from the log, not logged as 0 %
+
+
+def test_a_row_with_nothing_scored_is_neither_right_nor_exact() -> None:
+    """0 right of 0 scored cells is no answer: a padding row must not count as an exact grid."""
+    logits = torch.zeros(2, 3, 4)
+    logits[:, :, 1] = 1.0  # every cell predicts token 1
+    labels = torch.tensor([[1, 1, IGNORE_LABEL], [IGNORE_LABEL] * 3])
+    preds, accuracy, exact = scores(logits, labels)
+    assert preds.tolist() == [[1, 1, 1], [1, 1, 1]]
+    assert accuracy.tolist() == [1.0, 0.0] and exact.tolist() == [True, False]

@@ -113,11 +113,13 @@ def leading_rows(model: ACTModel, batch: Batch, rows: int, device: torch.device
 def scores(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(predictions (B, S), token accuracy (B,) over the label positions, exactly right (B,) bool).
 
-    logits (B, S, V); labels (B, S) with IGNORE_LABEL where nothing is scored."""
+    logits (B, S, V); labels (B, S) with IGNORE_LABEL where nothing is scored. A row with nothing scored (padding)
+    has accuracy 0 and is not exact: 0 right of 0 is no answer."""
     preds = logits.argmax(-1)
     mask = labels != IGNORE_LABEL
     correct = (preds == labels) & mask
-    return preds, correct.sum(-1) / mask.sum(-1).clamp_min(1), correct.sum(-1) == mask.sum(-1)
+    scored = mask.sum(-1)
+    return preds, correct.sum(-1) / scored.clamp_min(1), (correct.sum(-1) == scored) & (scored > 0)
 
 
 @torch.inference_mode()
