@@ -762,6 +762,23 @@ def test_a_report_is_never_written_into_a_run(tmp_path: Path, option: str, where
     assert {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()} == before  # nothing written or replaced
 
 
+def test_a_report_replaces_an_earlier_report_and_no_other_file(tmp_path: Path) -> None:
+    """`--markdown experiments.toml` replaced the experiments file with the report."""
+    runs = tmp_path / "runs"
+    write_run(runs, "E0a", flat(0.9))
+    write_run(runs, "E0b", flat(0.9))
+    kept = tmp_path / "experiments.toml"
+    kept.write_text("[base]\n")
+    refused = invoke("E0a", "E0b", "--runs-dir", str(runs), "--markdown", str(kept))
+    assert refused.exit_code == 1, refused.output
+    assert (f"--markdown {kept}: exists and is not a Markdown report of `compare`, which is all a report replaces"
+            in " ".join(refused.output.split())), refused.output
+    assert kept.read_text() == "[base]\n"
+    report = tmp_path / "report.md"
+    for _ in range(2):  # written, then written again over itself
+        assert invoke("E0a", "E0b", "--runs-dir", str(runs), "--markdown", str(report)).exit_code == 0
+    assert report.read_text().startswith("# Comparison: E0a vs E0b")
+
 def test_terminal_markdown_and_plot(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     runs = tmp_path / "runs"

@@ -521,9 +521,14 @@ def compare(
         console.print(f"[green]wrote[/] {markdown}", highlight=False)
 
 
+# What an earlier report of each option begins with: only such a file is replaced (a report written again).
+REPORT_STARTS = {"--markdown": b"# Comparison: ", "--plot": b"\x89PNG\r\n\x1a\n"}
+
+
 def _check_report_path(option: str, path: Path, suffix: str | None) -> None:
-    """Before anything is written: a report never lands in a run's directory (it would replace the run's files),
-    a PNG's name says so, and its folder can be made."""
+    """Before anything is written: a report never lands in a run's directory (it would replace the run's files) nor
+    replaces a file that is not an earlier report (the experiments file, notes), a PNG's name says so, and its
+    folder can be made."""
     from etrmtrm_cli.rundir import CONFIG, SUMMARY
 
     if suffix and path.suffix.lower() != suffix:
@@ -533,10 +538,22 @@ def _check_report_path(option: str, path: Path, suffix: str | None) -> None:
         if (folder / CONFIG).is_file() or (folder / SUMMARY).is_file():
             raise RunError(f"{option} {path}: inside the run directory {folder}, whose files it could replace; "
                            "write the report elsewhere")
+    if path.exists() and not _starts_with(path, REPORT_STARTS[option]):
+        what = "a Markdown report of `compare`" if option == "--markdown" else "a PNG"
+        raise RunError(f"{option} {path}: exists and is not {what}, which is all a report replaces; give another "
+                       "name or move the file away")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"{option} {path}: cannot make its folder {path.parent} ({err.strerror})") from None
+
+
+def _starts_with(path: Path, start: bytes) -> bool:
+    try:
+        with path.open("rb") as file:
+            return file.read(len(start)) == start
+    except OSError:  # a folder, or unreadable: not a report
+        return False
 
 
 @app.command("export")
