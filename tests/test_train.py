@@ -204,6 +204,22 @@ def test_extending_a_finished_run_is_recorded_and_it_is_not_finished_while_it_ru
     assert meta["resumed_with_changes"] == [{"step": 3, "changed": {"total_steps": [3, 5]}}]  # its lr schedule
 
 
+def test_a_resume_without_max_steps_does_not_change_the_length_a_run_was_started_with(tmp_path: Path) -> None:
+    """`train E0b --resume` on a run started with --max-steps 3 trained on to the experiment's own length, replacing
+    the finished run's final weights; a run stopped at step 2 would have changed its lr schedule as silently."""
+    exp = tiny("E0b", FAST)
+    train(exp, TrainOptions(runs_dir=tmp_path, max_steps=3), SINGLE)
+    run = tmp_path / "E0b"
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    with pytest.raises(RunError, match=r"a run of 3 steps \(finished\), which this command without --max-steps would "
+                                       r"make \d+ steps long, .* and replacing its final weights\. Resume it as it is "
+                                       r"with --max-steps 3, or extend it with --max-steps \d+"):
+        train(exp, TrainOptions(runs_dir=tmp_path, resume=True), SINGLE)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    assert train(exp, TrainOptions(runs_dir=tmp_path, max_steps=3, resume=True), SINGLE).step == 3  # as it is
+    longer = tiny("E0b", [*FAST, "train.max_steps=4"])  # a new length in the config: asked for, it goes on
+    assert train(longer, TrainOptions(runs_dir=tmp_path, resume=True), SINGLE).step == 4
+
 def test_a_resume_that_cannot_go_on_leaves_the_finished_run_as_it_was(tmp_path: Path) -> None:
     """A shorter --max-steps than the run has trained, or a damaged meta.json, stops the resume before it writes
     anything (before, the first rewrote the run's length and the second left it marked running); a resume with

@@ -107,6 +107,8 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
         changed = _check_resume(run_dir, dtype.exp) if options.resume else {}
         torch.manual_seed(exp.seed)  # parameter init: identical on every rank
         data = build_arc_data(exp.data, exp.seed)
+        if options.resume:
+            _check_length(run_dir, total_steps(dtype.exp, data, options), options, changed)
         check_memory(dtype.exp, data.seq_len, data.num_puzzle_ids, ctx.device, ctx.world_size)
         model = build_model(dtype.exp, data.seq_len, data.num_puzzle_ids)
         train_tasks = [g.task.id for g in data.groups[: data.num_train_groups]]
@@ -357,6 +359,22 @@ def _recorded_dtype(run_dir: Path) -> str | None:
     except (RunError, KeyError, TypeError):
         return None
     return dtype if dtype in ("float32", "bfloat16") else None
+
+
+def _check_length(run_dir: Path, total: int, options: TrainOptions, changed: dict[str, tuple[Any, Any]]) -> None:
+    """A resume that would change the run's length only because --max-steps was left out (the run was started with
+    it) is refused: it would change the learning-rate schedule from here on and, for a finished run, replace its
+    final weights. A new length asked for (--max-steps, or train.epochs / train.max_steps changed) goes on."""
+    previous = rundir.read_summary(run_dir)
+    before = previous.get("total_steps")
+    if options.max_steps is not None or not isinstance(before, int) or before == total or (
+            {"train.epochs", "train.max_steps"} & changed.keys()):
+        return
+    finished = previous.get("status") == "finished"
+    raise RunError(f"{run_dir}: a run of {before} steps{' (finished)' if finished else ''}, which this command "
+                   f"without --max-steps would make {total} steps long, changing its learning-rate schedule from "
+                   f"its step {previous.get('step', '?')} on{' and replacing its final weights' if finished else ''}. "
+                   f"Resume it as it is with --max-steps {before}, or extend it with --max-steps {total}")
 
 
 def _check_resume(run_dir: Path, exp: Experiment) -> dict[str, tuple[Any, Any]]:
