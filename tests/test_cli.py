@@ -205,6 +205,24 @@ def test_queue_refuses_a_finished_run_that_is_not_the_experiment(tmp_path: Path)
     assert not (tmp_path / "E0a").exists()  # refused before the queue's first run
 
 
+def test_a_new_seed_of_another_configuration_is_refused_beside_finished_seeds(tmp_path: Path) -> None:
+    """`--seeds 3, --set arch.halt_max_steps=8` beside E0a's finished seeds 0-1: compare read seed 3 as E0a too, a
+    second configuration of the same name, and took it as E0b's parent."""
+    tiny = ["E0a", "--profile", "tiny", "--experiments", REAL, "--runs-dir", str(tmp_path), "--max-steps", "2",
+            "--set", "decoder=none"]
+    assert runner.invoke(app, ["train", *tiny, "--seeds", "2", "--quiet"]).exit_code == 0
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    other = [*tiny, "--set", "arch.halt_max_steps=8", "--seeds", "3,"]
+    for command in (["train", *other], ["sweep", *other, "--executor", "local", "--dry-run"]):
+        out = runner.invoke(app, command, env={"COLUMNS": "300"})
+        said = " ".join(out.output.split())
+        assert out.exit_code == 1, (command, out.output)
+        assert (f"{tmp_path / 'E0a' / 'seed-3'}: a new seed of E0a beside seed-0, a finished seed of another "
+                "configuration (arch.halt_max_steps: 16 there, 8 now): compare would read both as E0a") in said, said
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    same = runner.invoke(app, ["train", *tiny, "--seeds", "3,", "--quiet"])  # of their configuration: it trains
+    assert same.exit_code == 0 and (tmp_path / "E0a" / "seed-3" / "summary.json").is_file(), same.output
+
 def test_seed_runs_and_a_run_without_seeds_never_share_a_directory(tmp_path: Path) -> None:
     """runs/E0b/seed-<N>/ are what compare and status count: a run without seeds there would move them aside with
     it (a queue took their folder for a run stopped before its first checkpoint), and vice versa."""

@@ -251,8 +251,21 @@ def test_seeds_that_ran_in_different_dtypes_are_two_configurations_never_pooled(
     for seed, dtype in enumerate(["float32", "float32", "bfloat16", "bfloat16"]):
         write_run(tmp_path, "E0b", flat(0.9), seed=seed, overrides=[f"arch.forward_dtype={dtype}"])
     result = compare.compare_runs(tmp_path, ["E0b"], with_baselines=False)
-    assert [(c.n, tuple(c.seeds)) for c in result.configs] == [(2, (0, 1)), (2, (2, 3))]
+    assert [(c.label, c.n, tuple(c.seeds)) for c in result.configs] == [("E0b #1", 2, (0, 1)), ("E0b #2", 2, (2, 3))]
     assert result.config_diff == {"arch.forward_dtype": ["float32", "bfloat16"]}
+
+
+def test_a_parent_of_two_configurations_is_the_one_nearest_its_child(tmp_path: Path) -> None:
+    """E0a's seeds 0-1 as E0a is, seed 3 with another halt_max_steps: E0b (seeds 0-1) is judged against the first,
+    with which it shares its seeds, not against the one named last."""
+    seeded(tmp_path, "E0a", [0.90, 0.91])
+    write_run(tmp_path, "E0a", flat(0.5), seed=3, overrides=["arch.halt_max_steps=8"])
+    seeded(tmp_path, "E0b", [0.92, 0.94])
+    result = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False)
+    assert [c.label for c in result.configs] == ["E0a #1", "E0a #2", "E0b"]
+    (parent,) = result.verdict.parents
+    assert (parent.run, parent.parent, parent.difference.seeds) == ("E0b", "E0a #1", (0, 1)), parent
+    assert [s.split(":")[0] for s in parent.settings] == ["arch.recurrent_encoder_type"], parent.settings
 
 
 def test_each_run_is_judged_against_its_parent_naming_the_settings_that_differ(tmp_path: Path) -> None:

@@ -260,6 +260,8 @@ def train(
         elif queue and not force and run_status(place) == "resumable" and ctx.is_main and (
                 note := resumed_dtype_note(place, exp, ctx.device)):
             err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
+        if per_seed and (force or run_status(place) in ("new", "unsaved")):  # a run that starts anew
+            check_new_seed(place, exp, max_steps, ctx.device)
     stop = StopFlag()
     try:
         with stop_on_signals(stop, say=ctx.is_main):
@@ -358,6 +360,26 @@ def check_finished_run(run_dir: Path, exp: Experiment, max_steps: int | None, ag
         raise RunError(f"{run_dir}: finished, but not as {exp.id} is now ({differs}), so it cannot count as "
                        f"{exp.id}. Start it over alone with `{again} --force` (the old run is kept beside it), or use "
                        f"another --runs-dir{dtype}")
+
+
+def check_new_seed(run_dir: Path, exp: Experiment, max_steps: int | None, device: torch.device | None) -> None:
+    """A seed that starts beside finished seeds of its experiment must be of their configuration (`device` as for
+    check_finished_run): `compare` reads runs/<ID>/seed-<N>/ as seeds of <ID>, and one of another configuration
+    would stand beside them under the same name."""
+    from etrmtrm_cli.rundir import finished_run_differences, run_status, saved_config, seed_runs
+    from etrmtrm_cli.sweep_cost import steps_of
+    from etrmtrm_cli.training.runtime import choose_dtype
+
+    here = exp if device is None else choose_dtype(exp, device).exp
+    for sibling in seed_runs(run_dir.parent.parent, exp.id):  # run_dir: <runs>/<ID>/seed-<N>
+        if sibling == run_dir or sibling.parent != run_dir.parent or run_status(sibling) != "finished":
+            continue
+        as_sibling = here.model_copy(update={"seed": saved_config(sibling).get("seed", exp.seed)})
+        if differs := finished_run_differences(sibling, as_sibling, steps_of(exp, max_steps),
+                                               dtype_resolved=device is not None):
+            raise RunError(f"{run_dir}: a new seed of {exp.id} beside {sibling.name}, a finished seed of another "
+                           f"configuration ({differs.replace(' in the run, ', ' there, ')}): compare would read both "
+                           f"as {exp.id}. Train it as {sibling.name} was, or into another --runs-dir")
 
 
 def resumed_dtype_note(run_dir: Path, exp: Experiment, device: torch.device | None) -> str | None:

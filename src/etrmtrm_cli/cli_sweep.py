@@ -21,6 +21,7 @@ from etrmtrm_cli.cli import (
     _train_command,
     app,
     check_finished_run,
+    check_new_seed,
     console,
     err_console,
     handles_errors,
@@ -114,6 +115,8 @@ def sweep(
                 here)
         elif job.state == "resumable" and (note := resumed_dtype_note(Path(job.spec.run_dir), job.exp, here)):
             err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
+        if job.spec.seed is not None and job.state in ("new", "unsaved"):  # a run that starts anew
+            check_new_seed(Path(job.spec.run_dir), job.exp, max_steps, here)
     where = (f"local: {config.jobs} at once, {threads} thread(s) each" if kind == "local" else
              f"SLURM: {threads or 'all allocated'} core(s), {config.gpus_per_job} GPU(s) per job")
     console.print(f"[dim]executor {kind} ({why}); {where}; submitit folder {folder}[/]", highlight=False)

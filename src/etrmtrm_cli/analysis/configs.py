@@ -12,7 +12,7 @@ its "final" figures are not final: it is listed as pending and enters no mean, i
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from etrmtrm_cli.analysis.matrix import CONVERGENCE_LEVELS, RunRow
 from etrmtrm_cli.analysis.stats import Estimate, estimate
@@ -82,4 +82,18 @@ def group_configurations(rows: Sequence[RunRow], stand_ins: Mapping[str, str] | 
         ids += tuple(name for name, original in (stand_ins or {}).items() if original in ids and name not in ids)
         out.append(Configuration(" = ".join(ids), ids, config_hash, dict(sorted(seeds.items())), tuple(repeats),
                                  pending))
+    return _numbered(out)
+
+
+def _numbered(configs: list[Configuration]) -> list[Configuration]:
+    """Configurations that would share a label (runs of one experiment under two configurations: a `--set` run, or
+    seeds that ran in two dtypes) numbered in order, "E0a #1" and "E0a #2": the config differences tell them apart."""
+    labels = [c.label for c in configs]
+    seen: dict[str, int] = {}
+    out = []
+    for c in configs:
+        if labels.count(c.label) > 1:
+            seen[c.label] = seen.get(c.label, 0) + 1
+            c = replace(c, label=f"{c.label} #{seen[c.label]}")
+        out.append(c)
     return out

@@ -444,9 +444,12 @@ def parents_absent(configs: Sequence[Configuration]) -> list[str]:
 
 def parent_comparisons(configs: Sequence[Configuration], differences: Mapping[str, Sequence[object]]
                        ) -> list[ParentComparison]:
-    """Each configuration whose parent (config "parent") is among the compared, against it."""
-    by_id = {exp_id: c for c in configs for exp_id in c.exp_ids}
-    pairs = [(c, by_id[c.parent]) for c in configs if c.parent in by_id]
+    """Each configuration whose parent (config "parent") is among the compared, against it; where the parent's runs
+    are of several configurations ("E0a #1", "E0a #2"), against the one that differs from it in the fewest settings."""
+    pairs = []
+    for c in configs:
+        if parents := [p for p in configs if c.parent in p.exp_ids and p is not c]:
+            pairs.append((c, min(parents, key=lambda p: len(settings_between(configs, differences, p, c)))))
     return [parent_comparison(c, parent, settings_between(configs, differences, parent, c), family=len(pairs))
             for c, parent in pairs]
 
