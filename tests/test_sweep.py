@@ -450,6 +450,16 @@ def test_status_lists_every_run_when_one_cannot_be_read(tmp_path: Path) -> None:
     assert out.code == 0, out.text
     assert re.search(r"│ E0b +│ +0 │ finished", out.text), out.text
     assert re.search(r"│ E0b +│ +1 │ unreadable .*seed-1/summary.json: status 'done' is not one of", out.text), out.text
+    # A damaged config.json: the run was listed as experiment "seed-2", finished, or left out (a folder there)
+    for seed, damage in ((2, "truncate"), (3, "folder")):
+        write_run(tmp_path, "E0b", [0.5] * 5, seed=seed)
+        config = tmp_path / f"E0b/seed-{seed}/config.json"
+        config.unlink()
+        config.write_text('{"id": "E0') if damage == "truncate" else config.mkdir()
+    out = cli("status", "E0b", "--runs-dir", tmp_path)
+    assert out.code == 0, out.text
+    assert re.search(r"│ E0b +│ +2 │ unreadable .*seed-2/config.json: not valid JSON", out.text), out.text
+    assert re.search(r"│ E0b +│ +3 │ unreadable .*seed-3/config.json: cannot read", out.text), out.text
 
 
 def test_a_time_limit_shorter_than_the_checkpoint_warning_is_refused(tmp_path: Path) -> None:

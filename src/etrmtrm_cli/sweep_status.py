@@ -25,7 +25,18 @@ from typing import Any
 
 from etrmtrm_cli.errors import RunError, first_line
 from etrmtrm_cli.run_lock import LOCK
-from etrmtrm_cli.rundir import CONFIG, SEED_PREFIX, SUMMARY, metrics_path, read_json, read_metrics, run_dirs, run_status
+from etrmtrm_cli.rundir import (
+    ASIDE,
+    CONFIG,
+    SEED_PREFIX,
+    SUMMARY,
+    metrics_path,
+    read_json,
+    read_metrics,
+    run_dirs,
+    run_status,
+    runs_without_config,
+)
 from etrmtrm_cli.slurm_query import slurm_live_jobs
 from etrmtrm_cli.sweep_job import RECORDS
 
@@ -52,12 +63,20 @@ def run_rows(runs_dir: Path, folder: Path | None = None) -> list[RunRow]:
         raise RunError(f"{runs_dir}: not a directory; pass the runs directory (default: runs)")
     folder = folder or runs_dir / SWEEP_FOLDER
     records, gone = _records_and_gone_slurm_jobs(folder)
-    dirs = {p.resolve(): None for p in run_dirs(runs_dir)}
+    damaged = [p for child in _experiment_folders(runs_dir) for p in runs_without_config(runs_dir, child.name)]
+    dirs = {p.resolve(): None for p in sorted([*run_dirs(runs_dir), *damaged])}
     for path in records:
         dirs.setdefault(Path(path), None)
     local_sweep = lock_held(folder)  # a local sweep running now (cli_sweep's lock)
     rows = [_row(run_dir, records.get(str(run_dir), {}), local_sweep, gone) for run_dir in dirs]
     return sorted(rows, key=lambda r: (r.exp_id, -1 if r.seed is None else r.seed))
+
+
+def _experiment_folders(runs_dir: Path) -> list[Path]:
+    """runs/<ID>/ folders that may hold runs (not hidden ones, nor runs moved aside)."""
+    if not runs_dir.is_dir():
+        return []
+    return [c for c in runs_dir.iterdir() if c.is_dir() and not c.name.startswith(".") and not ASIDE.search(c.name)]
 
 
 def read_records(folder: Path) -> dict[str, dict[str, Any]]:
@@ -118,12 +137,16 @@ def _row(run_dir: Path, rec: dict[str, Any], local_sweep: bool | None = None,
     submit, job = _this_sweeps(rec)
     summary = _read(run_dir / SUMMARY)
     config = _read(run_dir / CONFIG)
-    exp_id = str(config.get("id") or (job or submit or {}).get("exp_id") or run_dir.name)
+    per_seed = run_dir.name.startswith(SEED_PREFIX)
+    exp_id = str(config.get("id") or (job or submit or {}).get("exp_id")
+                 or (run_dir.parent.name if per_seed else run_dir.name))
     seed = (job or submit or {}).get("seed")
-    if seed is None and run_dir.name.startswith(SEED_PREFIX):
+    if seed is None and per_seed:
         seed = int(run_dir.name[len(SEED_PREFIX):])
     held = lock_held(run_dir)
     state, log, note = _state(run_dir, summary, submit, job, held, local_sweep, gone)
+    if not config and not held and ((run_dir / CONFIG).exists() or (run_dir / SUMMARY).is_file()):
+        state, log, note = "unreadable", None, _config_error(run_dir)  # a run's files without its config: named
     step, accuracy = _progress(run_dir, summary)
     wall = summary.get("wall_time_s") if isinstance(summary.get("wall_time_s"), int | float) else None
     if state == "running" and held:  # this session so far: since the lock was taken, plus earlier sessions
@@ -244,6 +267,14 @@ def _progress(run_dir: Path, summary: dict[str, Any]) -> tuple[int | None, float
             accuracy = float(value)
             break
     return step, accuracy
+
+
+def _config_error(run_dir: Path) -> str:
+    try:
+        read_json(run_dir / CONFIG)
+    except RunError as err:
+        return first_line(err)
+    return f"{run_dir / CONFIG}: empty"
 
 
 def _read(path: Path) -> dict[str, Any]:
