@@ -159,6 +159,8 @@ def test_bad_values_name_file_experiment_and_key(tmp_path: Path, body: str, expe
     ("parent=E0z", "parent: unknown experiment 'E0z'; did you mean 'E0b'? (set in --set)"),
     ("decoder=E0c", "decoder: 'E0c' is neither an experiment of this file nor a file here; did you mean 'E0b'?"),
     ("train=1", "train: must be a table of settings, not 1 (set in --set)"),
+    ("data.eval_sources=['arc-agi-9']", "data.eval_sources: 'arc-agi-9' is neither one of arc-agi-1, arc-agi-2 nor a "
+                                        "folder of ARC task JSON files here; did you mean 'arc-agi-2'? (set in --set)"),
 ])
 def test_bad_overrides_are_refused_as_the_file_refuses_them(tmp_path: Path, override: str, expected: str) -> None:
     message = resolve_error(tmp_path, "", overrides=(override,))

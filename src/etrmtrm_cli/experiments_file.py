@@ -17,7 +17,15 @@ from typing import Any
 import tomllib
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from etrmtrm_cli.config import BOUND_REASONS, PROFILE_KEYS, Experiment, SweepConfig, check_name, names_a_run
+from etrmtrm_cli.config import (
+    ARC_SOURCES,
+    BOUND_REASONS,
+    PROFILE_KEYS,
+    Experiment,
+    SweepConfig,
+    check_name,
+    names_a_run,
+)
 from etrmtrm_cli.errors import ConfigError, ConfigKeyError
 from etrmtrm_cli.rundir import config_hash
 
@@ -98,9 +106,21 @@ class ExperimentsFile(BaseModel):
 
     def _check_references(self, exp_id: str, merged: Mapping[str, Any], layers: Mapping[str, Mapping[str, Any]]
                           ) -> None:
-        """parent and decoder name experiments of this file (a decoder may also be a checkpoint's path)."""
-        def set_in(key: str) -> str:
-            return next(name for name, tree in reversed(layers.items()) if key in tree)
+        """parent and decoder name experiments of this file (a decoder may also be a checkpoint's path); data
+        sources are ARC's or folders here (checked before any run: a job would fail on it, one by one)."""
+        def set_in(key: str, section: str | None = None) -> str:
+            return next(name for name, tree in reversed(layers.items())
+                        if key in (tree.get(section) or {} if section else tree))
+
+        data = merged.get("data")
+        for key in ("train_sources", "eval_sources"):
+            sources = data.get(key) if isinstance(data, Mapping) else None
+            for source in sources if isinstance(sources, list | tuple) else ():
+                if isinstance(source, str) and source not in ARC_SOURCES and not Path(source).is_dir():
+                    raise ConfigError(
+                        f"{self.path}: {exp_id}: data.{key}: {source!r} is neither one of {', '.join(ARC_SOURCES)} "
+                        f"nor a folder of ARC task JSON files here{_did_you_mean(source, ARC_SOURCES)} "
+                        f"(set in {set_in(key, 'data')})")
 
         parent = merged.get("parent")
         if parent is not None and parent not in self.experiments:
