@@ -775,6 +775,26 @@ def test_a_report_is_never_written_into_a_run(tmp_path: Path, option: str, where
     assert {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()} == before  # nothing written or replaced
 
 
+@pytest.mark.parametrize(("damage", "said"), [
+    ("empty", "metrics.jsonl: holds no metrics row, in a finished run"),
+    ("cut", "metrics.jsonl: ends at step 12, where the finished run trained 20 steps (cut short?)"),
+    ("folder", "metrics.jsonl: not a file, in a finished run"),
+    ("garbage", "metrics.jsonl: line 3 is not a metrics row (a JSON object with an integer step)"),
+])
+def test_a_finished_run_whose_metrics_are_damaged_is_named(tmp_path: Path, damage: str, said: str) -> None:
+    """An empty, cut or missing metrics file of a finished run showed as figures missing ("—"), never named."""
+    write_run(tmp_path, "E0a", flat(0.9))
+    metrics = write_run(tmp_path, "E0b", flat(0.9)) / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    if damage == "folder":
+        metrics.unlink()
+        metrics.mkdir()
+    else:
+        metrics.write_text({"empty": "", "cut": "".join(lines[:12]),
+                            "garbage": "".join([*lines[:2], "not json\n", *lines[2:]])}[damage])
+    result = invoke("E0a", "E0b", "--runs-dir", str(tmp_path))
+    assert result.exit_code == 1 and f"{tmp_path / 'E0b'}/{said}" in " ".join(result.output.split()), result.output
+
 def test_a_report_replaces_an_earlier_report_and_no_other_file(tmp_path: Path) -> None:
     """`--markdown experiments.toml` replaced the experiments file with the report."""
     runs = tmp_path / "runs"

@@ -392,8 +392,23 @@ def load_run(run_dir: Path) -> RunFiles:
     meta_path = run_dir / META
     meta = read_json(meta_path) if meta_path.is_file() else {}
     summary = read_summary(run_dir) or {"status": "running"}
-    return RunFiles(str(config["id"]), run_dir, config, meta, summary,
-                    read_metrics(metrics_path(run_dir), strict=True))
+    rows = read_metrics(metrics_path(run_dir), strict=True)
+    if summary.get("status") == "finished":
+        _check_finished_metrics(metrics_path(run_dir), rows, summary)
+    return RunFiles(str(config["id"]), run_dir, config, meta, summary, rows)
+
+
+def _check_finished_metrics(path: Path, rows: list[Row], summary: dict[str, Any]) -> None:
+    """A finished run's metrics reach its last step: every figure of it is read from them, and a missing, empty or
+    cut file would show as figures missing, without a word of why."""
+    if not path.is_file():
+        raise RunError(f"{path}: {'not a file' if path.exists() else 'missing'}, in a finished run (its figures "
+                       "are read from it)")
+    last, steps = (rows[-1]["step"] if rows else None), summary.get("step")
+    if last is None:
+        raise RunError(f"{path}: holds no metrics row, in a finished run")
+    if isinstance(steps, int) and last < steps:
+        raise RunError(f"{path}: ends at step {last}, where the finished run trained {steps} steps (cut short?)")
 
 
 def metrics_path(run_dir: Path) -> Path:
