@@ -543,6 +543,30 @@ def test_a_run_that_a_signal_ended_says_why_and_what_comes_next(tmp_path: Path, 
     assert record["state"] == state and says in (record.get("reason") or record.get("error")), record
 
 
+def test_status_of_a_runs_directory_copied_or_moved_with_its_sweep_lists_each_run_once(tmp_path: Path) -> None:
+    """The records name runs by absolute path: a copy listed the original's runs beside its own, and a moved
+    directory a phantom row for the path that no longer exists."""
+    import shutil
+
+    from test_compare import write_run
+
+    from etrmtrm_cli.sweep_job import write_record
+
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        run_dir = write_run(runs, "E0a", [0.5] * 5, seed=seed)
+        fields = {"sweep_id": "s", "exp_id": "E0a", "seed": seed, "run_dir": str(run_dir.resolve()),
+                  "executor": "local"}
+        write_record(runs / ".submitit", f"E0a/seed-{seed}", "submit", {**fields, "state": "queued", "waits_for": None})
+        write_record(runs / ".submitit", f"E0a/seed-{seed}", "run", {**fields, "state": "finished"})
+    shutil.copytree(runs, tmp_path / "copy")
+    (runs).rename(tmp_path / "moved")
+    for where in ("copy", "moved"):
+        out = cli("status", "--runs-dir", tmp_path / where)
+        assert out.code == 0, out.text
+        rows = re.findall(r"│ (\w+)\s+│\s+(\d+) │ (\w+)", out.text)
+        assert rows == [("E0a", "0", "finished"), ("E0a", "1", "finished")], (where, out.text)
+
 def test_status_prints_a_note_with_brackets_as_it_is() -> None:
     """A run's error may hold brackets (gloo's "[/__w/pytorch/.../pair.cc:553]"): read as markup, it crashed status."""
     from rich.console import Console

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from etrmtrm_cli.errors import RunError, first_line
+from etrmtrm_cli.errors import ConfigError, RunError, first_line
 from etrmtrm_cli.run_lock import LOCK
 from etrmtrm_cli.rundir import (
     ASIDE,
@@ -34,6 +34,7 @@ from etrmtrm_cli.rundir import (
     read_json,
     read_metrics,
     run_dirs,
+    run_path,
     run_status,
     runs_without_config,
 )
@@ -62,7 +63,7 @@ def run_rows(runs_dir: Path, folder: Path | None = None) -> list[RunRow]:
     if runs_dir.exists() and not runs_dir.is_dir():
         raise RunError(f"{runs_dir}: not a directory; pass the runs directory (default: runs)")
     folder = folder or runs_dir / SWEEP_FOLDER
-    records, gone = _records_and_gone_slurm_jobs(folder)
+    records, gone = _records_and_gone_slurm_jobs(folder, runs_dir)
     damaged = [p for child in _experiment_folders(runs_dir) for p in runs_without_config(runs_dir, child.name)]
     dirs = {p.resolve(): None for p in sorted([*run_dirs(runs_dir), *damaged])}
     for path in records:
@@ -79,12 +80,16 @@ def _experiment_folders(runs_dir: Path) -> list[Path]:
     return [c for c in runs_dir.iterdir() if c.is_dir() and not c.name.startswith(".") and not ASIDE.search(c.name)]
 
 
-def read_records(folder: Path) -> dict[str, dict[str, Any]]:
-    """run directory -> {"submit": the sweep's record, "run": the job's record} (the latest of each)."""
+def read_records(folder: Path, runs_dir: Path) -> dict[str, dict[str, Any]]:
+    """run directory -> {"submit": the sweep's record, "run": the job's record} (the latest of each). A record names
+    its run by absolute path; where the folder is the runs directory's own (<runs>/.submitit), the run is read
+    there instead, by experiment and seed, so that a runs directory moved or copied with its sweep lists its own
+    runs, once each."""
     out: dict[str, dict[str, Any]] = {}
     root = folder / RECORDS
     if not root.is_dir():
         return out
+    own = folder.resolve().is_relative_to(runs_dir.resolve())
     for path in sorted(root.glob("*.json")):
         kind = path.name.rsplit(".", 2)[-2]
         try:
@@ -92,15 +97,26 @@ def read_records(folder: Path) -> dict[str, dict[str, Any]]:
         except RunError:
             continue
         if kind in ("submit", "run") and isinstance(rec.get("run_dir"), str):
-            out.setdefault(str(Path(rec["run_dir"]).resolve()), {})[kind] = rec
+            out.setdefault(str(_record_run_dir(rec, runs_dir if own else None)), {})[kind] = rec
     return out
 
 
-def _records_and_gone_slurm_jobs(folder: Path) -> tuple[dict[str, dict[str, Any]], frozenset[str]]:
+def _record_run_dir(rec: dict[str, Any], runs_dir: Path | None) -> Path:
+    """The run a record is of: in `runs_dir` by its experiment and seed, else (or where it names none) its path."""
+    exp_id, seed = rec.get("exp_id"), rec.get("seed")
+    if runs_dir is not None and isinstance(exp_id, str) and (seed is None or isinstance(seed, int)):
+        try:
+            return run_path(runs_dir, exp_id, seed).resolve()
+        except ConfigError:  # not a name a run can have: the recorded path
+            pass
+    return Path(rec["run_dir"]).resolve()
+
+
+def _records_and_gone_slurm_jobs(folder: Path, runs_dir: Path) -> tuple[dict[str, dict[str, Any]], frozenset[str]]:
     """The records, and the SLURM jobs they call queued or running that squeue no longer lists (empty where none
     is pending or squeue cannot answer). The records are read again after squeue: a job that ended in between
     has written how, and a job submitted in between is not in the first reading, so neither is taken for gone."""
-    records = read_records(folder)
+    records = read_records(folder, runs_dir)
     pending = _pending_slurm_jobs(records)
     if not pending:
         return records, frozenset()
@@ -108,7 +124,7 @@ def _records_and_gone_slurm_jobs(folder: Path) -> tuple[dict[str, dict[str, Any]
         live = slurm_live_jobs(set(pending.values()))
     except RunError:  # no SLURM here (the records were copied, or the disk is mounted elsewhere): files only
         return records, frozenset()
-    records = read_records(folder)
+    records = read_records(folder, runs_dir)
     return records, frozenset((pending.keys() & _pending_slurm_jobs(records).keys()) - live)
 
 
