@@ -1,6 +1,6 @@
 """`etrmtrm sweep` on this machine (submitit's local executor, real processes) and `etrmtrm status`.
 
-One sweep is run per module: E0a, E0b and Broken (whose task folder does not exist, so its jobs fail at their
+One sweep is run per module: E0a, E0b and Broken (whose task folder holds no task, so its jobs fail at their
 start) x seeds 0 and 1, two jobs at once, at the tiny profile. Before it, E0b seed 1 is started by hand and
 stopped with SIGTERM after its first checkpoint: the sweep must resume it, not start it over. Then the same sweep
 again: the finished runs are skipped untouched, the broken ones fail again.
@@ -37,7 +37,7 @@ BROKEN = """
 [experiments.Broken]
 description = "fails at its start: its task folder does not exist"
 parent = "E0b"
-data = { train_sources = ["no-such-tasks"] }
+data = { train_sources = ["no-tasks"] }
 """
 runner = CliRunner()
 
@@ -84,6 +84,7 @@ class Swept:
 def swept(tmp_path_factory: pytest.TempPathFactory) -> Swept:
     project = tmp_path_factory.mktemp("sweep")
     (project / "experiments.toml").write_text((REPO / "experiments.toml").read_text() + BROKEN)
+    (project / "no-tasks").mkdir()  # a folder (a missing one is refused before any job), without a task in it
     # E0b seed 1, stopped after its first checkpoint (a real SIGTERM: it saves a checkpoint and says interrupted)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "etrmtrm_cli", "train", "E0b", *TINY[:4], "--seeds", "1,",
@@ -121,9 +122,9 @@ def test_sweep_trains_every_run_and_a_failed_job_stops_no_other(swept: Swept) ->
     done = records(runs, "run")
     for seed in (0, 1):
         rec = done[f"Broken.seed-{seed}"]
-        assert rec["state"] == "failed" and "no-such-tasks" in rec["error"], rec
+        assert rec["state"] == "failed" and "no-tasks" in rec["error"], rec
         log = Path(rec["log_err"])
-        assert log.is_file() and "no-such-tasks" in log.read_text(), log
+        assert log.is_file() and "no-tasks" in log.read_text(), log
 
 
 def test_sweep_resumes_a_stopped_run_exactly_where_it_stopped(swept: Swept) -> None:
@@ -153,7 +154,7 @@ def test_second_sweep_skips_finished_runs_and_fails_the_broken_again(swept: Swep
     for exp in ("E0a", "E0b"):
         for seed in (0, 1):
             assert f"{exp}/seed-{seed}: finished run, skipped" in out.text, out.text
-    assert "Broken/seed-0: failed: data.train_sources: no-such-tasks" in out.text, out.text
+    assert "Broken/seed-0: failed: data.train_sources: no-tasks" in out.text, out.text
     now = {str(p): p.stat().st_mtime for p in (swept.project / "runs").glob("E0*/seed-*/summary.json")}
     assert now == swept.mtimes  # not touched
 
@@ -271,13 +272,14 @@ def test_runs_waiting_for_a_failed_p0_are_not_started(tmp_path: Path) -> None:
     """P0 is trained once, first; when it fails, the runs that start from it fail without running."""
     text = (REPO / "experiments.toml").read_text()
     broken = text.replace('data = { query_mode = "leave_one_out" }',
-                          'data = { query_mode = "leave_one_out", train_sources = ["no-such-tasks"] }', 1)
+                          'data = { query_mode = "leave_one_out", train_sources = ["no-tasks"] }', 1)
     assert broken != text
     (tmp_path / "experiments.toml").write_text(broken)
+    (tmp_path / "no-tasks").mkdir()
     out = cli_proc("sweep", "E0a", "--seeds", "2", "--jobs", "2", "--max-steps", 12, "--profile", "tiny",
                    "--executor", "local", cwd=tmp_path)
     assert out.code == 1, out.text
-    assert re.search(r"P0: start .*\n.*P0: failed: data.train_sources: no-such-tasks", out.text), out.text
+    assert re.search(r"P0: start .*\n.*P0: failed: data.train_sources: no-tasks", out.text), out.text
     for seed in (0, 1):
         assert f"E0a/seed-{seed}: failed: not started: it starts from P0, which is failed" in out.text, out.text
     assert out.text.count(": start (") == 1  # P0 alone ran
