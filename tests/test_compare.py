@@ -722,6 +722,11 @@ def test_missing_run_names_the_command_that_makes_it(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "no such run" in result.output and "etrmtrm train E2c" in result.output
     assert "Traceback" not in result.output
+    typo = invoke("E0a", "E0x", "--runs-dir", str(tmp_path), "--experiments", str(EXPERIMENTS))
+    said = " ".join(typo.output.split())
+    assert typo.exit_code == 1, typo.output  # not "produce it with `etrmtrm train E0x`", which would fail too
+    assert (f"{tmp_path / 'E0x'}: no such run, and {EXPERIMENTS}: unknown experiment or queue 'E0x'; did you mean"
+            in said), said
 
 
 def test_a_queue_name_stands_for_its_experiments(tmp_path: Path) -> None:

@@ -516,6 +516,12 @@ def compare(
     if experiments.is_file():
         file = load_experiments(experiments)
         runs = [exp_id for name in runs for exp_id in file.queues.get(name, (name,))]
+        for name in runs:  # neither a run here nor a name of the file: most likely a typo, which the file can name
+            if not (runs_dir / name).exists() and name not in file.experiments:
+                try:
+                    file.targets(name)
+                except ConfigError as err:
+                    raise ConfigError(f"{runs_dir / name}: no such run, and {err}") from None
         standing_in = stand_ins(file, runs_dir, runs)
     if per_puzzle and len(runs) != 2:
         raise ConfigError(f"--per-puzzle shows two experiments side by side; got {len(runs)}: {' '.join(runs)}")
