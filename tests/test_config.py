@@ -224,6 +224,15 @@ def test_structural_errors(tmp_path: Path, text: str, expected: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such experiments file"):
         load_experiments(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="/dev/null: not a file"):  # it exists: "no such file" sent readers astray
+        load_experiments(Path("/dev/null"))
+
+
+def test_a_byte_order_mark_is_not_a_toml_error(tmp_path: Path) -> None:
+    """An editor that writes a UTF-8 BOM made line 1, column 1 'Invalid statement', with nothing to see there."""
+    path = tmp_path / "experiments.toml"
+    path.write_text("\ufeff" + REAL.read_text(), encoding="utf-8")
+    assert load_experiments(path).ids == load_experiments(REAL).ids
 
 
 @pytest.mark.parametrize(

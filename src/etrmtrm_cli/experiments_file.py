@@ -201,9 +201,11 @@ def split_repeats(runs: Sequence[Run], has_runs: Callable[[str], bool] = lambda 
 def load_experiments(path: Path) -> ExperimentsFile:
     """Read and structurally check experiments.toml; experiments are validated by `resolve`."""
     if not path.is_file():
-        raise ConfigError(f"{path}: no such experiments file (pass --experiments PATH)")
+        what = "not a file" if path.exists() else "no such experiments file"
+        raise ConfigError(f"{path}: {what} (pass --experiments PATH)")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text.removeprefix("\ufeff"))  # a byte-order mark, as some editors write: not TOML's
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
     except UnicodeDecodeError as err:
