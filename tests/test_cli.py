@@ -106,6 +106,23 @@ def test_train_prints_plain_lines_when_not_a_terminal(tmp_path: Path, quiet: boo
     assert rerun.exit_code == 1 and "exists: continue it with --resume" in rerun.output
 
 
+def test_a_second_signal_says_how_to_go_on_from_what_was_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    """A second Ctrl-C stops at once (KeyboardInterrupt from the handler): before the first checkpoint there is no
+    checkpoint to continue from, and the advice was 'continue from the last checkpoint with: ... --force'."""
+    from etrmtrm_cli.training import loop
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    out = runner.invoke(app, ["train", "E0b", "--profile", "tiny", "--experiments", REAL, "--runs-dir", str(tmp_path),
+                              "--set", "decoder=none"], env={"COLUMNS": "300"})
+    said = " ".join(out.output.split())
+    assert out.exit_code == 130, out.output
+    assert "stopped at once, before its first checkpoint; start it over with: etrmtrm train E0b" in said, said
+    assert said.endswith("--force") and "continue from" not in said, said
+
 def test_queue_skips_finished_runs(tmp_path: Path) -> None:
     args = ["train", "week1", "--profile", "tiny", "--experiments", REAL, "--runs-dir", str(tmp_path),
             "--max-steps", "2", "--set", "decoder=none", "--quiet"]

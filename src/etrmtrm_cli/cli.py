@@ -286,10 +286,11 @@ def train(
                     with render.TrainProgress(console, quiet=quiet or not ctx.is_main) as progress:
                         summary = run_training(exp, run_options, ctx, progress.on_event, stop)
                 except KeyboardInterrupt:  # a second signal: stopped at once, mid-step
-                    how = "--resume" if run_status(run_dir) in ("resumable", "finished") else "--force"
+                    saved = run_status(run_dir) in ("resumable", "finished")
+                    said = ("stopped at once; continue from the last checkpoint with: {} --resume" if saved else
+                            "stopped at once, before its first checkpoint; start it over with: {} --force")
                     if ctx.is_main:
-                        err_console.print(f"stopped at once; continue from the last checkpoint with: {again} {how}",
-                                          soft_wrap=True, highlight=False, markup=False)
+                        err_console.print(said.format(again), soft_wrap=True, highlight=False, markup=False)
                     raise typer.Exit(130) from None
                 if ctx.is_main:
                     rows = read_metrics(metrics_path(summary.run_dir))
