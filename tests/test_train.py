@@ -196,10 +196,11 @@ def test_extending_a_finished_run_is_recorded_and_it_is_not_finished_while_it_ru
 
     def status_while_training(kind: str, payload: dict[str, Any]) -> None:
         if kind == "step":
-            seen.append(rundir.read_summary(run)["status"])
+            summary = rundir.read_summary(run)
+            seen.append(f"{summary['status']} of {summary['total_steps']}")  # the new length: status read "4 / 3"
 
     longer = train(exp, TrainOptions(runs_dir=tmp_path, max_steps=5, resume=True), SINGLE, status_while_training)
-    assert (longer.status, longer.step) == ("finished", 5) and seen == ["running", "running"]
+    assert (longer.status, longer.step) == ("finished", 5) and seen == ["running of 5", "running of 5"]
     meta = json.loads((run / rundir.META).read_text())
     assert meta["resumed_with_changes"] == [{"step": 3, "changed": {"total_steps": [3, 5]}}]  # its lr schedule
 

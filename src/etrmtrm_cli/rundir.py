@@ -282,9 +282,10 @@ def write_run_files(run_dir: Path, config: dict[str, Any], meta: dict[str, Any],
     write_json(run_dir / SUMMARY, {"status": "running", "step": 0, "total_steps": total_steps})
 
 
-def mark_running(run_dir: Path) -> None:
-    """summary.json says "running" while a resumed run trains, its other fields kept."""
-    write_json(run_dir / SUMMARY, {**read_summary(run_dir), "status": "running"})
+def mark_running(run_dir: Path, total_steps: int) -> None:
+    """summary.json says "running" while a resumed run trains, with the length it trains to now (a new
+    --max-steps), its other fields kept."""
+    write_json(run_dir / SUMMARY, {**read_summary(run_dir), "status": "running", "total_steps": total_steps})
 
 
 def record_resume_changes(run_dir: Path, config: dict[str, Any], changed: dict[str, tuple[Any, Any]],

@@ -165,7 +165,7 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     if ctx.is_main and options.resume:
         # Not "finished" while it runs again (a finished run extended): a kill must not leave that status
         # beside the shorter run's final weights. Last, once nothing that reads the run's files can fail.
-        rundir.mark_running(run_dir)
+        rundir.mark_running(run_dir, total)
     emit("start", {"exp": exp, "total_steps": total, "start_step": state.step, "decoder_report": report,
                    "run_dir": run_dir, "device": str(ctx.device), "world_size": ctx.world_size, "runtime": runtime})
 
