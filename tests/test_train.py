@@ -642,3 +642,32 @@ def test_the_start_line_says_where_the_decoder_comes_from() -> None:
     assert "10 steps from 0; decoder P0 (sha256 6e7f8c): 2 tensors loaded, 1 new, 0 unused" in start_line(0, loaded)
     assert "10 steps from 4; decoder from step 4's checkpoint" in start_line(4, None)  # a resume loads no decoder
     assert "decoder from scratch" in start_line(0, None)
+
+
+def test_weights_pruned_while_they_are_chosen_are_chosen_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """diagnose --run and compare --per-puzzle on a run that trains now: its latest checkpoint can be pruned between
+    being chosen and being read ("step_...6/model.safetensors: missing")."""
+    exp = tiny("E0b", [*FAST, "train.checkpoint_interval=2", "train.keep_checkpoints=3"])
+    stop = StopFlag()
+
+    def stop_at_six(kind: str, payload: dict[str, Any]) -> None:
+        stop.requested = stop.requested or (kind == "step" and payload["step"] == 6)
+
+    train(exp, TrainOptions(runs_dir=tmp_path, max_steps=8), SINGLE, stop_at_six, stop)  # interrupted: no final weights
+    run, real = tmp_path / "E0b", rundir.load_weights
+    calls: list[Path] = []
+
+    def pruned_once(path: Path) -> dict[str, torch.Tensor]:
+        calls.append(path)
+        if len(calls) == 1:
+            shutil.rmtree(path.parent)  # the training run prunes it just now
+        return real(path)
+
+    monkeypatch.setattr(rundir, "load_weights", pruned_once)
+    path, weights = rundir.load_judged_weights(run)
+    assert [p.parent.name for p in calls] == ["step_00000006", "step_00000004"] and path == calls[1] and weights
+    path.write_bytes(b"damaged")  # not pruned: an error at once, not another choice
+    with pytest.raises(rundir.CheckpointError, match="unreadable weights"):
+        rundir.load_judged_weights(run)
+    assert len(calls) == 3

@@ -467,6 +467,19 @@ def judged_weights(run_dir: Path) -> Path:
     return ema if ema.is_file() else latest / "model.safetensors"
 
 
+def load_judged_weights(run_dir: Path, tries: int = 3) -> tuple[Path, dict[str, Tensor]]:
+    """judged_weights and their tensors. A run that trains now prunes old checkpoints: one chosen and then pruned
+    before it was read is chosen again, from the checkpoints there are then."""
+    for attempt in range(tries):
+        path = judged_weights(run_dir)
+        try:
+            return path, load_weights(path)
+        except CheckpointError:
+            if path.exists() or attempt == tries - 1:  # damaged, not pruned; or pruned again and again
+                raise
+    raise AssertionError("unreachable")
+
+
 def read_sidecar(weights: Path) -> dict[str, Any]:
     """The resolved config saved beside a model.safetensors file."""
     sidecar = weights.parent / CONFIG

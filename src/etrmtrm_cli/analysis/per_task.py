@@ -45,8 +45,8 @@ def per_task_accuracy(run: RunFiles, device: str = "cpu", batch_size: int | None
     exp = rundir.read_config(run.run_dir)
     data = build_arc_data(exp.data, exp.seed)
     model = build_model(exp, data.seq_len, data.num_puzzle_ids)
-    weights = rundir.judged_weights(run.run_dir)
-    rundir.load_fitting(model, rundir.load_weights(weights), weights)
+    weights, tensors = rundir.load_judged_weights(run.run_dir)
+    rundir.load_fitting(model, tensors, weights)
     model.to(device).eval()
     size = batch_size or exp.train.eval_batch_size or exp.train.batch_size
     sums: dict[tuple[str, str], list[float]] = {}

@@ -74,13 +74,13 @@ def run_subject(run_dir: Path, device: torch.device) -> Subject:
             "pass a run's folder, runs/<ID>/ or runs/<ID>/seed-<N>/"))
     exp = rundir.read_config(run_dir)
     _require_encoder(exp)
-    weights_path = rundir.judged_weights(run_dir)
+    weights_path, weights = rundir.load_judged_weights(run_dir)
     try:
         logged, log_error = rundir.read_metrics(run_dir / rundir.METRICS, strict=True), None
     except RunError as err:  # the checks that do not read the log still run
         logged, log_error = [], first_line(err)
-    return Subject(exp, build_arc_data(exp.data, exp.seed), device, rundir.load_weights(weights_path),
-                   f"{weights_path}", run_dir, logged, log_error)
+    return Subject(exp, build_arc_data(exp.data, exp.seed), device, weights, f"{weights_path}", run_dir, logged,
+                   log_error)
 
 
 def _require_encoder(exp: Experiment) -> None:
