@@ -354,6 +354,9 @@ def test_a_queue_counts_a_finished_run_only_at_the_length_and_dtype_it_would_tra
     weights.write_bytes(b"other weights")
     assert finished_run_differences(run, tiny_exp("E0a", [f"decoder='{weights}'"]), 2).startswith(
         f"decoder: 'ckpt/step_9' in the run, '{weights}' now")
+    (run / "config.json").write_text('{"id": "E0a"}')  # the schema's defaults stood in for every other setting
+    with pytest.raises(RunError, match=r"config.json: not a run's config \(no profile, arch, data, train\)"):
+        finished_run_differences(run, tiny_exp("E0a"), 2)
 
 
 def test_seed_runs_moved_aside_do_not_block_a_run_without_seeds(tmp_path: Path) -> None:

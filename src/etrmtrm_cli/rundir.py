@@ -154,7 +154,7 @@ def read_config(run_dir: Path) -> Experiment:
     defaults; every error names the file."""
     path = run_dir / CONFIG
     try:
-        return Experiment.model_validate(read_json(path))
+        return Experiment.model_validate(read_run_config(run_dir))
     except ValidationError as err:
         first = err.errors()[0]
         raise RunError(f"{path}: not a config this version can read ({err.error_count()} problem(s), first: "
@@ -386,10 +386,16 @@ def check_configs(runs_dir: Path, exp_ids: Sequence[str]) -> None:
 RUN_CONFIG_KEYS = ("id", "profile", "arch", "data", "train")  # what every run's config.json holds
 
 
-def load_run(run_dir: Path) -> RunFiles:
-    config = read_json(run_dir / CONFIG)
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """config.json as written, with what every run's holds: without it, defaults would stand in for everything."""
+    config: dict[str, Any] = read_json(run_dir / CONFIG)
     if missing := [key for key in RUN_CONFIG_KEYS if key not in config]:
         raise RunError(f"{run_dir / CONFIG}: not a run's config (no {', '.join(missing)})")
+    return config
+
+
+def load_run(run_dir: Path) -> RunFiles:
+    config = read_run_config(run_dir)
     meta_path = run_dir / META
     meta = read_json(meta_path) if meta_path.is_file() else {}
     summary = read_summary(run_dir) or {"status": "running"}
