@@ -306,6 +306,20 @@ def test_resume_refuses_a_config_that_changes_the_model_or_data(
     follow_suggestions(out, same_problem=re.escape(key))
 
 
+def test_resume_advice_of_a_moved_runs_directory_names_where_it_is_now(project: Path) -> None:
+    """The advice is the command that started the run: with the run moved, its --runs-dir named the old place, and
+    following it resumed (or failed on) the runs there instead."""
+    (project / "runs").rename(project / "moved")
+    run = project / "moved" / "E0b"
+    before = snapshot(run)
+    out = cli("train", "E0b", "--resume", *TINY, "--max-steps", FIXTURE_STEPS + 2, "--runs-dir", "moved",
+              "--set", "train.lr=5e-4")
+    assert_handled(out)
+    (advice,) = suggested_commands(out.text)
+    assert "--runs-dir moved" in advice and "--resume" in advice, advice
+    assert_untouched(run, before)
+    follow_suggestions(out, same_problem="train.lr")  # as printed: resumes the moved run, at its new length
+
 def test_resume_accepts_more_steps(project: Path) -> None:
     run = project / "runs" / "E0b"
     out = cli("train", "E0b", "--resume", *TINY, "--max-steps", FIXTURE_STEPS + 2, "--quiet")

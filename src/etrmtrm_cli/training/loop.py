@@ -104,7 +104,7 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
         recorded = _recorded_dtype(run_dir) if options.resume else None
         # Before the resume check: config.json holds what ran
         dtype = choose_dtype(exp, ctx.device, native, recorded, ctx.world_size)
-        changed = _check_resume(run_dir, dtype.exp) if options.resume else {}
+        changed = _check_resume(run_dir, dtype.exp, options.runs_dir) if options.resume else {}
         torch.manual_seed(exp.seed)  # parameter init: identical on every rank
         data = build_arc_data(exp.data, exp.seed)
         if options.resume:
@@ -377,9 +377,20 @@ def _check_length(run_dir: Path, total: int, options: TrainOptions, changed: dic
                    f"Resume it as it is with --max-steps {before}, or extend it with --max-steps {total}")
 
 
-def _check_resume(run_dir: Path, exp: Experiment) -> dict[str, tuple[Any, Any]]:
+def _in_runs_dir(command: str, runs_dir: Path) -> str:
+    """`command` (an `etrmtrm train ...` line) with its --runs-dir, given or default, set to `runs_dir`."""
+    words = shlex.split(command)
+    if "--runs-dir" in words[:-1]:
+        words[words.index("--runs-dir") + 1] = str(runs_dir)
+    elif runs_dir != Path("runs"):
+        words += ["--runs-dir", str(runs_dir)]
+    return shlex.join(words)
+
+
+def _check_resume(run_dir: Path, exp: Experiment, runs_dir: Path) -> dict[str, tuple[Any, Any]]:
     """Before anything is built: the run's files are readable and its config differs from `exp` only in
-    rundir.RESUMABLE_KEYS -> those differences (old, new)."""
+    rundir.RESUMABLE_KEYS -> those differences (old, new). The advice is the command that started the run, in the
+    runs directory it is in now (a copy or a move of it resumes there, not where it started)."""
     if not (run_dir / rundir.CONFIG).is_file():
         raise RunError(f"{run_dir}: no such run to resume ({rundir.CONFIG} missing); start it without --resume")
     saved = rundir.saved_config(run_dir)
@@ -390,5 +401,5 @@ def _check_resume(run_dir: Path, exp: Experiment) -> dict[str, tuple[Any, Any]]:
         meta = rundir.read_json(run_dir / rundir.META) if (run_dir / rundir.META).is_file() else {}
         started = meta.get("command") or f"etrmtrm train {exp.id} --profile {saved.get('profile', exp.profile)}"
         raise RunError(f"{run_dir}: cannot resume with a different model or data ({lines}). Resume it as it was "
-                       f"started (`{started} --resume`), or start over with --force")
+                       f"started (`{_in_runs_dir(started, runs_dir)} --resume`), or start over with --force")
     return changed
