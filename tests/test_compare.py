@@ -800,19 +800,6 @@ def test_a_finished_run_whose_metrics_are_damaged_is_named(tmp_path: Path, damag
     result = invoke("E0a", "E0b", "--runs-dir", str(tmp_path))
     assert result.exit_code == 1 and f"{tmp_path / 'E0b'}/{said}" in " ".join(result.output.split()), result.output
 
-def test_a_run_copied_into_another_experiments_folder_is_named(tmp_path: Path) -> None:
-    """runs/E0b/seed-1 holding a run of E0a was read as E0a by compare (and exported as E0b's without a word)."""
-    write_run(tmp_path, "E0a", flat(0.9), seed=0)
-    write_run(tmp_path, "E0b", flat(0.9), seed=0)
-    shutil.copytree(tmp_path / "E0a" / "seed-0", tmp_path / "E0b" / "seed-1")
-    said = f"{tmp_path / 'E0b' / 'seed-1' / 'config.json'}: a run of E0a, in E0b's folder"
-    result = invoke("E0a", "E0b", "--runs-dir", str(tmp_path))
-    assert result.exit_code == 1 and said in " ".join(result.output.split()), result.output
-    exported = runner.invoke(app, ["export", "E0b", "--runs-dir", str(tmp_path), "--to", str(tmp_path.parent / "rec"),
-                                   "--experiments", str(EXPERIMENTS)], env=ENV)
-    assert exported.exit_code == 1 and said in " ".join(exported.output.split()), exported.output
-    assert not (tmp_path.parent / "rec").exists()
-
 def test_a_report_replaces_an_earlier_report_and_no_other_file(tmp_path: Path) -> None:
     """`--markdown experiments.toml` replaced the experiments file with the report."""
     runs = tmp_path / "runs"

@@ -24,7 +24,7 @@ from etrmtrm_cli.rundir import (
     METRICS_GZ,
     SUMMARY,
     check_configs,
-    load_run_of,
+    load_run,
     metrics_path,
     read_summary,
     seed_runs,
@@ -50,9 +50,9 @@ def export_runs(runs_dir: Path, exp_ids: Sequence[str], to: Path, *, weights: bo
         raise RunError(f"--to {to}: inside the runs directory {runs_dir}, where it would write into its runs; "
                        "export into another directory")
     check_configs(runs_dir, exp_ids)
-    for exp_id, run in ((e, run) for e, runs in found.items() for run in runs):  # all before any is written
+    for run in (run for runs in found.values() for run in runs):  # all before any is written
         if read_summary(run).get("status") == "finished":
-            _check_readable(exp_id, run, weights)
+            _check_readable(run, weights)
     exported = []
     for exp_id, runs in found.items():
         if not runs:
@@ -88,13 +88,13 @@ def _export_run(run_dir: Path, dest: Path, *, weights: bool = False) -> Exported
     return Exported(run_dir, dest, "updated")
 
 
-def _check_readable(exp_id: str, run_dir: Path, weights: bool) -> None:
+def _check_readable(run_dir: Path, weights: bool) -> None:
     """A finished run's files are all there and read as compare reads them: a record of it must compare."""
     wanted = (META, SUMMARY, *([FINAL_WEIGHTS] if weights else []))
     if lacking := [name for name in wanted if not (run_dir / name).is_file()] + (
             [] if metrics_path(run_dir).is_file() else [METRICS]):
         raise RunError(f"{run_dir}: finished, but without {', '.join(lacking)}: a record of it could not be compared")
-    load_run_of(exp_id, run_dir)
+    load_run(run_dir)
 
 
 def _record_files(run_dir: Path, weights: bool) -> dict[str, bytes]:

@@ -373,17 +373,7 @@ def load_runs(runs_dir: Path, exp_ids: Sequence[str]) -> list[RunFiles]:
     if missing:
         raise RunError("\n".join(f"{runs_dir / e}: no such run (no {CONFIG}, no {SEED_PREFIX}<N>/); produce it "
                                  f"with `etrmtrm train {e}`" for e in missing))
-    return [load_run_of(exp_id, run) for exp_id, runs in found.items() for run in runs]
-
-
-def load_run_of(exp_id: str, run_dir: Path) -> RunFiles:
-    """load_run of a run in <runs>/<exp_id>/, which must be a run of that experiment: one copied into another's
-    folder would be read as the experiment it is of, not as the one asked for."""
-    run = load_run(run_dir)
-    if run.exp_id != exp_id:
-        raise RunError(f"{run_dir / CONFIG}: a run of {run.exp_id}, in {exp_id}'s folder; move it to the folder "
-                       f"{run.exp_id}/ of the runs directory")
-    return run
+    return [load_run(run) for runs in found.values() for run in runs]
 
 
 def check_configs(runs_dir: Path, exp_ids: Sequence[str]) -> None:
