@@ -236,9 +236,32 @@ def test_a_new_seed_of_another_configuration_is_refused_beside_finished_seeds(tm
         assert out.exit_code == 1, (command, out.output)
         assert (f"{tmp_path / 'E0a' / 'seed-3'}: a new seed of E0a beside seed-0, a finished seed of another "
                 "configuration (arch.halt_max_steps: 16 there, 8 now): compare would read both as E0a") in said, said
+        assert "start every seed over with --force" in said, said
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     same = runner.invoke(app, ["train", *tiny, "--seeds", "3,", "--quiet"])  # of their configuration: it trains
     assert same.exit_code == 0 and (tmp_path / "E0a" / "seed-3" / "summary.json").is_file(), same.output
+    # every seed started over in the other configuration, as the refusal and check_finished_run advise: it trains
+    again = runner.invoke(app, ["train", *tiny, "--set", "arch.halt_max_steps=8", "--seeds", "0,1", "--force", "-q"])
+    assert again.exit_code == 0, again.output
+
+
+def test_a_new_seed_in_another_dtype_than_its_finished_seeds_is_noted_not_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeds of two machines may differ in the dtype `auto` chose (so may a resumed run): said, with the setting that
+    keeps one dtype, not refused; a SLURM job, on a machine the sweep cannot see, would otherwise fail on its node."""
+    from etrmtrm_cli.training import runtime
+
+    tiny = ["E0a", "--profile", "tiny", "--experiments", REAL, "--runs-dir", str(tmp_path), "--max-steps", "2",
+            "--set", "decoder=none", "--set", "arch.forward_dtype=auto", "--quiet"]
+    monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: False)  # auto: float32
+    assert runner.invoke(app, ["train", *tiny, "--seeds", "1"]).exit_code == 0
+    monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: True)  # auto: bfloat16
+    out = runner.invoke(app, ["train", *tiny, "--seeds", "1,"], env={"COLUMNS": "300"})
+    said = " ".join(out.output.split())
+    assert out.exit_code == 0, out.output
+    assert (f"{tmp_path / 'E0a' / 'seed-1'}: a new seed computing in bfloat16 here, beside seed-0, which ran in "
+            "float32: compare keeps the two dtypes apart as two configurations; to train the rest in float32 too, "
+            "add `--set arch.forward_dtype=float32`") in said, said
 
 def test_seed_runs_and_a_run_without_seeds_never_share_a_directory(tmp_path: Path) -> None:
     """runs/E0b/seed-<N>/ are what compare and status count: a run without seeds there would move them aside with

@@ -813,6 +813,7 @@ def test_a_report_replaces_an_earlier_report_and_no_other_file(tmp_path: Path) -
             in " ".join(refused.output.split())), refused.output
     assert kept.read_text() == "[base]\n"
     report = tmp_path / "report.md"
+    report.touch()  # empty, as `mktemp` makes it: nothing to lose
     for _ in range(2):  # written, then written again over itself
         assert invoke("E0a", "E0b", "--runs-dir", str(runs), "--markdown", str(report)).exit_code == 0
     assert report.read_text().startswith("# Comparison: E0a vs E0b")

@@ -250,18 +250,23 @@ def train(
         console.print(f"[dim]{repeats_line(repeats)}[/]", highlight=False)
     options = TrainOptions(runs_dir=runs_dir, max_steps=max_steps, resume=resume, force=force, compile=compile,
                            tensorboard=tensorboard, wandb=wandb)
-    for exp, per_seed in jobs:  # before any run of a queue starts
-        place = run_path(runs_dir, exp.id, exp.seed if per_seed else None)
+    places = [(exp, per_seed, run_path(runs_dir, exp.id, exp.seed if per_seed else None)) for exp, per_seed in jobs]
+    for _, per_seed, place in places:
         check_run_layout(place, per_seed)
-        if queue and not force and run_status(place) == "finished":  # skipped: it must be what it counts as
+    states = [run_status(place) for _, _, place in places]
+    anew = force or any(state in ("new", "unsaved") for state in states)  # a run of this command starts anew
+    notes = []
+    for (exp, per_seed, place), state in zip(places, states, strict=True):  # before any run of a queue starts
+        if queue and not force and state == "finished":  # skipped: it must be what it counts as
             check_finished_run(place, exp, max_steps, _train_command(exp, experiments, runs_dir, overrides or [],
                                                                      max_steps, per_seed, ctx.world_size,
                                                                      local_world_size), ctx.device)
-        elif queue and not force and run_status(place) == "resumable" and ctx.is_main and (
-                note := resumed_dtype_note(place, exp, ctx.device)):
-            err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
-        if per_seed and (force or run_status(place) in ("new", "unsaved")):  # a run that starts anew
-            check_new_seed(place, exp, max_steps, ctx.device)
+        elif queue and not force and state == "resumable" and anew:
+            notes.append(resumed_dtype_note(place, exp, ctx.device))
+        elif per_seed and not force and state in ("new", "unsaved"):
+            notes.append(check_new_seed(place, exp, max_steps, ctx.device))
+    for note in filter(None, notes if ctx.is_main else ()):
+        err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
     stop = StopFlag()
     try:
         with stop_on_signals(stop, say=ctx.is_main):
@@ -363,41 +368,55 @@ def check_finished_run(run_dir: Path, exp: Experiment, max_steps: int | None, ag
                        f"another --runs-dir{dtype}")
 
 
-def check_new_seed(run_dir: Path, exp: Experiment, max_steps: int | None, device: torch.device | None) -> None:
-    """A seed that starts beside finished seeds of its experiment must be of their configuration (`device` as for
-    check_finished_run): `compare` reads runs/<ID>/seed-<N>/ as seeds of <ID>, and one of another configuration
-    would stand beside them under the same name."""
+def check_new_seed(run_dir: Path, exp: Experiment, max_steps: int | None, device: torch.device | None) -> str | None:
+    """A seed that starts anew (not forced) beside finished seeds of its experiment must be of their configuration:
+    `compare` reads runs/<ID>/seed-<N>/ as seeds of <ID>, and one of another configuration would stand beside them
+    under the same name. The dtype `auto` chooses on `device` is only noted (-> the note, or None): seeds of two
+    machines may differ in it, as a resumed run may (`resumed_dtype_note`)."""
     from etrmtrm_cli.rundir import finished_run_differences, run_status, saved_config, seed_runs
     from etrmtrm_cli.sweep_cost import steps_of
-    from etrmtrm_cli.training.runtime import choose_dtype
 
-    here = exp if device is None else choose_dtype(exp, device).exp
+    note = None
     for sibling in seed_runs(run_dir.parent.parent, exp.id):  # run_dir: <runs>/<ID>/seed-<N>
         if sibling == run_dir or sibling.parent != run_dir.parent or run_status(sibling) != "finished":
             continue
-        as_sibling = here.model_copy(update={"seed": saved_config(sibling).get("seed", exp.seed)})
-        if differs := finished_run_differences(sibling, as_sibling, steps_of(exp, max_steps),
-                                               dtype_resolved=device is not None):
+        try:
+            as_sibling = exp.model_copy(update={"seed": saved_config(sibling).get("seed", exp.seed)})
+            differs = finished_run_differences(sibling, as_sibling, steps_of(exp, max_steps))
+        except RunError as err:
+            raise RunError(f"{err} (a finished seed beside the new {run_dir.name}, which must be of its "
+                           "configuration)") from None
+        if differs:
             raise RunError(f"{run_dir}: a new seed of {exp.id} beside {sibling.name}, a finished seed of another "
                            f"configuration ({differs.replace(' in the run, ', ' there, ')}): compare would read both "
-                           f"as {exp.id}. Train it as {sibling.name} was, or into another --runs-dir")
+                           f"as {exp.id}. Train it as {sibling.name} was, start every seed over with --force, or "
+                           "use another --runs-dir")
+        note = note or _dtype_note(sibling, exp, device, f"{run_dir}: a new seed computing in {{new}} here, beside "
+                                                         f"{sibling.name}, which ran in {{ran}}")
+    return note
 
 
 def resumed_dtype_note(run_dir: Path, exp: Experiment, device: torch.device | None) -> str | None:
-    """A stopped run that a queue or sweep resumes keeps the dtype it started in (`auto`); where a new run on
-    `device` would compute in another, its seeds would split into two configurations in `compare`: say so first."""
+    """A stopped run that a queue or sweep resumes keeps the dtype it started in (`auto`); where the new runs of the
+    same command compute in another on `device`, its seeds split into two configurations in `compare`: said first."""
+    return _dtype_note(run_dir, exp, device, f"{run_dir}: stopped in {{ran}}, resumes in {{ran}} (a run keeps the "
+                                             "dtype it started in), where a new run here computes in {new}")
+
+
+def _dtype_note(recorded: Path, exp: Experiment, device: torch.device | None, says: str) -> str | None:
+    """`says` ({ran}: the dtype `recorded` ran in, {new}: auto's choice on `device`) and what it means, where the two
+    differ; None where they do not, or where `device` is unknown (a SLURM job's) or `exp` names its dtype."""
     from etrmtrm_cli.rundir import saved_config
     from etrmtrm_cli.training.runtime import choose_dtype
 
     if device is None or exp.arch.forward_dtype != "auto":
         return None
-    ran, new = saved_config(run_dir)["arch"]["forward_dtype"], choose_dtype(exp, device).exp.arch.forward_dtype
+    ran, new = saved_config(recorded)["arch"]["forward_dtype"], choose_dtype(exp, device).exp.arch.forward_dtype
     if ran == new:
         return None
     keep = f"; to train the rest in {ran} too, add `--set arch.forward_dtype={ran}`" if _computes_in(
         exp, ran, device) else ""
-    return (f"{run_dir}: stopped in {ran}, resumes in {ran} (a run keeps the dtype it started in), where a new run "
-            f"here computes in {new}: compare keeps the two dtypes apart as two configurations{keep}")
+    return f"{says.format(ran=ran, new=new)}: compare keeps the two dtypes apart as two configurations{keep}"
 
 
 def _computes_in(exp: Experiment, dtype: str, device: torch.device) -> bool:
@@ -567,7 +586,8 @@ def _check_report_path(option: str, path: Path, suffix: str | None) -> None:
         if (folder / CONFIG).is_file() or (folder / SUMMARY).is_file():
             raise RunError(f"{option} {path}: inside the run directory {folder}, whose files it could replace; "
                            "write the report elsewhere")
-    if path.exists() and not _starts_with(path, REPORT_STARTS[option]):
+    if path.exists() and not (path.is_file() and path.stat().st_size == 0) and not _starts_with(
+            path, REPORT_STARTS[option]):  # an empty file (mktemp's) holds nothing to lose
         what = "a Markdown report of `compare`" if option == "--markdown" else "a PNG"
         raise RunError(f"{option} {path}: exists and is not {what}, which is all a report replaces; give another "
                        "name or move the file away")

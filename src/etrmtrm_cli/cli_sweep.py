@@ -107,16 +107,20 @@ def sweep(
     if repeats:
         console.print(f"[dim]{repeats_line(repeats)}[/]", highlight=False)
     here = pick_device(device) if kind == "local" else None  # the jobs' device; a SLURM job's machine is unknown
+    anew = any(job.state in ("new", "unsaved") for job in planned)  # a run of this sweep starts anew
+    notes = []
     for job in planned:  # before anything is submitted
         check_run_layout(Path(job.spec.run_dir), job.spec.seed is not None)
         if job.state == "finished":  # skipped as done: it must be the run it will count as
             check_finished_run(Path(job.spec.run_dir), job.exp, max_steps, _train_command(
                 job.exp, experiments, runs_dir, list(overrides or ()), max_steps, job.spec.seed is not None),
                 here)
-        elif job.state == "resumable" and (note := resumed_dtype_note(Path(job.spec.run_dir), job.exp, here)):
-            err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
-        if job.spec.seed is not None and job.state in ("new", "unsaved"):  # a run that starts anew
-            check_new_seed(Path(job.spec.run_dir), job.exp, max_steps, here)
+        elif job.state == "resumable" and anew:
+            notes.append(resumed_dtype_note(Path(job.spec.run_dir), job.exp, here))
+        elif job.spec.seed is not None and job.state in ("new", "unsaved"):
+            notes.append(check_new_seed(Path(job.spec.run_dir), job.exp, max_steps, here))
+    for note in filter(None, notes):
+        err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
     where = (f"local: {config.jobs} at once, {threads} thread(s) each" if kind == "local" else
              f"SLURM: {threads or 'all allocated'} core(s), {config.gpus_per_job} GPU(s) per job")
     console.print(f"[dim]executor {kind} ({why}); {where}; submitit folder {folder}[/]", highlight=False)
