@@ -256,16 +256,37 @@ def test_seeds_that_ran_in_different_dtypes_are_two_configurations_never_pooled(
 
 
 def test_a_parent_of_two_configurations_is_the_one_nearest_its_child(tmp_path: Path) -> None:
-    """E0a's seeds 0-1 as E0a is, seed 3 with another halt_max_steps: E0b (seeds 0-1) is judged against the first,
-    with which it shares its seeds, not against the one named last."""
-    seeded(tmp_path, "E0a", [0.90, 0.91])
-    write_run(tmp_path, "E0a", flat(0.5), seed=3, overrides=["arch.halt_max_steps=8"])
-    seeded(tmp_path, "E0b", [0.92, 0.94])
+    """E0a's seeds 0-1 with another halt_max_steps (named first: "E0a #1"), seeds 2-3 as E0a is ("E0a #2"); E0b's
+    seeds 2-3. E0b's parent comparison takes "E0a #2", the nearest; which of the two is the baseline of the scenarios
+    and decision points the runs cannot tell, so those are not drawn (before: "E0a #1", scenario A from 51 %)."""
+    for seed in (0, 1):
+        write_run(tmp_path, "E0a", flat(0.51), seed=seed, overrides=["arch.halt_max_steps=8"])
+    for seed, value in ((2, 0.90), (3, 0.91)):
+        write_run(tmp_path, "E0a", flat(value), seed=seed)
+        write_run(tmp_path, "E0b", flat(value + 0.02), seed=seed)
     result = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False)
     assert [c.label for c in result.configs] == ["E0a #1", "E0a #2", "E0b"]
     (parent,) = result.verdict.parents
-    assert (parent.run, parent.parent, parent.difference.seeds) == ("E0b", "E0a #1", (0, 1)), parent
+    assert (parent.run, parent.parent, parent.difference.seeds) == ("E0b", "E0a #2", (2, 3)), parent
     assert [s.split(":")[0] for s in parent.settings] == ["arch.recurrent_encoder_type"], parent.settings
+    found = result.verdict
+    assert found.baseline is None and found.scenarios == [], found
+    assert found.baseline_why.startswith("no baseline: E0a's runs are of 2 configurations (E0a #1, E0a #2)")
+    assert [d.point for d in found.decisions] == ["After E0b"]  # E0b's own level; After Week 1 needs the baseline
+
+
+def test_decisions_on_e0b_are_not_drawn_from_one_of_its_configurations(tmp_path: Path) -> None:
+    """Three seeds of E0b at 95 % and two stray seeds of it in another configuration: After E0b was decided from
+    whichever configuration came last ("E0b fails (<80%)" from the two strays)."""
+    seeded(tmp_path, "E0a", [0.90, 0.91, 0.92])
+    seeded(tmp_path, "E0b", [0.95, 0.95, 0.96])
+    for seed in (3, 4):
+        write_run(tmp_path, "E0b", flat(0.5), seed=seed, overrides=["arch.halt_max_steps=8"])
+    found = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict
+    decided = {d.point: d for d in found.decisions}
+    assert list(decided) == ["After E0b"], decided
+    assert decided["After E0b"].decision == ("not decided: E0b's runs are of 2 configurations (E0b #1, E0b #2), and "
+                                             "the runs cannot tell which is E0b")
 
 
 def test_each_run_is_judged_against_its_parent_naming_the_settings_that_differ(tmp_path: Path) -> None:

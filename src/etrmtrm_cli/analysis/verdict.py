@@ -158,14 +158,29 @@ class Verdict:
 
 
 def pick_baseline(configs: Sequence[Configuration]) -> tuple[Configuration | None, str]:
-    """The ETRM (static encoder) configuration, E0a's when several; else the first named."""
+    """The ETRM (static encoder) configuration, E0a's when several; else the first named. None where the chosen
+    experiment's runs are of several configurations ("E0a #1", "E0a #2"): which of them is the baseline the runs
+    cannot tell, and the scenarios and decision points judged against it are not drawn."""
     static = [c for c in configs if c.first.model == "ETRM" and c.first.encoder == "static"]
     if static:
         chosen = next((c for c in static if "E0a" in c.exp_ids), static[0])
-        return chosen, f"{chosen.label} is the ETRM baseline (static encoder)"
-    if configs:
-        return configs[0], f"no static-encoder run compared: {configs[0].label}, the first named, is the baseline"
-    return None, "no runs"
+        why = f"{chosen.label} is the ETRM baseline (static encoder)"
+    elif configs:
+        chosen = configs[0]
+        why = f"no static-encoder run compared: {chosen.label}, the first named, is the baseline"
+    else:
+        return None, "no runs"
+    if several := ambiguous(configs, chosen.exp_ids[0]):
+        return None, (f"no baseline: {chosen.exp_ids[0]}'s runs are of {len(several)} configurations "
+                      f"({', '.join(several)}), and the runs cannot tell which is the baseline; compare one of them "
+                      "(another --runs-dir)")
+    return chosen, why
+
+
+def ambiguous(configs: Sequence[Configuration], exp_id: str) -> list[str]:
+    """The labels of the configurations of `exp_id`'s runs, where there are several (none where one)."""
+    labels = [c.label for c in configs if exp_id in c.exp_ids]
+    return labels if len(labels) > 1 else []
 
 
 def points(config: Configuration, figure: str, scale: float = 100.0) -> dict[int, float]:
@@ -619,14 +634,16 @@ def after_week_2(variants: Sequence[Configuration], base: Configuration, waiting
 def decision_points(configs: Sequence[Configuration], base: Configuration | None) -> list[Decision]:
     """The plan's decision points that the compared runs reach: After E0b (E0b compared), After Week 1 (E0b and
     a static baseline), After Week 2 (the week-2 variants of E0b, against the static baseline)."""
-    by_id = {exp_id: c for c in configs for exp_id in c.exp_ids}
-    e0b = by_id.get("E0b")
+    e0b = next((c for c in configs if "E0b" in c.exp_ids), None)
     out = [after_e0b(e0b, base)] if e0b is not None and e0b.estimate("train_acc").mean is not None else []
+    if several := ambiguous(configs, "E0b"):  # After E0b and After Week 1 judge E0b: not drawn
+        e0b, out = None, [Decision("After E0b", False, f"not decided: E0b's runs are of {len(several)} "
+                                   f"configurations ({', '.join(several)}), and the runs cannot tell which is E0b", [])]
     if base is None or base.first.encoder != "static" or not points(base, "train_acc"):
         return out
     if e0b is not None and e0b is not base and points(e0b, "train_acc"):
         out.append(after_week_1(e0b, base))
-    week_2 = [c for c in configs if WEEK_2 & set(c.exp_ids) and c is not e0b]
+    week_2 = [c for c in configs if WEEK_2 & set(c.exp_ids) and "E0b" not in c.exp_ids]
     variants = [c for c in week_2 if points(c, "train_acc")]
     waiting = [c for c in week_2 if c.pending and not points(c, "train_acc")]
     if variants:
