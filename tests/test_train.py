@@ -218,8 +218,15 @@ def test_a_resume_without_max_steps_does_not_change_the_length_a_run_was_started
         train(exp, TrainOptions(runs_dir=tmp_path, resume=True), SINGLE)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before
     assert train(exp, TrainOptions(runs_dir=tmp_path, max_steps=3, resume=True), SINGLE).step == 3  # as it is
+    epochs = tiny("E0b", [*FAST, f"train.epochs={exp.train.epochs + 1}"])  # epochs never set this run's length
+    with pytest.raises(RunError, match=r"a run of 3 steps \(finished\), which this command without --max-steps"):
+        train(epochs, TrainOptions(runs_dir=tmp_path, resume=True), SINGLE)
     longer = tiny("E0b", [*FAST, "train.max_steps=4"])  # a new length in the config: asked for, it goes on
     assert train(longer, TrainOptions(runs_dir=tmp_path, resume=True), SINGLE).step == 4
+    by_epochs = tiny("E0b", [*FAST, "train.epochs=1"])  # a run as long as its config's epochs make it
+    first = train(by_epochs, TrainOptions(runs_dir=tmp_path / "b"), SINGLE).step
+    more = tiny("E0b", [*FAST, "train.epochs=3"])  # the config's new length: it goes on
+    assert train(more, TrainOptions(runs_dir=tmp_path / "b", resume=True), SINGLE).step > first
 
 def test_a_resume_that_cannot_go_on_leaves_the_finished_run_as_it_was(tmp_path: Path) -> None:
     """A shorter --max-steps than the run has trained, or a damaged meta.json, stops the resume before it writes

@@ -108,7 +108,7 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
         torch.manual_seed(exp.seed)  # parameter init: identical on every rank
         data = build_arc_data(exp.data, exp.seed)
         if options.resume:
-            _check_length(run_dir, total_steps(dtype.exp, data, options), options, changed)
+            _check_length(run_dir, dtype.exp, data, options)
         check_memory(dtype.exp, data.seq_len, data.num_puzzle_ids, ctx.device, ctx.world_size)
         model = build_model(dtype.exp, data.seq_len, data.num_puzzle_ids)
         train_tasks = [g.task.id for g in data.groups[: data.num_train_groups]]
@@ -361,15 +361,18 @@ def _recorded_dtype(run_dir: Path) -> str | None:
     return dtype if dtype in ("float32", "bfloat16") else None
 
 
-def _check_length(run_dir: Path, total: int, options: TrainOptions, changed: dict[str, tuple[Any, Any]]) -> None:
-    """A resume that would change the run's length only because --max-steps was left out (the run was started with
-    it) is refused: it would change the learning-rate schedule from here on and, for a finished run, replace its
-    final weights. A new length asked for (--max-steps, or train.epochs / train.max_steps changed) goes on."""
+def _check_length(run_dir: Path, exp: Experiment, data: ArcData, options: TrainOptions) -> None:
+    """A run whose length --max-steps set, resumed without it, would take the length of its config (changing its
+    learning-rate schedule from here on and, finished, replacing its final weights): refused, naming both. A run
+    whose length is its config's takes the config's new length (train.epochs changed), and so does any run whose
+    config now names a length (train.max_steps)."""
     previous = rundir.read_summary(run_dir)
-    before = previous.get("total_steps")
-    if options.max_steps is not None or not isinstance(before, int) or before == total or (
-            {"train.epochs", "train.max_steps"} & changed.keys()):
+    before, total = previous.get("total_steps"), total_steps(exp, data, options)
+    if options.max_steps is not None or not isinstance(before, int) or before == total:
         return
+    ran = rundir.read_config(run_dir)
+    if before == total_steps(ran, data, options) or exp.train.max_steps not in (None, ran.train.max_steps):
+        return  # its length was its config's (epochs), or the config now names one (train.max_steps)
     finished = previous.get("status") == "finished"
     raise RunError(f"{run_dir}: a run of {before} steps{' (finished)' if finished else ''}, which this command "
                    f"without --max-steps would make {total} steps long, changing its learning-rate schedule from "
