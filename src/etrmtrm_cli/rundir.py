@@ -107,14 +107,18 @@ def decoder_run(runs_dir: Path, exp_id: str) -> Path | None:
     return finished[0] if finished else None
 
 
-def run_dirs(runs_dir: Path) -> list[Path]:
-    """Every run in `runs_dir`: runs/<ID>/ and runs/<ID>/seed-<N>/, not runs moved aside nor hidden folders."""
+def experiment_folders(runs_dir: Path) -> list[Path]:
+    """runs/<ID>/ folders, by name: not runs moved aside nor hidden folders (a sweep's .submitit)."""
     if not runs_dir.is_dir():
         return []
+    return [c for c in sorted(runs_dir.iterdir())
+            if c.is_dir() and not c.name.startswith(".") and not ASIDE.search(c.name)]
+
+
+def run_dirs(runs_dir: Path) -> list[Path]:
+    """Every run in `runs_dir`: runs/<ID>/ and runs/<ID>/seed-<N>/, not runs moved aside nor hidden folders."""
     found = []
-    for child in sorted(runs_dir.iterdir()):
-        if not child.is_dir() or child.name.startswith(".") or ASIDE.search(child.name):
-            continue
+    for child in experiment_folders(runs_dir):
         if (child / CONFIG).is_file():
             found.append(child)
         found += [p for p in sorted(child.iterdir()) if p.is_dir() and p.name.startswith(SEED_PREFIX)

@@ -26,10 +26,10 @@ from typing import Any
 from etrmtrm_cli.errors import ConfigError, RunError, first_line
 from etrmtrm_cli.run_lock import LOCK
 from etrmtrm_cli.rundir import (
-    ASIDE,
     CONFIG,
     SEED_PREFIX,
     SUMMARY,
+    experiment_folders,
     metrics_path,
     read_json,
     read_metrics,
@@ -64,20 +64,13 @@ def run_rows(runs_dir: Path, folder: Path | None = None) -> list[RunRow]:
         raise RunError(f"{runs_dir}: not a directory; pass the runs directory (default: runs)")
     folder = folder or runs_dir / SWEEP_FOLDER
     records, gone = _records_and_gone_slurm_jobs(folder, runs_dir)
-    damaged = [p for child in _experiment_folders(runs_dir) for p in runs_without_config(runs_dir, child.name)]
+    damaged = [p for child in experiment_folders(runs_dir) for p in runs_without_config(runs_dir, child.name)]
     dirs = {p.resolve(): None for p in sorted([*run_dirs(runs_dir), *damaged])}
     for path in records:
         dirs.setdefault(Path(path), None)
     local_sweep = lock_held(folder)  # a local sweep running now (cli_sweep's lock)
     rows = [_row(run_dir, records.get(str(run_dir), {}), local_sweep, gone) for run_dir in dirs]
     return sorted(rows, key=lambda r: (r.exp_id, -1 if r.seed is None else r.seed))
-
-
-def _experiment_folders(runs_dir: Path) -> list[Path]:
-    """runs/<ID>/ folders that may hold runs (not hidden ones, nor runs moved aside)."""
-    if not runs_dir.is_dir():
-        return []
-    return [c for c in runs_dir.iterdir() if c.is_dir() and not c.name.startswith(".") and not ASIDE.search(c.name)]
 
 
 def read_records(folder: Path, runs_dir: Path) -> dict[str, dict[str, Any]]:

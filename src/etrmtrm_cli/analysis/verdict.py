@@ -64,11 +64,6 @@ MIXED_TITLES = {"A": "significantly better", "B": "slightly better", "C": "no di
                 "C/D": "slightly worse (between the plan's C and D)", "D": "clearly worse"}
 ONE_SEED = "one seed cannot separate the arms from noise"
 NO_SPREAD = "every paired seed differs by the same amount: no spread to size an interval by, so no finding"
-
-
-def no_interval(e: Estimate) -> str:
-    """Why a paired difference has no interval: one seed, or the same difference in every seed (stats.py)."""
-    return ONE_SEED if e.n < 2 else NO_SPREAD
 ENCODER_TYPE = "arch.recurrent_encoder_type"  # the setting a scenario judges (static against a recurrent one)
 INCONCLUSIVE = "inconclusive"
 # Figures that still have room when train accuracy sits at a ceiling (figure, what, unit, scale to points).
@@ -186,6 +181,11 @@ def ambiguous(configs: Sequence[Configuration], exp_id: str) -> list[str]:
 def points(config: Configuration, figure: str, scale: float = 100.0) -> dict[int, float]:
     """seed -> a figure of that seed in points (or steps with scale 1), seeds without it left out."""
     return {s: scale * v for s, v in config.per_seed(figure).items() if v is not None}
+
+
+def no_interval(e: Estimate) -> str:
+    """Why a paired difference has no interval: one seed, or the same difference in every seed (stats.py)."""
+    return ONE_SEED if e.n < 2 else NO_SPREAD
 
 
 def describe(e: Estimate, unit: str = "points") -> str:
