@@ -379,6 +379,8 @@ def test_a_run_diagnose_cannot_read_is_one_line_naming_it(tmp_path: Path) -> Non
     assert "the weights do not fit the run's model: " in diagnosed(run)  # names the tensors
     assert " is (" in diagnosed(run) and "in the file, (" in diagnosed(run)
     (run / "config.json").write_text("{}")
+    assert f"{run / 'config.json'}: not a run's config (no id, profile, arch, data, train)" in diagnosed(run)
+    (run / "config.json").write_text(config.replace('"hidden_size": 16', '"hidden_size": "wide"'))
     assert f"{run / 'config.json'}: not a config this version can read" in diagnosed(run)
 
 
