@@ -275,6 +275,36 @@ def test_a_parent_of_two_configurations_is_the_one_nearest_its_child(tmp_path: P
     assert [d.point for d in found.decisions] == ["After E0b"]  # E0b's own level; After Week 1 needs the baseline
 
 
+def test_without_a_known_baseline_e0b_above_90_is_not_called_a_success(tmp_path: Path) -> None:
+    """With E0a's finished runs of two configurations, whether E0b converges slower than ETRM cannot be judged: the
+    decision between "succeeds" and "works but slower" is not taken (before: "succeeds", convergence unchecked)."""
+    from etrmtrm_cli.report_render import verdict_lines
+
+    seeded(tmp_path, "E0a", [0.95, 0.95, 0.96])
+    write_run(tmp_path, "E0a", flat(0.95), seed=7, overrides=["arch.halt_max_steps=8"])
+    seeded(tmp_path, "E0b", [0.95, 0.95, 0.96])
+    found = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict
+    (after,) = found.decisions
+    assert not after.decided and after.decision.startswith('not decided between "E0b succeeds" and "E0b works but '
+                                                           'converges slower than ETRM"'), after
+    shown = [text for _, _, text in verdict_lines(found)]
+    assert "Scenario: none drawn without a baseline (see Baseline)" in shown, shown
+    assert {f.number: f for f in found.red_flags}[3].evidence == ["no baseline (see Baseline)"]
+
+
+def test_an_unfinished_seed_of_another_configuration_leaves_the_verdict_as_it_was(tmp_path: Path) -> None:
+    """Seed 3 of E0a and of E0b stopped in another dtype (another machine): left out of every decision until it
+    finishes, it must not make the baseline or E0b ambiguous (before the fix of that: no baseline, no scenario)."""
+    seeded(tmp_path, "E0a", [0.90, 0.91, 0.92])
+    seeded(tmp_path, "E0b", [0.95, 0.96, 0.955])
+    for exp_id in ("E0a", "E0b"):
+        write_run(tmp_path, exp_id, flat(0.5, 5), seed=3, status="interrupted", total=20,
+                  overrides=["arch.forward_dtype=bfloat16"])
+    found = compare.compare_runs(tmp_path, ["E0a", "E0b"], with_baselines=False).verdict
+    assert found.baseline == "E0a #1" and [s.run for s in found.scenarios] == ["E0b #1"], found
+    decided = {d.point: d for d in found.decisions}
+    assert decided["After E0b"].decided and decided["After E0b"].decision.startswith("E0b succeeds"), decided
+
 def test_decisions_on_e0b_are_not_drawn_from_one_of_its_configurations(tmp_path: Path) -> None:
     """Three seeds of E0b at 95 % and two stray seeds of it in another configuration: After E0b was decided from
     whichever configuration came last ("E0b fails (<80%)" from the two strays)."""

@@ -273,7 +273,8 @@ def verdict_lines(v: Verdict) -> list[tuple[int, str, str]]:
     """(indent level, style, text): the verdict as an outline, for both renderers."""
     lines: list[tuple[int, str, str]] = [(0, "bold", f"Baseline: {v.baseline_why}")]
     if not v.scenarios:
-        lines.append((0, "dim", "Scenario: needs a static-encoder run and a recurrent run with logged train/accuracy"))
+        lines.append((0, "dim", "Scenario: none drawn without a baseline (see Baseline)" if v.baseline is None else
+                      "Scenario: needs a static-encoder run and a recurrent run with logged train/accuracy"))
     for s in v.scenarios:
         lines.append((0, "bold", f"Scenario {s.letter} for {s.run} vs {s.baseline}: {s.title}"))
         lines.extend((1, "", e) for e in s.evidence)

@@ -156,7 +156,9 @@ def pick_baseline(configs: Sequence[Configuration]) -> tuple[Configuration | Non
     """The ETRM (static encoder) configuration, E0a's when several; else the first named. None where the chosen
     experiment's runs are of several configurations ("E0a #1", "E0a #2"): which of them is the baseline the runs
     cannot tell, and the scenarios and decision points judged against it are not drawn."""
-    static = [c for c in configs if c.first.model == "ETRM" and c.first.encoder == "static"]
+    # a configuration with finished seeds before one with none yet (a seed of another dtype stopped on some machine)
+    static = sorted((c for c in configs if c.first.model == "ETRM" and c.first.encoder == "static"),
+                    key=lambda c: not c.n)
     if static:
         chosen = next((c for c in static if "E0a" in c.exp_ids), static[0])
         why = f"{chosen.label} is the ETRM baseline (static encoder)"
@@ -173,8 +175,9 @@ def pick_baseline(configs: Sequence[Configuration]) -> tuple[Configuration | Non
 
 
 def ambiguous(configs: Sequence[Configuration], exp_id: str) -> list[str]:
-    """The labels of the configurations of `exp_id`'s runs, where there are several (none where one)."""
-    labels = [c.label for c in configs if exp_id in c.exp_ids]
+    """The labels of the configurations of `exp_id`'s finished runs, where there are several (none where one): an
+    unfinished run is left out of every decision until it finishes, and so is the configuration it is of."""
+    labels = [c.label for c in configs if exp_id in c.exp_ids and c.n]
     return labels if len(labels) > 1 else []
 
 
@@ -366,8 +369,9 @@ def red_flag_3(configs: Sequence[Configuration], base: Configuration | None) -> 
     otherwise (intervals that straddle it, or one seed) it is not assessed: the data cannot tell."""
     recurrent = [c for c in configs if c.first.recurrent and points(c, "train_acc")]
     if base is None or base.first.encoder != "static" or not points(base, "train_acc") or not recurrent:
-        return RedFlag(3, "no improvement", False, False,
-                       ["needs a static-encoder baseline and at least one recurrent run"], "")
+        return RedFlag(3, "no improvement", False, False, ["no baseline (see Baseline)" if base is None else
+                                                           "needs a static-encoder baseline and at least one "
+                                                           "recurrent run"], "")
     waiting = [c for c in configs if c.first.recurrent and c.pending and not points(c, "train_acc")]
     shown = gains(recurrent, base, waiting)
     holds = shown.all_inside(-math.inf, NO_GAIN_PTS)
@@ -503,6 +507,10 @@ def after_e0b(e0b: Configuration, base: Configuration | None) -> Decision:
     if acc.interval is None:
         return Decision("After E0b", False, f"not decided: {ONE_SEED} (no interval)", evidence)
     lo, hi = acc.interval
+    if lo > E0B_SUCCESS_ACC and base is None:  # pick_baseline: E0a's runs are of several configurations
+        return Decision("After E0b", False, "not decided between \"E0b succeeds\" and \"E0b works but converges "
+                        "slower than ETRM\": E0b is above 90%, and the baseline to judge its convergence by is not "
+                        "known (see Baseline)", evidence)
     slower = convergence(e0b, base, evidence) if lo > E0B_SUCCESS_ACC else None
     if slower:
         taken, decision = True, ("E0b works but converges slower than ETRM (>90% train acc, more steps to 90%): "
@@ -634,7 +642,7 @@ def after_week_2(variants: Sequence[Configuration], base: Configuration, waiting
 def decision_points(configs: Sequence[Configuration], base: Configuration | None) -> list[Decision]:
     """The plan's decision points that the compared runs reach: After E0b (E0b compared), After Week 1 (E0b and
     a static baseline), After Week 2 (the week-2 variants of E0b, against the static baseline)."""
-    e0b = next((c for c in configs if "E0b" in c.exp_ids), None)
+    e0b = next(iter(sorted((c for c in configs if "E0b" in c.exp_ids), key=lambda c: not c.n)), None)
     out = [after_e0b(e0b, base)] if e0b is not None and e0b.estimate("train_acc").mean is not None else []
     if several := ambiguous(configs, "E0b"):  # After E0b and After Week 1 judge E0b: not drawn
         e0b, out = None, [Decision("After E0b", False, f"not decided: E0b's runs are of {len(several)} "
