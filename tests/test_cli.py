@@ -236,12 +236,17 @@ def test_a_new_seed_of_another_configuration_is_refused_beside_finished_seeds(tm
         assert out.exit_code == 1, (command, out.output)
         assert (f"{tmp_path / 'E0a' / 'seed-3'}: a new seed of E0a beside seed-0, a finished seed of another "
                 "configuration (arch.halt_max_steps: 16 there, 8 now): compare would read both as E0a") in said, said
-        assert "start every seed over with --force" in said, said
+        assert "start all of the seeds over together (`etrmtrm train` with --force and --seeds naming each)" in said
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     same = runner.invoke(app, ["train", *tiny, "--seeds", "3,", "--quiet"])  # of their configuration: it trains
     assert same.exit_code == 0 and (tmp_path / "E0a" / "seed-3" / "summary.json").is_file(), same.output
+    # --force starts over the seeds it names, not the others: seed 0 alone would leave 1 and 3 as they were
+    alone = runner.invoke(app, ["train", *tiny, "--set", "arch.halt_max_steps=8", "--seeds", "0,", "--force"],
+                          env={"COLUMNS": "300"})
+    assert alone.exit_code == 1 and "a new seed of E0a beside seed-1" in " ".join(alone.output.split()), alone.output
     # every seed started over in the other configuration, as the refusal and check_finished_run advise: it trains
-    again = runner.invoke(app, ["train", *tiny, "--set", "arch.halt_max_steps=8", "--seeds", "0,1", "--force", "-q"])
+    again = runner.invoke(app, ["train", *tiny, "--set", "arch.halt_max_steps=8", "--seeds", "0,1,3", "--force",
+                                "-q"])
     assert again.exit_code == 0, again.output
 
 

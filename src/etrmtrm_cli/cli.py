@@ -263,8 +263,9 @@ def train(
                                                                      local_world_size), ctx.device)
         elif queue and not force and state == "resumable" and anew:
             notes.append(resumed_dtype_note(place, exp, ctx.device))
-        elif per_seed and not force and state in ("new", "unsaved"):
-            notes.append(check_new_seed(place, exp, max_steps, ctx.device))
+        elif per_seed and (force or state in ("new", "unsaved")):
+            restarting = frozenset(p for _, _, p in places) if force else frozenset()
+            notes.append(check_new_seed(place, exp, max_steps, ctx.device, restarting))
     for note in filter(None, notes if ctx.is_main else ()):
         err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
     stop = StopFlag()
@@ -368,17 +369,19 @@ def check_finished_run(run_dir: Path, exp: Experiment, max_steps: int | None, ag
                        f"another --runs-dir{dtype}")
 
 
-def check_new_seed(run_dir: Path, exp: Experiment, max_steps: int | None, device: torch.device | None) -> str | None:
-    """A seed that starts anew (not forced) beside finished seeds of its experiment must be of their configuration:
-    `compare` reads runs/<ID>/seed-<N>/ as seeds of <ID>, and one of another configuration would stand beside them
-    under the same name. The dtype `auto` chooses on `device` is only noted (-> the note, or None): seeds of two
-    machines may differ in it, as a resumed run may (`resumed_dtype_note`)."""
+def check_new_seed(run_dir: Path, exp: Experiment, max_steps: int | None, device: torch.device | None,
+                   restarting: frozenset[Path] = frozenset()) -> str | None:
+    """A seed that starts anew beside finished seeds of its experiment must be of their configuration, but for those
+    the same command starts over too (`restarting`, --force): `compare` reads runs/<ID>/seed-<N>/ as seeds of <ID>,
+    and one of another configuration would stand beside them under the same name. The dtype chosen on `device` is
+    only noted (-> the note, or None): seeds of two machines may differ in it, as a resumed run may."""
     from etrmtrm_cli.rundir import finished_run_differences, run_status, saved_config, seed_runs
     from etrmtrm_cli.sweep_cost import steps_of
 
     note = None
     for sibling in seed_runs(run_dir.parent.parent, exp.id):  # run_dir: <runs>/<ID>/seed-<N>
-        if sibling == run_dir or sibling.parent != run_dir.parent or run_status(sibling) != "finished":
+        if (sibling == run_dir or sibling.parent != run_dir.parent or sibling in restarting
+                or run_status(sibling) != "finished"):
             continue
         try:
             as_sibling = exp.model_copy(update={"seed": saved_config(sibling).get("seed", exp.seed)})
@@ -389,8 +392,8 @@ def check_new_seed(run_dir: Path, exp: Experiment, max_steps: int | None, device
         if differs:
             raise RunError(f"{run_dir}: a new seed of {exp.id} beside {sibling.name}, a finished seed of another "
                            f"configuration ({differs.replace(' in the run, ', ' there, ')}): compare would read both "
-                           f"as {exp.id}. Train it as {sibling.name} was, start every seed over with --force, or "
-                           "use another --runs-dir")
+                           f"as {exp.id}. Train it as {sibling.name} was, start all of the seeds over together "
+                           "(`etrmtrm train` with --force and --seeds naming each), or use another --runs-dir")
         note = note or _dtype_note(sibling, exp, device, f"{run_dir}: a new seed computing in {{new}} here, beside "
                                                          f"{sibling.name}, which ran in {{ran}}")
     return note
