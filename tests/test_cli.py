@@ -199,7 +199,7 @@ def test_a_queue_says_when_a_stopped_run_resumes_in_another_dtype_than_its_new_r
     args = ["E0a", "--seeds", "2", "--profile", "tiny", "--experiments", REAL, "--runs-dir", str(tmp_path),
             "--max-steps", "2", *(arg for o in overrides for arg in ("--set", o))]
     note = (f"{tmp_path / 'E0a' / 'seed-0'}: stopped in float32, resumes in float32 (a run keeps the dtype it started "
-            "in), where a new run here computes in bfloat16: compare keeps the two dtypes apart as two configurations; "
+            "in), beside seeds of E0a in bfloat16: compare keeps the two dtypes apart as two configurations; "
             "to train the rest in float32 too, add `--set arch.forward_dtype=float32`")
     sweep = runner.invoke(app, ["sweep", *args, "--executor", "local", "--dry-run"], env={"COLUMNS": "300"})
     assert sweep.exit_code == 0 and note in " ".join(sweep.output.split()), sweep.output
@@ -207,6 +207,17 @@ def test_a_queue_says_when_a_stopped_run_resumes_in_another_dtype_than_its_new_r
     assert queue.exit_code == 0 and note in " ".join(queue.output.split()), queue.output
     dtypes = [saved_config(tmp_path / "E0a" / f"seed-{seed}")["arch"]["forward_dtype"] for seed in (0, 1)]
     assert dtypes == ["float32", "bfloat16"]
+    # seed 2 stopped in float32 too, resumed by a command that starts no seed: its finished seed 1 is in bfloat16
+    monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: False)
+    stop.requested = False
+    train(exp.model_copy(update={"seed": 2}), TrainOptions(runs_dir=tmp_path, max_steps=2, per_seed=True),
+          DistContext(0, 1, torch.device("cpu")), stop_at_one, stop)
+    monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: True)
+    resumed = runner.invoke(app, ["train", *args[:2], "1,2", *args[3:], "--quiet"], env={"COLUMNS": "300"})
+    assert resumed.exit_code == 0, resumed.output
+    assert (f"{tmp_path / 'E0a' / 'seed-2'}: stopped in float32, resumes in float32 (a run keeps the dtype it started "
+            "in), beside seeds of E0a in bfloat16") in " ".join(resumed.output.split()), resumed.output
+
 
 def test_queue_refuses_a_finished_run_that_is_not_the_experiment(tmp_path: Path) -> None:
     """A `--set` run under E0b's name, finished: a queue would skip it as E0b and compare would count it as E0b."""

@@ -254,15 +254,16 @@ def train(
     for _, per_seed, place in places:
         check_run_layout(place, per_seed)
     states = [run_status(place) for _, _, place in places]
-    anew = force or any(state in ("new", "unsaved") for state in states)  # a run of this command starts anew
+    new_seeds = {exp.id for (exp, per_seed, _), state in zip(places, states, strict=True)
+                 if per_seed and (force or state in ("new", "unsaved"))}  # experiments with a seed that starts anew
     notes = []
     for (exp, per_seed, place), state in zip(places, states, strict=True):  # before any run of a queue starts
         if queue and not force and state == "finished":  # skipped: it must be what it counts as
             check_finished_run(place, exp, max_steps, _train_command(exp, experiments, runs_dir, overrides or [],
                                                                      max_steps, per_seed, ctx.world_size,
                                                                      local_world_size), ctx.device)
-        elif queue and not force and state == "resumable" and anew:
-            notes.append(resumed_dtype_note(place, exp, ctx.device))
+        elif queue and not force and state == "resumable" and per_seed:
+            notes.append(resumed_dtype_note(place, exp, ctx.device, exp.id in new_seeds))
         elif per_seed and (force or state in ("new", "unsaved")):
             restarting = frozenset(p for _, _, p in places) if force else frozenset()
             notes.append(check_new_seed(place, exp, max_steps, ctx.device, restarting))
@@ -377,6 +378,7 @@ def check_new_seed(run_dir: Path, exp: Experiment, max_steps: int | None, device
     only noted (-> the note, or None): seeds of two machines may differ in it, as a resumed run may."""
     from etrmtrm_cli.rundir import finished_run_differences, run_status, saved_config, seed_runs
     from etrmtrm_cli.sweep_cost import steps_of
+    from etrmtrm_cli.training.runtime import choose_dtype
 
     note = None
     for sibling in seed_runs(run_dir.parent.parent, exp.id):  # run_dir: <runs>/<ID>/seed-<N>
@@ -394,32 +396,38 @@ def check_new_seed(run_dir: Path, exp: Experiment, max_steps: int | None, device
                            f"configuration ({differs.replace(' in the run, ', ' there, ')}): compare would read both "
                            f"as {exp.id}. Train it as {sibling.name} was, start all of the seeds over together "
                            "(`etrmtrm train` with --force and --seeds naming each), or use another --runs-dir")
-        note = note or _dtype_note(sibling, exp, device, f"{run_dir}: a new seed computing in {{new}} here, beside "
-                                                         f"{sibling.name}, which ran in {{ran}}")
+        ran = saved_config(sibling)["arch"]["forward_dtype"]
+        new = None if device is None else choose_dtype(exp, device).exp.arch.forward_dtype
+        if note is None and new not in (None, ran):
+            note = _dtype_note(f"{run_dir}: a new seed computing in {new} here, beside {sibling.name}, which ran in "
+                               f"{ran}", exp, ran, device)
     return note
 
 
-def resumed_dtype_note(run_dir: Path, exp: Experiment, device: torch.device | None) -> str | None:
-    """A stopped run that a queue or sweep resumes keeps the dtype it started in (`auto`); where the new runs of the
-    same command compute in another on `device`, its seeds split into two configurations in `compare`: said first."""
-    return _dtype_note(run_dir, exp, device, f"{run_dir}: stopped in {{ran}}, resumes in {{ran}} (a run keeps the "
-                                             "dtype it started in), where a new run here computes in {new}")
-
-
-def _dtype_note(recorded: Path, exp: Experiment, device: torch.device | None, says: str) -> str | None:
-    """`says` ({ran}: the dtype `recorded` ran in, {new}: auto's choice on `device`) and what it means, where the two
-    differ; None where they do not, or where `device` is unknown (a SLURM job's) or `exp` names its dtype."""
-    from etrmtrm_cli.rundir import saved_config
+def resumed_dtype_note(run_dir: Path, exp: Experiment, device: torch.device | None, new_seeds: bool) -> str | None:
+    """A stopped seed that a queue or sweep resumes keeps the dtype it started in. Where its experiment's other seeds
+    are in another, finished ones or the new ones of the same command (`new_seeds`: auto's choice on `device`), its
+    seeds split into two configurations in `compare`: said first, with the setting that keeps one dtype."""
+    from etrmtrm_cli.rundir import run_status, saved_config, seed_runs
     from etrmtrm_cli.training.runtime import choose_dtype
 
-    if device is None or exp.arch.forward_dtype != "auto":
-        return None
-    ran, new = saved_config(recorded)["arch"]["forward_dtype"], choose_dtype(exp, device).exp.arch.forward_dtype
-    if ran == new:
-        return None
-    keep = f"; to train the rest in {ran} too, add `--set arch.forward_dtype={ran}`" if _computes_in(
-        exp, ran, device) else ""
-    return f"{says.format(ran=ran, new=new)}: compare keeps the two dtypes apart as two configurations{keep}"
+    ran = saved_config(run_dir)["arch"]["forward_dtype"]
+    others = [saved_config(s)["arch"]["forward_dtype"] for s in seed_runs(run_dir.parent.parent, exp.id)
+              if s != run_dir and s.parent == run_dir.parent and run_status(s) == "finished"]
+    if new_seeds and device is not None:
+        others.append(choose_dtype(exp, device).exp.arch.forward_dtype)
+    other = next((dtype for dtype in others if dtype != ran), None)
+    return None if other is None else _dtype_note(
+        f"{run_dir}: stopped in {ran}, resumes in {ran} (a run keeps the dtype it started in), beside seeds of "
+        f"{exp.id} in {other}", exp, ran, device)
+
+
+def _dtype_note(says: str, exp: Experiment, ran: str, device: torch.device | None) -> str:
+    """`says` (seeds of one experiment in two dtypes, one of them `ran`), what it means, and the setting that keeps
+    `ran` where it works on `device`."""
+    keep = f"; to train the rest in {ran} too, add `--set arch.forward_dtype={ran}`" if device is not None and \
+        _computes_in(exp, ran, device) else ""
+    return f"{says}: compare keeps the two dtypes apart as two configurations{keep}"
 
 
 def _computes_in(exp: Experiment, dtype: str, device: torch.device) -> bool:

@@ -107,7 +107,7 @@ def sweep(
     if repeats:
         console.print(f"[dim]{repeats_line(repeats)}[/]", highlight=False)
     here = pick_device(device) if kind == "local" else None  # the jobs' device; a SLURM job's machine is unknown
-    anew = any(job.state in ("new", "unsaved") for job in planned)  # a run of this sweep starts anew
+    new_seeds = {job.exp.id for job in planned if job.spec.seed is not None and job.state in ("new", "unsaved")}
     notes = []
     for job in planned:  # before anything is submitted
         check_run_layout(Path(job.spec.run_dir), job.spec.seed is not None)
@@ -115,8 +115,8 @@ def sweep(
             check_finished_run(Path(job.spec.run_dir), job.exp, max_steps, _train_command(
                 job.exp, experiments, runs_dir, list(overrides or ()), max_steps, job.spec.seed is not None),
                 here)
-        elif job.state == "resumable" and anew:
-            notes.append(resumed_dtype_note(Path(job.spec.run_dir), job.exp, here))
+        elif job.state == "resumable" and job.spec.seed is not None:
+            notes.append(resumed_dtype_note(Path(job.spec.run_dir), job.exp, here, job.exp.id in new_seeds))
         elif job.spec.seed is not None and job.state in ("new", "unsaved"):
             notes.append(check_new_seed(Path(job.spec.run_dir), job.exp, max_steps, here))
     for note in filter(None, notes):
