@@ -278,6 +278,15 @@ def test_a_new_seed_in_another_dtype_than_its_finished_seeds_is_noted_not_refuse
     assert (f"{tmp_path / 'E0a' / 'seed-1'}: a new seed computing in bfloat16 here, beside seed-0, which ran in "
             "float32: compare keeps the two dtypes apart as two configurations; to train the rest in float32 too, "
             "add `--set arch.forward_dtype=float32`") in said, said
+    # bfloat16 asked for by name: float32 where it would be emulated, bfloat16 where native, as auto's two choices
+    named = [str(tmp_path / "named") if a == str(tmp_path) else "arch.forward_dtype=bfloat16"
+             if a == "arch.forward_dtype=auto" else a for a in tiny]
+    monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: False)
+    assert runner.invoke(app, ["train", *named, "--seeds", "1"]).exit_code == 0
+    monkeypatch.setattr(runtime, "cpu_has_native_bfloat16", lambda: True)
+    out = runner.invoke(app, ["train", *named, "--seeds", "1,"], env={"COLUMNS": "300"})
+    assert out.exit_code == 0 and "a new seed computing in bfloat16 here, beside seed-0, which ran in float32" in \
+        " ".join(out.output.split()), out.output
 
 def test_seed_runs_and_a_run_without_seeds_never_share_a_directory(tmp_path: Path) -> None:
     """runs/E0b/seed-<N>/ are what compare and status count: a run without seeds there would move them aside with
