@@ -377,7 +377,7 @@ def test_a_queue_counts_a_finished_run_only_at_the_length_and_dtype_it_would_tra
     longer = runner.invoke(app, [*args, "--max-steps", "3"], env={"COLUMNS": "250"})
     said = " ".join(longer.output.split())
     assert longer.exit_code == 1 and "E0a: finished, but not as E0a is now (steps: 2 in the run, 3 now)" in said, said
-    assert "Start it over alone with `etrmtrm train E0a --profile tiny" in said and "--max-steps 3 " in said, said
+    assert "Start it over with `etrmtrm train E0a --profile tiny" in said and "--max-steps 3 " in said, said
 
     run = tmp_path / "E0a"  # computed in float32 (tiny)
     # where the machine that would train it is unknown (a SLURM job's), auto's or an emulated bfloat16's choice

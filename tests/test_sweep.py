@@ -424,8 +424,9 @@ def test_a_finished_run_that_is_not_the_experiment_is_refused_not_skipped(swept:
     said = " ".join(out.text.split())
     assert re.search(r"E0a/seed-0: finished, but not as E0a is now \(arch.halt_max_steps: \d+ in the run, 3 now\)",
                      said), out.text
-    assert re.search(r"Start it over alone with `etrmtrm train E0a --profile tiny .*--max-steps 20 --seeds 0, "
-                     r"--set decoder=none --set arch.halt_max_steps=3 --force`", said), out.text
+    assert re.search(r"Start it over with `etrmtrm train E0a --profile tiny .*--max-steps 20 --seeds 0, "
+                     r"--set decoder=none --set arch.halt_max_steps=3 --force` \(the old run is kept beside it; "
+                     r"name in --seeds each seed of it that differs too\)", said), out.text
     shorter = cli("sweep", "E0a", "--seeds", "2", "--dry-run", "--max-steps", STEPS // 2, *TINY,
                   "--experiments", swept.project / "experiments.toml", "--runs-dir", swept.project / "runs")
     assert shorter.code == 1 and f"(steps: {STEPS} in the run, {STEPS // 2} now)" in shorter.text, shorter.text

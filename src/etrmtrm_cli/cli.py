@@ -25,11 +25,10 @@ from etrmtrm_cli.allocator import AllocatorChoiceError, reexec_with_tcmalloc
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.errors import ConfigError, EtrmtrmError, PeerFailed, RunError
 from etrmtrm_cli.experiments_file import ExperimentsFile, load_experiments, split_repeats
+from etrmtrm_cli.run_checks import check_finished_run, check_new_seed, resumed_dtype_note
 from etrmtrm_cli.train_command import train_arguments
 
 if TYPE_CHECKING:
-    import torch
-
     from etrmtrm_cli.training.loop import StopFlag
 
 
@@ -345,96 +344,6 @@ def _train_command(exp: Experiment, experiments: Path, runs_dir: Path, overrides
         ["etrmtrm"]
     return shlex.join([*launch, *train_arguments(exp.id, exp.profile, experiments, runs_dir, overrides, max_steps,
                                                  exp.seed if per_seed else None)])
-
-
-def check_finished_run(run_dir: Path, exp: Experiment, max_steps: int | None, again: str,
-                       device: torch.device | None) -> None:
-    """A finished run that a queue or sweep would skip as done (`again`: the command that trains it alone): refused
-    where it is not `exp` as this command would train it on `device` (None: on a machine unknown here, a SLURM
-    job's) (rundir.finished_run_differences)."""
-    from etrmtrm_cli.rundir import finished_run_differences, saved_config
-    from etrmtrm_cli.sweep_cost import steps_of
-    from etrmtrm_cli.training.runtime import choose_dtype
-
-    here = exp if device is None else choose_dtype(exp, device).exp  # in the dtype it would compute in there
-    if differs := finished_run_differences(run_dir, here, steps_of(exp, max_steps), dtype_resolved=device is not None):
-        dtype = ""
-        if device is not None and "arch.forward_dtype" in differs:
-            ran = saved_config(run_dir)["arch"]["forward_dtype"]
-            dtype = (f"; to train the rest in the dtype it ran in, add `--set arch.forward_dtype={ran}`"
-                     if _computes_in(exp, ran, device) else
-                     f"; it ran in {ran}, which this machine would emulate: train the rest on one like the machine "
-                     "it ran on")
-        raise RunError(f"{run_dir}: finished, but not as {exp.id} is now ({differs}), so it cannot count as "
-                       f"{exp.id}. Start it over alone with `{again} --force` (the old run is kept beside it), or use "
-                       f"another --runs-dir{dtype}")
-
-
-def check_new_seed(run_dir: Path, exp: Experiment, max_steps: int | None, device: torch.device | None,
-                   restarting: frozenset[Path] = frozenset()) -> str | None:
-    """A seed that starts anew beside finished seeds of its experiment must be of their configuration, but for those
-    the same command starts over too (`restarting`, --force): `compare` reads runs/<ID>/seed-<N>/ as seeds of <ID>,
-    and one of another configuration would stand beside them under the same name. The dtype chosen on `device` is
-    only noted (-> the note, or None): seeds of two machines may differ in it, as a resumed run may."""
-    from etrmtrm_cli.rundir import finished_run_differences, run_status, saved_config, seed_runs
-    from etrmtrm_cli.sweep_cost import steps_of
-    from etrmtrm_cli.training.runtime import choose_dtype
-
-    note = None
-    for sibling in seed_runs(run_dir.parent.parent, exp.id):  # run_dir: <runs>/<ID>/seed-<N>
-        if (sibling == run_dir or sibling.parent != run_dir.parent or sibling in restarting
-                or run_status(sibling) != "finished"):
-            continue
-        try:
-            as_sibling = exp.model_copy(update={"seed": saved_config(sibling).get("seed", exp.seed)})
-            differs = finished_run_differences(sibling, as_sibling, steps_of(exp, max_steps))
-        except RunError as err:
-            raise RunError(f"{err} (a finished seed beside the new {run_dir.name}, which must be of its "
-                           "configuration)") from None
-        if differs:
-            raise RunError(f"{run_dir}: a new seed of {exp.id} beside {sibling.name}, a finished seed of another "
-                           f"configuration ({differs.replace(' in the run, ', ' there, ')}): compare would read both "
-                           f"as {exp.id}. Train it as {sibling.name} was, start all of the seeds over together "
-                           "(`etrmtrm train` with --force and --seeds naming each), or use another --runs-dir")
-        ran = saved_config(sibling)["arch"]["forward_dtype"]
-        new = None if device is None else choose_dtype(exp, device).exp.arch.forward_dtype
-        if note is None and new not in (None, ran):
-            note = _dtype_note(f"{run_dir}: a new seed computing in {new} here, beside {sibling.name}, which ran in "
-                               f"{ran}", exp, ran, device)
-    return note
-
-
-def resumed_dtype_note(run_dir: Path, exp: Experiment, device: torch.device | None, new_seeds: bool) -> str | None:
-    """A stopped seed that a queue or sweep resumes keeps the dtype it started in. Where its experiment's other seeds
-    are in another, finished ones or the new ones of the same command (`new_seeds`: auto's choice on `device`), its
-    seeds split into two configurations in `compare`: said first, with the setting that keeps one dtype."""
-    from etrmtrm_cli.rundir import run_status, saved_config, seed_runs
-    from etrmtrm_cli.training.runtime import choose_dtype
-
-    ran = saved_config(run_dir)["arch"]["forward_dtype"]
-    others = [saved_config(s)["arch"]["forward_dtype"] for s in seed_runs(run_dir.parent.parent, exp.id)
-              if s != run_dir and s.parent == run_dir.parent and run_status(s) == "finished"]
-    if new_seeds and device is not None:
-        others.append(choose_dtype(exp, device).exp.arch.forward_dtype)
-    other = next((dtype for dtype in others if dtype != ran), None)
-    return None if other is None else _dtype_note(
-        f"{run_dir}: stopped in {ran}, resumes in {ran} (a run keeps the dtype it started in), beside seeds of "
-        f"{exp.id} in {other}", exp, ran, device)
-
-
-def _dtype_note(says: str, exp: Experiment, ran: str, device: torch.device | None) -> str:
-    """`says` (seeds of one experiment in two dtypes, one of them `ran`), what it means, and the setting that keeps
-    `ran` where it works on `device`."""
-    keep = f"; to train the rest in {ran} too, add `--set arch.forward_dtype={ran}`" if device is not None and \
-        _computes_in(exp, ran, device) else ""
-    return f"{says}: compare keeps the two dtypes apart as two configurations{keep}"
-
-
-def _computes_in(exp: Experiment, dtype: str, device: torch.device) -> bool:
-    """Whether `exp` asked to compute in `dtype` would on `device` (bfloat16 emulated on a CPU runs in float32)."""
-    from etrmtrm_cli.training.runtime import choose_dtype, with_dtype
-
-    return choose_dtype(with_dtype(exp, dtype), device).exp.arch.forward_dtype == dtype
 
 
 @contextlib.contextmanager

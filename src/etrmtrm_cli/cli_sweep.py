@@ -20,19 +20,17 @@ from etrmtrm_cli.cli import (
     SetOpt,
     _train_command,
     app,
-    check_finished_run,
-    check_new_seed,
     console,
     err_console,
     handles_errors,
     parse_seeds,
     repeats_line,
     resolve_profile,
-    resumed_dtype_note,
 )
 from etrmtrm_cli.config import SweepConfig
 from etrmtrm_cli.errors import ConfigError, RunError, first_line
 from etrmtrm_cli.experiments_file import ExperimentsFile, load_experiments, sweep_config
+from etrmtrm_cli.run_checks import check_finished_run, check_new_seed, resumed_dtype_note
 
 if TYPE_CHECKING:
     from etrmtrm_cli.sweep_status import RunRow
