@@ -590,6 +590,9 @@ def test_healthy_runs_raise_no_red_flag(tmp_path: Path) -> None:
         [(1, True, False), (2, True, False), (3, True, False)]
     write_run(tmp_path, "E1a", flat(0.90))  # one seed: red flag 3 cannot be assessed
     assert not flags(tmp_path, ["E0a", "E1a"])[3].assessed
+    write_run(tmp_path, "E2c", [None] * 5)  # no slot halted: no train accuracy to weigh, though the baseline is there
+    assert flags(tmp_path, ["E0a", "E2c"])[3].evidence == [
+        "needs train accuracy logged by a static-encoder baseline and by at least one recurrent run"]
 
 
 @pytest.mark.parametrize(("kwargs", "evidence"), [

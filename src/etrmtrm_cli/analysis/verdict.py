@@ -370,8 +370,8 @@ def red_flag_3(configs: Sequence[Configuration], base: Configuration | None) -> 
     recurrent = [c for c in configs if c.first.recurrent and points(c, "train_acc")]
     if base is None or base.first.encoder != "static" or not points(base, "train_acc") or not recurrent:
         return RedFlag(3, "no improvement", False, False, ["no baseline (see Baseline)" if base is None else
-                                                           "needs a static-encoder baseline and at least one "
-                                                           "recurrent run"], "")
+                                                           "needs train accuracy logged by a static-encoder baseline "
+                                                           "and by at least one recurrent run"], "")
     waiting = [c for c in configs if c.first.recurrent and c.pending and not points(c, "train_acc")]
     shown = gains(recurrent, base, waiting)
     holds = shown.all_inside(-math.inf, NO_GAIN_PTS)
