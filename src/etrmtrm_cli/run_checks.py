@@ -54,9 +54,8 @@ def check_new_seed(run_dir: Path, exp: Experiment, max_steps: int | None, device
 
     note = None
     new = None if device is None else choose_dtype(exp, device).exp.arch.forward_dtype
-    for sibling in seed_runs(run_dir.parent.parent, exp.id):  # run_dir: <runs>/<ID>/seed-<N>
-        if (sibling == run_dir or sibling.parent != run_dir.parent or sibling in restarting
-                or run_status(sibling) != "finished"):
+    for sibling in _finished_siblings(run_dir, exp.id):
+        if sibling in restarting:
             continue
         try:
             saved = saved_config(sibling)
@@ -84,14 +83,19 @@ def resumed_dtype_note(run_dir: Path, exp: Experiment, device: torch.device | No
     from etrmtrm_cli.training.runtime import choose_dtype
 
     ran = saved_config(run_dir)["arch"]["forward_dtype"]
-    others = [saved_config(s)["arch"]["forward_dtype"] for s in seed_runs(run_dir.parent.parent, exp.id)
-              if s != run_dir and s.parent == run_dir.parent and run_status(s) == "finished"]
+    others = [saved_config(s)["arch"]["forward_dtype"] for s in _finished_siblings(run_dir, exp.id)]
     if new_seeds and device is not None:
         others.append(choose_dtype(exp, device).exp.arch.forward_dtype)
     other = next((dtype for dtype in others if dtype != ran), None)
     return None if other is None else _dtype_note(
         f"{run_dir}: stopped in {ran}, resumes in {ran} (a run keeps the dtype it started in), beside seeds of "
         f"{exp.id} in {other}", exp, ran, device)
+
+
+def _finished_siblings(run_dir: Path, exp_id: str) -> list[Path]:
+    """The finished seeds of `exp_id` beside `run_dir` (<runs>/<ID>/seed-<N>), itself left out."""
+    return [s for s in seed_runs(run_dir.parent.parent, exp_id)
+            if s != run_dir and s.parent == run_dir.parent and run_status(s) == "finished"]
 
 
 def _dtype_note(says: str, exp: Experiment, ran: str, device: torch.device | None) -> str:
