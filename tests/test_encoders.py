@@ -340,6 +340,13 @@ def test_a_carry_that_breaks_its_contract_is_named() -> None:
     enc.read = lambda c, demos, mask: (context, {"z_e": c["z_e"][:1]})
     with pytest.raises(PluginError, match=name + r"\.read returned carry\['z_e'\] of shape \(1, "):
         model(carry, batch)
+    # a carry whose rows change shape (here a reset broadcast to (B, B, D)): named where it happens, not as a
+    # context of the wrong shape later
+    enc.reset_carry = lambda reset, c: {"z_e": c["z_e"].new_zeros(3, 3, 1)}
+    with pytest.raises(PluginError, match=name + r"\.reset_carry returned carry\['z_e'\] of shape \(3, 3, 1\); "
+                                                 r"expected a tensor of the shape it was handed"):
+        model(carry, batch)
+    enc.reset_carry = good_reset
     forward = enc.forward  # a provider that is not a DemoEncoder: checked by the ACT model
     enc.forward = lambda c, b: (context, {})
     with pytest.raises(PluginError, match=name + r"\.forward returned a carry with keys \[\]; expected"):
@@ -503,3 +510,12 @@ def test_entry_point_encoder_is_listed_and_trains(plugin_env: dict[str, str], tm
     assert (tmp_path / "runs" / "E0b" / "model.safetensors").is_file()
     config = (tmp_path / "runs" / "E0b" / "config.json").read_text()
     assert '"recurrent_encoder_type": "mean_plugin"' in config and '"scale": 2.0' in config
+
+
+def test_reset_slots_resets_a_carry_of_any_shape() -> None:
+    """A (B, D) carry, a GRU's hidden vector: the reset flag was viewed as (B, 1, 1) and broadcast it to (B, B, D)."""
+    carry = {"h": torch.arange(6.0).view(3, 2), "z": torch.ones(3, 2, 2)}
+    init = {"h": torch.full((2,), -1.0), "z": torch.zeros(2, 2)}
+    out = registry_reset_slots(torch.tensor([True, False, True]), carry, init)
+    assert out["h"].tolist() == [[-1.0, -1.0], [2.0, 3.0], [-1.0, -1.0]]
+    assert out["z"].shape == (3, 2, 2) and out["z"][:, 0, 0].tolist() == [0.0, 1.0, 0.0]

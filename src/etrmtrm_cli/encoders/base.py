@@ -131,5 +131,6 @@ def reset_slots(reset: Tensor, carry: Carry, init: Carry) -> Carry:
     if missing := sorted(set(carry) - set(init)):
         raise PluginError(f"reset_slots: no init state for carry entries {missing} (the init states given are "
                           f"{sorted(init)}): give one for each key of initial_carry")
-    flag = reset.view(-1, 1, 1)
-    return {key: torch.where(flag, init[key].to(value.dtype), value) for key, value in carry.items()}
+    # reset (B,) -> (B, 1, ...) against each carry entry, whatever its shape: (B, C, D), (B, D), ...
+    return {key: torch.where(reset.view(-1, *[1] * (value.dim() - 1)), init[key].to(value.dtype), value)
+            for key, value in carry.items()}

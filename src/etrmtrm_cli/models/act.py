@@ -194,15 +194,16 @@ def halting_decision(steps: Tensor, q_halt: Tensor, q_continue: Tensor, *, max_s
 
 
 def check_carry(name: str, before: Mapping[str, Tensor], after: object) -> None:
-    """The protocol's carry, checked where `name` returned it: the keys of the carry handed in, each a tensor with a
-    row per slot. A wrong one would otherwise fail steps later, as a KeyError or AttributeError in the training step.
-    (Under torch.compile this runs while tracing: keys and shapes are fixed there.)"""
+    """The protocol's carry, checked where `name` returned it: the keys of the carry handed in, each a tensor of the
+    shape it had, a row per slot. A wrong one would otherwise fail steps later, as a KeyError or AttributeError in the
+    training step, or as a context of the wrong shape. (Under torch.compile this runs while tracing: keys and shapes
+    are fixed there.)"""
     if not isinstance(after, Mapping) or set(after) != set(before):
         got = sorted(after) if isinstance(after, Mapping) else type(after).__name__
         raise PluginError(f"{name} returned a carry with keys {got}; expected the keys of its initial_carry, "
                           f"{sorted(before)} ({{}} for a stateless encoder)")
     for key, value in after.items():
-        if not isinstance(value, Tensor) or value.shape[:1] != before[key].shape[:1]:
+        if not isinstance(value, Tensor) or value.shape != before[key].shape:
             got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
-            raise PluginError(f"{name} returned carry[{key!r}] of {got}; expected a tensor with one row per slot, "
-                              f"shape ({before[key].shape[0]}, ...)")
+            raise PluginError(f"{name} returned carry[{key!r}] of {got}; expected a tensor of the shape it was "
+                              f"handed, {tuple(before[key].shape)} (a row per slot)")
