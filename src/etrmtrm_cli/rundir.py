@@ -403,9 +403,10 @@ def load_run(run_dir: Path) -> RunFiles:
     meta_path = run_dir / META
     meta = read_json(meta_path) if meta_path.is_file() else {}
     summary = read_summary(run_dir) or {"status": "running"}
-    rows = read_metrics(metrics_path(run_dir), strict=True)
+    metrics = metrics_path(run_dir)
+    rows = read_metrics(metrics, strict=True)
     if summary.get("status") == "finished":
-        _check_finished_metrics(metrics_path(run_dir), rows, summary)
+        _check_finished_metrics(metrics, rows, summary)
     return RunFiles(str(config["id"]), run_dir, config, meta, summary, rows)
 
 

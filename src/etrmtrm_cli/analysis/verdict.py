@@ -642,11 +642,12 @@ def after_week_2(variants: Sequence[Configuration], base: Configuration, waiting
 def decision_points(configs: Sequence[Configuration], base: Configuration | None) -> list[Decision]:
     """The plan's decision points that the compared runs reach: After E0b (E0b compared), After Week 1 (E0b and
     a static baseline), After Week 2 (the week-2 variants of E0b, against the static baseline)."""
-    e0b = next(iter(sorted((c for c in configs if "E0b" in c.exp_ids), key=lambda c: not c.n)), None)
-    out = [after_e0b(e0b, base)] if e0b is not None and e0b.estimate("train_acc").mean is not None else []
     if several := ambiguous(configs, "E0b"):  # After E0b and After Week 1 judge E0b: not drawn
         e0b, out = None, [Decision("After E0b", False, f"not decided: E0b's runs are of {len(several)} "
                                    f"configurations ({', '.join(several)}), and the runs cannot tell which is E0b", [])]
+    else:  # the one with finished seeds before one with none yet
+        e0b = min((c for c in configs if "E0b" in c.exp_ids), key=lambda c: not c.n, default=None)
+        out = [after_e0b(e0b, base)] if e0b is not None and e0b.estimate("train_acc").mean is not None else []
     if base is None or base.first.encoder != "static" or not points(base, "train_acc"):
         return out
     if e0b is not None and e0b is not base and points(e0b, "train_acc"):
