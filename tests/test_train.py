@@ -143,6 +143,14 @@ def test_a_signal_during_an_eval_checkpoints_the_step_and_resume_runs_its_eval(t
     assert read_metrics(run) == read_metrics(tmp_path / "a" / "E0b")  # eval of step 4 included, exactly
 
 
+def logged_rows(metrics: Path) -> int:
+    """Rows in a run's metrics.jsonl; 0 while it is absent (a --force run removes the file it starts over)."""
+    try:
+        return len(metrics.read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_logs_identical_metrics(tmp_path: Path) -> None:
     """Real processes, killed with SIGKILL after 1..5 more logged steps each time (a metrics append, a
@@ -157,8 +165,8 @@ def test_sigkill_at_random_moments_then_resume_logs_identical_metrics(tmp_path: 
         run = tmp_path / "b" / "E0b"  # as the tool advises: --resume from a checkpoint, else --force
         resume = ["--resume"] if rundir.latest_checkpoint(run) else ["--force"] if run.exists() else []
         proc = run_cli([*args, "--runs-dir", str(tmp_path / "b"), *resume], tmp_path)
-        start = len(metrics.read_text().splitlines()) if metrics.exists() else 0
-        while proc.poll() is None and (len(metrics.read_text().splitlines()) if metrics.exists() else 0) < start + more:
+        start = logged_rows(metrics)
+        while proc.poll() is None and logged_rows(metrics) < start + more:
             time.sleep(0.01)
         if proc.poll() is not None:
             assert proc.returncode == 0, proc.communicate()[1]
