@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -510,6 +511,9 @@ def test_entry_point_encoder_is_listed_and_trains(plugin_env: dict[str, str], tm
     assert (tmp_path / "runs" / "E0b" / "model.safetensors").is_file()
     config = (tmp_path / "runs" / "E0b" / "config.json").read_text()
     assert '"recurrent_encoder_type": "mean_plugin"' in config and '"scale": 2.0' in config
+    meta = json.loads((tmp_path / "runs" / "E0b" / "meta.json").read_text())
+    assert meta["encoder"] == {"name": "mean_plugin", "origin": "mean_plugin:MeanEncoder (entry point mean_plugin = "
+                               "mean_plugin)", "package": "mean-plugin 1.0"}  # which version of the plugin ran
 
 
 def test_reset_slots_resets_a_carry_of_any_shape() -> None:

@@ -19,7 +19,7 @@ import torch
 from conftest import CPU, EXPERIMENTS, tiny
 from rich.console import Console
 
-from etrmtrm_cli import rundir
+from etrmtrm_cli import __version__, rundir
 from etrmtrm_cli.analysis.diagnose.determinism import without_wall_clock
 from etrmtrm_cli.errors import RunError
 from etrmtrm_cli.models.build import build_model
@@ -211,6 +211,9 @@ def test_extending_a_finished_run_is_recorded_and_it_is_not_finished_while_it_ru
     assert (longer.status, longer.step) == ("finished", 5) and seen == ["running of 5", "running of 5"]
     meta = json.loads((run / rundir.META).read_text())
     assert meta["resumed_with_changes"] == [{"step": 3, "changed": {"total_steps": [3, 5]}}]  # its lr schedule
+    assert meta["encoder"] == {"name": "recurrent_standard",
+                               "origin": "etrmtrm_cli.encoders.recurrent_standard:RecurrentStandardEncoder",
+                               "package": f"etrmtrm {__version__}"}
 
 
 def test_a_resume_without_max_steps_does_not_change_the_length_a_run_was_started_with(tmp_path: Path) -> None:

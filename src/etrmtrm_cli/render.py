@@ -58,7 +58,8 @@ def encoders_table(specs: Sequence[EncoderSpec]) -> Table:
     table.add_column("registered by", style="dim")
     for spec in specs:
         params = ", ".join(f"{k}={_short(v)}" for k, v in config_defaults(spec).items()) or "-"
-        table.add_row(spec.name, "yes" if spec.recurrent else "no", params, spec.origin)
+        recurrent = f"yes (carry {spec.module_cls.state_key!r} logged)" if spec.recurrent else "no"
+        table.add_row(spec.name, recurrent, params, spec.origin)
     return table
 
 

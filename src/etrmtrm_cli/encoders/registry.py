@@ -15,7 +15,7 @@ import os
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points, packages_distributions, version
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,10 +39,11 @@ class EncoderSpec:
     module_cls: type[nn.Module]
     recurrent: bool
     origin: str  # where it was registered: "<module>:<class>", or "<module>:<class> (entry point <ep>)"
+    package: str | None = None  # "<distribution> <version>" of the entry point that registered it
 
 
 _ENCODERS: dict[str, EncoderSpec] = {}  # the one sanctioned piece of module state
-_loading_entry_point: list[str] = []  # set while an entry point is imported, so its origin says so
+_loading_entry_point: list[EntryPoint] = []  # set while an entry point is imported, so its origin says so
 _entry_points_loaded = False
 
 
@@ -50,9 +51,11 @@ def register_encoder(name: str, config_cls: type[BaseModel], *, recurrent: bool)
     """Class decorator: ``@register_encoder("static", StaticConfig, recurrent=False)``."""
 
     def wrap(cls: M) -> M:
-        origin = f"{cls.__module__}:{cls.__qualname__}"
+        origin, package = f"{cls.__module__}:{cls.__qualname__}", None
         if _loading_entry_point:
-            origin += f" (entry point {_loading_entry_point[-1]})"
+            ep = _loading_entry_point[-1]
+            origin += f" (entry point {ep.name} = {ep.value})"
+            package = f"{ep.dist.name} {ep.dist.version}" if ep.dist else None
         if name in _ENCODERS:
             raise PluginError(
                 f"encoder name {name!r} is registered twice: by {_ENCODERS[name].origin} and by {origin}"
@@ -78,7 +81,7 @@ def register_encoder(name: str, config_cls: type[BaseModel], *, recurrent: bool)
                 "a pydantic model that is frozen and refuses unknown keys (a typo in arch.encoder_params must fail, "
                 "not be ignored): model_config = ConfigDict(frozen=True, extra='forbid')"
             )
-        _ENCODERS[name] = EncoderSpec(name, config_cls, cls, recurrent, origin)
+        _ENCODERS[name] = EncoderSpec(name, config_cls, cls, recurrent, origin, package)
         return cls
 
     return wrap
@@ -96,7 +99,7 @@ def _ensure_loaded() -> None:
         return
     _entry_points_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        _loading_entry_point.append(f"{ep.name} = {ep.value}")
+        _loading_entry_point.append(ep)
         before = len(_ENCODERS)
         try:
             loaded = ep.load()
@@ -134,6 +137,18 @@ def get_encoder(name: str) -> EncoderSpec:
             f"encoders/__init__.py, from a package by an entry point in {ENTRY_POINT_GROUP})",
         )
     return _ENCODERS[name]
+
+
+def provenance(name: str) -> dict[str, str | None]:
+    """For meta.json: the encoder's name, the class that registered it and the installed package it came from
+    ("<distribution> <version>"; None for a module that no installed distribution names), so a run of a plugin
+    says which version of it ran."""
+    spec = get_encoder(name)
+    package = spec.package
+    if package is None:
+        dists = packages_distributions().get(spec.module_cls.__module__.partition(".")[0], [])
+        package = f"{dists[0]} {version(dists[0])}" if dists else None
+    return {"name": name, "origin": spec.origin, "package": package}
 
 
 def validate_encoder_params(name: str, params: Mapping[str, Any]) -> BaseModel:

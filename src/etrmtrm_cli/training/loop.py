@@ -27,6 +27,7 @@ from etrmtrm_cli import __version__, rundir
 from etrmtrm_cli.allocator import loaded_allocator
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.data.dataset import ArcData, build_arc_data
+from etrmtrm_cli.encoders.registry import provenance
 from etrmtrm_cli.errors import CheckpointError, PeerFailed, RunError, first_line
 from etrmtrm_cli.models.act import ACTCarry, ACTModel
 from etrmtrm_cli.models.build import build_model, load_decoder
@@ -263,6 +264,7 @@ def _meta(exp: Experiment, ctx: DistContext, data: ArcData, total: int, command:
     return {
         "experiment": exp.id, "command": command or None, "seed": exp.seed, "profile": exp.profile,
         "config_hash": rundir.config_hash(exp.model_dump(mode="json")),
+        "encoder": None if exp.model == "trm" else provenance(exp.arch.recurrent_encoder_type),
         "etrmtrm": __version__,
         "git_sha": _git_sha(), "torch": torch.__version__, "python": platform.python_version(),
         "device": str(ctx.device), "world_size": ctx.world_size, "cpu": cpu_description(),
