@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from unittest import mock
 
+import pytest
 import torch
 
 from etrmtrm_cli.config import Experiment
@@ -26,6 +29,28 @@ os.environ.pop("COLUMNS", None)
 def tiny(exp_id: str = "E0b", overrides: Sequence[str] = (), world_size: int = 1) -> Experiment:
     """A real experiment at the tiny profile, from scratch unless the overrides say otherwise."""
     return load_experiments(EXPERIMENTS).resolve(exp_id, "tiny", ["decoder='none'", *overrides], world_size)
+
+
+def logged_rows(metrics: Path) -> int:
+    """Rows in a run's metrics.jsonl; 0 while it is absent (a --force run moves the old run's file aside)."""
+    try:
+        return len(metrics.read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def wait_until(proc: subprocess.Popen, ready: Callable[[], bool], what: str, timeout: float = 300) -> None:
+    """Wait for `ready()` while `proc` runs. If it ends first, or `timeout` s pass (a hang), it is killed and the test
+    fails naming `what`: a signal sent to a run not yet at that point (still importing torch on a loaded machine)
+    would test something else."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"{what}: not reached, the process {'ended' if proc.returncode != -9 else 'was killed'} "
+                        f"(exit code {proc.returncode}):\n{out or ''}{err or ''}")
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager

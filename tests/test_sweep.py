@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import wait_until
 from typer.testing import CliRunner
 
 from etrmtrm_cli.cli import app
@@ -90,11 +91,12 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Swept:
     proc = subprocess.Popen([sys.executable, "-m", "etrmtrm_cli", "train", "E0b", *TINY[:4], "--seeds", "1,",
                              "--max-steps", "100000", "--no-compile", "-q"], cwd=project, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while not (project / "runs/E0b/seed-1/checkpoints/step_00000010").is_dir() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(proc, (project / "runs/E0b/seed-1/checkpoints/step_00000010").is_dir, "the checkpoint of step 10")
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
     assert proc.returncode == 130, out
     stopped_at = json.loads((project / "runs/E0b/seed-1/summary.json").read_text())["step"]
     assert 10 <= stopped_at < STEPS, f"stopped at step {stopped_at}: the sweep would have nothing to resume"
@@ -185,9 +187,7 @@ def test_status_tells_running_stopped_and_queued_apart(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "etrmtrm_cli", "train", "E0a", *TINY[:4], "--max-steps", "100000",
                              "--no-compile", "-q"], cwd=project, env=env, stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while not (project / "runs/E0a/metrics.jsonl").is_file() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(proc, (project / "runs/E0a/metrics.jsonl").is_file, "E0a's first logged step")
         from etrmtrm_cli.sweep_job import write_record
 
         write_record(project / "runs/.submitit", "E2b/seed-3", "submit", {
@@ -196,7 +196,10 @@ def test_status_tells_running_stopped_and_queued_apart(tmp_path: Path) -> None:
         running = cli_proc("status", cwd=project)
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
+        try:
+            proc.wait(timeout=120)
+        finally:
+            proc.kill()
     stopped = cli_proc("status", cwd=project)
     assert re.search(r"E0a .* running .*/ 100,000", running.text), running.text
     assert re.search(r"E2b .* 3 │ queued", running.text), running.text

@@ -231,7 +231,8 @@ def test_slurm_job_at_its_time_limit_checkpoints_requeues_and_resumes(tmp_path: 
         return rec.get("action") == "resumable" and rec.get("state") == "running" and run_running(run)
 
     try:
-        wait_for(resumed, 300, "the job requeued at its time limit and running again", (job_id,))
+        # 480 s: room for a second time limit where the first warning came before the job's handler was in
+        wait_for(resumed, 480, "the job requeued at its time limit and running again", (job_id,))
     finally:
         subprocess.run(["scancel", job_id], check=False)
     wait_for(lambda: not run_running(run), 120, "the run stopped after scancel")
