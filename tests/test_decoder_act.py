@@ -230,7 +230,7 @@ def test_context_is_zero_padded_and_may_not_exceed_the_prefix() -> None:
     with torch.no_grad():
         carry, out = model(model.initial_carry(a), a)
         context = out["context"]
-        x = model.decoder.embed(carry.current_data["inputs"], model._pad_context(context))
+        x = model.decoder.embed(carry.current_data["inputs"], model.pad_context(context))
     assert torch.equal(x[:, :2], 4.0 * context) and x[:, 2].eq(0).all()
     with pytest.raises(ValueError, match="context tokens"):
         too_many = make(tokens=P + 1)
@@ -247,7 +247,7 @@ def test_q_continue_bootstrap_target() -> None:
     for step in (1, 2):
         carry, out = model(carry, a)
         with torch.no_grad():
-            prefix = model._pad_context(out["context"])
+            prefix = model.pad_context(out["context"])
             _, _, nh, nc = model.decoder(carry.decoder, carry.current_data["inputs"], prefix)
         expected = torch.sigmoid(nh) if step == 2 else torch.sigmoid(torch.maximum(nh, nc))
         torch.testing.assert_close(out["target_q_continue"], expected)

@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -34,6 +35,7 @@ from etrmtrm_cli.encoders import list_encoders
 from etrmtrm_cli.encoders.base import Carry
 from etrmtrm_cli.encoders.recurrent_standard import RecurrentStandardConfig, RecurrentStandardEncoder
 from etrmtrm_cli.encoders.static import StaticConfig, StaticEncoder
+from etrmtrm_cli.models.act import ACTCarry, ACTModel
 from etrmtrm_cli.training.distributed import DistContext
 from etrmtrm_cli.training.loop import TrainOptions, train
 
@@ -188,6 +190,27 @@ def test_carry_never_reset_fails_carry_reset_naming_the_encoder_carry(data: ArcD
     assert row(result, "decoder.reset_carry puts halted slots").verdict == "pass"
     assert row(result, "after one step: encoder carry (z_e) of the other slots").verdict == "pass"
     assert "decoder carry (z_H, z_L) is not reset" not in result.message
+
+
+def test_an_act_step_that_resets_every_slot_fails_carry_reset(data: ArcData) -> None:
+    """The reference step was the model's own, which reset every slot as well, so the two agreed."""
+    step = ACTModel.forward
+
+    def resets_every_slot(self: ACTModel, carry: ACTCarry, batch: dict, generator: object = None) -> tuple:
+        every = torch.ones_like(carry.halted)
+        carry = replace(carry, decoder=self.decoder.reset_carry(every, carry.decoder),
+                        provider=self.provider.reset_carry(every, carry.provider))
+        return step(self, carry, batch, generator)
+
+    with mock.patch.object(ACTModel, "forward", resets_every_slot):
+        result = diagnose.check_carry_reset(subject(data, "recurrent_standard"))
+    assert result.status == "fail"
+    assert row(result, "after one step: decoder carry of the other slots").verdict == "fail"
+    assert row(result, "after one step: encoder carry (z_e) of the other slots").verdict == "fail"
+    assert row(result, "after one step: decoder carry (z_H, z_L) of halted slots").verdict == "pass"
+    assert result.message == ("the reset functions are right, but the ACT step changes slots that did not halt (as "
+                              "if it reset them): the decoder carry (z_H, z_L) and the encoder carry (z_e) of "
+                              "'recurrent_standard' after one step are not what a reset by hand gives"), result.message
 
 
 def test_constant_context_fails_encoder_variance(data: ArcData) -> None:

@@ -129,7 +129,7 @@ class ACTModel(nn.Module):
         provided = self.provider(provider_carry, data)  # (context (B, C, D), carry[, stats])
         check_carry(f"{self._provider_name}.forward", provider_carry, provided[1])
         context, provider_carry = provided[0], provided[1]
-        prefix = self._pad_context(context)  # (B, P, D)
+        prefix = self.pad_context(context)  # (B, P, D)
         decoder_carry, logits, q_halt, q_continue = self.decoder(decoder_carry, data["inputs"], prefix)
         outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue,
                    "context": context}
@@ -159,7 +159,7 @@ class ACTModel(nn.Module):
     def _provider_name(self) -> str:  # for the errors that a provider's broken contract raises
         return f"{type(self.provider).__module__}.{type(self.provider).__qualname__}"
 
-    def _pad_context(self, context: Tensor) -> Tensor:
+    def pad_context(self, context: Tensor) -> Tensor:
         # context: (B, C, D) -> (B, P, D), zeros after position C
         num_ctx, prefix_len = context.shape[1], self.decoder.prefix_len
         if num_ctx > prefix_len:
