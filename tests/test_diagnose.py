@@ -76,6 +76,13 @@ class ReadsTheQuery(StaticEncoder):
         return self.read(carry, self.grid(query, query, everywhere), everywhere)
 
 
+class ReadsTheFirstSlot(StaticEncoder):
+    """Every slot reads slot 0's demos (a batch-indexing bug): one context for every puzzle, which the demos change."""
+
+    def read(self, carry: Carry, demos: Tensor, demo_mask: Tensor) -> tuple[Tensor, Carry]:
+        return super().read(carry, demos[:1].expand_as(demos), demo_mask[:1].expand_as(demo_mask))
+
+
 class NanGradient(StaticEncoder):
     """A context whose value is right but whose gradient is NaN (sqrt at 0)."""
 
@@ -105,6 +112,7 @@ BROKEN = {
     "test_diag_constant": (ConstantContext, StaticConfig, False),
     "test_diag_os_noise": (OsSeededNoise, StaticConfig, False),
     "test_diag_query": (ReadsTheQuery, StaticConfig, False),
+    "test_diag_first_slot": (ReadsTheFirstSlot, StaticConfig, False),
     "test_diag_nan_grad": (NanGradient, StaticConfig, False),
     "test_diag_nan_context": (NanContext, StaticConfig, False),
 }
@@ -216,10 +224,21 @@ def test_an_act_step_that_resets_every_slot_fails_carry_reset(data: ArcData) -> 
 def test_constant_context_fails_encoder_variance(data: ArcData) -> None:
     result = diagnose.check_encoder_variance(subject(data, "test_diag_constant", SHORT))
     assert result.status == "fail"
-    assert result.message.startswith("the context does not depend on the demos: another task's demos change the "
-                                     "fresh model's context by 0 (relative)"), result.message
-    assert float(row(result, "fresh model: mean").value) < thresholds.COLLAPSED_VAR
-    assert row(result, "fresh model: mean").verdict == "warn"  # an untrained encoder's contexts may start alike
+    assert result.message.startswith("every puzzle gets the same context from the fresh model (variance 0 across "
+                                     ) and "'test_diag_constant' gives a constant context" in result.message, result
+    assert float(row(result, "fresh model: mean").value) == 0.0
+    assert row(result, "fresh model: mean").verdict == "fail"  # alike contexts may warn, the same one fails
+    assert row(result, "fresh model: context change with another task's demos").value == "0"
+
+
+def test_every_slot_reading_the_first_slots_demos_fails_encoder_variance(data: ArcData) -> None:
+    """Another task's demos change its context (those of slot 0 do), so only the variance, 0, shows it; a fresh
+    model's low variance only warned."""
+    result = diagnose.check_encoder_variance(subject(data, "test_diag_first_slot", SHORT))
+    assert row(result, "fresh model: context change with another task's demos").verdict == "pass", result
+    assert row(result, "fresh model: mean").verdict == "fail", result
+    assert result.status == "fail" and "the demos change it, so 'test_diag_first_slot' reads the same demos for " \
+                                      "every slot" in result.message, result.message
 
 
 def test_an_encoder_that_reads_the_query_instead_of_the_demos_fails_encoder_variance(data: ArcData) -> None:

@@ -53,3 +53,7 @@ DEMOS_READ_CHANGED = 0.05
 # size, does not read the demos. Fresh tiny models: E0a 1.35, E0b 1.23, E0c 0.086; an encoder that reads the query
 # grid in place of the demos: 1.2e-7 (float rounding), a constant context: 0.
 MIN_DEMO_DEPENDENCE = 1e-3
+# ... and a variance across distinct puzzles below this is one context for every puzzle, whatever training has
+# done: an untrained encoder's contexts may start alike (fresh tiny models: E0c 0.0044, E0b 0.63), never equal. An
+# encoder whose every slot reads the first slot's demos, or a constant context, gives exactly 0.
+SAME_CONTEXT_VAR = 1e-8

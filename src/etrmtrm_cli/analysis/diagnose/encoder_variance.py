@@ -21,7 +21,7 @@ from etrmtrm_cli.analysis.diagnose.subject import (
     worst,
 )
 from etrmtrm_cli.analysis.matrix import final_value
-from etrmtrm_cli.analysis.thresholds import COLLAPSED_VAR, HEALTHY_VAR, MIN_DEMO_DEPENDENCE
+from etrmtrm_cli.analysis.thresholds import COLLAPSED_VAR, HEALTHY_VAR, MIN_DEMO_DEPENDENCE, SAME_CONTEXT_VAR
 from etrmtrm_cli.models.act import ACTModel
 from etrmtrm_cli.training.evaluate import rollout
 from etrmtrm_cli.training.metrics import cross_sample_var
@@ -33,8 +33,8 @@ def check_encoder_variance(subject: Subject) -> CheckResult:
     training log averages over (a recurrent encoder starts every slot from one shared init, so its first
     contexts are alike by design). And whether the context depends on the demos at all: rows of different
     puzzles can differ through their query grids alone. With a run: the run's weights are judged, the fresh
-    model is shown. A fresh model's variance at most warns: its contexts may start alike, and training decides
-    whether they part."""
+    model is shown. A fresh model's low variance warns: its contexts may start alike, and training decides
+    whether they part; one context for every puzzle (SAME_CONTEXT_VAR) fails."""
     size = max(subject.exp.train.batch_size, MIN_MEASURE_BATCH)
     batch = train_batch(subject, 0, size)
     distinct = int(batch["puzzle_ids"].unique().numel())
@@ -55,7 +55,8 @@ def check_encoder_variance(subject: Subject) -> CheckResult:
         rows.append(Measurement(f"{label}: mean over the {len(per_step)} ACT steps ({distinct} distinct puzzles)",
                                 number(judged), f"> {HEALTHY_VAR:g} healthy; < {COLLAPSED_VAR:g} collapse",
                                 "info" if label == "fresh model" and trained else
-                                "warn" if label == "fresh model" and verdict == "fail" else verdict))
+                                "warn" if label == "fresh model" and verdict == "fail" and judged >= SAME_CONTEXT_VAR
+                                else verdict))
     label, model = models[-1]  # the judged one
     donors = other_task_rows(batch["group_ids"])
     change = demo_dependence(model, batch, donors, own) if donors is not None else None
@@ -76,6 +77,12 @@ def check_encoder_variance(subject: Subject) -> CheckResult:
     who = "trained run" if trained else "fresh model"
     if not math.isfinite(judged) or (change is not None and not math.isfinite(change)):
         message = f"the {who}'s context is not finite (variance {judged}): {encoder!r} computes NaN or inf"
+    elif judged < SAME_CONTEXT_VAR:
+        message = (f"every puzzle gets the same context from the {who} (variance {judged:.3g} across {distinct} "
+                   "puzzles): " + (f"{encoder!r} gives a constant context, whatever the demos" if change is not None
+                                   and change < MIN_DEMO_DEPENDENCE else
+                                   f"the demos change it, so {encoder!r} reads the same demos for every slot (one "
+                                   "slot's, or the batch's mixed into each)"))
     elif change is not None and change < MIN_DEMO_DEPENDENCE:
         message = (f"the context does not depend on the demos: another task's demos change the {who}'s context by "
                    f"{number(change)} (relative); {encoder!r} reads something else, such as the query")
