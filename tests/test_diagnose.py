@@ -305,9 +305,25 @@ def test_a_model_that_reads_its_demos_answers_otherwise_with_another_tasks(data:
     weights = diagnose.subject.build(reading, trained=False).state_dict()
     result = diagnose.check_context_use(replace(reading, weights=weights))
     assert float(row(result, "predicted tokens that change").value) > 0  # a fresh model's answers follow its demos
+    context, logits = map(float, row(result, "their context change / logit change").value.split(" / "))
+    assert context >= thresholds.MIN_DEMO_DEPENDENCE and logits > thresholds.UNMOVED_LOGITS, (context, logits)
+    assert result.status != "fail", result
     drop = float(row(result, "drop with the wrong demos").value.split()[0])
     assert row(result, "drop with the wrong demos").verdict == ("pass" if drop >= thresholds.DEMO_USE_DROP_PTS
                                                                 else "warn")
+
+
+def test_a_decoder_that_does_not_read_its_context_fails_context_use(data: ArcData) -> None:
+    """The context changes with the demos and no logit follows: a fault between the encoder and the decoder,
+    which only warned, as a model answering from its query grids does."""
+    reading = subject(data, "static", SHORT)
+    weights = diagnose.subject.build(reading, trained=False).state_dict()
+    with mock.patch.object(ACTModel, "pad_context", lambda self, context: torch.zeros(
+            context.shape[0], self.decoder.prefix_len, context.shape[2], dtype=context.dtype)):
+        result = diagnose.check_context_use(replace(reading, weights=weights))
+    assert result.status == "fail" and result.message.startswith("the decoder does not read its context"), result
+    context, logits = map(float, row(result, "their context change / logit change").value.split(" / "))
+    assert context >= thresholds.MIN_DEMO_DEPENDENCE and logits == 0.0
 
 
 @pytest.mark.parametrize("groups", [[0, 0, 1, 1, 2, 3], [3, 1, 0, 1, 2, 2, 0, 1], [5, 5, 5, 4, 4, 4]])

@@ -49,6 +49,10 @@ DEMO_USE_DROP_PTS = 5.0
 # to accuracy (a drop below the line above, even a gain, then says the answers do not rely on their own demos, not
 # that the context is unused).
 DEMOS_READ_CHANGED = 0.05
+# ... and where those demos change the context (MIN_DEMO_DEPENDENCE below) but move no logit by more than this,
+# relative to the largest logit, the decoder does not read its context. Measured: a decoder fed zeros in place of
+# its prefix 0 exactly; fresh tiny E0a, E0b and E0c models 1.34, 1.32 and 0.63 (tests/test_diagnose.py's models).
+UNMOVED_LOGITS = 1e-5
 # diagnose's encoder-variance: a context that another task's demos change by less than this, relative to its own
 # size, does not read the demos. Fresh tiny models: E0a 1.35, E0b 1.23, E0c 0.086; an encoder that reads the query
 # grid in place of the demos: 1.2e-7 (float rounding), a constant context: 0.

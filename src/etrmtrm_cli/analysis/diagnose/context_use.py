@@ -5,9 +5,12 @@ in their place. A model that reads its demos loses accuracy with the wrong ones.
 query grid alone (few fixed train queries, each seen thousands of times, can be memorised) does not: its
 encoder's context is unused, and a collapsed context (encoder-variance) is then the consequence of that, not a
 bug in the encoder. Only a trained run can be judged: a fresh model has learned nothing to use the demos for.
+A context that changes with the demos while no logit moves fails: the decoder does not read it, at any training.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -22,7 +25,7 @@ from etrmtrm_cli.analysis.diagnose.subject import (
     number,
     train_batch,
 )
-from etrmtrm_cli.analysis.thresholds import DEMO_USE_DROP_PTS, DEMOS_READ_CHANGED
+from etrmtrm_cli.analysis.thresholds import DEMO_USE_DROP_PTS, DEMOS_READ_CHANGED, MIN_DEMO_DEPENDENCE, UNMOVED_LOGITS
 from etrmtrm_cli.data.canvas import IGNORE_LABEL
 from etrmtrm_cli.models.act import ACTModel
 from etrmtrm_cli.training.evaluate import final_outputs, scores
@@ -41,9 +44,12 @@ def check_context_use(subject: Subject) -> CheckResult:
     model = build(subject)
     own = answer(model, batch)
     swapped = answer(model, {**batch, **{key: batch[key][donors] for key in DEMO_KEYS}})
-    drop = 100 * (own[0] - swapped[0])
-    changed = float((own[1] != swapped[1])[batch["labels"] != IGNORE_LABEL].float().mean())
-    status: Status = "pass" if drop >= DEMO_USE_DROP_PTS else "warn"
+    drop = 100 * (own.accuracy - swapped.accuracy)
+    changed = float((own.preds != swapped.preds)[batch["labels"] != IGNORE_LABEL].float().mean())
+    context_change = float((swapped.context - own.context).norm() / own.context.norm().clamp_min(1e-12))
+    logit_change = float((swapped.logits - own.logits).abs().max() / own.logits.abs().max().clamp_min(1e-12))
+    unread = context_change >= MIN_DEMO_DEPENDENCE and logit_change <= UNMOVED_LOGITS
+    status: Status = "fail" if unread else "pass" if drop >= DEMO_USE_DROP_PTS else "warn"
     tasks = int(batch["group_ids"].unique().numel())
     rows = [
         Measurement(f"train token accuracy, own demos ({len(donors)} queries, {tasks} tasks)",
@@ -52,8 +58,15 @@ def check_context_use(subject: Subject) -> CheckResult:
                     "info"),
         Measurement("drop with the wrong demos", f"{drop:.1f} points", f"≥ {DEMO_USE_DROP_PTS:g} points", status),
         Measurement("predicted tokens that change with the demos", number(changed), "(for reference)", "info"),
+        Measurement("their context change / logit change (relative, last ACT step)",
+                    f"{number(context_change)} / {number(logit_change)}",
+                    f"logits move where the context does (> {UNMOVED_LOGITS:g})", "fail" if unread else "info"),
     ]
-    return CheckResult("context-use", status, rows, use_message(drop, changed))
+    message = (f"the decoder does not read its context: another task's demos change the context by "
+               f"{number(context_change)} (relative) and the logits by {number(logit_change)}, so the context never "
+               "reaches the answers (check how it is placed in the decoder's prefix positions)" if unread
+               else use_message(drop, changed))
+    return CheckResult("context-use", status, rows, message)
 
 
 def use_message(drop: float, changed: float) -> str:
@@ -82,9 +95,18 @@ def other_task_rows(group_ids: Tensor) -> Tensor | None:
     return donors
 
 
+class Answer(NamedTuple):
+    accuracy: float  # token accuracy, mean over the rows
+    preds: Tensor  # (B, S)
+    logits: Tensor  # (B, S, V), float32
+    context: Tensor  # (B, C, D), float32
+
+
 @torch.inference_mode()
-def answer(model: ACTModel, batch: dict[str, Tensor]) -> tuple[float, Tensor]:
-    """(token accuracy, predictions (B, S)) of the full eval rollout on `batch`."""
+def answer(model: ACTModel, batch: dict[str, Tensor]) -> Answer:
+    """The last step of the full eval rollout on `batch`: its answers and the context they were given."""
     model.eval()
-    preds, token_acc, _ = scores(final_outputs(model, batch)["logits"], batch["labels"])
-    return float(token_acc.mean()), preds
+    outputs = final_outputs(model, batch)
+    preds, token_acc, _ = scores(outputs["logits"], batch["labels"])
+    logits, context = outputs["logits"].detach().float(), outputs["context"].detach().float()
+    return Answer(float(token_acc.mean()), preds, logits, context)
