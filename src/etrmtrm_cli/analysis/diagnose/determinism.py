@@ -18,7 +18,10 @@ def check_determinism(subject: Subject, steps: int = DETERMINISM_STEPS) -> Check
     """Two trainings of `steps` steps with one seed, from scratch (decoder 'none'), each evaluating and
     checkpointing at its last step, must log identical metrics.jsonl (ignoring WALL_CLOCK metrics) and end with
     identical weights. train() reseeds torch's global RNG, so draws from it repeat; randomness seeded
-    elsewhere (the clock, the OS, Python's `random`) does not, and is what this check catches."""
+    elsewhere (the clock, the OS, Python's `random`) does not, and is what this check catches. Both trainings run in
+    this process, so what is fixed for a whole process, such as the order of a set of strings (Python's hash seed,
+    PYTHONHASHSEED), is the same in both and not caught: the test suite checks the tool's own code across
+    processes (a run killed and resumed in new processes logs what an uninterrupted one does)."""
     from etrmtrm_cli.training.distributed import DistContext
     from etrmtrm_cli.training.loop import TrainOptions, train
 
