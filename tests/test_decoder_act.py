@@ -180,6 +180,22 @@ def test_exploration_randomness_comes_only_from_the_generator() -> None:
                          training=True, exploration_prob=0.5)
 
 
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_processes_explore_their_rows_of_the_global_batch_as_one_process_does(world_size: int) -> None:
+    """Each rank drew its own exploration (seeded per rank), so one seed trained differently on 1 and N processes."""
+    n = 40
+    steps = torch.tensor([1, 2, 3, 4], dtype=torch.int32).repeat(world_size * n // 4)  # the global batch's
+    one = torch.Generator().manual_seed(7)
+    ranks = [torch.Generator().manual_seed(7) for _ in range(world_size)]
+    for _ in range(3):  # the generators advance alike, call after call
+        whole = explore(steps, n=world_size * n, prob=0.5, generator=one)
+        shards = [halting_decision(steps[r * n:(r + 1) * n], torch.ones(n), torch.zeros(n), max_steps=4,
+                                   training=True, exploration_prob=0.5, generator=ranks[r], shard=(r, world_size))
+                  for r in range(world_size)]
+        assert torch.equal(torch.cat(shards), whole)
+        assert 0 < int(whole.sum()) < world_size * n  # the exploration decided some slots, not q_halt alone
+
+
 def test_no_exploration_draws_nothing_and_follows_q_halt() -> None:
     g = torch.Generator().manual_seed(5)
     state = g.get_state()

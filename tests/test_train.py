@@ -402,7 +402,7 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> No
 @pytest.mark.slow
 def test_two_process_gloo_equals_one_process(tmp_path: Path) -> None:
     common = ["train", "E0b", "--profile", "tiny", "--experiments", str(EXPERIMENTS), "--max-steps", "6",
-              "--set", "decoder=none", "--set", "arch.halt_exploration_prob=0.0", "--set", "train.eval_interval=3",
+              "--set", "decoder=none", "--set", "train.eval_interval=3",
               "--set", "data.eval_num_aug=1", "--quiet", "--device", "cpu"]
     single = run_cli(["etrmtrm_cli", *common, "--runs-dir", str(tmp_path / "one")], tmp_path)
     ddp = run_cli(["torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29631", "-m",

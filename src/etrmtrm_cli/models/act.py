@@ -33,7 +33,9 @@ previous step:
      halted |= q_halt > 0 (or q_halt > q_continue when no_ACT_continue is False), with exploration:
      with probability halt_exploration_prob a slot must first reach a random step count in
      [2, halt_max_steps]. Eval never halts early, so a batch runs exactly halt_max_steps steps.
-All randomness comes from the `generator` passed to `forward`.
+All randomness comes from the `generator` passed to `forward`. Under data parallel each process holds a contiguous
+slice of the global batch (`shard`: its rank and the world size); every process draws the exploration of the whole
+global batch from one seed and keeps its own rows, so N processes explore as one process does.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def rows_where(flag: Tensor, new: Tensor, old: Tensor) -> Tensor:
 class ACTModel(nn.Module):
     """Decoder + context provider + the ACT halting rules. `forward(carry, batch)` is one ACT step."""
 
-    def __init__(self, decoder: TRMDecoder, provider: nn.Module, arch: ArchConfig) -> None:
+    def __init__(self, decoder: TRMDecoder, provider: nn.Module, arch: ArchConfig,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         super().__init__()
         if arch.puzzle_emb_len != decoder.prefix_len:
             raise ValueError(
@@ -91,6 +94,7 @@ class ACTModel(nn.Module):
         self.decoder = decoder
         self.provider = provider
         self.arch = arch
+        self.shard = shard  # (rank, world size): this process's slice of the global batch, for the exploration
 
     def initial_carry(self, batch: Mapping[str, Tensor]) -> ACTCarry:
         """A carry in which every slot counts as halted, so the first step resets and loads all of them."""
@@ -142,7 +146,7 @@ class ACTModel(nn.Module):
             new_halted = halting_decision(
                 steps, q_halt, q_continue, max_steps=self.arch.halt_max_steps, training=self.training,
                 no_act_continue=self.arch.no_ACT_continue, exploration_prob=self.arch.halt_exploration_prob,
-                generator=generator,
+                generator=generator, shard=self.shard,
             )
             if self.training and self.arch.halt_max_steps > 1 and not self.arch.no_ACT_continue:
                 # Q-learning target from the next step's Q, without replay or target network (HRM).
@@ -170,12 +174,13 @@ class ACTModel(nn.Module):
 
 def halting_decision(steps: Tensor, q_halt: Tensor, q_continue: Tensor, *, max_steps: int, training: bool,
                      no_act_continue: bool = True, exploration_prob: float = 0.0,
-                     generator: torch.Generator | None = None) -> Tensor:
+                     generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)) -> Tensor:
     """Which slots halt after this step; steps (B,) already counts it. -> (B,) bool.
 
     Eval (or max_steps == 1) halts only at max_steps. Training also halts on q_halt > 0 (q_halt >
     q_continue with the Q-continue head), except that with probability `exploration_prob` a slot must
-    first reach a minimum step count drawn uniformly from [2, max_steps] (two draws from `generator`).
+    first reach a minimum step count drawn uniformly from [2, max_steps] (two draws from `generator`, each
+    for the global batch of world size x B rows, of which rank `shard[0]` keeps rows rank x B onwards).
     """
     halted = steps >= max_steps
     if not training or max_steps <= 1:
@@ -185,9 +190,10 @@ def halting_decision(steps: Tensor, q_halt: Tensor, q_continue: Tensor, *, max_s
     if exploration_prob > 0:
         if generator is None:
             raise ValueError("ACT exploration in training needs an explicit torch.Generator")
-        n, gen_device = steps.shape[0], generator.device
-        explore = torch.rand(n, generator=generator, device=gen_device) < exploration_prob
-        min_steps = torch.randint(2, max_steps + 1, (n,), generator=generator, device=gen_device)
+        (rank, world_size), n, gen_device = shard, steps.shape[0], generator.device
+        mine = slice(rank * n, (rank + 1) * n)
+        explore = torch.rand(world_size * n, generator=generator, device=gen_device)[mine] < exploration_prob
+        min_steps = torch.randint(2, max_steps + 1, (world_size * n,), generator=generator, device=gen_device)[mine]
         min_steps = (explore * min_steps).to(device=steps.device, dtype=steps.dtype)
         halted = halted & (steps >= min_steps)
     return halted

@@ -23,15 +23,16 @@ _SHAPE_KEYS = ("hidden_size", "num_heads", "expansion", "L_layers", "puzzle_emb_
 _CYCLE_KEYS = ("H_cycles", "L_cycles")
 
 
-def build_model(exp: Experiment, seq_len: int, num_puzzle_ids: int) -> ACTModel:
-    """A freshly initialised model for `exp` on a canvas of `seq_len` tokens."""
+def build_model(exp: Experiment, seq_len: int, num_puzzle_ids: int, shard: tuple[int, int] = (0, 1)) -> ACTModel:
+    """A freshly initialised model for `exp` on a canvas of `seq_len` tokens; `shard` (rank, world size) is the
+    slice of the global batch that this process trains on (act.py: the halting exploration)."""
     decoder = TRMDecoder(exp.arch, seq_len)
     provider: nn.Module
     if exp.model == "trm":
         provider = PuzzleEmbedding(num_puzzle_ids, exp.arch.hidden_size, tokens=1)
     else:
         provider = build_encoder(exp.arch, seq_len)
-    return ACTModel(decoder, provider, exp.arch)
+    return ACTModel(decoder, provider, exp.arch, shard)
 
 
 def encoder_parameters(model: ACTModel) -> list[nn.Parameter]:

@@ -111,7 +111,7 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
         if options.resume:
             _check_length(run_dir, dtype.exp, data, options)
         check_memory(dtype.exp, data.seq_len, data.num_puzzle_ids, ctx.device, ctx.world_size)
-        model = build_model(dtype.exp, data.seq_len, data.num_puzzle_ids)
+        model = build_model(dtype.exp, data.seq_len, data.num_puzzle_ids, (ctx.rank, ctx.world_size))
         train_tasks = [g.task.id for g in data.groups[: data.num_train_groups]]
         report = None if options.resume else load_decoder(model, dtype.exp, data.seq_len, options.runs_dir,
                                                           train_tasks)
@@ -143,7 +143,7 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
             raise RunError(f"{run_dir}: its checkpoint is at step {state.step}, past the {total} steps asked "
                            "(--max-steps): a resumed run can keep its length or extend it, not shorten it")
     else:
-        state, pending, earlier_s = fresh_state(model, _batch(data, 0, exp, ctx), exp.seed, ctx.rank), None, 0.0
+        state, pending, earlier_s = fresh_state(model, _batch(data, 0, exp, ctx), exp.seed), None, 0.0
     # By the run's whole length, not the steps left: a resumed run computes as it started (compiled and eager
     # steps differ in their last bits).
     compiled, compile_note = choose_compile(ctx.device, total, options.compile)

@@ -69,10 +69,11 @@ class Trainable:
     ema: ACTModel | None = None
 
 
-def fresh_state(model: ACTModel, first: Mapping[str, Tensor], seed: int, rank: int = 0) -> StepState:
-    """The state before step 1: every slot halted (so step 1 loads `first`'s rows), exploration seeded."""
+def fresh_state(model: ACTModel, first: Mapping[str, Tensor], seed: int) -> StepState:
+    """The state before step 1: every slot halted (so step 1 loads `first`'s rows), exploration seeded alike on
+    every rank (each keeps its rows of the global batch's draws: act.halting_decision)."""
     device = first["inputs"].device
-    halt_rng = torch.Generator(device=device).manual_seed(seed * 1000 + rank)
+    halt_rng = torch.Generator(device=device).manual_seed(seed * 1000)
     batch_size = first["inputs"].shape[0]
     return StepState(0, model.initial_carry(first), torch.zeros(batch_size, dtype=torch.int32, device=device),
                      halt_rng)
