@@ -425,6 +425,20 @@ def test_two_process_gloo_equals_one_process(tmp_path: Path) -> None:
         torch.testing.assert_close(weights_two[key], value, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_a_wrong_setting_under_torchrun_is_said_once(tmp_path: Path) -> None:
+    """Every rank read the experiments file before the ranks met, and each printed the same error."""
+    bad = run_cli(["torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29640", "-m", "etrmtrm_cli",
+                   "train", "E0b", "--profile", "tiny", "--experiments", str(EXPERIMENTS), "--max-steps", "2",
+                   "--set", "train.eval_batch_size=3", "--runs-dir", str(tmp_path / "runs"), "--device", "cpu"],
+                  tmp_path, {"OMP_NUM_THREADS": "1"})
+    out, err = bad.communicate(timeout=300)
+    assert bad.returncode != 0, out + err
+    said = [line for line in (out + err).splitlines() if line.startswith("error: ")]
+    assert len(said) == 1 and "not divisible by the world size 2" in said[0], out + err
+    assert not (tmp_path / "runs").exists()
+
+
 class _Killed(Exception):
     """The process dying at this point."""
 

@@ -24,7 +24,7 @@ from etrmtrm_cli import __version__, render
 from etrmtrm_cli.allocator import AllocatorChoiceError, reexec_with_tcmalloc
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.errors import ConfigError, EtrmtrmError, PeerFailed, RunError
-from etrmtrm_cli.experiments_file import ExperimentsFile, load_experiments, split_repeats
+from etrmtrm_cli.experiments_file import ExperimentsFile, Run, load_experiments, split_repeats
 from etrmtrm_cli.run_checks import check_finished_run, check_new_seed, resumed_dtype_note
 from etrmtrm_cli.train_command import train_arguments
 
@@ -232,44 +232,52 @@ def train(
     from etrmtrm_cli.training.loop import StopFlag, TrainOptions
     from etrmtrm_cli.training.loop import train as run_training
 
-    if resume and force:
-        raise ConfigError("--resume and --force: one goes on from the checkpoint, the other starts over; choose one")
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    file = load_experiments(experiments)
-    chosen = resolve_profile(profile)
     ctx = init_distributed(os.environ, device)
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))  # processes per node (torchrun)
-    jobs = file.jobs(target, chosen, overrides or (), parse_seeds(seeds), ctx.world_size)
-    queue = len(jobs) > 1  # a queue skips finished runs and continues interrupted ones
-    jobs, repeats = split_repeats(jobs, has_runs=lambda exp_id: (runs_dir / exp_id).exists())
-    if repeats and ctx.is_main:
-        console.print(f"[dim]{repeats_line(repeats)}[/]", highlight=False)
-    options = TrainOptions(runs_dir=runs_dir, max_steps=max_steps, resume=resume, force=force, compile=compile,
-                           tensorboard=tensorboard, wandb=wandb)
-    places = [(exp, per_seed, run_path(runs_dir, exp.id, exp.seed if per_seed else None)) for exp, per_seed in jobs]
-    for _, per_seed, place in places:
-        check_run_layout(place, per_seed)
-    states = [run_status(place) for _, _, place in places]
-    new_seeds = {exp.id for (exp, per_seed, _), state in zip(places, states, strict=True)
-                 if per_seed and (force or state in ("new", "unsaved"))}  # experiments with a seed that starts anew
-    notes = []
-    for (exp, per_seed, place), state in zip(places, states, strict=True):  # before any run of a queue starts
-        if queue and not force and state == "finished":  # skipped: it must be what it counts as
-            check_finished_run(place, exp, max_steps, _train_command(exp, experiments, runs_dir, overrides or [],
-                                                                     max_steps, per_seed, ctx.world_size,
-                                                                     local_world_size), ctx.device)
-        elif queue and not force and state == "resumable" and per_seed:
-            notes.append(resumed_dtype_note(place, exp, ctx.device, exp.id in new_seeds))
-        elif per_seed and (force or state in ("new", "unsaved")):
-            restarting = frozenset(p for _, _, p in places) if force else frozenset()
-            notes.append(check_new_seed(place, exp, max_steps, ctx.device, restarting))
-    for note in filter(None, notes if ctx.is_main else ()):
-        err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
+
+    def plan() -> tuple[list[Run], list[tuple[Experiment, Experiment]], list[str | None], bool]:
+        """The jobs, each checked before any run of a queue starts; the repeats left out; notes; a queue?"""
+        if resume and force:
+            raise ConfigError("--resume and --force: one goes on from the checkpoint, the other starts over; "
+                              "choose one")
+        file = load_experiments(experiments)
+        jobs = file.jobs(target, resolve_profile(profile), overrides or (), parse_seeds(seeds), ctx.world_size)
+        queued = len(jobs) > 1
+        jobs, repeats = split_repeats(jobs, has_runs=lambda exp_id: (runs_dir / exp_id).exists())
+        places = [(exp, per_seed, run_path(runs_dir, exp.id, exp.seed if per_seed else None))
+                  for exp, per_seed in jobs]
+        for _, per_seed, place in places:
+            check_run_layout(place, per_seed)
+        states = [run_status(place) for _, _, place in places]
+        new_seeds = {exp.id for (exp, per_seed, _), state in zip(places, states, strict=True)
+                     if per_seed and (force or state in ("new", "unsaved"))}  # experiments with a seed starting anew
+        notes = []
+        for (exp, per_seed, place), state in zip(places, states, strict=True):
+            if queued and not force and state == "finished":  # skipped: it must be what it counts as
+                check_finished_run(place, exp, max_steps, _train_command(
+                    exp, experiments, runs_dir, overrides or [], max_steps, per_seed, ctx.world_size,
+                    local_world_size), ctx.device)
+            elif queued and not force and state == "resumable" and per_seed:
+                notes.append(resumed_dtype_note(place, exp, ctx.device, exp.id in new_seeds))
+            elif per_seed and (force or state in ("new", "unsaved")):
+                restarting = frozenset(p for _, _, p in places) if force else frozenset()
+                notes.append(check_new_seed(place, exp, max_steps, ctx.device, restarting))
+        return jobs, repeats, notes, queued
+
     stop = StopFlag()
     try:
+        # Every rank reads the same files: a wrong one is said once, by rank 0 (DistContext.together)
+        jobs, repeats, notes, queue = ctx.together(plan)
+        if repeats and ctx.is_main:
+            console.print(f"[dim]{repeats_line(repeats)}[/]", highlight=False)
+        for note in filter(None, notes if ctx.is_main else ()):
+            err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
+        options = TrainOptions(runs_dir=runs_dir, max_steps=max_steps, resume=resume, force=force, compile=compile,
+                               tensorboard=tensorboard, wandb=wandb)
         with stop_on_signals(stop, say=ctx.is_main):
             for exp, per_seed in jobs:
                 run_options = replace(options, per_seed=per_seed)
