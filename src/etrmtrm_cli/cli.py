@@ -237,7 +237,6 @@ def train(
 
         torch.set_num_threads(threads)
     ctx = init_distributed(os.environ, device)
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))  # processes per node (torchrun)
 
     def plan() -> tuple[list[Run], list[tuple[Experiment, Experiment]], list[str | None], bool]:
         """The jobs, each checked before any run of a queue starts; the repeats left out; notes; a queue?"""
@@ -260,7 +259,7 @@ def train(
             if queued and not force and state == "finished":  # skipped: it must be what it counts as
                 check_finished_run(place, exp, max_steps, _train_command(
                     exp, experiments, runs_dir, overrides or [], max_steps, per_seed, ctx.world_size,
-                    local_world_size), ctx.device)
+                    ctx.local_world_size), ctx.device)
             elif queued and not force and state == "resumable" and per_seed:
                 notes.append(resumed_dtype_note(place, exp, ctx.device, exp.id in new_seeds))
             elif per_seed and (force or state in ("new", "unsaved")):
@@ -294,7 +293,7 @@ def train(
                     run_options = replace(run_options, resume=status == "resumable" and not force,
                                           force=force or status == "unsaved")
                 again = _train_command(exp, experiments, runs_dir, overrides or [], max_steps, per_seed,
-                                       ctx.world_size, local_world_size)
+                                       ctx.world_size, ctx.local_world_size)
                 run_options = replace(run_options, command=again)
                 try:
                     with render.TrainProgress(console, quiet=quiet or not ctx.is_main) as progress:

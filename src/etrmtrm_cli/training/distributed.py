@@ -26,6 +26,7 @@ class DistContext:
     rank: int
     world_size: int
     device: torch.device
+    local_world_size: int = 1  # processes on this machine (torchrun's LOCAL_WORLD_SIZE), which share its memory
 
     @property
     def is_main(self) -> bool:
@@ -136,7 +137,7 @@ def init_distributed(env: Mapping[str, str], device_name: str) -> DistContext:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
-    return DistContext(rank, world_size, device)
+    return DistContext(rank, world_size, device, int(env.get("LOCAL_WORLD_SIZE", world_size)))
 
 
 def shutdown_distributed() -> None:

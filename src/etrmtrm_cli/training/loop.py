@@ -110,7 +110,7 @@ def train(exp: Experiment, options: TrainOptions, ctx: DistContext, on_event: Ev
         data = build_arc_data(exp.data, exp.seed)
         if options.resume:
             _check_length(run_dir, dtype.exp, data, options)
-        check_memory(dtype.exp, data.seq_len, data.num_puzzle_ids, ctx.device, ctx.world_size)
+        check_memory(dtype.exp, data.seq_len, data.num_puzzle_ids, ctx.device, ctx.world_size, ctx.local_world_size)
         model = build_model(dtype.exp, data.seq_len, data.num_puzzle_ids, (ctx.rank, ctx.world_size))
         train_tasks = [g.task.id for g in data.groups[: data.num_train_groups]]
         report = None if options.resume else load_decoder(model, dtype.exp, data.seq_len, options.runs_dir,

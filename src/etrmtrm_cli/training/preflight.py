@@ -66,15 +66,19 @@ def available_bytes(device: torch.device) -> int | None:
 
 
 def check_memory(exp: Experiment, seq_len: int, num_puzzle_ids: int, device: torch.device,
-                 world_size: int = 1) -> MemoryEstimate:
-    """Refuse, before anything is allocated or written, a run this machine cannot hold."""
+                 world_size: int = 1, local_world_size: int = 1) -> MemoryEstimate:
+    """Refuse, before anything is allocated or written, a run this machine cannot hold. On the CPU the
+    `local_world_size` processes of one machine share its memory; a GPU is each process's own."""
     need = estimate_memory(exp, seq_len, num_puzzle_ids, world_size)
+    sharing = local_world_size if device.type == "cpu" else 1
     have = available_bytes(device)
-    if have is not None and need.total_bytes > have:
+    if have is not None and sharing * need.total_bytes > have:
+        each = f" each, {sharing * need.total_bytes / GIB:.1f} GiB for the {sharing} processes on it" if sharing > 1 \
+            else ""
         raise ConfigError(
             f"{exp.id}: one training step needs about {need.total_bytes / GIB:.1f} GiB ({need.parameters:,} "
             f"parameters: {need.parameter_bytes / GIB:.1f} GiB with gradients and optimizer state; activations "
-            f"of one step: about {need.activation_bytes / GIB:.1f} GiB), but {device} has "
+            f"of one step: about {need.activation_bytes / GIB:.1f} GiB){each}, but {device} has "
             f"{have / GIB:.1f} GiB available: lower arch.hidden_size or train.global_batch_size"
         )
     return need
