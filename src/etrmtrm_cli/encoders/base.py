@@ -102,9 +102,6 @@ class DemoEncoder(nn.Module):
                 got = f"shape {tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
                 raise PluginError(f"{name} returned stats[{key!r}] of {got}; expected one float per slot, "
                                   f"shape ({batch_size},)")
-            if value.requires_grad:  # a logged stat that kept its graph would keep each step's activations alive
-                raise PluginError(f"{name} returned stats[{key!r}] attached to the autograd graph; detach it "
-                                  "(.detach()): stats are logged, never trained on")
 
     def read(self, carry: Carry, demos: Tensor, demo_mask: Tensor) -> ReadResult:
         """-> (context (B, C, D), new carry) or (context, new carry, stats); see the module docstring."""
