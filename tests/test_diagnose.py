@@ -229,6 +229,11 @@ def test_constant_context_fails_encoder_variance(data: ArcData) -> None:
     assert float(row(result, "fresh model: mean").value) == 0.0
     assert row(result, "fresh model: mean").verdict == "fail"  # alike contexts may warn, the same one fails
     assert row(result, "fresh model: context change with another task's demos").value == "0"
+    with mock.patch.object(encoder_variance, "other_task_rows", return_value=None):  # one task fills the batch
+        unswapped = diagnose.check_encoder_variance(subject(data, "test_diag_constant", SHORT))
+    assert unswapped.status == "fail" and unswapped.message.endswith(
+        "'test_diag_constant' gives a constant context or reads one slot's demos for every slot (whether the demos "
+        "change it is not measurable: one task fills more than half the batch)"), unswapped.message
 
 
 def test_every_slot_reading_the_first_slots_demos_fails_encoder_variance(data: ArcData) -> None:

@@ -78,11 +78,13 @@ def check_encoder_variance(subject: Subject) -> CheckResult:
     if not math.isfinite(judged) or (change is not None and not math.isfinite(change)):
         message = f"the {who}'s context is not finite (variance {judged}): {encoder!r} computes NaN or inf"
     elif judged < SAME_CONTEXT_VAR:
-        message = (f"every puzzle gets the same context from the {who} (variance {judged:.3g} across {distinct} "
-                   "puzzles): " + (f"{encoder!r} gives a constant context, whatever the demos" if change is not None
-                                   and change < MIN_DEMO_DEPENDENCE else
-                                   f"the demos change it, so {encoder!r} reads the same demos for every slot (one "
-                                   "slot's, or the batch's mixed into each)"))
+        cause = (f"{encoder!r} gives a constant context or reads one slot's demos for every slot (whether the demos "
+                 "change it is not measurable: one task fills more than half the batch)" if change is None else
+                 f"{encoder!r} gives a constant context, whatever the demos" if change < MIN_DEMO_DEPENDENCE else
+                 f"the demos change it, so {encoder!r} reads the same demos for every slot (one slot's, or the "
+                 "batch's mixed into each)")
+        message = f"every puzzle gets the same context from the {who} (variance {judged:.3g} across {distinct} " \
+                  f"puzzles): {cause}"
     elif change is not None and change < MIN_DEMO_DEPENDENCE:
         message = (f"the context does not depend on the demos: another task's demos change the {who}'s context by "
                    f"{number(change)} (relative); {encoder!r} reads something else, such as the query")
