@@ -208,6 +208,18 @@ def test_extending_a_finished_run_is_recorded_and_it_is_not_finished_while_it_ru
                                "package": f"etrmtrm {__version__}"}
 
 
+def test_a_resume_under_another_version_of_the_encoders_package_is_recorded(tmp_path: Path) -> None:
+    exp = tiny("E0b", FAST)
+    train(exp, TrainOptions(runs_dir=tmp_path, max_steps=2), SINGLE)
+    run = tmp_path / "E0b"
+    meta = json.loads((run / rundir.META).read_text())
+    older = {**meta["encoder"], "package": "etrmtrm 0.0.1"}
+    (run / rundir.META).write_text(json.dumps({**meta, "encoder": older}))
+    train(exp, TrainOptions(runs_dir=tmp_path, max_steps=2, resume=True), SINGLE)
+    history = json.loads((run / rundir.META).read_text())["resumed_with_changes"]
+    assert history == [{"step": 2, "changed": {"encoder": [older, meta["encoder"]]}}], history
+
+
 def test_a_resume_without_max_steps_does_not_change_the_length_a_run_was_started_with(tmp_path: Path) -> None:
     """`train E0b --resume` on a run started with --max-steps 3 trained on to the experiment's own length, replacing
     the finished run's final weights; a run stopped at step 2 would have changed its lr schedule as silently."""

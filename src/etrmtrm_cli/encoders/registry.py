@@ -15,7 +15,7 @@ import os
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points, packages_distributions, version
+from importlib.metadata import EntryPoint, PackageNotFoundError, entry_points, packages_distributions, version
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -144,11 +144,17 @@ def provenance(name: str) -> dict[str, str | None]:
     ("<distribution> <version>"; None for a module that no installed distribution names), so a run of a plugin
     says which version of it ran."""
     spec = get_encoder(name)
-    package = spec.package
-    if package is None:
-        dists = packages_distributions().get(spec.module_cls.__module__.partition(".")[0], [])
-        package = f"{dists[0]} {version(dists[0])}" if dists else None
-    return {"name": name, "origin": spec.origin, "package": package}
+    return {"name": name, "origin": spec.origin, "package": spec.package or _installed_package(spec.module_cls)}
+
+
+def _installed_package(cls: type) -> str | None:
+    """"<distribution> <version>" of the installed distribution that names `cls`'s top-level module, if any."""
+    for dist in dict.fromkeys(packages_distributions().get(cls.__module__.partition(".")[0], [])):
+        try:
+            return f"{dist} {version(dist)}"
+        except (PackageNotFoundError, ValueError):  # metadata without a usable name or version
+            continue
+    return None
 
 
 def validate_encoder_params(name: str, params: Mapping[str, Any]) -> BaseModel:

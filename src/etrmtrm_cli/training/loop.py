@@ -160,7 +160,7 @@ def _train(exp: Experiment, options: TrainOptions, ctx: DistContext, emit: Event
     if ctx.is_main and options.resume:
         # A changed length (--max-steps) changes the learning-rate schedule from here on: recorded as any change.
         before = previous.get("total_steps", total)
-        changed = changed | ({"total_steps": (before, total)} if before != total else {})
+        changed |= ({"total_steps": (before, total)} if before != total else {}) | _encoder_change(run_dir, exp)
     if ctx.is_main and changed:
         rundir.record_resume_changes(run_dir, exp.model_dump(mode="json"), changed, state.step)
     if ctx.is_main and options.resume:
@@ -264,7 +264,7 @@ def _meta(exp: Experiment, ctx: DistContext, data: ArcData, total: int, command:
     return {
         "experiment": exp.id, "command": command or None, "seed": exp.seed, "profile": exp.profile,
         "config_hash": rundir.config_hash(exp.model_dump(mode="json")),
-        "encoder": None if exp.model == "trm" else provenance(exp.arch.recurrent_encoder_type),
+        "encoder": _encoder_meta(exp),
         "etrmtrm": __version__,
         "git_sha": _git_sha(), "torch": torch.__version__, "python": platform.python_version(),
         "device": str(ctx.device), "world_size": ctx.world_size, "cpu": cpu_description(),
@@ -272,6 +272,19 @@ def _meta(exp: Experiment, ctx: DistContext, data: ArcData, total: int, command:
         "train_tasks": [g.task.id for g in data.groups[: data.num_train_groups]],
         "eval_tasks": [g.task.id for g in data.groups[data.num_train_groups :]],
     }
+
+
+def _encoder_meta(exp: Experiment) -> dict[str, str | None] | None:
+    """The encoder that runs, with the package it came from (None for P0's puzzle embedding)."""
+    return None if exp.model == "trm" else provenance(exp.arch.recurrent_encoder_type)
+
+
+def _encoder_change(run_dir: Path, exp: Experiment) -> dict[str, tuple[Any, Any]]:
+    """{"encoder": (before, now)} where a resume runs another version of the encoder's package than the run's
+    meta.json names (a run older than that field names none: nothing to compare)."""
+    ran = rundir.read_json(run_dir / rundir.META).get("encoder") if (run_dir / rundir.META).is_file() else None
+    now = _encoder_meta(exp)
+    return {"encoder": (ran, now)} if ran is not None and ran != now else {}
 
 
 def _git_sha() -> str | None:
