@@ -435,6 +435,12 @@ def test_two_process_gloo_equals_one_process(tmp_path: Path) -> None:
     weights_two = rundir.load_weights(tmp_path / "two" / "E0b" / "model.safetensors")
     for key, value in weights_one.items():
         torch.testing.assert_close(weights_two[key], value, rtol=1e-4, atol=1e-5)
+    # Halting exploration (on, at E0b's 0.5) only delays a halt that q_halt asks for, which a fresh model's does not
+    # in 6 steps: that the ranks drew the single process's numbers shows in their generators' states.
+    final = {name: rundir.latest_checkpoint(tmp_path / name / "E0b") for name in ("one", "two")}
+    single = rundir.load_state(final["one"] / "state.rank0.pt")["halt_rng"]
+    for rank in (0, 1):
+        assert torch.equal(rundir.load_state(final["two"] / f"state.rank{rank}.pt")["halt_rng"], single), rank
 
 
 @pytest.mark.slow
