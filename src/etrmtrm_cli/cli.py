@@ -205,8 +205,8 @@ def train(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     runs_dir: Annotated[Path, typer.Option(help="Where runs/<ID>/ live.")] = Path("runs"),
     compile: Annotated[bool | None, typer.Option(
-        "--compile/--no-compile", help="torch.compile the model; default: when the run has >= 1000 steps to take "
-        "and a compiler is present.", show_default=False)] = None,
+        "--compile/--no-compile", help="torch.compile the model; default: when the run is >= 1000 steps long (a "
+        "resumed one too, whatever it has left) and a compiler is present.", show_default=False)] = None,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also write TensorBoard events.")] = False,
     wandb: Annotated[bool, typer.Option("--wandb", help="Also log to Weights & Biases.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final summary.")] = False,

@@ -31,7 +31,7 @@ PLOTTED = (("train/accuracy", "train accuracy"), ("train/exact_accuracy", "train
            ("train/loss", "train loss"), ("train/steps", "mean ACT steps at halt"))
 CARRY_PLOT = ("train/encoder_carry_change", "encoder carry change (recurrent runs)")
 SMOOTH_STEPS = 50  # plot: trailing mean of the per-step metrics (loss, grad share, ...)
-ACT_CHANGE_PREFIX = "act/encoder_carry_change_"  # train.py logs one key per ACT step k
+ACT_CHANGE_PREFIX = "act/encoder_carry_change_"  # training/step.py logs one key per ACT step k
 
 Curve = list[tuple[float, float]]  # (x, y)
 

@@ -243,7 +243,7 @@ def is_trm(run: RunFiles) -> bool:
 
 
 def is_recurrent(run: RunFiles) -> bool:
-    """train.py logs the carry metrics exactly for encoders with a carry; before any step is logged the
+    """training/step.py logs the carry metrics exactly for encoders with a carry; before any step is logged the
     encoder registry decides."""
     if is_trm(run):
         return False

@@ -22,8 +22,9 @@ records it (`runtime`).
 - **compile.** `torch.compile` costs a one-off compile (about 1.5 min cold, 27 s from inductor's cache, on
   the 2-core CPU at the cpu profile; 10-13 s on an AVX512-BF16 one, with AOTAutograd's cache, `compile_model`)
   and then makes each step 1.28x faster there
-  (`benchmarks/bench_compile.py E0b`), so `auto` compiles a run with at least COMPILE_MIN_STEPS steps still
-  to take, and only where its backend can build (a C++ compiler on the CPU; CUDA is taken to have Triton).
+  (`benchmarks/bench_compile.py E0b`), so `auto` compiles a run at least COMPILE_MIN_STEPS steps long (by its
+  whole length: a resumed run computes as it started), and only where its backend can build (a C++ compiler on
+  the CPU; CUDA is taken to have Triton).
 """
 
 from __future__ import annotations
