@@ -245,7 +245,7 @@ def train(
                               "choose one")
         file = load_experiments(experiments)
         jobs = file.jobs(target, resolve_profile(profile), overrides or (), parse_seeds(seeds), ctx.world_size)
-        queued = len(jobs) > 1
+        queued = len(jobs) > 1  # a queue skips finished runs and continues interrupted ones
         jobs, repeats = split_repeats(jobs, has_runs=lambda exp_id: (runs_dir / exp_id).exists())
         places = [(exp, per_seed, run_path(runs_dir, exp.id, exp.seed if per_seed else None))
                   for exp, per_seed in jobs]
