@@ -60,6 +60,13 @@ class NeverResets(RecurrentStandardEncoder):
         return carry
 
 
+class IgnoresItsCarry(RecurrentStandardEncoder):
+    """Reads from its init state at every step, whatever carry it is handed: a static encoder in effect."""
+
+    def read(self, carry: Carry, demos: Tensor, demo_mask: Tensor) -> tuple[Tensor, Carry]:
+        return super().read(self.initial_carry(demos.shape[0], demos.device), demos, demo_mask)
+
+
 class ConstantContext(StaticEncoder):
     """The same context whatever the demos: encoder collapse."""
 
@@ -109,6 +116,7 @@ class OsSeededNoise(StaticEncoder):
 BROKEN = {
     "test_diag_detached": (DetachedContext, RecurrentStandardConfig, True),
     "test_diag_no_reset": (NeverResets, RecurrentStandardConfig, True),
+    "test_diag_no_carry": (IgnoresItsCarry, RecurrentStandardConfig, True),
     "test_diag_constant": (ConstantContext, StaticConfig, False),
     "test_diag_os_noise": (OsSeededNoise, StaticConfig, False),
     "test_diag_query": (ReadsTheQuery, StaticConfig, False),
@@ -198,6 +206,16 @@ def test_carry_never_reset_fails_carry_reset_naming_the_encoder_carry(data: ArcD
     assert row(result, "decoder.reset_carry puts halted slots").verdict == "pass"
     assert row(result, "after one step: encoder carry (z_e) of the other slots").verdict == "pass"
     assert "decoder carry (z_H, z_L) is not reset" not in result.message
+
+
+def test_an_encoder_that_ignores_its_carry_fails_carry_reset(data: ArcData) -> None:
+    """Its resets are right and every slot continues as it should, so no other row could tell."""
+    result = diagnose.check_carry_reset(subject(data, "test_diag_no_carry"))
+    assert result.status == "fail"
+    assert row(result, "one step of the encoder carry (z_e) of the other slots").verdict == "fail"
+    assert [r.what for r in result.rows if r.verdict == "fail"] == [
+        "one step of the encoder carry (z_e) of the other slots, from their carry against from init"], result.rows
+    assert result.message.startswith("the encoder 'test_diag_no_carry' ignores its carry"), result.message
 
 
 def test_an_act_step_that_resets_every_slot_fails_carry_reset(data: ArcData) -> None:

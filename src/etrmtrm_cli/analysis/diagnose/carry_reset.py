@@ -1,4 +1,5 @@
-"""carry-reset: halted slots restart from init (decoder and encoder carry), the others continue."""
+"""carry-reset: halted slots restart from init (decoder and encoder carry), the others continue; and a recurrent
+encoder's step depends on the carry it is handed (else it reads once, whatever its carry says)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ def check_carry_reset(subject: Subject) -> CheckResult:
         by_hand = _reset_by_hand(model, before, new, halted)
         after, _ = model(before, new, gen)
         expected = _step_without_reset(model, by_hand)
+        enc_init = model.provider.initial_carry(size, subject.device)
+        from_init = _step_without_reset(model, replace(by_hand, provider=enc_init))  # every slot's encoder at init
         dec_direct = model.decoder.reset_carry(halted, before.decoder)
         enc_direct = model.provider.reset_carry(halted, before.provider)
 
@@ -73,6 +76,8 @@ def check_carry_reset(subject: Subject) -> CheckResult:
                                enc_diff(enc_direct, by_hand.provider, halted)))
         rows.append(_equal_row("provider.reset_carry leaves the other slots untouched",
                                enc_diff(enc_direct, before.provider, ~halted)))
+        rows.append(_carry_use_row(enc_name, enc_diff(before.provider, enc_init, ~halted),
+                                   enc_diff(expected.provider, from_init.provider, ~halted)))
     else:
         rows.append(Measurement("encoder carry", "none", "stateless encoder", "pass"))
     # One whole ACT step against the same step from a carry reset by hand.
@@ -126,6 +131,16 @@ def _max_diff(a: Tensor, b: Tensor, rows: Tensor) -> float:
     return float((a[rows].float() - b[rows].float()).abs().max())
 
 
+def _carry_use_row(enc_name: str, moved: float, diff: float) -> Measurement:
+    """Whether the slots that did not halt compute another encoder carry from their own than from the init state:
+    an encoder that ignores the carry it is handed reads its demos once, however many ACT steps it is given."""
+    what = f"one step of the {enc_name} of the other slots, from their carry against from init"
+    if not moved > EXACT_TOL:
+        return Measurement(what, f"max |Δ| {number(diff)}", "their carry never left init: not measurable", "warn")
+    return Measurement(what, f"max |Δ| {number(diff)}", f"> {EXACT_TOL:g} (the carry is read)",
+                       "pass" if diff > EXACT_TOL else "fail")
+
+
 def _equal_row(what: str, diff: float) -> Measurement:
     return Measurement(what, f"max |Δ| {number(diff)}", f"≤ {EXACT_TOL:g}", "pass" if diff <= EXACT_TOL else "fail")
 
@@ -166,6 +181,9 @@ def _carry_message(rows: Sequence[Measurement], enc_name: str, encoder: str) -> 
                      "state, so a new puzzle starts from the previous puzzle's encoder state")
     if any(w.startswith("provider.reset_carry leaves") for w in failed):
         found.append(f"the encoder {encoder!r}: reset_carry changes the {enc_name} of slots that did not halt")
+    if any(w.startswith("one step of the") for w in failed):
+        found.append(f"the encoder {encoder!r} ignores its carry: a step from the {enc_name} it is handed computes "
+                     "what a step from its init state does, so it reads its demos once, not refining across ACT steps")
     if any(w.startswith("decoder.reset_carry") for w in failed):
         found.append("the decoder's reset_carry does not reset the carry (z_H, z_L) exactly where a slot halted")
     if found:
