@@ -276,11 +276,11 @@ def verdict_lines(v: Verdict) -> list[tuple[int, str, str]]:
         lines.append((0, "dim", "Scenario: none drawn without a baseline (see Baseline)" if v.baseline is None else
                       "Scenario: needs a static-encoder run and a recurrent run with logged train/accuracy"))
     for s in v.scenarios:
-        lines.append((0, "bold", f"Scenario {s.letter} for {s.run} vs {s.baseline}: {s.title}"))
+        lines.append((0, "bold", f"Scenario {s.letter} for {s.run} vs {s.baseline}: {s.title}{_paren(s.strength)}"))
         lines.extend((1, "", e) for e in s.evidence)
         lines.extend((1, "yellow", f"caveat: {c}") for c in s.caveats)
     for p in v.parents:
-        lines.append((0, "bold", f"{p.run} vs its parent {p.parent}: {p.finding}"))
+        lines.append((0, "bold", f"{p.run} vs its parent {p.parent}: {p.finding}{_paren(p.strength)}"))
         lines.append((1, "", "settings that differ: " + ("; ".join(p.settings) or "none (same configuration)")))
         lines.extend((1, "", e) for e in p.evidence)
     if v.parents_absent:
@@ -306,6 +306,10 @@ def verdict_lines(v: Verdict) -> list[tuple[int, str, str]]:
         lines.append((0, "bold" if d.decided else "dim", f"Decision point {d.point}: {d.decision}"))
         lines.extend((1, "", e) for e in d.evidence)
     return lines
+
+
+def _paren(text: str) -> str:
+    return f" ({text})" if text else ""
 
 
 def verdict_text(v: Verdict) -> Group:

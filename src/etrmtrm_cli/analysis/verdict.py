@@ -96,6 +96,7 @@ class Scenario:
     evidence: list[str]
     caveats: list[str]
     difference: Estimate | None = None  # the paired per-seed difference (points), n and interval
+    strength: str = ""  # for the headline: n, the interval, and whether it holds for every comparison at once
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class ParentComparison:
     #               | "no train accuracy logged"
     settings: list[str]  # "train.lr: 0.0003 -> 0.00015"
     evidence: list[str]
+    strength: str = ""  # for the headline, as Scenario's
 
 
 @dataclass(frozen=True)
@@ -305,9 +307,11 @@ def scenario(run: Configuration, base: Configuration, family: int = 1, also_diff
     if base_acc.mean is not None and base_acc.mean < BASELINE_REFERENCE_ACC:
         caveats.append(f"{base.label} is at {pct(base_acc.mean)}, below the plan's ~90% reference: the "
                        "scenarios assume a converged baseline")
+    held = None
     if family > 1 and diff.interval is not None:
         wide, words = for_all_at_once(a, b, family)
         band = classify(wide, BANDS)
+        held = (band is not None and band.name == letter) if letter in TITLES else None  # a band named, or none
         caveats.append(f"one of {family} configurations judged against {base.label}, each interval at 95%, so one "
                        f"of them may miss by chance; {words}, "
                        + (f"still scenario {band.name}" if band else "which spans more than one band"))
@@ -317,7 +321,21 @@ def scenario(run: Configuration, base: Configuration, family: int = 1, also_diff
     caveats += unpaired(base, run, diff) + unfinished(run, base)
     if run.repeats or base.repeats:
         caveats.append(f"left out as repeats of a seed already counted: {', '.join(base.repeats + run.repeats)}")
-    return Scenario(run.label, base.label, diff.mean, letter, title, evidence, caveats, diff)
+    return Scenario(run.label, base.label, diff.mean, letter, title, evidence, caveats, diff,
+                    strength(diff, family, held))
+
+
+def strength(diff: Estimate, family: int = 1, held: bool | None = None) -> str:
+    """A headline's evidence: 'n = 3, -2.16 [-3.51, -0.80]', and where several comparisons are made at once,
+    whether its finding holds for all of them (`held`, None where it names nothing an interval could lose)."""
+    if diff.mean is None:
+        return ""
+    shown = f"n = {diff.n}, {diff.mean:+.2f}" + ("" if diff.interval is None else
+                                                 " [{:+.2f}, {:+.2f}]".format(*diff.interval))
+    if held is None or family < 2:
+        return shown
+    return shown + ("; it holds for all {} at once" if held else
+                    "; at 95% for this comparison alone, not for all {} at once").format(family)
 
 
 def red_flags(rows: Sequence[RunRow], configs: Sequence[Configuration], base: Configuration | None
@@ -383,9 +401,10 @@ def red_flag_3(configs: Sequence[Configuration], base: Configuration | None) -> 
 
 def best_configuration(configs: Sequence[Configuration], base: Configuration | None) -> Best | None:
     """Of the encoder configurations: highest mean train accuracy, then train EM (means over seeds). It is a
-    ranking only where its paired lead over every other configuration lies above zero: the runner-up's lead says
-    nothing of a third with other seeds or more spread. Evidence: the lead over the runner-up, over the
-    baseline, and over each configuration not separated from it."""
+    ranking only where its paired lead over every other configuration lies above zero, all of them at once
+    (Bonferroni: each lead at 1 - 0.05 / (k - 1) for k configurations): the runner-up's lead says nothing of a
+    third with other seeds or more spread. Evidence: the lead over the runner-up, over the baseline, and over
+    each configuration not separated from it."""
     ranked = [c for c in configs if c.first.model != "TRM" and c.estimate("train_acc").mean is not None]
     if not ranked:
         return None
@@ -396,11 +415,15 @@ def best_configuration(configs: Sequence[Configuration], base: Configuration | N
                 f"train EM {level(best.estimate('train_em'))}"]
     if base is best:
         evidence.append(f"the baseline {base.label} has the highest mean")
+    family = max(1, len(ranked) - 1)  # its leads, which must all hold at once
+    if family > 1:
+        evidence.append(f"its {family} leads are each at {100 * (1 - 0.05 / family):g}%, so that all hold at once "
+                        "at 95% (Bonferroni)")
     close = []
     for i, other in enumerate(ranked[1:]):
         name = f"the runner-up {other.label}" if i == 0 else other.label
         try:
-            lead = paired_difference(points(other, "train_acc"), points(best, "train_acc"))
+            lead = paired_difference(points(other, "train_acc"), points(best, "train_acc"), level=1 - 0.05 / family)
         except NoSharedSeed:
             close.append(other.label)
             evidence.append(f"no seed in common with {name}: not separated")
@@ -441,18 +464,20 @@ def parent_comparison(run: Configuration, parent: Configuration, settings: list[
                                 [f"{parent.label} has seeds {sorted(a)}, {run.label} has seeds {sorted(b)}"])
     finding = no_interval(diff) if diff.interval is None else _direction(diff.interval)
     evidence = [f"train acc: {describe(diff)}", *unpaired(parent, run, diff)]
+    held = None
     if family > 1 and diff.interval is not None and finding != "no difference shown":
         wide, words = for_all_at_once(a, b, family)
-        held = _direction(wide)
+        held = _direction(wide) == finding
         evidence.append(f"one of {family} comparisons with a parent, each at 95%; {words}: "
-                        + (f"still {held}" if held == finding else held))
+                        + (f"still {finding}" if held else _direction(wide)))
     if finding == "no difference shown" and diff.sd == 0:  # an interval [0, 0]: no spread to size a test by
         evidence.append("every paired seed's difference is exactly 0: the runs' train accuracies are identical")
     elif finding == "no difference shown":
         evidence.append(f"with n = {diff.n}, a true difference of about "
                         f"{num(detectable_difference(diff.sd, diff.n))} points would be detected (80% power)")
     evidence += room_figures(parent, run)
-    return ParentComparison(run.label, parent.label, diff, finding, settings, evidence)
+    return ParentComparison(run.label, parent.label, diff, finding, settings, evidence,
+                            strength(diff, family, held))
 
 
 def parents_absent(configs: Sequence[Configuration]) -> list[str]:
