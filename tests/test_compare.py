@@ -714,6 +714,7 @@ def test_unfinished_runs_are_marked_and_left_out_of_every_figure_over_seeds(tmp_
     flag1 = {f.number: f for f in cmp.verdict.red_flags}[1]
     assert not flag1.holds  # 40% < 50% would be a red flag, but the run has not finished
     assert "not judged until it finishes: E0b s2 (interrupted at step 30 of 100)" in flag1.evidence
+    assert "Red flag 1 (implementation bug): does not hold in the finished runs" in result.output  # not at all yet
 
 
 def test_every_paired_comparison_names_the_seeds_it_left_out(tmp_path: Path) -> None:
