@@ -539,10 +539,11 @@ def after_e0b(e0b: Configuration, base: Configuration | None) -> Decision:
     slower = convergence(e0b, base, evidence) if lo > E0B_SUCCESS_ACC else None
     if slower:
         taken, decision = True, ("E0b works but converges slower than ETRM (>90% train acc, more steps to 90%): "
-                                 "recurrence adds overhead without clear benefit; proceed with E1, E2, E3 "
-                                 "cautiously, looking for configurations where recurrence helps")
-    elif lo > E0B_SUCCESS_ACC:
-        taken, decision = True, "E0b succeeds (>90% train acc): ETRMTRM validated, proceed to E1, E2, E3"
+                                 "the plan reads \"recurrence adds overhead without clear benefit\"; proceed with "
+                                 "E1, E2, E3 cautiously, looking for configurations where recurrence helps")
+    elif lo > E0B_SUCCESS_ACC:  # not shown slower, which is not shown as fast: the evidence gives the interval
+        taken, decision = True, ("E0b succeeds (>90% train acc; converging slower than ETRM is not shown): the plan "
+                                 "reads \"ETRMTRM validated\", proceed to E1, E2, E3")
     elif hi < E0B_FAILURE_ACC:
         taken, decision = True, ("E0b fails (<80% train acc): debug the encoder carry reset, gradient flow and "
                                  "encoder variance (`etrmtrm diagnose`)")
