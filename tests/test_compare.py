@@ -451,6 +451,9 @@ def test_after_week_1_is_the_paired_gain_of_e0b_over_the_static_baseline(
     assert list(found) == ["After E0b", "After Week 1"]
     assert found["After Week 1"].decided == decided
     assert found["After Week 1"].decision.startswith(starts), found["After Week 1"].decision
+    assert found["After Week 1"].decision.endswith(f"; {found['After Week 1'].evidence[0]})")  # its n and interval
+    assert found["After Week 1"].evidence[0].startswith("E0b - E0a: ") and found["After Week 1"].evidence[0].endswith(
+        "n = 5")
 
 
 def test_after_week_1_is_not_decided_when_the_interval_reaches_across_the_gain_line(tmp_path: Path) -> None:

@@ -631,12 +631,13 @@ def after_week_1(e0b: Configuration, base: Configuration) -> Decision:
     """"Recurrence shows improvement" when E0b gains at least +NO_GAIN_PTS over the static baseline by its whole
     interval, "no improvement" when its interval lies below that line."""
     shown, point = gains([e0b], base), "After Week 1"
+    difference = shown.evidence[0]  # "E0b - E0a: -0.24 points, 95% CI [-1.02, +0.54], n = 5": in the headline too
     if shown.at_or_above(NO_GAIN_PTS):
         return Decision(point, True, "recurrence shows improvement: proceed with E1-E4, consider Variant B "
-                        f"(at least +{NO_GAIN_PTS:g} points)", shown.evidence)
+                        f"(at least +{NO_GAIN_PTS:g} points; {difference})", shown.evidence)
     if shown.all_inside(-math.inf, NO_GAIN_PTS):
         return Decision(point, True, "recurrence shows no improvement: may not be worth the added complexity "
-                        f"(the interval lies below +{NO_GAIN_PTS:g} points)", shown.evidence)
+                        f"(the interval lies below +{NO_GAIN_PTS:g} points; {difference})", shown.evidence)
     return Decision(point, False, f"not decided: {shown.undecided(NO_GAIN_PTS)}", shown.evidence)
 
 
