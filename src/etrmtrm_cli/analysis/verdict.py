@@ -331,7 +331,8 @@ def strength(diff: Estimate, family: int = 1, held: bool | None = None) -> str:
     if diff.mean is None:
         return ""
     shown = f"n = {diff.n}, {diff.mean:+.2f}" + ("" if diff.interval is None else
-                                                 " [{:+.2f}, {:+.2f}]".format(*diff.interval))
+                                                 f", {100 * diff.level:g}% CI [{diff.interval[0]:+.2f}, "
+                                                 f"{diff.interval[1]:+.2f}]")
     if held is None or family < 2:
         return shown
     return shown + ("; it holds for all {} at once" if held else
@@ -638,7 +639,7 @@ def after_week_1(e0b: Configuration, base: Configuration) -> Decision:
     if shown.all_inside(-math.inf, NO_GAIN_PTS):
         return Decision(point, True, "recurrence shows no improvement: may not be worth the added complexity "
                         f"(the interval lies below +{NO_GAIN_PTS:g} points; {difference})", shown.evidence)
-    return Decision(point, False, f"not decided: {shown.undecided(NO_GAIN_PTS)}", shown.evidence)
+    return Decision(point, False, f"not decided: {shown.undecided(NO_GAIN_PTS)} ({difference})", shown.evidence)
 
 
 def after_week_2(variants: Sequence[Configuration], base: Configuration, waiting: Sequence[Configuration]

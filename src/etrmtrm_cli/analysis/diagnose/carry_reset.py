@@ -28,6 +28,7 @@ from etrmtrm_cli.models.decoder import DecoderCarry
 WARMUP_STEPS = 3  # ACT steps that move every carry away from its init before the halting pattern is imposed
 MIN_SLOTS = 4  # carry-reset needs halted and running slots side by side
 EXACT_TOL = 1e-5  # carries computed two ways from identical inputs: equal up to float reassociation
+CARRY_MOVED = 1e-3  # a warm carry this far from init must change a step that reads it (tiny recurrent_standard: 2.2)
 
 
 def check_carry_reset(subject: Subject) -> CheckResult:
@@ -135,8 +136,9 @@ def _carry_use_row(enc_name: str, moved: float, diff: float) -> Measurement:
     """Whether the slots that did not halt compute another encoder carry from their own than from the init state:
     an encoder that ignores the carry it is handed reads its demos once, however many ACT steps it is given."""
     what = f"one step of the {enc_name} of the other slots, from their carry against from init"
-    if not moved > EXACT_TOL:
-        return Measurement(what, f"max |Δ| {number(diff)}", "their carry never left init: not measurable", "warn")
+    if not moved > CARRY_MOVED:  # a carry barely off init may leave a step's output within float rounding
+        return Measurement(what, f"max |Δ| {number(diff)}", f"their carry moved {number(moved)} from init: not "
+                           "measurable", "warn")
     return Measurement(what, f"max |Δ| {number(diff)}", f"> {EXACT_TOL:g} (the carry is read)",
                        "pass" if diff > EXACT_TOL else "fail")
 
