@@ -25,7 +25,7 @@ from etrmtrm_cli.allocator import AllocatorChoiceError, reexec_with_tcmalloc
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.errors import ConfigError, EtrmtrmError, PeerFailed, RunError
 from etrmtrm_cli.experiments_file import ExperimentsFile, Run, load_experiments, split_repeats
-from etrmtrm_cli.run_checks import check_finished_run, check_new_seed, resumed_dtype_note
+from etrmtrm_cli.run_checks import check_planned
 from etrmtrm_cli.train_command import train_arguments
 
 if TYPE_CHECKING:
@@ -222,7 +222,6 @@ def train(
     Multi-process: torchrun --nproc-per-node N -m etrmtrm_cli train E0b
     """
     from etrmtrm_cli.rundir import (
-        check_run_layout,
         metrics_path,
         read_metrics,
         run_path,
@@ -238,7 +237,7 @@ def train(
         torch.set_num_threads(threads)
     ctx = init_distributed(os.environ, device)
 
-    def plan() -> tuple[list[Run], list[tuple[Experiment, Experiment]], list[str | None], bool]:
+    def plan() -> tuple[list[Run], list[tuple[Experiment, Experiment]], list[str], bool]:
         """The jobs, each checked before any run of a queue starts; the repeats left out; notes; a queue?"""
         if resume and force:
             raise ConfigError("--resume and --force: one goes on from the checkpoint, the other starts over; "
@@ -247,24 +246,11 @@ def train(
         jobs = file.jobs(target, resolve_profile(profile), overrides or (), parse_seeds(seeds), ctx.world_size)
         queued = len(jobs) > 1  # a queue skips finished runs and continues interrupted ones
         jobs, repeats = split_repeats(jobs, has_runs=lambda exp_id: (runs_dir / exp_id).exists())
-        places = [(exp, per_seed, run_path(runs_dir, exp.id, exp.seed if per_seed else None))
-                  for exp, per_seed in jobs]
-        for _, per_seed, place in places:
-            check_run_layout(place, per_seed)
-        states = [run_status(place) for _, _, place in places]
-        new_seeds = {exp.id for (exp, per_seed, _), state in zip(places, states, strict=True)
-                     if per_seed and (force or state in ("new", "unsaved"))}  # experiments with a seed starting anew
-        notes = []
-        for (exp, per_seed, place), state in zip(places, states, strict=True):
-            if queued and not force and state == "finished":  # skipped: it must be what it counts as
-                check_finished_run(place, exp, max_steps, _train_command(
-                    exp, experiments, runs_dir, overrides or [], max_steps, per_seed, ctx.world_size,
-                    ctx.local_world_size), ctx.device)
-            elif queued and not force and state == "resumable" and per_seed:
-                notes.append(resumed_dtype_note(place, exp, ctx.device, exp.id in new_seeds))
-            elif per_seed and (force or state in ("new", "unsaved")):
-                restarting = frozenset(p for _, _, p in places) if force else frozenset()
-                notes.append(check_new_seed(place, exp, max_steps, ctx.device, restarting))
+        notes = check_planned(
+            [(exp, per_seed, run_path(runs_dir, exp.id, exp.seed if per_seed else None)) for exp, per_seed in jobs],
+            max_steps, ctx.device, lambda exp, per_seed: _train_command(
+                exp, experiments, runs_dir, overrides or [], max_steps, per_seed, ctx.world_size, ctx.local_world_size),
+            skips_finished=queued, force=force)
         return jobs, repeats, notes, queued
 
     stop = StopFlag()
@@ -273,7 +259,7 @@ def train(
         jobs, repeats, notes, queue = ctx.together(plan)
         if repeats and ctx.is_main:
             console.print(f"[dim]{repeats_line(repeats)}[/]", highlight=False)
-        for note in filter(None, notes if ctx.is_main else ()):
+        for note in notes if ctx.is_main else ():
             err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
         options = TrainOptions(runs_dir=runs_dir, max_steps=max_steps, resume=resume, force=force, compile=compile,
                                tensorboard=tensorboard, wandb=wandb)

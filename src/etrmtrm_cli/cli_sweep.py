@@ -30,7 +30,7 @@ from etrmtrm_cli.cli import (
 from etrmtrm_cli.config import SweepConfig
 from etrmtrm_cli.errors import ConfigError, RunError, first_line
 from etrmtrm_cli.experiments_file import ExperimentsFile, load_experiments, sweep_config
-from etrmtrm_cli.run_checks import check_finished_run, check_new_seed, resumed_dtype_note
+from etrmtrm_cli.run_checks import check_planned
 
 if TYPE_CHECKING:
     from etrmtrm_cli.sweep_status import RunRow
@@ -83,7 +83,6 @@ def sweep(
     from P0 wait for it (trained once). Watch it with `etrmtrm status`.
     """
     from etrmtrm_cli import sweep as sw
-    from etrmtrm_cli.rundir import check_run_layout
     from etrmtrm_cli.sweep_status import SWEEP_FOLDER
     from etrmtrm_cli.training.distributed import check_device_name, pick_device
 
@@ -105,19 +104,11 @@ def sweep(
     if repeats:
         console.print(f"[dim]{repeats_line(repeats)}[/]", highlight=False)
     here = pick_device(device) if kind == "local" else None  # the jobs' device; a SLURM job's machine is unknown
-    new_seeds = {job.exp.id for job in planned if job.spec.seed is not None and job.state in ("new", "unsaved")}
-    notes = []
-    for job in planned:  # before anything is submitted
-        check_run_layout(Path(job.spec.run_dir), job.spec.seed is not None)
-        if job.state == "finished":  # skipped as done: it must be the run it will count as
-            check_finished_run(Path(job.spec.run_dir), job.exp, max_steps, _train_command(
-                job.exp, experiments, runs_dir, list(overrides or ()), max_steps, job.spec.seed is not None),
-                here)
-        elif job.state == "resumable" and job.spec.seed is not None:
-            notes.append(resumed_dtype_note(Path(job.spec.run_dir), job.exp, here, job.exp.id in new_seeds))
-        elif job.spec.seed is not None and job.state in ("new", "unsaved"):
-            notes.append(check_new_seed(Path(job.spec.run_dir), job.exp, max_steps, here))
-    for note in filter(None, notes):
+    notes = check_planned(  # before anything is submitted
+        [(job.exp, job.spec.seed is not None, Path(job.spec.run_dir)) for job in planned], max_steps, here,
+        lambda exp, per_seed: _train_command(exp, experiments, runs_dir, list(overrides or ()), max_steps, per_seed),
+        states=[job.state for job in planned])
+    for note in notes:
         err_console.print(f"[yellow]{escape(note)}[/]", highlight=False)
     where = (f"local: {config.jobs} at once, {threads} thread(s) each" if kind == "local" else
              f"SLURM: {threads or 'all allocated'} core(s), {config.gpus_per_job} GPU(s) per job")

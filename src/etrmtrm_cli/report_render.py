@@ -291,9 +291,7 @@ def verdict_lines(v: Verdict) -> list[tuple[int, str, str]]:
             lines.append((0, "dim", f"Red flag {f.number} ({f.title}): not assessed"))
             lines.extend((1, "dim", e) for e in f.evidence)
             continue
-        waiting = any(e.startswith("not judged until it finishes") or e.endswith("left out until it finishes")
-                      for e in f.evidence)
-        state = "HOLDS" if f.holds else "does not hold in the finished runs" if waiting else "does not hold"
+        state = "HOLDS" if f.holds else "does not hold in the finished runs" if f.pending else "does not hold"
         lines.append((0, "bold red" if f.holds else "green", f"Red flag {f.number} ({f.title}): {state}"))
         lines.extend((1, "", e) for e in f.evidence)
         if f.holds and f.action:

@@ -9,15 +9,41 @@ or returns the notes, and the CLI prints them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from etrmtrm_cli.config import Experiment
 from etrmtrm_cli.errors import RunError
-from etrmtrm_cli.rundir import finished_run_differences, run_status, saved_config, seed_runs
+from etrmtrm_cli.rundir import check_run_layout, finished_run_differences, run_status, saved_config, seed_runs
 
 if TYPE_CHECKING:
     import torch
+
+
+def check_planned(runs: Sequence[tuple[Experiment, bool, Path]], max_steps: int | None, device: torch.device | None,
+                  again: Callable[[Experiment, bool], str], *, states: Sequence[str] | None = None,
+                  skips_finished: bool = True, force: bool = False) -> list[str]:
+    """Every run a queue or sweep plans, (experiment, one of several seeds?, its folder), checked before any trains:
+    its folder's layout; a finished run it skips (`skips_finished`) must be what it counts as (`again`: the command
+    that trains it alone); a seed it resumes or starts anew beside its experiment's seeds is noted or refused.
+    `states`: rundir.run_status of each, where the caller has them; `force`: every run starts over, together.
+    -> the notes to print."""
+    for _, per_seed, place in runs:
+        check_run_layout(place, per_seed)
+    states = states if states is not None else [run_status(place) for _, _, place in runs]
+    new_seeds = {exp.id for (exp, per_seed, _), state in zip(runs, states, strict=True)
+                 if per_seed and (force or state in ("new", "unsaved"))}  # experiments with a seed starting anew
+    restarting = frozenset(place for _, _, place in runs) if force else frozenset()
+    notes = []
+    for (exp, per_seed, place), state in zip(runs, states, strict=True):
+        if skips_finished and not force and state == "finished":
+            check_finished_run(place, exp, max_steps, again(exp, per_seed), device)
+        elif skips_finished and not force and state == "resumable" and per_seed:
+            notes.append(resumed_dtype_note(place, exp, device, exp.id in new_seeds))
+        elif per_seed and (force or state in ("new", "unsaved")):
+            notes.append(check_new_seed(place, exp, max_steps, device, restarting))
+    return [note for note in notes if note]
 
 
 def check_finished_run(run_dir: Path, exp: Experiment, max_steps: int | None, again: str,

@@ -481,14 +481,15 @@ def judged_weights(run_dir: Path) -> Path:
 def load_judged_weights(run_dir: Path, tries: int = 3) -> tuple[Path, dict[str, Tensor]]:
     """judged_weights and their tensors. A run that trains now prunes old checkpoints: one chosen and then pruned
     before it was read is chosen again, from the checkpoints there are then."""
-    for attempt in range(tries):
+    for _ in range(tries - 1):
         path = judged_weights(run_dir)
         try:
             return path, load_weights(path)
         except CheckpointError:
-            if path.exists() or attempt == tries - 1:  # damaged, not pruned; or pruned again and again
+            if path.exists():  # damaged, not pruned
                 raise
-    raise AssertionError("unreachable")
+    path = judged_weights(run_dir)  # the last try: pruned again and again, it fails as it is
+    return path, load_weights(path)
 
 
 def read_sidecar(weights: Path) -> dict[str, Any]:

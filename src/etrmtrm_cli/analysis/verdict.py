@@ -107,6 +107,7 @@ class RedFlag:
     holds: bool
     evidence: list[str]
     action: str
+    pending: bool = False  # runs it concerns still train: judged on the finished ones alone
 
 
 @dataclass(frozen=True)
@@ -326,7 +327,7 @@ def scenario(run: Configuration, base: Configuration, family: int = 1, also_diff
 
 
 def strength(diff: Estimate, family: int = 1, held: bool | None = None) -> str:
-    """A headline's evidence: 'n = 3, -2.16 [-3.51, -0.80]', and where several comparisons are made at once,
+    """A headline's evidence: 'n = 3, -2.16, 95% CI [-3.51, -0.80]', and where several comparisons are made at once,
     whether its finding holds for all of them (`held`, None where it names nothing an interval could lose)."""
     if diff.mean is None:
         return ""
@@ -374,9 +375,9 @@ def red_flags(rows: Sequence[RunRow], configs: Sequence[Configuration], base: Co
         RedFlag(1, "implementation bug", bool(encoders), bool(bug), bug + not_judged,
                 "debug carry management, gradient flow, reset logic (`etrmtrm diagnose --run runs/<ID>`); a "
                 "collapse at high train accuracy may be a model that answers without its demos (its context-use "
-                "check says)"),
+                "check says)", bool(not_judged)),
         RedFlag(2, "instability", bool(rows), bool(unstable), unstable + not_judged,
-                "check initialization, learning rate, gradient clipping"),
+                "check initialization, learning rate, gradient clipping", bool(not_judged)),
     ]
     flags.append(red_flag_3(configs, base))
     return flags
@@ -397,7 +398,9 @@ def red_flag_3(configs: Sequence[Configuration], base: Configuration | None) -> 
     why = "" if holds or shown.at_or_above(NO_GAIN_PTS) else shown.undecided(NO_GAIN_PTS)
     evidence = shown.evidence + ([f"the intervals cannot tell whether any recurrent configuration gains "
                                   f"{NO_GAIN_PTS:g} points: {why}"] if why else [])
-    return RedFlag(3, "no improvement", not why, holds, evidence, "document the null result, reconsider the hypothesis")
+    pending = any(c.pending for c in (base, *recurrent, *waiting))  # gains leaves them out until they finish
+    return RedFlag(3, "no improvement", not why, holds, evidence, "document the null result, reconsider the hypothesis",
+                   pending)
 
 
 def best_configuration(configs: Sequence[Configuration], base: Configuration | None) -> Best | None:
